@@ -1,0 +1,120 @@
+// One factory for the database: PGlite in BERTH_HOME by default, PostgreSQL when
+// DATABASE_URL is set. Migrations apply on open, on both.
+import { mkdirSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { PGlite } from '@electric-sql/pglite';
+import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
+import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
+import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
+import { migrate as migratePg } from 'drizzle-orm/node-postgres/migrator';
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
+import type { SQL } from 'drizzle-orm';
+import pg from 'pg';
+import * as schema from './schema.js';
+import { lockDataDir } from './lock.js';
+
+export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
+
+export interface Database {
+  db: Db;
+  kind: 'pglite' | 'postgres';
+  /** Where the data lives: a data dir for PGlite, the URL without password for PostgreSQL. */
+  location: string;
+  close(): Promise<void>;
+}
+
+export const migrationsFolder = fileURLToPath(new URL('./migrations', import.meta.url));
+
+/** Serializes migrations of several servers starting at once on one PostgreSQL. */
+const MIGRATION_LOCK_KEY = 0x62657274; // 'bert'
+
+export function berthHome(): string {
+  return process.env.BERTH_HOME || join(homedir(), '.berth');
+}
+
+export interface OpenOptions {
+  /** PostgreSQL URL; default `process.env.DATABASE_URL`. */
+  databaseUrl?: string | undefined;
+  /** PGlite data dir; default `$BERTH_HOME/db`. Use 'memory://' for a throwaway database. */
+  dataDir?: string;
+  /** Pool size for PostgreSQL. */
+  poolSize?: number;
+}
+
+export async function openDatabase(opts: OpenOptions = {}): Promise<Database> {
+  const url = opts.databaseUrl ?? process.env.DATABASE_URL;
+  return url ? openPostgres(url, opts.poolSize ?? 10) : openPglite(opts.dataDir ?? join(berthHome(), 'db'));
+}
+
+async function openPglite(dataDir: string): Promise<Database> {
+  const inMemory = dataDir.startsWith('memory://');
+  let lock: ReturnType<typeof lockDataDir> | undefined;
+  if (!inMemory) {
+    mkdirSync(join(dataDir, '..'), { recursive: true, mode: 0o700 });
+    lock = lockDataDir(dataDir);
+  }
+  try {
+    const client = await PGlite.create(inMemory ? undefined : dataDir);
+    const db = drizzlePglite({ client, schema });
+    await migratePglite(db, { migrationsFolder });
+    return {
+      db: db as unknown as Db,
+      kind: 'pglite',
+      location: inMemory ? 'memory' : dataDir,
+      async close() {
+        await client.close();
+        lock?.release();
+      },
+    };
+  } catch (err) {
+    lock?.release();
+    throw err;
+  }
+}
+
+async function openPostgres(url: string, poolSize: number): Promise<Database> {
+  const pool = new pg.Pool({ connectionString: url, max: poolSize });
+  // An idle client that errors (server restart) must not crash the process.
+  pool.on('error', () => {});
+  const db = drizzlePg({ client: pool, schema });
+  const conn = await pool.connect();
+  try {
+    await conn.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);
+    try {
+      await migratePg(drizzlePg({ client: conn, schema }), { migrationsFolder });
+    } finally {
+      await conn.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
+    }
+  } catch (err) {
+    conn.release();
+    await pool.end();
+    throw err;
+  }
+  conn.release();
+  return {
+    db: db as unknown as Db,
+    kind: 'postgres',
+    location: redactUrl(url),
+    async close() {
+      await pool.end();
+    },
+  };
+}
+
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return 'postgres://(unparseable url)';
+  }
+}
+
+/** Run raw SQL and return its rows, the same way on both drivers. */
+export async function queryRows<T = Record<string, unknown>>(db: Db | Parameters<Parameters<Db['transaction']>[0]>[0], query: SQL): Promise<T[]> {
+  const result = (await db.execute(query)) as unknown as { rows: T[] };
+  return result.rows;
+}

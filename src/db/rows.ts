@@ -1,0 +1,107 @@
+// Row -> domain mappers for raw SQL results. node-postgres returns int8 as text
+// and PGlite as number; both return timestamptz as Date, jsonb as objects.
+import {
+  CLEANUP_STATUSES,
+  ENVIRONMENT_DRIVERS,
+  ENVIRONMENT_STATUSES,
+  LEASE_POLICIES,
+  LEASE_STATUSES,
+  readEnum,
+} from '../domain/enums.js';
+import type { ActivityEntry, Company, Environment, Lease } from '../domain/types.js';
+
+type Row = Record<string, unknown>;
+
+const str = (v: unknown): string => String(v);
+const strOrNull = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
+const num = (v: unknown): number => Number(v);
+const date = (v: unknown): Date => (v instanceof Date ? v : new Date(String(v)));
+const dateOrNull = (v: unknown): Date | null => (v === null || v === undefined ? null : date(v));
+const obj = <T = Record<string, unknown>>(v: unknown): T => (v && typeof v === 'object' ? v : typeof v === 'string' ? JSON.parse(v) : {}) as T;
+
+function noteUnknown(target: { unknownValues?: Record<string, string> }, field: string, raw: string, known: string): void {
+  if (known === 'unknown' && raw !== 'unknown') (target.unknownValues ??= {})[field] = raw;
+}
+
+export function redactConfig(config: Record<string, unknown>): Record<string, unknown> {
+  if (!('privateKey' in config)) return config;
+  const { privateKey, ...rest } = config;
+  return { ...rest, hasPrivateKey: privateKey !== undefined && privateKey !== null };
+}
+
+export function toCompany(r: Row): Company {
+  return { id: str(r.id), name: str(r.name), createdAt: date(r.created_at), updatedAt: date(r.updated_at) };
+}
+
+export function toEnvironment(r: Row): Environment {
+  const env: Environment = {
+    id: str(r.id),
+    companyId: str(r.company_id),
+    name: str(r.name),
+    description: strOrNull(r.description),
+    driver: readEnum(ENVIRONMENT_DRIVERS, str(r.driver)),
+    status: readEnum(ENVIRONMENT_STATUSES, str(r.status)),
+    config: redactConfig(obj(r.config)),
+    envVars: obj<Record<string, string>>(r.env_vars),
+    metadata: obj(r.metadata),
+    capacity: r.capacity === null || r.capacity === undefined ? null : num(r.capacity),
+    createdAt: date(r.created_at),
+    updatedAt: date(r.updated_at),
+  };
+  noteUnknown(env, 'driver', str(r.driver), env.driver);
+  noteUnknown(env, 'status', str(r.status), env.status);
+  return env;
+}
+
+export function toLease(r: Row): Lease {
+  const cleanupRaw = strOrNull(r.cleanup_status);
+  const lease: Lease = {
+    id: str(r.id),
+    companyId: str(r.company_id),
+    environmentId: strOrNull(r.environment_id),
+    executionWorkspaceId: strOrNull(r.execution_workspace_id),
+    issueId: strOrNull(r.issue_id),
+    heartbeatRunId: strOrNull(r.heartbeat_run_id),
+    status: readEnum(LEASE_STATUSES, str(r.status)),
+    leasePolicy: readEnum(LEASE_POLICIES, str(r.lease_policy)),
+    provider: strOrNull(r.provider),
+    providerLeaseId: strOrNull(r.provider_lease_id),
+    fence: num(r.fence),
+    idempotencyKey: strOrNull(r.idempotency_key),
+    acquiredAt: date(r.acquired_at),
+    lastUsedAt: date(r.last_used_at),
+    expiresAt: dateOrNull(r.expires_at),
+    maxExpiresAt: dateOrNull(r.max_expires_at),
+    renewCount: num(r.renew_count),
+    lastRenewedAt: dateOrNull(r.last_renewed_at),
+    releasedAt: dateOrNull(r.released_at),
+    failureReason: strOrNull(r.failure_reason),
+    cleanupStatus: cleanupRaw === null ? null : readEnum(CLEANUP_STATUSES, cleanupRaw),
+    releaseStatus: strOrNull(r.release_status),
+    cleanupAttempts: num(r.cleanup_attempts),
+    nextCleanupAt: dateOrNull(r.next_cleanup_at),
+    lastCleanupError: strOrNull(r.last_cleanup_error),
+    metadata: obj(r.metadata),
+    createdAt: date(r.created_at),
+    updatedAt: date(r.updated_at),
+  };
+  noteUnknown(lease, 'status', str(r.status), lease.status);
+  noteUnknown(lease, 'leasePolicy', str(r.lease_policy), lease.leasePolicy);
+  if (cleanupRaw !== null) noteUnknown(lease, 'cleanupStatus', cleanupRaw, lease.cleanupStatus ?? 'unknown');
+  return lease;
+}
+
+export function toActivity(r: Row): ActivityEntry {
+  return {
+    id: num(r.id),
+    companyId: str(r.company_id),
+    actorType: str(r.actor_type),
+    actorId: strOrNull(r.actor_id),
+    action: str(r.action),
+    entityType: str(r.entity_type),
+    entityId: str(r.entity_id),
+    runId: strOrNull(r.run_id),
+    details: obj(r.details),
+    createdAt: date(r.created_at),
+  };
+}

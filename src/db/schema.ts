@@ -1,0 +1,152 @@
+// The database schema: the single source of truth for tables, columns and indexes.
+// Enum columns are plain text on purpose: a value written by a newer Berth must
+// not make this version fail to read a row (the services validate every write).
+import { sql } from 'drizzle-orm';
+import {
+  bigint,
+  check,
+  index,
+  integer,
+  jsonb,
+  pgSequence,
+  pgTable,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+} from 'drizzle-orm/pg-core';
+
+const createdAt = () => timestamp('created_at', { withTimezone: true }).notNull().defaultNow();
+const updatedAt = () => timestamp('updated_at', { withTimezone: true }).notNull().defaultNow();
+const jsonObject = (name: string) => jsonb(name).$type<Record<string, unknown>>().notNull().default({});
+
+export const companies = pgTable('companies', {
+  id: uuid('id').primaryKey().defaultRandom(),
+  name: text('name').notNull(),
+  createdAt: createdAt(),
+  updatedAt: updatedAt(),
+});
+
+export const environments = pgTable(
+  'environments',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    companyId: uuid('company_id')
+      .notNull()
+      .references(() => companies.id, { onDelete: 'cascade' }),
+    name: text('name').notNull(),
+    description: text('description'),
+    driver: text('driver').notNull(),
+    status: text('status').notNull().default('active'),
+    config: jsonObject('config'),
+    envVars: jsonb('env_vars').$type<Record<string, string>>().notNull().default({}),
+    metadata: jsonObject('metadata'),
+    /** Max concurrent active leases; null = unlimited. */
+    capacity: integer('capacity'),
+    createdAt: createdAt(),
+    updatedAt: updatedAt(),
+  },
+  (t) => [
+    uniqueIndex('environments_company_name_uq').on(t.companyId, t.name),
+    // At most one local environment per company: what makes ensureLocalEnvironment single-flight.
+    uniqueIndex('environments_company_local_uq').on(t.companyId).where(sql`${t.driver} = 'local'`),
+    index('environments_company_updated_idx').on(t.companyId, t.updatedAt.desc(), t.id.desc()),
+    check('environments_capacity_ck', sql`${t.capacity} IS NULL OR ${t.capacity} >= 0`),
+  ],
+);
+
+/**
+ * Fences come from one sequence: nextval only grows, so a lease acquired after
+ * another finished acquiring always holds the greater fence, on every environment,
+ * without a hot counter row that every acquire would have to lock.
+ */
+export const leaseFenceSeq = pgSequence('environment_lease_fence_seq', { startWith: 1, increment: 1 });
+
+export const environmentLeases = pgTable(
+  'environment_leases',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    companyId: uuid('company_id')
+      .notNull()
+      .references(() => companies.id, { onDelete: 'cascade' }),
+    // SET NULL keeps the lease history when its environment is deleted (deletion is
+    // refused while any lease of it is not terminal).
+    environmentId: uuid('environment_id').references(() => environments.id, { onDelete: 'set null' }),
+    executionWorkspaceId: text('execution_workspace_id'),
+    issueId: text('issue_id'),
+    heartbeatRunId: uuid('heartbeat_run_id'),
+    status: text('status').notNull(),
+    leasePolicy: text('lease_policy').notNull(),
+    provider: text('provider'),
+    providerLeaseId: text('provider_lease_id'),
+    fence: bigint('fence', { mode: 'number' }).notNull(),
+    idempotencyKey: text('idempotency_key'),
+    acquiredAt: timestamp('acquired_at', { withTimezone: true }).notNull().defaultNow(),
+    lastUsedAt: timestamp('last_used_at', { withTimezone: true }).notNull().defaultNow(),
+    expiresAt: timestamp('expires_at', { withTimezone: true }),
+    /** Renewals never move expiresAt past this. */
+    maxExpiresAt: timestamp('max_expires_at', { withTimezone: true }),
+    renewCount: integer('renew_count').notNull().default(0),
+    lastRenewedAt: timestamp('last_renewed_at', { withTimezone: true }),
+    releasedAt: timestamp('released_at', { withTimezone: true }),
+    failureReason: text('failure_reason'),
+    cleanupStatus: text('cleanup_status'),
+    /** While pending_cleanup: the terminal status the lease takes once cleanup succeeds. */
+    releaseStatus: text('release_status'),
+    cleanupAttempts: integer('cleanup_attempts').notNull().default(0),
+    nextCleanupAt: timestamp('next_cleanup_at', { withTimezone: true }),
+    lastCleanupError: text('last_cleanup_error'),
+    metadata: jsonObject('metadata'),
+    createdAt: createdAt(),
+    updatedAt: updatedAt(),
+  },
+  (t) => [
+    // Guarantee 4: one lease per idempotency key per company, forever.
+    uniqueIndex('environment_leases_idempotency_uq')
+      .on(t.companyId, t.idempotencyKey)
+      .where(sql`${t.idempotencyKey} IS NOT NULL`),
+    // Guarantee 2: one active lease per (environment, run) ...
+    uniqueIndex('environment_leases_active_run_uq')
+      .on(t.environmentId, t.heartbeatRunId)
+      .where(sql`${t.status} = 'active' AND ${t.heartbeatRunId} IS NOT NULL`),
+    // ... and one active ephemeral lease per (environment, execution workspace).
+    uniqueIndex('environment_leases_active_workspace_uq')
+      .on(t.environmentId, t.executionWorkspaceId)
+      .where(sql`${t.status} = 'active' AND ${t.leasePolicy} = 'ephemeral' AND ${t.executionWorkspaceId} IS NOT NULL`),
+    // Listing an environment's leases, most recently used first, with and without a status filter;
+    // the second also counts active leases for capacity.
+    index('environment_leases_env_used_idx').on(t.environmentId, t.lastUsedAt.desc(), t.id.desc()),
+    index('environment_leases_env_status_used_idx').on(t.environmentId, t.status, t.lastUsedAt.desc(), t.id.desc()),
+    // The expiry sweep and the cleanup retry loop each read only their own rows
+    // (next_cleanup_at is set only while a cleanup is owed).
+    index('environment_leases_expiry_idx').on(t.expiresAt).where(sql`${t.status} = 'active' AND ${t.expiresAt} IS NOT NULL`),
+    index('environment_leases_cleanup_due_idx').on(t.nextCleanupAt).where(sql`${t.nextCleanupAt} IS NOT NULL`),
+    // Releasing every active lease of a run.
+    index('environment_leases_company_run_idx').on(t.companyId, t.heartbeatRunId),
+    check('environment_leases_fence_ck', sql`${t.fence} > 0`),
+  ],
+);
+
+export const activityLog = pgTable(
+  'activity_log',
+  {
+    id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
+    companyId: uuid('company_id')
+      .notNull()
+      .references(() => companies.id, { onDelete: 'cascade' }),
+    actorType: text('actor_type').notNull(),
+    actorId: text('actor_id'),
+    action: text('action').notNull(),
+    entityType: text('entity_type').notNull(),
+    entityId: text('entity_id').notNull(),
+    runId: uuid('run_id'),
+    details: jsonObject('details'),
+    createdAt: createdAt(),
+  },
+  (t) => [
+    index('activity_log_company_idx').on(t.companyId, t.id.desc()),
+    index('activity_log_entity_idx').on(t.companyId, t.entityType, t.entityId, t.id.desc()),
+    index('activity_log_run_idx').on(t.companyId, t.runId, t.id.desc()).where(sql`${t.runId} IS NOT NULL`),
+    index('activity_log_action_idx').on(t.companyId, t.action, t.id.desc()),
+  ],
+);

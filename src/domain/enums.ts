@@ -1,0 +1,66 @@
+// The closed vocabularies of SPEC as constants and types, plus a reader that
+// tolerates values written by a newer Berth (it must never break a listing).
+
+export const ENVIRONMENT_DRIVERS = ['local', 'ssh', 'sandbox'] as const;
+export type EnvironmentDriver = (typeof ENVIRONMENT_DRIVERS)[number];
+
+export const ENVIRONMENT_STATUSES = ['active', 'archived'] as const;
+export type EnvironmentStatus = (typeof ENVIRONMENT_STATUSES)[number];
+
+export const LEASE_STATUSES = ['active', 'released', 'expired', 'failed', 'retained', 'pending_cleanup'] as const;
+export type LeaseStatus = (typeof LEASE_STATUSES)[number];
+
+/** A terminal lease never changes status again (SPEC guarantee 1). */
+export const TERMINAL_LEASE_STATUSES = ['released', 'expired', 'failed'] as const;
+export type TerminalLeaseStatus = (typeof TERMINAL_LEASE_STATUSES)[number];
+/** Statuses a lease may leave: everything that is not terminal. */
+export const OPEN_LEASE_STATUSES = ['active', 'retained', 'pending_cleanup'] as const;
+
+export const LEASE_POLICIES = [
+  'ephemeral',
+  'reuse_by_environment',
+  'reuse_by_execution_workspace',
+  'retain_on_failure',
+] as const;
+export type LeasePolicy = (typeof LEASE_POLICIES)[number];
+
+export const CLEANUP_STATUSES = ['pending', 'success', 'failed'] as const;
+export type CleanupStatus = (typeof CLEANUP_STATUSES)[number];
+
+export const RUN_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled', 'timed_out'] as const;
+export type RunStatus = (typeof RUN_STATUSES)[number];
+
+export const INVOCATION_SOURCES = ['on_demand', 'timer', 'assignment', 'automation'] as const;
+export type InvocationSource = (typeof INVOCATION_SOURCES)[number];
+
+export const ACTOR_TYPES = ['system', 'user', 'agent', 'run', 'api_key'] as const;
+export type ActorType = (typeof ACTOR_TYPES)[number];
+
+/**
+ * A value read from the database that this version may not know. Known values
+ * keep their literal type; an unknown one becomes 'unknown' so that a listing
+ * still renders, and the raw text is kept beside it by the mappers.
+ */
+export type Known<T extends string> = T | 'unknown';
+
+export function readEnum<T extends string>(values: readonly T[], raw: string): Known<T> {
+  return (values as readonly string[]).includes(raw) ? (raw as T) : 'unknown';
+}
+
+export function isTerminalLeaseStatus(status: string): status is TerminalLeaseStatus {
+  return (TERMINAL_LEASE_STATUSES as readonly string[]).includes(status);
+}
+
+/** Activity actions written by the lease and environment services. */
+export const ACTIONS = {
+  environmentCreated: 'environment.created',
+  environmentUpdated: 'environment.updated',
+  environmentArchived: 'environment.archived',
+  environmentDeleted: 'environment.deleted',
+  leaseAcquired: 'environment.lease_acquired',
+  leaseReacquired: 'environment.lease_reacquired',
+  leaseReleased: 'environment.lease_released',
+  leaseExpired: 'environment.lease_expired',
+  leaseCleanupFailed: 'environment.lease_cleanup_failed',
+  leaseCleanupSucceeded: 'environment.lease_cleanup_succeeded',
+} as const;

@@ -1,0 +1,94 @@
+// The objects the services hand out. Dates are Date, ids are strings.
+import type {
+  ActorType,
+  CleanupStatus,
+  EnvironmentDriver,
+  EnvironmentStatus,
+  Known,
+  LeasePolicy,
+  LeaseStatus,
+} from './enums.js';
+
+/** Who caused a change; written into every activity row. */
+export interface Actor {
+  type: ActorType;
+  id: string | null;
+}
+export const SYSTEM_ACTOR: Actor = { type: 'system', id: null };
+
+export interface Company {
+  id: string;
+  name: string;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface Environment {
+  id: string;
+  companyId: string;
+  name: string;
+  description: string | null;
+  driver: Known<EnvironmentDriver>;
+  status: Known<EnvironmentStatus>;
+  /** Driver config with secrets removed: `privateKey` becomes `hasPrivateKey: true`. */
+  config: Record<string, unknown>;
+  envVars: Record<string, string>;
+  metadata: Record<string, unknown>;
+  capacity: number | null;
+  createdAt: Date;
+  updatedAt: Date;
+  /** Raw values of enum columns this version does not know (written by a newer Berth). */
+  unknownValues?: Record<string, string>;
+}
+
+export interface Lease {
+  id: string;
+  companyId: string;
+  environmentId: string | null;
+  executionWorkspaceId: string | null;
+  issueId: string | null;
+  heartbeatRunId: string | null;
+  status: Known<LeaseStatus>;
+  leasePolicy: Known<LeasePolicy>;
+  provider: string | null;
+  providerLeaseId: string | null;
+  fence: number;
+  idempotencyKey: string | null;
+  acquiredAt: Date;
+  lastUsedAt: Date;
+  expiresAt: Date | null;
+  maxExpiresAt: Date | null;
+  renewCount: number;
+  lastRenewedAt: Date | null;
+  releasedAt: Date | null;
+  failureReason: string | null;
+  cleanupStatus: Known<CleanupStatus> | null;
+  /** While pending_cleanup: the terminal status taken once cleanup succeeds. */
+  releaseStatus: string | null;
+  cleanupAttempts: number;
+  nextCleanupAt: Date | null;
+  lastCleanupError: string | null;
+  metadata: Record<string, unknown>;
+  createdAt: Date;
+  updatedAt: Date;
+  unknownValues?: Record<string, string>;
+}
+
+export interface ActivityEntry {
+  id: number;
+  companyId: string;
+  actorType: string;
+  actorId: string | null;
+  action: string;
+  entityType: string;
+  entityId: string;
+  runId: string | null;
+  details: Record<string, unknown>;
+  createdAt: Date;
+}
+
+export interface Page<T> {
+  items: T[];
+  /** Pass back to get the next page; null when there is none. */
+  nextCursor: string | null;
+}

@@ -1,0 +1,168 @@
+// zod validators for everything a caller may send to the environment and lease
+// services. Strict objects: an unknown field is an error that names it.
+import { z } from 'zod';
+import { BerthError, type FieldIssue } from './errors.js';
+import { ENVIRONMENT_STATUSES, LEASE_POLICIES, CLEANUP_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
+
+export const MAX_LEASE_TTL_SECONDS = 7 * 24 * 3600;
+
+const name = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
+const description = z.string().max(2000, 'must be at most 2000 characters').nullable();
+const jsonRecord = z.record(z.string(), z.unknown());
+const envVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a valid environment variable name');
+const envVars = z.record(envVarName, z.string().max(65536, 'must be at most 65536 characters'));
+const capacity = z.number().int('must be an integer').min(0, 'must be 0 or more').max(1_000_000).nullable();
+
+export const localConfigSchema = z.strictObject({});
+
+export const sshConfigSchema = z
+  .strictObject({
+    host: z.string().trim().min(1, 'must not be empty').max(255),
+    port: z.number().int('must be an integer').min(1, 'must be 1–65535').max(65535, 'must be 1–65535').default(22),
+    username: z.string().trim().min(1, 'must not be empty').max(64),
+    remoteWorkspacePath: z
+      .string()
+      .regex(/^\//, 'must be an absolute path')
+      .refine((p) => !p.split('/').includes('..'), 'must not contain ..'),
+    privateKey: z.string().min(1, 'must not be empty').max(65536).optional(),
+    knownHosts: z.string().min(1, 'must not be empty').max(65536).optional(),
+    strictHostKeyChecking: z.boolean().default(true),
+  })
+  .superRefine((cfg, ctx) => {
+    if (cfg.strictHostKeyChecking && !cfg.knownHosts) {
+      ctx.addIssue({ code: 'custom', path: ['knownHosts'], message: 'is required while strictHostKeyChecking is true' });
+    }
+  });
+
+export const sandboxConfigSchema = z.strictObject({
+  provider: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'must match ^[a-z0-9][a-z0-9._-]*$').max(100),
+  options: jsonRecord.default({}),
+});
+
+export const driverConfigSchemas = {
+  local: localConfigSchema,
+  ssh: sshConfigSchema,
+  sandbox: sandboxConfigSchema,
+} as const;
+
+export type LocalConfig = z.infer<typeof localConfigSchema>;
+export type SshConfig = z.infer<typeof sshConfigSchema>;
+export type SandboxConfig = z.infer<typeof sandboxConfigSchema>;
+
+const envCommon = {
+  name,
+  description: description.optional(),
+  envVars: envVars.default({}),
+  metadata: jsonRecord.default({}),
+  capacity: capacity.default(null),
+};
+
+export const createEnvironmentSchema = z.discriminatedUnion(
+  'driver',
+  [
+    z.strictObject({ ...envCommon, driver: z.literal('local'), config: localConfigSchema.default({}) }),
+    z.strictObject({ ...envCommon, driver: z.literal('ssh'), config: sshConfigSchema }),
+    z.strictObject({ ...envCommon, driver: z.literal('sandbox'), config: sandboxConfigSchema }),
+  ],
+  { error: 'must be one of local, ssh, sandbox' },
+);
+export type CreateEnvironmentInput = z.input<typeof createEnvironmentSchema>;
+export type CreateEnvironment = z.output<typeof createEnvironmentSchema>;
+
+/** A partial update; `config` is validated against the environment's own driver by the service. */
+export const updateEnvironmentSchema = z
+  .strictObject({
+    name: name.optional(),
+    description: description.optional(),
+    status: z.enum(ENVIRONMENT_STATUSES).optional(),
+    config: z.unknown().optional(),
+    envVars: envVars.optional(),
+    metadata: jsonRecord.optional(),
+    capacity: capacity.optional(),
+  })
+  .refine((v) => Object.keys(v).length > 0, 'must change at least one field');
+export type UpdateEnvironmentInput = z.input<typeof updateEnvironmentSchema>;
+
+export const listEnvironmentsSchema = z.strictObject({
+  status: z.enum(ENVIRONMENT_STATUSES).optional(),
+  driver: z.enum(['local', 'ssh', 'sandbox']).optional(),
+});
+
+const opaqueId = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
+const ttlSeconds = z.number().positive('must be greater than 0').max(MAX_LEASE_TTL_SECONDS, `must be at most ${MAX_LEASE_TTL_SECONDS}`);
+const fence = z.number().int('must be an integer').positive('must be greater than 0');
+
+export const acquireLeaseSchema = z
+  .strictObject({
+    environmentId: z.uuid('must be a UUID'),
+    policy: z.enum(LEASE_POLICIES).default('ephemeral'),
+    ttlSeconds: ttlSeconds.optional(),
+    expiresAt: z.coerce.date({ error: 'must be a date' }).optional(),
+    /** Renewals never push expiresAt past acquiredAt + this. */
+    maxLifetimeSeconds: ttlSeconds.optional(),
+    idempotencyKey: opaqueId.optional(),
+    heartbeatRunId: z.uuid('must be a UUID').optional(),
+    executionWorkspaceId: opaqueId.optional(),
+    issueId: opaqueId.optional(),
+    provider: opaqueId.optional(),
+    providerLeaseId: z.string().max(2000).optional(),
+    metadata: jsonRecord.default({}),
+  })
+  .superRefine((v, ctx) => {
+    if (v.ttlSeconds !== undefined && v.expiresAt !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['expiresAt'], message: 'give ttlSeconds or expiresAt, not both' });
+    }
+  });
+export type AcquireLeaseInput = z.input<typeof acquireLeaseSchema>;
+
+export const renewLeaseSchema = z.strictObject({ fence, ttlSeconds });
+export type RenewLeaseInput = z.input<typeof renewLeaseSchema>;
+
+export const releaseLeaseSchema = z.strictObject({
+  fence,
+  status: z.enum(TERMINAL_LEASE_STATUSES).default('released'),
+  failureReason: z.string().max(4000, 'must be at most 4000 characters').optional(),
+  /** `failed` means the driver could not clean up: the lease goes to pending_cleanup and is retried. */
+  cleanupStatus: z.enum(CLEANUP_STATUSES).optional(),
+});
+export type ReleaseLeaseInput = z.input<typeof releaseLeaseSchema>;
+
+export const updateLeaseMetadataSchema = z.strictObject({
+  fence,
+  metadata: jsonRecord,
+  /** Merge into the existing metadata (default) or replace it. */
+  replace: z.boolean().default(false),
+});
+export type UpdateLeaseMetadataInput = z.input<typeof updateLeaseMetadataSchema>;
+
+export const listLeasesSchema = z.strictObject({
+  status: z.enum(['active', 'released', 'expired', 'failed', 'retained', 'pending_cleanup']).optional(),
+  limit: z.number().int().min(1).max(500).default(50),
+  /** Opaque cursor from a previous page. */
+  cursor: z.string().max(200).optional(),
+});
+
+export const listActivitySchema = z.strictObject({
+  entityType: z.string().max(100).optional(),
+  entityId: z.string().max(200).optional(),
+  runId: z.uuid('must be a UUID').optional(),
+  action: z.string().max(200).optional(),
+  limit: z.number().int().min(1).max(500).default(50),
+  /** Return rows older than this activity id (keyset paging). */
+  before: z.number().int().positive().optional(),
+});
+
+/** Parse or throw an `invalid` BerthError whose message and fields name each bad field. */
+export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
+  const result = schema.safeParse(input);
+  if (result.success) return result.data;
+  const fields: FieldIssue[] = result.error.issues.flatMap((issue) => {
+    const at = issue.path.map(String);
+    if (issue.code === 'unrecognized_keys') {
+      return issue.keys.map((key) => ({ path: [...at, key].join('.'), message: 'is not a known field' }));
+    }
+    return [{ path: at.join('.') || '(input)', message: issue.message }];
+  });
+  const text = fields.map((f) => `${f.path}: ${f.message}`).join('; ');
+  throw new BerthError('invalid', `invalid ${what}: ${text}`, { fields });
+}

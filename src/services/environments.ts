@@ -1,0 +1,239 @@
+// Environments: where runs execute. Every operation is scoped by company; every
+// change writes its activity row in the same transaction.
+import { sql, type SQL } from 'drizzle-orm';
+import { queryRows, type Db } from '../db/client.js';
+import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
+import { toEnvironment } from '../db/rows.js';
+import { ACTIONS, type EnvironmentDriver } from '../domain/enums.js';
+import { BerthError, notFound, requireId } from '../domain/errors.js';
+import { SYSTEM_ACTOR, type Actor, type Environment } from '../domain/types.js';
+import {
+  createEnvironmentSchema,
+  driverConfigSchemas,
+  listEnvironmentsSchema,
+  parseInput,
+  updateEnvironmentSchema,
+  type CreateEnvironmentInput,
+  type UpdateEnvironmentInput,
+} from '../domain/validators.js';
+import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
+
+export const LOCAL_ENVIRONMENT_DEFAULTS = {
+  name: 'Local',
+  description: 'Default execution environment for runs on this machine.',
+  metadata: { managedByBerth: true, defaultForCompany: true },
+} as const;
+
+function mapWriteError(err: unknown, companyId: string, name?: string): never {
+  const pgErr = pgErrorOf(err);
+  if (pgErr?.code === PG_UNIQUE_VIOLATION && pgErr.constraint === 'environments_company_name_uq') {
+    throw new BerthError('conflict', `an environment named "${name}" already exists in this company`, {
+      fields: [{ path: 'name', message: 'is already taken' }],
+    });
+  }
+  if (pgErr?.code === PG_UNIQUE_VIOLATION && pgErr.constraint === 'environments_company_local_uq') {
+    throw new BerthError('conflict', 'this company already has a local environment (at most one per company)', {
+      fields: [{ path: 'driver', message: 'local is already taken' }],
+    });
+  }
+  if (pgErr?.code === PG_FOREIGN_KEY_VIOLATION) throw notFound('company', companyId);
+  throw err;
+}
+
+function environmentActivity(actor: Actor, action: string, details: SQL): SQL {
+  return activityFrom({ source: 'changed', actor, action, entityType: ENVIRONMENT_ENTITY, entityId: sql`changed.id::text`, runId: sql`NULL`, details });
+}
+
+export interface EnvironmentWithSecrets extends Environment {
+  /** The full driver config, secrets included: for drivers only, never for responses. */
+  secretConfig: Record<string, unknown>;
+}
+
+export function environmentService(db: Db) {
+  async function insertEnvironment(
+    companyId: string,
+    v: { name: string; description: string | null; driver: EnvironmentDriver; config: object; envVars: object; metadata: object; capacity: number | null },
+    actor: Actor,
+    onConflictDoNothing: boolean,
+  ): Promise<Environment | null> {
+    const rows = await queryRows(
+      db,
+      sql`WITH changed AS (
+            INSERT INTO environments (company_id, name, description, driver, config, env_vars, metadata, capacity)
+            VALUES (${companyId}, ${v.name}, ${v.description}, ${v.driver}, ${JSON.stringify(v.config)}::jsonb,
+                    ${JSON.stringify(v.envVars)}::jsonb, ${JSON.stringify(v.metadata)}::jsonb, ${v.capacity})
+            ${onConflictDoNothing ? sql`ON CONFLICT DO NOTHING` : sql``}
+            RETURNING *),
+          act AS (${environmentActivity(actor, ACTIONS.environmentCreated, sql`jsonb_build_object('name', changed.name, 'driver', changed.driver, 'capacity', changed.capacity)`)})
+          SELECT * FROM changed`,
+    );
+    return rows[0] ? toEnvironment(rows[0]) : null;
+  }
+
+  async function getRow(companyId: string, id: string): Promise<Record<string, unknown>> {
+    requireId(id, 'environment');
+    const [row] = await queryRows(db, sql`SELECT * FROM environments WHERE id = ${id} AND company_id = ${companyId}`);
+    if (!row) throw notFound('environment', id);
+    return row;
+  }
+
+  const service = {
+    /** Newest updated first. */
+    async list(companyId: string, filter: { status?: string; driver?: string } = {}): Promise<Environment[]> {
+      const f = parseInput(listEnvironmentsSchema, filter, 'environment filter');
+      const conds: SQL[] = [sql`company_id = ${companyId}`];
+      if (f.status) conds.push(sql`status = ${f.status}`);
+      if (f.driver) conds.push(sql`driver = ${f.driver}`);
+      const rows = await queryRows(db, sql`SELECT * FROM environments WHERE ${sql.join(conds, sql` AND `)} ORDER BY updated_at DESC, id DESC`);
+      return rows.map(toEnvironment);
+    },
+
+    async get(companyId: string, id: string): Promise<Environment> {
+      return toEnvironment(await getRow(companyId, id));
+    },
+
+    /** For drivers: the environment with its full config, secrets included. */
+    async getWithSecrets(companyId: string, id: string): Promise<EnvironmentWithSecrets> {
+      const row = await getRow(companyId, id);
+      return { ...toEnvironment(row), secretConfig: (row.config ?? {}) as Record<string, unknown> };
+    },
+
+    async create(companyId: string, input: CreateEnvironmentInput, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
+      requireId(companyId, 'company');
+      const v = parseInput(createEnvironmentSchema, input, 'environment');
+      try {
+        const env = await insertEnvironment(companyId, { ...v, description: v.description ?? null }, actor, false);
+        return env!;
+      } catch (err) {
+        mapWriteError(err, companyId, v.name);
+      }
+    },
+
+    /**
+     * The company's local environment, created on first use. Safe under any number of
+     * concurrent callers on any number of processes: the partial unique index on
+     * (company_id) WHERE driver = 'local' admits one row, and an existing one is
+     * returned untouched.
+     */
+    async ensureLocalEnvironment(companyId: string, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
+      requireId(companyId, 'company');
+      for (let n = 1; n <= 20; n++) {
+        const [existing] = await queryRows(db, sql`SELECT * FROM environments WHERE company_id = ${companyId} AND driver = 'local'`);
+        if (existing) return toEnvironment(existing);
+        // An operator may have given another environment the name "Local".
+        const name = n === 1 ? LOCAL_ENVIRONMENT_DEFAULTS.name : `${LOCAL_ENVIRONMENT_DEFAULTS.name} (${n})`;
+        try {
+          const created = await insertEnvironment(
+            companyId,
+            { name, description: LOCAL_ENVIRONMENT_DEFAULTS.description, driver: 'local', config: {}, envVars: {}, metadata: LOCAL_ENVIRONMENT_DEFAULTS.metadata, capacity: null },
+            actor,
+            true,
+          );
+          if (created) return created;
+        } catch (err) {
+          mapWriteError(err, companyId, name);
+        }
+      }
+      throw new BerthError('conflict', 'could not create the local environment: every candidate name is taken');
+    },
+
+    async update(companyId: string, id: string, input: UpdateEnvironmentInput, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
+      requireId(id, 'environment');
+      const v = parseInput(updateEnvironmentSchema, input, 'environment update');
+      try {
+        return await db.transaction(async (tx) => {
+          // FOR UPDATE conflicts with the KEY SHARE lock every acquire takes, so a capacity
+          // change and the acquires around it are ordered: none decides on a stale capacity.
+          const [current] = await queryRows(tx, sql`SELECT * FROM environments WHERE id = ${id} AND company_id = ${companyId} FOR UPDATE`);
+          if (!current) throw notFound('environment', id);
+          const driver = String(current.driver) as EnvironmentDriver;
+          const sets: SQL[] = [];
+          if (v.name !== undefined) sets.push(sql`name = ${v.name}`);
+          if (v.description !== undefined) sets.push(sql`description = ${v.description}`);
+          if (v.status !== undefined) sets.push(sql`status = ${v.status}`);
+          if (v.envVars !== undefined) sets.push(sql`env_vars = ${JSON.stringify(v.envVars)}::jsonb`);
+          if (v.metadata !== undefined) sets.push(sql`metadata = ${JSON.stringify(v.metadata)}::jsonb`);
+          if (v.config !== undefined) {
+            const schema = driverConfigSchemas[driver];
+            if (!schema) throw new BerthError('invalid', `environment ${id} has driver "${driver}", which this version cannot configure`);
+            const config = parseInput(schema, v.config, `${driver} config`) as Record<string, unknown>;
+            // A key that is set stays set unless the update names a new one.
+            if (driver === 'ssh' && config.privateKey === undefined && (current.config as Record<string, unknown>)?.privateKey) {
+              config.privateKey = (current.config as Record<string, unknown>).privateKey;
+            }
+            sets.push(sql`config = ${JSON.stringify(config)}::jsonb`);
+          }
+          if (v.capacity !== undefined) {
+            if (v.capacity !== null) {
+              const [{ active } = { active: 0 }] = await queryRows<{ active: number }>(
+                tx,
+                sql`SELECT count(*)::int AS active FROM environment_leases WHERE environment_id = ${id} AND status = 'active'`,
+              );
+              if (Number(active) > v.capacity) {
+                throw new BerthError('conflict', `capacity ${v.capacity} is below the ${active} active leases of this environment; release some first`, {
+                  fields: [{ path: 'capacity', message: `must be at least ${active} (the active leases)` }],
+                });
+              }
+            }
+            sets.push(sql`capacity = ${v.capacity}`);
+          }
+          const changedFields = Object.keys(v);
+          const action = v.status === 'archived' && current.status !== 'archived' && changedFields.length === 1 ? ACTIONS.environmentArchived : ACTIONS.environmentUpdated;
+          const [row] = await queryRows(
+            tx,
+            sql`WITH changed AS (
+                  UPDATE environments SET ${sql.join(sets, sql`, `)}, updated_at = now()
+                  WHERE id = ${id} AND company_id = ${companyId} RETURNING *),
+                act AS (${environmentActivity(actor, action, sql`jsonb_build_object('name', changed.name, 'changedFields', ${JSON.stringify(changedFields)}::jsonb)`)})
+                SELECT * FROM changed`,
+          );
+          return toEnvironment(row!);
+        });
+      } catch (err) {
+        mapWriteError(err, companyId, v.name);
+      }
+    },
+
+    /** Archived environments take no new leases. Archiving an archived one changes nothing. */
+    async archive(companyId: string, id: string, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
+      const current = await service.get(companyId, id);
+      if (current.status === 'archived') return current;
+      return service.update(companyId, id, { status: 'archived' }, actor);
+    },
+
+    /**
+     * Delete, or refuse with every reason: the company's Local environment, or
+     * leases that are not terminal. Terminal leases keep their history (their
+     * environment_id becomes null).
+     */
+    async delete(companyId: string, id: string, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
+      requireId(id, 'environment');
+      return db.transaction(async (tx) => {
+        const [current] = await queryRows(tx, sql`SELECT * FROM environments WHERE id = ${id} AND company_id = ${companyId} FOR UPDATE`);
+        if (!current) throw notFound('environment', id);
+        const reasons: string[] = [];
+        if (current.driver === 'local') reasons.push("it is the company's Local environment");
+        const open = await queryRows<{ status: string; n: number }>(
+          tx,
+          sql`SELECT status, count(*)::int AS n FROM environment_leases
+              WHERE environment_id = ${id} AND status NOT IN ('released', 'expired', 'failed') GROUP BY status ORDER BY status`,
+        );
+        if (open.length > 0) {
+          reasons.push(`it has leases that are not terminal (${open.map((o) => `${o.n} ${o.status}`).join(', ')})`);
+        }
+        if (reasons.length > 0) {
+          throw new BerthError('conflict', `environment ${id} cannot be deleted: ${reasons.join('; ')}`, { details: { reasons } });
+        }
+        const [row] = await queryRows(
+          tx,
+          sql`WITH changed AS (DELETE FROM environments WHERE id = ${id} AND company_id = ${companyId} RETURNING *),
+              act AS (${environmentActivity(actor, ACTIONS.environmentDeleted, sql`jsonb_build_object('name', changed.name, 'driver', changed.driver)`)})
+              SELECT * FROM changed`,
+        );
+        return toEnvironment(row!);
+      });
+    },
+  };
+  return service;
+}
+export type EnvironmentService = ReturnType<typeof environmentService>;

@@ -1,0 +1,16 @@
+// All services over one database, the way faces (CLI, HTTP, scheduler) get them.
+import type { Db } from '../db/client.js';
+import { activityService } from './activity.js';
+import { companyService } from './companies.js';
+import { environmentService } from './environments.js';
+import { leaseService } from './leases.js';
+
+export function createServices(db: Db) {
+  return {
+    companies: companyService(db),
+    environments: environmentService(db),
+    leases: leaseService(db),
+    activity: activityService(db),
+  };
+}
+export type Services = ReturnType<typeof createServices>;

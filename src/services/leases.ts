@@ -1,0 +1,536 @@
+// Leases: one run's claim on an environment. The database enforces every
+// guarantee of SPEC ("What a lease guarantees"):
+//  - state machine: each change names the statuses it may leave in its WHERE
+//    clause, on a row it has locked, so a terminal lease is never changed;
+//  - capacity: an acquire on a capacity-limited environment holds the
+//    environment row lock (FOR NO KEY UPDATE) while it counts active leases
+//    with a fresh snapshot; unlimited environments take only FOR KEY SHARE, and
+//    capacity changes take FOR UPDATE, which orders them against both;
+//  - single-flight and idempotency: partial unique indexes, ON CONFLICT DO NOTHING;
+//  - fencing: every grant takes nextval of one sequence;
+//  - audit: the activity row is written by the same statement as the change.
+import { sql, type SQL } from 'drizzle-orm';
+import { queryRows, type Db } from '../db/client.js';
+import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
+import { toLease } from '../db/rows.js';
+import { ACTIONS, type LeasePolicy, type TerminalLeaseStatus } from '../domain/enums.js';
+import { BerthError, notFound, requireId } from '../domain/errors.js';
+import { SYSTEM_ACTOR, type Actor, type Lease, type Page } from '../domain/types.js';
+import {
+  acquireLeaseSchema,
+  listLeasesSchema,
+  parseInput,
+  releaseLeaseSchema,
+  renewLeaseSchema,
+  updateLeaseMetadataSchema,
+  type AcquireLeaseInput,
+  type ReleaseLeaseInput,
+  type RenewLeaseInput,
+  type UpdateLeaseMetadataInput,
+} from '../domain/validators.js';
+import { activityFrom, LEASE_ENTITY } from './activity.js';
+
+type Row = Record<string, unknown>;
+type Tx = Parameters<Parameters<Db['transaction']>[0]>[0];
+
+export interface AcquireResult {
+  lease: Lease;
+  /** False when an earlier acquire (same idempotency key, or same run) already holds it. */
+  created: boolean;
+  /** True when a retained lease's resources were handed to this caller. */
+  reacquired: boolean;
+}
+
+export interface ReleaseResult {
+  lease: Lease;
+  /** False when the lease was already released: its final state is returned unchanged. */
+  changed: boolean;
+}
+
+const REUSE_POLICIES: readonly LeasePolicy[] = ['reuse_by_environment', 'reuse_by_execution_workspace'];
+
+/** Backoff before cleanup retry n (1-based): 2^n seconds, at most 5 minutes. */
+export function cleanupBackoffSeconds(attempt: number): number {
+  return Math.min(2 ** attempt, 300);
+}
+export const DEFAULT_CLEANUP_MAX_ATTEMPTS = 6;
+
+function leaseActivity(source: string, actor: Actor, action: SQL | string, details: SQL): SQL {
+  return activityFrom({
+    source,
+    actor,
+    action,
+    entityType: LEASE_ENTITY,
+    entityId: sql.raw(`${source}.id::text`),
+    runId: sql.raw(`${source}.heartbeat_run_id`),
+    details,
+  });
+}
+
+/** The status a release ends in, as SQL over the lease row `t`: reuse and retain policies keep resources. */
+function releasedStatusSql(t: string, requested: SQL): SQL {
+  return sql`CASE
+      WHEN ${sql.raw(t)}.status = 'active' AND ${requested} = 'released'
+           AND ${sql.raw(t)}.lease_policy IN ('reuse_by_environment', 'reuse_by_execution_workspace') THEN 'retained'
+      WHEN ${sql.raw(t)}.status = 'active' AND ${requested} = 'failed'
+           AND ${sql.raw(t)}.lease_policy = 'retain_on_failure' THEN 'retained'
+      ELSE ${requested} END`;
+}
+
+function releaseDetails(src: string): SQL {
+  const s = sql.raw(src);
+  return sql`jsonb_build_object('environmentId', ${s}.environment_id, 'fence', ${s}.fence, 'status', ${s}.status,
+    'policy', ${s}.lease_policy, 'failureReason', ${s}.failure_reason, 'cleanupStatus', ${s}.cleanup_status,
+    'releaseStatus', ${s}.release_status)`;
+}
+
+export function leaseService(db: Db) {
+  /**
+   * One attempt to grant a lease: reactivate a retained lease (reuse policies) or
+   * insert a new one. `limited` mode runs inside a transaction that already holds
+   * the environment row lock, so its count of active leases is exact.
+   */
+  async function grant(
+    conn: Db | Tx,
+    companyId: string,
+    v: ReturnType<typeof acquireLeaseSchema.parse>,
+    actor: Actor,
+    mode: 'shared' | 'limited',
+  ): Promise<{ envFound: boolean; envStatus?: string; envCapacity?: number | null; activeCount?: number; lease?: Lease; reacquired?: boolean }> {
+    const expires = v.ttlSeconds !== undefined
+      ? sql`now() + make_interval(secs => ${v.ttlSeconds})`
+      : v.expiresAt !== undefined ? sql`${v.expiresAt.toISOString()}::timestamptz` : sql`NULL::timestamptz`;
+    const maxExpires = v.maxLifetimeSeconds !== undefined ? sql`now() + make_interval(secs => ${v.maxLifetimeSeconds})` : sql`NULL::timestamptz`;
+    const expiresAt = sql`LEAST(${expires}, ${maxExpires})`;
+    const guard = mode === 'shared'
+      ? sql`env.capacity IS NULL`
+      : sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active') < env.capacity`;
+    const meta = JSON.stringify(v.metadata);
+    const reuse = REUSE_POLICIES.includes(v.policy)
+      ? sql`UPDATE environment_leases l SET status = 'active', fence = nextval('environment_lease_fence_seq'),
+              heartbeat_run_id = ${v.heartbeatRunId ?? null}, issue_id = coalesce(${v.issueId ?? null}, l.issue_id),
+              idempotency_key = coalesce(l.idempotency_key, ${v.idempotencyKey ?? null}),
+              acquired_at = now(), last_used_at = now(), expires_at = ${expiresAt}, max_expires_at = ${maxExpires},
+              renew_count = 0, last_renewed_at = NULL, released_at = NULL, failure_reason = NULL,
+              cleanup_status = NULL, release_status = NULL, metadata = l.metadata || ${meta}::jsonb, updated_at = now()
+            FROM ok
+            WHERE l.id = (SELECT c.id FROM environment_leases c
+                          WHERE c.environment_id = ok.id AND c.company_id = ok.company_id AND c.status = 'retained'
+                            AND c.lease_policy = ${v.policy}
+                            ${v.policy === 'reuse_by_execution_workspace' ? sql`AND c.execution_workspace_id = ${v.executionWorkspaceId ?? null}` : sql``}
+                          ORDER BY c.last_used_at DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
+              AND l.status = 'retained'
+            RETURNING l.*`
+      : sql`SELECT * FROM environment_leases WHERE false`;
+    const rows = await queryRows(
+      conn,
+      sql`WITH env AS (
+            SELECT id, company_id, status, capacity FROM environments
+            WHERE id = ${v.environmentId} AND company_id = ${companyId}
+            ${mode === 'shared' ? sql`FOR KEY SHARE` : sql``}),
+          ok AS (SELECT env.* FROM env WHERE env.status = 'active' AND ${guard}),
+          reused AS (${reuse}),
+          ins AS (
+            INSERT INTO environment_leases (company_id, environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
+              status, lease_policy, provider, provider_lease_id, fence, idempotency_key, expires_at, max_expires_at, metadata)
+            SELECT ok.company_id, ok.id, ${v.executionWorkspaceId ?? null}, ${v.issueId ?? null}, ${v.heartbeatRunId ?? null},
+              'active', ${v.policy}, ${v.provider ?? null}, ${v.providerLeaseId ?? null}, nextval('environment_lease_fence_seq'),
+              ${v.idempotencyKey ?? null}, ${expiresAt}, ${maxExpires}, ${meta}::jsonb
+            FROM ok WHERE NOT EXISTS (SELECT 1 FROM reused)
+            ON CONFLICT DO NOTHING
+            RETURNING *),
+          granted AS (SELECT ins.*, false AS reacquired FROM ins UNION ALL SELECT reused.*, true AS reacquired FROM reused),
+          act AS (${leaseActivity(
+            'granted',
+            actor,
+            sql`CASE WHEN granted.reacquired THEN ${ACTIONS.leaseReacquired} ELSE ${ACTIONS.leaseAcquired} END`,
+            sql`jsonb_build_object('environmentId', granted.environment_id, 'fence', granted.fence, 'policy', granted.lease_policy,
+                  'expiresAt', granted.expires_at, 'executionWorkspaceId', granted.execution_workspace_id,
+                  'issueId', granted.issue_id, 'idempotencyKey', granted.idempotency_key)`,
+          )})
+          SELECT env.status AS env_status, env.capacity AS env_capacity,
+                 ${mode === 'limited' ? sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active')` : sql`NULL`} AS env_active_count,
+                 granted.*
+          FROM env LEFT JOIN granted ON true`,
+    );
+    const row = rows[0];
+    if (!row) return { envFound: false };
+    const out = {
+      envFound: true,
+      envStatus: String(row.env_status),
+      envCapacity: row.env_capacity === null ? null : Number(row.env_capacity),
+      ...(row.env_active_count !== null && row.env_active_count !== undefined ? { activeCount: Number(row.env_active_count) } : {}),
+    };
+    return row.id ? { ...out, lease: toLease(row), reacquired: Boolean(row.reacquired) } : out;
+  }
+
+  /** The lease an earlier acquire already gave this caller: same idempotency key, or same run on this environment. */
+  async function findExisting(companyId: string, v: ReturnType<typeof acquireLeaseSchema.parse>): Promise<Lease | null> {
+    const conds: SQL[] = [];
+    if (v.idempotencyKey !== undefined) conds.push(sql`idempotency_key = ${v.idempotencyKey}`);
+    if (v.heartbeatRunId !== undefined) {
+      conds.push(sql`(environment_id = ${v.environmentId} AND heartbeat_run_id = ${v.heartbeatRunId} AND status = 'active')`);
+    }
+    if (conds.length === 0) return null;
+    const rows = await queryRows(
+      db,
+      sql`SELECT * FROM environment_leases WHERE company_id = ${companyId} AND (${sql.join(conds, sql` OR `)})
+          ORDER BY (idempotency_key IS NOT DISTINCT FROM ${v.idempotencyKey ?? null}::text) DESC LIMIT 1`,
+    );
+    if (!rows[0]) return null;
+    const lease = toLease(rows[0]);
+    if (v.idempotencyKey !== undefined && lease.idempotencyKey === v.idempotencyKey && lease.environmentId !== v.environmentId) {
+      throw new BerthError('conflict', `idempotency key "${v.idempotencyKey}" was already used to acquire a lease on another environment`, {
+        fields: [{ path: 'idempotencyKey', message: 'was used for another environment' }],
+        details: { leaseId: lease.id },
+      });
+    }
+    return lease;
+  }
+
+  /** Expire active leases whose expiresAt has passed (database clock); `leaseId` narrows to one. */
+  async function expireDue(opts: { limit?: number; leaseId?: string } = {}): Promise<Lease[]> {
+    const rows = await queryRows(
+      db,
+      sql`WITH due AS (
+            SELECT id FROM environment_leases
+            WHERE status = 'active' AND expires_at <= now() ${opts.leaseId ? sql`AND id = ${opts.leaseId}` : sql``}
+            ORDER BY expires_at LIMIT ${opts.limit ?? 500}
+            FOR UPDATE SKIP LOCKED),
+          changed AS (
+            UPDATE environment_leases l SET status = 'expired', released_at = now(), updated_at = now(),
+              failure_reason = coalesce(l.failure_reason, 'lease expired: not renewed before its expiresAt'),
+              cleanup_status = 'pending', next_cleanup_at = now()
+            FROM due WHERE l.id = due.id
+            RETURNING l.*),
+          act AS (${leaseActivity(
+            'changed',
+            SYSTEM_ACTOR,
+            ACTIONS.leaseExpired,
+            sql`jsonb_build_object('environmentId', changed.environment_id, 'fence', changed.fence, 'status', changed.status,
+                  'expiresAt', changed.expires_at, 'lateByMs', round(extract(epoch FROM now() - changed.expires_at) * 1000))`,
+          )})
+          SELECT * FROM changed`,
+    );
+    return rows.map(toLease);
+  }
+
+  async function getRow(companyId: string, leaseId: string): Promise<Row> {
+    requireId(leaseId, 'lease');
+    const [row] = await queryRows(db, sql`SELECT *, (expires_at IS NOT NULL AND expires_at <= now()) AS overdue FROM environment_leases WHERE id = ${leaseId} AND company_id = ${companyId}`);
+    if (!row) throw notFound('lease', leaseId);
+    return row;
+  }
+
+  /** Why a fenced change to an active lease did not apply. */
+  async function refusal(companyId: string, leaseId: string, fence: number, allowed: readonly string[]): Promise<never> {
+    const row = await getRow(companyId, leaseId);
+    if (Number(row.fence) !== fence) {
+      throw new BerthError('stale_fence', `lease ${leaseId} is held under fence ${row.fence}; fence ${fence} is stale`, {
+        details: { currentFence: Number(row.fence), status: row.status },
+      });
+    }
+    if (!allowed.includes(String(row.status))) {
+      throw new BerthError('lease_not_active', `lease ${leaseId} is ${row.status}`, { details: { status: row.status } });
+    }
+    if (row.overdue) throw new BerthError('lease_expired', `lease ${leaseId} expired at ${(row.expires_at as Date).toISOString?.() ?? row.expires_at}`);
+    throw new BerthError('conflict', `lease ${leaseId} changed concurrently; try again`);
+  }
+
+  const service = {
+    /**
+     * Acquire a lease on an environment. Idempotent per idempotency key; a run that
+     * already holds an active lease on the environment gets that lease back.
+     */
+    async acquire(companyId: string, input: AcquireLeaseInput, actor: Actor = SYSTEM_ACTOR): Promise<AcquireResult> {
+      requireId(companyId, 'company');
+      const v = parseInput(acquireLeaseSchema, input, 'lease acquire');
+      for (let attempt = 0; attempt < 10; attempt++) {
+        let res: Awaited<ReturnType<typeof grant>>;
+        try {
+          res = await grant(db, companyId, v, actor, 'shared');
+          if (res.envFound && !res.lease && res.envStatus === 'active' && res.envCapacity !== null) {
+            res = await db.transaction(async (tx) => {
+              await queryRows(tx, sql`SELECT 1 FROM environments WHERE id = ${v.environmentId} AND company_id = ${companyId} FOR NO KEY UPDATE`);
+              return grant(tx, companyId, v, actor, 'limited');
+            });
+          }
+        } catch (err) {
+          const pgErr = pgErrorOf(err);
+          // A reactivated lease may collide with one the same run took meanwhile: look again.
+          if (pgErr?.code === PG_UNIQUE_VIOLATION) continue;
+          if (pgErr?.code === PG_FOREIGN_KEY_VIOLATION) throw notFound('environment', v.environmentId);
+          throw err;
+        }
+        if (!res.envFound) throw notFound('environment', v.environmentId);
+        if (res.lease) return { lease: res.lease, created: true, reacquired: res.reacquired ?? false };
+
+        const existing = await findExisting(companyId, v);
+        if (existing) return { lease: existing, created: false, reacquired: false };
+        if (res.envStatus !== 'active') {
+          throw new BerthError('environment_archived', `environment ${v.environmentId} is ${res.envStatus} and takes no new leases`);
+        }
+        if (res.envCapacity !== null && res.envCapacity !== undefined && res.activeCount !== undefined && res.activeCount >= res.envCapacity) {
+          throw new BerthError('capacity_exhausted', `environment ${v.environmentId} is at capacity (${res.activeCount} of ${res.envCapacity} leases active)`, {
+            details: { capacity: res.envCapacity, active: res.activeCount },
+          });
+        }
+        if (v.executionWorkspaceId !== undefined && v.policy === 'ephemeral') {
+          const [holder] = await queryRows(
+            db,
+            sql`SELECT id, heartbeat_run_id, (expires_at IS NOT NULL AND expires_at <= now()) AS overdue FROM environment_leases
+                WHERE environment_id = ${v.environmentId} AND execution_workspace_id = ${v.executionWorkspaceId}
+                  AND status = 'active' AND lease_policy = 'ephemeral'`,
+          );
+          if (holder?.overdue) {
+            await expireDue({ leaseId: String(holder.id) });
+            continue;
+          }
+          if (holder) {
+            throw new BerthError('workspace_busy', `execution workspace "${v.executionWorkspaceId}" is held by lease ${holder.id} of run ${holder.heartbeat_run_id ?? '(none)'}`, {
+              details: { leaseId: holder.id, heartbeatRunId: holder.heartbeat_run_id },
+            });
+          }
+        }
+        // The conflicting lease ended between our insert and our look: try again.
+      }
+      throw new BerthError('conflict', `could not acquire a lease on environment ${v.environmentId}: it kept changing; try again`);
+    },
+
+    /** Extend expiresAt to now + ttl (database clock), never past the lease's maxExpiresAt. */
+    async renew(companyId: string, leaseId: string, input: RenewLeaseInput): Promise<Lease> {
+      requireId(leaseId, 'lease');
+      const v = parseInput(renewLeaseSchema, input, 'lease renew');
+      const [row] = await queryRows(
+        db,
+        sql`UPDATE environment_leases SET
+              expires_at = LEAST(now() + make_interval(secs => ${v.ttlSeconds}), max_expires_at),
+              renew_count = renew_count + 1, last_renewed_at = now(), last_used_at = now(), updated_at = now()
+            WHERE id = ${leaseId} AND company_id = ${companyId} AND fence = ${v.fence} AND status = 'active'
+              AND (expires_at IS NULL OR expires_at > now())
+            RETURNING *`,
+      );
+      if (row) return toLease(row);
+      return refusal(companyId, leaseId, v.fence, ['active']);
+    },
+
+    /** Merge into (or replace) the metadata of a lease that is not terminal. */
+    async updateMetadata(companyId: string, leaseId: string, input: UpdateLeaseMetadataInput): Promise<Lease> {
+      requireId(leaseId, 'lease');
+      const v = parseInput(updateLeaseMetadataSchema, input, 'lease metadata');
+      const meta = JSON.stringify(v.metadata);
+      const [row] = await queryRows(
+        db,
+        sql`UPDATE environment_leases SET
+              metadata = ${v.replace ? sql`${meta}::jsonb` : sql`metadata || ${meta}::jsonb`}, updated_at = now()
+            WHERE id = ${leaseId} AND company_id = ${companyId} AND fence = ${v.fence}
+              AND status IN ('active', 'retained', 'pending_cleanup')
+            RETURNING *`,
+      );
+      if (row) return toLease(row);
+      return refusal(companyId, leaseId, v.fence, ['active', 'retained', 'pending_cleanup']);
+    },
+
+    /**
+     * End a lease: released, expired or failed (retained where its policy keeps
+     * resources). `cleanupStatus: 'failed'` means the driver could not clean up:
+     * the lease goes to pending_cleanup and is retried. Releasing a lease that has
+     * already ended changes nothing and returns its final state.
+     */
+    async release(companyId: string, leaseId: string, input: ReleaseLeaseInput, actor: Actor = SYSTEM_ACTOR): Promise<ReleaseResult> {
+      requireId(leaseId, 'lease');
+      const v = parseInput(releaseLeaseSchema, input, 'lease release');
+      const cleanupFailed = v.cleanupStatus === 'failed';
+      const requested = sql`${v.status}::text`;
+      const rows = await queryRows(
+        db,
+        sql`WITH target AS (
+              SELECT * FROM environment_leases WHERE id = ${leaseId} AND company_id = ${companyId} FOR UPDATE),
+            changed AS (
+              UPDATE environment_leases l SET
+                status = ${cleanupFailed ? sql`'pending_cleanup'` : releasedStatusSql('t', requested)},
+                release_status = ${cleanupFailed ? requested : sql`NULL`},
+                cleanup_status = ${v.cleanupStatus ?? null},
+                cleanup_attempts = ${cleanupFailed ? sql`t.cleanup_attempts + 1` : sql`t.cleanup_attempts`},
+                next_cleanup_at = ${cleanupFailed
+                  ? sql`now() + make_interval(secs => ${cleanupBackoffSeconds(1)})`
+                  : v.cleanupStatus === 'pending' ? sql`now()` : sql`NULL`},
+                failure_reason = coalesce(${v.failureReason ?? null}, t.failure_reason),
+                released_at = now(), last_used_at = now(), updated_at = now()
+              FROM target t
+              WHERE l.id = t.id AND t.fence = ${v.fence} AND t.status IN ('active', 'retained')
+              RETURNING l.*),
+            act AS (${leaseActivity('changed', actor, ACTIONS.leaseReleased, releaseDetails('changed'))})
+            SELECT true AS changed, changed.* FROM changed
+            UNION ALL
+            SELECT false AS changed, target.* FROM target WHERE NOT EXISTS (SELECT 1 FROM changed)`,
+      );
+      const row = rows[0];
+      if (!row) throw notFound('lease', leaseId);
+      if (row.changed) return { lease: toLease(row), changed: true };
+      const current = toLease(row);
+      if (current.fence !== v.fence) {
+        throw new BerthError('stale_fence', `lease ${leaseId} is held under fence ${current.fence}; fence ${v.fence} is stale`, {
+          details: { currentFence: current.fence, status: current.status },
+        });
+      }
+      return { lease: current, changed: false };
+    },
+
+    /** Finalize a run: release every active lease it holds, with one activity row each. */
+    async releaseForRun(
+      companyId: string,
+      runId: string,
+      outcome: { status: TerminalLeaseStatus; failureReason?: string },
+      actor: Actor = SYSTEM_ACTOR,
+    ): Promise<Lease[]> {
+      requireId(runId, 'run');
+      const v = parseInput(releaseLeaseSchema.omit({ fence: true, cleanupStatus: true }), outcome, 'run release');
+      const requested = sql`${v.status}::text`;
+      const rows = await queryRows(
+        db,
+        sql`WITH changed AS (
+              UPDATE environment_leases l SET status = ${releasedStatusSql('l', requested)},
+                failure_reason = coalesce(${v.failureReason ?? null}, l.failure_reason),
+                released_at = now(), last_used_at = now(), updated_at = now()
+              WHERE l.company_id = ${companyId} AND l.heartbeat_run_id = ${runId} AND l.status = 'active'
+              RETURNING l.*),
+            act AS (${leaseActivity('changed', actor, ACTIONS.leaseReleased, releaseDetails('changed'))})
+            SELECT * FROM changed`,
+      );
+      return rows.map(toLease);
+    },
+
+    /** The sweep: expire active leases past expiresAt, oldest first, at most `limit` per call. */
+    expireDue: (opts: { limit?: number } = {}) => expireDue(opts),
+
+    /**
+     * Claim leases whose cleanup is due (pending_cleanup, or expired with cleanup
+     * pending) for one worker: their next_cleanup_at moves `claimSeconds` ahead so
+     * another worker skips them until then.
+     */
+    async claimDueCleanups(opts: { limit?: number; claimSeconds?: number } = {}): Promise<Lease[]> {
+      const rows = await queryRows(
+        db,
+        sql`UPDATE environment_leases l SET next_cleanup_at = now() + make_interval(secs => ${opts.claimSeconds ?? 60})
+            WHERE l.id IN (SELECT id FROM environment_leases WHERE next_cleanup_at <= now()
+                           ORDER BY next_cleanup_at LIMIT ${opts.limit ?? 50} FOR UPDATE SKIP LOCKED)
+            RETURNING l.*`,
+      );
+      return rows.map(toLease);
+    },
+
+    /**
+     * Record one driver cleanup attempt. Success ends a pending_cleanup lease in its
+     * release status; failure schedules the next try with backoff, and after
+     * `maxAttempts` gives up visibly: status failed, cleanupStatus failed. One
+     * activity row per attempt.
+     */
+    async recordCleanupAttempt(
+      companyId: string,
+      leaseId: string,
+      attempt: { fence: number; ok: boolean; error?: string; maxAttempts?: number },
+      actor: Actor = SYSTEM_ACTOR,
+    ): Promise<Lease> {
+      requireId(leaseId, 'lease');
+      const max = attempt.maxAttempts ?? DEFAULT_CLEANUP_MAX_ATTEMPTS;
+      const ok = attempt.ok;
+      const error = ok ? null : (attempt.error ?? 'cleanup failed').slice(0, 4000);
+      const n = sql`(t.cleanup_attempts + 1)`;
+      const done = ok ? sql`true` : sql`${n} >= ${max}`;
+      const rows = await queryRows(
+        db,
+        sql`WITH target AS (
+              SELECT * FROM environment_leases WHERE id = ${leaseId} AND company_id = ${companyId} FOR UPDATE),
+            changed AS (
+              UPDATE environment_leases l SET
+                cleanup_attempts = ${n},
+                status = CASE WHEN t.status = 'pending_cleanup' AND ${done}
+                              THEN ${ok ? sql`coalesce(t.release_status, 'released')` : sql`'failed'`} ELSE t.status END,
+                release_status = CASE WHEN ${done} THEN NULL ELSE t.release_status END,
+                cleanup_status = ${ok ? 'success' : 'failed'},
+                next_cleanup_at = CASE WHEN ${done} THEN NULL
+                                       ELSE now() + make_interval(secs => least(power(2, ${n})::int, 300)) END,
+                last_cleanup_error = ${ok ? sql`t.last_cleanup_error` : sql`${error}`},
+                failure_reason = ${ok ? sql`t.failure_reason` : sql`CASE WHEN ${done}
+                  THEN concat_ws('; ', t.failure_reason, 'cleanup gave up after ' || ${n} || ' attempts: ' || ${error}::text)
+                  ELSE t.failure_reason END`},
+                updated_at = now()
+              FROM target t
+              WHERE l.id = t.id AND t.fence = ${attempt.fence} AND t.next_cleanup_at IS NOT NULL
+              RETURNING l.*, ${done} AS gave_up_or_done),
+            act AS (${leaseActivity(
+              'changed',
+              actor,
+              ok ? ACTIONS.leaseCleanupSucceeded : ACTIONS.leaseCleanupFailed,
+              sql`jsonb_build_object('environmentId', changed.environment_id, 'fence', changed.fence, 'status', changed.status,
+                    'attempt', changed.cleanup_attempts, 'error', changed.last_cleanup_error,
+                    'gaveUp', ${ok ? sql`false` : sql`changed.gave_up_or_done`}, 'nextCleanupAt', changed.next_cleanup_at)`,
+            )})
+            SELECT true AS changed, changed.* FROM changed
+            UNION ALL
+            SELECT false AS changed, target.*, false FROM target WHERE NOT EXISTS (SELECT 1 FROM changed)`,
+      );
+      const row = rows[0];
+      if (!row) throw notFound('lease', leaseId);
+      const lease = toLease(row);
+      if (row.changed) return lease;
+      if (lease.fence !== attempt.fence) {
+        throw new BerthError('stale_fence', `lease ${leaseId} is held under fence ${lease.fence}; fence ${attempt.fence} is stale`);
+      }
+      throw new BerthError('conflict', `lease ${leaseId} owes no cleanup (status ${lease.status}, cleanup ${lease.cleanupStatus ?? 'none'})`);
+    },
+
+    async get(companyId: string, leaseId: string): Promise<Lease> {
+      return toLease(await getRow(companyId, leaseId));
+    },
+
+    /** Leases of one environment, most recently used first, keyset-paged. */
+    async listByEnvironment(
+      companyId: string,
+      environmentId: string,
+      filter: { status?: string; limit?: number; cursor?: string } = {},
+    ): Promise<Page<Lease>> {
+      requireId(environmentId, 'environment');
+      const f = parseInput(listLeasesSchema, filter, 'lease filter');
+      const conds: SQL[] = [sql`environment_id = ${environmentId}`, sql`company_id = ${companyId}`];
+      if (f.status) conds.push(sql`status = ${f.status}`);
+      if (f.cursor) {
+        const [ts, id] = decodeCursor(f.cursor);
+        conds.push(sql`(last_used_at, id) < (${ts}::timestamptz, ${id}::uuid)`);
+      }
+      const rows = await queryRows(
+        db,
+        sql`SELECT *, to_char(last_used_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_ts FROM environment_leases
+            WHERE ${sql.join(conds, sql` AND `)}
+            ORDER BY last_used_at DESC, id DESC LIMIT ${f.limit + 1}`,
+      );
+      if (rows.length === 0) {
+        const [env] = await queryRows(db, sql`SELECT 1 FROM environments WHERE id = ${environmentId} AND company_id = ${companyId}`);
+        if (!env) throw notFound('environment', environmentId);
+      }
+      const page = rows.slice(0, f.limit);
+      const last = page[page.length - 1];
+      return {
+        items: page.map(toLease),
+        nextCursor: rows.length > f.limit && last ? encodeCursor(String(last.cursor_ts), String(last.id)) : null,
+      };
+    },
+  };
+  return service;
+}
+export type LeaseService = ReturnType<typeof leaseService>;
+
+function encodeCursor(ts: string, id: string): string {
+  return Buffer.from(`${ts}|${id}`).toString('base64url');
+}
+
+function decodeCursor(cursor: string): [string, string] {
+  const [ts, id] = Buffer.from(cursor, 'base64url').toString().split('|');
+  if (!ts || !id || Number.isNaN(Date.parse(ts)) || !/^[0-9a-f-]{36}$/i.test(id)) {
+    throw new BerthError('invalid', 'invalid lease filter: cursor: is not a cursor this list returned', {
+      fields: [{ path: 'cursor', message: 'is not a cursor this list returned' }],
+    });
+  }
+  return [ts, id];
+}
