@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Provisions what the tests need, for `npm test` and .ci/run. Source it, then call
+# berth_ensure_postgres. It never silently skips: if it cannot provide a service,
+# it fails and says why.
+#
+#   TEST_DATABASE_URL set          -> used as it is
+#   127.0.0.1:5432 answers         -> postgres://postgres@127.0.0.1:5432/postgres
+#   otherwise                      -> Debian's postgresql is installed if missing, and a
+#                                     throwaway cluster (fsync off) runs on a free port
+#                                     until this shell exits
+#   BERTH_TEST_PG=throwaway forces the last path (to test it where 5432 answers).
+
+berth_log() { echo "[test-env] $*" >&2; }
+
+berth_pg_bin() {
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
+}
+
+berth_free_port() {
+  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+
+berth_pg_answers() { # host port
+  node -e '
+    const s = require("net").connect({ host: process.argv[1], port: Number(process.argv[2]) });
+    s.setTimeout(1500);
+    s.on("connect", () => { s.destroy(); process.exit(0); });
+    s.on("error", () => process.exit(1));
+    s.on("timeout", () => process.exit(1));' "$1" "$2"
+}
+
+berth_install_debian() { # packages...
+  if [ "$(id -u)" != 0 ]; then
+    berth_log "need Debian packages $* but am not root; install them and run again"
+    return 1
+  fi
+  berth_log "installing Debian packages: $*"
+  if [ -z "${BERTH_APT_UPDATED:-}" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || return 1
+    export BERTH_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+berth_ensure_postgres() {
+  if [ -n "${TEST_DATABASE_URL:-}" ]; then
+    berth_log "PostgreSQL: TEST_DATABASE_URL is set"
+    return 0
+  fi
+  if [ "${BERTH_TEST_PG:-}" != throwaway ] && berth_pg_answers 127.0.0.1 5432; then
+    export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+    berth_log "PostgreSQL: using the server on 127.0.0.1:5432"
+    return 0
+  fi
+  local bin
+  bin=$(berth_pg_bin)
+  if [ -z "$bin" ]; then
+    berth_install_debian postgresql postgresql-contrib || { berth_log "could not install postgresql"; return 1; }
+    bin=$(berth_pg_bin)
+    [ -n "$bin" ] || { berth_log "postgresql installed but no initdb found under /usr/lib/postgresql"; return 1; }
+  fi
+  local dir port runas=()
+  dir=$(mktemp -d /tmp/berth-pg.XXXXXX)
+  port=$(berth_free_port)
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir "$dir" postgres
+    chown postgres "$dir"
+    runas=(runuser -u postgres --)
+  fi
+  berth_log "PostgreSQL: starting a throwaway cluster ($bin) in $dir on port $port"
+  "${runas[@]}" "$bin/initdb" -D "$dir/data" -A trust -U postgres --no-sync >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; return 1; }
+  "${runas[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    start >&2 || { cat "$dir/server.log" >&2; return 1; }
+  BERTH_PG_STOP="${runas[*]} $bin/pg_ctl -D $dir/data -m immediate stop"
+  export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+berth_cleanup() {
+  if [ -n "${BERTH_PG_STOP:-}" ]; then
+    berth_log "stopping the throwaway PostgreSQL"
+    $BERTH_PG_STOP >/dev/null 2>&1 || true
+    BERTH_PG_STOP=
+  fi
+}

@@ -1,0 +1,33 @@
+import { defineConfig } from 'vitest/config';
+
+// The same suite runs twice: on PGlite and on PostgreSQL. Tests about concurrency
+// (test/postgres/) run on PostgreSQL only: PGlite has one session and proves nothing there;
+// test/pglite/ covers what only the embedded database has (its data-dir lock).
+export default defineConfig({
+  test: {
+    reporters: ['default', './test/support/summary-reporter.ts'],
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    maxWorkers: 2,
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: 'pglite',
+          include: ['test/**/*.test.ts'],
+          exclude: ['test/postgres/**'],
+          env: { BERTH_TEST_BACKEND: 'pglite' },
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: 'postgres',
+          include: ['test/**/*.test.ts'],
+          exclude: ['test/pglite/**'],
+          env: { BERTH_TEST_BACKEND: 'postgres' },
+        },
+      },
+    ],
+  },
+});
