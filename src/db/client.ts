@@ -1,5 +1,6 @@
 // One factory for the database: PGlite in BERTH_HOME by default, PostgreSQL when
 // DATABASE_URL is set. Migrations apply on open, on both.
+import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +15,7 @@ import type { SQL } from 'drizzle-orm';
 import pg from 'pg';
 import * as schema from './schema.js';
 import { lockDataDir } from './lock.js';
+import { pgErrorOf, PG_FEATURE_NOT_SUPPORTED } from './errors.js';
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
 
@@ -113,8 +115,39 @@ export function redactUrl(url: string): string {
   }
 }
 
-/** Run raw SQL and return its rows, the same way on both drivers. */
-export async function queryRows<T = Record<string, unknown>>(db: Db | Parameters<Parameters<Db['transaction']>[0]>[0], query: SQL): Promise<T[]> {
-  const result = (await db.execute(query)) as unknown as { rows: T[] };
-  return result.rows;
+type Conn = Db | Parameters<Parameters<Db['transaction']>[0]>[0];
+
+interface SessionInternals {
+  dialect: { sqlToQuery(q: SQL): { sql: string; params: unknown[] } };
+  session: { prepareQuery(q: { sql: string; params: unknown[] }, fields: undefined, name: string | undefined, arrayMode: boolean): { execute(): Promise<unknown> } };
 }
+
+const statementNames = new Map<string, string>();
+
+/**
+ * Run raw SQL and return its rows, the same way on both drivers. On PostgreSQL
+ * each distinct SQL text becomes a named prepared statement on each connection,
+ * so the server parses and plans it once per connection, not once per call
+ * (the lease statements are CTEs whose planning costs more than their execution).
+ */
+export async function queryRows<T = Record<string, unknown>>(db: Conn, query: SQL): Promise<T[]> {
+  const internals = db as unknown as SessionInternals;
+  const compiled = internals.dialect.sqlToQuery(query);
+  let name = statementNames.get(compiled.sql);
+  if (name === undefined) {
+    name = `berth_${createHash('sha1').update(compiled.sql).digest('hex').slice(0, 16)}_${statementGeneration}`;
+    if (statementNames.size < 10_000) statementNames.set(compiled.sql, name);
+  }
+  try {
+    const result = (await internals.session.prepareQuery(compiled, undefined, name, false).execute()) as { rows: T[] };
+    return result.rows;
+  } catch (err) {
+    // Another server migrated the schema under a prepared `SELECT *`: prepare anew
+    // under fresh names (a retry is safe: the failed statement did nothing).
+    if (pgErrorOf(err)?.code !== PG_FEATURE_NOT_SUPPORTED || !/cached plan/.test(String((err as Error).message) + String((err as { cause?: Error }).cause?.message))) throw err;
+    statementGeneration++;
+    statementNames.clear();
+    return queryRows<T>(db, query);
+  }
+}
+let statementGeneration = 0;

@@ -20,3 +20,4 @@ export function pgErrorOf(err: unknown): PgErrorInfo | null {
 
 export const PG_UNIQUE_VIOLATION = '23505';
 export const PG_FOREIGN_KEY_VIOLATION = '23503';
+export const PG_FEATURE_NOT_SUPPORTED = '0A000';
