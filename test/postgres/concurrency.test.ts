@@ -151,6 +151,55 @@ describe('on PostgreSQL under concurrency', () => {
     expect(violations).toEqual([]);
   });
 
+  it('a capacity change waits for an in-flight unlimited acquire and counts its leases', async () => {
+    // An acquire on an unlimited environment holds FOR KEY SHARE on the environment row
+    // until it commits; a capacity change must wait for it, not count around it.
+    const env = await server(0).environments.create(companyId, { name: 'cap-wait', driver: 'sandbox', config: { provider: 't' } });
+    const inflight = new pg.Client({ connectionString: url });
+    await inflight.connect();
+    try {
+      await inflight.query('BEGIN');
+      await inflight.query('SELECT 1 FROM environments WHERE id = $1 FOR KEY SHARE', [env.id]);
+      for (let i = 0; i < 5; i++) {
+        await inflight.query(
+          `INSERT INTO environment_leases (company_id, environment_id, status, lease_policy, fence)
+           VALUES ($1, $2, 'active', 'ephemeral', nextval('environment_lease_fence_seq'))`,
+          [companyId, env.id],
+        );
+      }
+      let settled = false;
+      const update = server(1)
+        .environments.update(companyId, env.id, { capacity: 3 })
+        .then(
+          () => 'applied',
+          (err: unknown) => (isBerthError(err, 'conflict') ? 'conflict' : String(err)),
+        )
+        .finally(() => (settled = true));
+      await new Promise((r) => setTimeout(r, 300));
+      expect(settled).toBe(false);
+      await inflight.query('COMMIT');
+      expect(await update).toBe('conflict');
+      expect(await scalar(`SELECT count(*) FROM environments WHERE id = $1 AND capacity IS NULL`, [env.id])).toBe(1);
+    } finally {
+      await inflight.end();
+    }
+  });
+
+  it('ensureLocalEnvironment racing hand-made local environments under other names leaves one local', async () => {
+    const c = await server(0).companies.create({ name: 'Local Race Co' });
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 40 }, (_, i) =>
+        i % 2 === 0
+          ? server(i).environments.ensureLocalEnvironment(c.id)
+          : server(i).environments.create(c.id, { name: `Hand-made ${i}`, driver: 'local' }),
+      ),
+    );
+    expect(await scalar(`SELECT count(*) FROM environments WHERE company_id = $1 AND driver = 'local'`, [c.id])).toBe(1);
+    const ids = new Set(outcomes.flatMap((o) => (o.status === 'fulfilled' ? [o.value.id] : [])));
+    expect(ids.size).toBe(1);
+    for (const o of outcomes) if (o.status === 'rejected') expect(isBerthError(o.reason, 'conflict'), String(o.reason)).toBe(true);
+  });
+
   it('racing retries with one idempotency key give one lease and one activity row', async () => {
     const env = await server(0).environments.create(companyId, { name: 'idem', driver: 'sandbox', config: { provider: 't' }, capacity: 1 });
     const key = `retry-${randomUUID()}`;

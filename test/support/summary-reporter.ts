@@ -3,10 +3,11 @@
 // say) counts as failed, never as skipped.
 import type { Reporter, TestCase, TestModule } from 'vitest/node';
 
+/** True when a hook or the file itself failed around this test, so it never ran. */
 function blockedByFailure(test: TestCase): boolean {
   for (let parent = test.parent; ; parent = parent.parent) {
-    if (parent.type === 'module') return parent.state() === 'failed';
-    if (parent.state() === 'failed') return true;
+    if (parent.errors().length > 0) return true;
+    if (parent.type === 'module') return false;
   }
 }
 
