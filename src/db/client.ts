@@ -11,7 +11,7 @@ import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
 import { migrate as migratePg } from 'drizzle-orm/node-postgres/migrator';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
-import type { SQL } from 'drizzle-orm';
+import { fillPlaceholders, type SQL } from 'drizzle-orm';
 import pg from 'pg';
 import * as schema from './schema.js';
 import { lockDataDir } from './lock.js';
@@ -117,12 +117,37 @@ export function redactUrl(url: string): string {
 
 type Conn = Db | Parameters<Parameters<Db['transaction']>[0]>[0];
 
+interface CompiledQuery {
+  sql: string;
+  params: unknown[];
+}
 interface SessionInternals {
-  dialect: { sqlToQuery(q: SQL): { sql: string; params: unknown[] } };
-  session: { prepareQuery(q: { sql: string; params: unknown[] }, fields: undefined, name: string | undefined, arrayMode: boolean): { execute(): Promise<unknown> } };
+  dialect: { sqlToQuery(q: SQL): CompiledQuery };
+  session: { prepareQuery(q: CompiledQuery, fields: undefined, name: string | undefined, arrayMode: boolean): { execute(): Promise<unknown> } };
 }
 
+function statementName(text: string): string {
+  return `berth_${createHash('sha1').update(text).digest('hex').slice(0, 16)}_${statementGeneration}`;
+}
+let statementGeneration = 0;
 const statementNames = new Map<string, string>();
+const compiledStatements = new Map<string, CompiledQuery & { name: string }>();
+
+async function execute<T>(db: Conn, query: CompiledQuery, name: string, retry: () => Promise<T[]>): Promise<T[]> {
+  try {
+    const result = (await (db as unknown as SessionInternals).session.prepareQuery(query, undefined, name, false).execute()) as { rows: T[] };
+    return result.rows;
+  } catch (err) {
+    // Another server migrated the schema under a prepared `SELECT *`: prepare anew
+    // under fresh names (a retry is safe: the failed statement did nothing).
+    const text = `${(err as Error).message} ${(err as { cause?: Error }).cause?.message ?? ''}`;
+    if (pgErrorOf(err)?.code !== PG_FEATURE_NOT_SUPPORTED || !text.includes('cached plan')) throw err;
+    statementGeneration++;
+    statementNames.clear();
+    compiledStatements.clear();
+    return retry();
+  }
+}
 
 /**
  * Run raw SQL and return its rows, the same way on both drivers. On PostgreSQL
@@ -131,23 +156,31 @@ const statementNames = new Map<string, string>();
  * (the lease statements are CTEs whose planning costs more than their execution).
  */
 export async function queryRows<T = Record<string, unknown>>(db: Conn, query: SQL): Promise<T[]> {
-  const internals = db as unknown as SessionInternals;
-  const compiled = internals.dialect.sqlToQuery(query);
+  const compiled = (db as unknown as SessionInternals).dialect.sqlToQuery(query);
   let name = statementNames.get(compiled.sql);
   if (name === undefined) {
-    name = `berth_${createHash('sha1').update(compiled.sql).digest('hex').slice(0, 16)}_${statementGeneration}`;
+    name = statementName(compiled.sql);
     if (statementNames.size < 10_000) statementNames.set(compiled.sql, name);
   }
-  try {
-    const result = (await internals.session.prepareQuery(compiled, undefined, name, false).execute()) as { rows: T[] };
-    return result.rows;
-  } catch (err) {
-    // Another server migrated the schema under a prepared `SELECT *`: prepare anew
-    // under fresh names (a retry is safe: the failed statement did nothing).
-    if (pgErrorOf(err)?.code !== PG_FEATURE_NOT_SUPPORTED || !/cached plan/.test(String((err as Error).message) + String((err as { cause?: Error }).cause?.message))) throw err;
-    statementGeneration++;
-    statementNames.clear();
-    return queryRows<T>(db, query);
-  }
+  return execute<T>(db, compiled, name, () => queryRows<T>(db, query));
 }
-let statementGeneration = 0;
+
+/**
+ * For the hot paths: `build` writes the statement with `sql.placeholder(name)` for
+ * every value and is called once per `shape` (a key naming everything that changes
+ * the SQL text); later calls only fill in `values`.
+ */
+export async function runStatement<T = Record<string, unknown>>(
+  db: Conn,
+  shape: string,
+  build: () => SQL,
+  values: Record<string, unknown>,
+): Promise<T[]> {
+  let st = compiledStatements.get(shape);
+  if (st === undefined) {
+    const compiled = (db as unknown as SessionInternals).dialect.sqlToQuery(build());
+    st = { ...compiled, name: statementName(compiled.sql) };
+    compiledStatements.set(shape, st);
+  }
+  return execute<T>(db, { sql: st.sql, params: fillPlaceholders(st.params, values) }, st.name, () => runStatement<T>(db, shape, build, values));
+}

@@ -66,9 +66,11 @@ export const environmentLeases = pgTable(
   'environment_leases',
   {
     id: uuid('id').primaryKey().defaultRandom(),
-    companyId: uuid('company_id')
-      .notNull()
-      .references(() => companies.id, { onDelete: 'cascade' }),
+    // No foreign key to companies: an acquire copies company_id from the environment
+    // row it locks, in the same statement, so the two cannot disagree; leaving the
+    // check out saves a trigger query on the hottest insert. Leases outlive neither
+    // rule: there is no company delete.
+    companyId: uuid('company_id').notNull(),
     // SET NULL keeps the lease history when its environment is deleted (deletion is
     // refused while any lease of it is not terminal).
     environmentId: uuid('environment_id').references(() => environments.id, { onDelete: 'set null' }),
@@ -105,24 +107,24 @@ export const environmentLeases = pgTable(
     uniqueIndex('environment_leases_idempotency_uq')
       .on(t.companyId, t.idempotencyKey)
       .where(sql`${t.idempotencyKey} IS NOT NULL`),
-    // Guarantee 2: one active lease per (environment, run) ...
+    // Guarantee 2: one active lease per (run, environment); also finds a run's active
+    // leases when the run is finalized ...
     uniqueIndex('environment_leases_active_run_uq')
-      .on(t.environmentId, t.heartbeatRunId)
+      .on(t.heartbeatRunId, t.environmentId)
       .where(sql`${t.status} = 'active' AND ${t.heartbeatRunId} IS NOT NULL`),
     // ... and one active ephemeral lease per (environment, execution workspace).
     uniqueIndex('environment_leases_active_workspace_uq')
       .on(t.environmentId, t.executionWorkspaceId)
       .where(sql`${t.status} = 'active' AND ${t.leasePolicy} = 'ephemeral' AND ${t.executionWorkspaceId} IS NOT NULL`),
-    // Listing an environment's leases, most recently used first, with and without a status filter;
-    // the second also counts active leases for capacity.
-    index('environment_leases_env_used_idx').on(t.environmentId, t.lastUsedAt.desc(), t.id.desc()),
-    index('environment_leases_env_status_used_idx').on(t.environmentId, t.status, t.lastUsedAt.desc(), t.id.desc()),
+    // Listing an environment's leases, most recently used first (keyset paging), and
+    // its active ones, which the capacity check counts. Partial indexes are touched
+    // only while their predicate holds: releasing a lease does not write the second.
+    index('environment_leases_env_used_idx').on(t.environmentId, t.lastUsedAt, t.id),
+    index('environment_leases_env_active_idx').on(t.environmentId, t.lastUsedAt, t.id).where(sql`${t.status} = 'active'`),
     // The expiry sweep and the cleanup retry loop each read only their own rows
     // (next_cleanup_at is set only while a cleanup is owed).
     index('environment_leases_expiry_idx').on(t.expiresAt).where(sql`${t.status} = 'active' AND ${t.expiresAt} IS NOT NULL`),
     index('environment_leases_cleanup_due_idx').on(t.nextCleanupAt).where(sql`${t.nextCleanupAt} IS NOT NULL`),
-    // Releasing every active lease of a run.
-    index('environment_leases_company_run_idx').on(t.companyId, t.heartbeatRunId),
     check('environment_leases_fence_ck', sql`${t.fence} > 0`),
   ],
 );
@@ -131,9 +133,9 @@ export const activityLog = pgTable(
   'activity_log',
   {
     id: bigint('id', { mode: 'number' }).primaryKey().generatedAlwaysAsIdentity(),
-    companyId: uuid('company_id')
-      .notNull()
-      .references(() => companies.id, { onDelete: 'cascade' }),
+    // History, not a live reference: no foreign keys (every writer takes company_id
+    // from a row it has just read or written in the same statement).
+    companyId: uuid('company_id').notNull(),
     actorType: text('actor_type').notNull(),
     actorId: text('actor_id'),
     action: text('action').notNull(),

@@ -1,6 +1,6 @@
 // The audit trail: the SQL fragment every state change uses to write its row in
 // the same statement, and the paged, filtered listing.
-import { sql, type SQL } from 'drizzle-orm';
+import { sql, type Placeholder, type SQL } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
 import { toActivity } from '../db/rows.js';
 import type { Actor, ActivityEntry } from '../domain/types.js';
@@ -14,9 +14,12 @@ export const ENVIRONMENT_ENTITY = 'environment';
  * CTE, written in the statement that made the change. `details` is SQL over the
  * source's columns (usually jsonb_build_object).
  */
+/** An actor, or placeholders standing for one in a compiled statement. */
+export type ActorSql = Actor | { type: Placeholder; id: Placeholder };
+
 export function activityFrom(opts: {
   source: string;
-  actor: Actor;
+  actor: ActorSql;
   action: SQL | string;
   entityType: string;
   entityId: SQL;

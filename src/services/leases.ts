@@ -10,7 +10,7 @@
 //  - fencing: every grant takes nextval of one sequence;
 //  - audit: the activity row is written by the same statement as the change.
 import { sql, type SQL } from 'drizzle-orm';
-import { queryRows, type Db } from '../db/client.js';
+import { queryRows, runStatement, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { toLease } from '../db/rows.js';
 import { ACTIONS, type LeasePolicy, type TerminalLeaseStatus } from '../domain/enums.js';
@@ -28,7 +28,11 @@ import {
   type RenewLeaseInput,
   type UpdateLeaseMetadataInput,
 } from '../domain/validators.js';
-import { activityFrom, LEASE_ENTITY } from './activity.js';
+import { activityFrom, LEASE_ENTITY, type ActorSql } from './activity.js';
+
+/** A named value in a compiled statement (see runStatement). */
+const P = (name: string) => sql.placeholder(name);
+const ACTOR_PLACEHOLDERS = { type: P('actorType'), id: P('actorId') };
 
 type Row = Record<string, unknown>;
 type Tx = Parameters<Parameters<Db['transaction']>[0]>[0];
@@ -55,7 +59,7 @@ export function cleanupBackoffSeconds(attempt: number): number {
 }
 export const DEFAULT_CLEANUP_MAX_ATTEMPTS = 6;
 
-function leaseActivity(source: string, actor: Actor, action: SQL | string, details: SQL): SQL {
+function leaseActivity(source: string, actor: ActorSql, action: SQL | string, details: SQL): SQL {
   return activityFrom({
     source,
     actor,
@@ -97,52 +101,52 @@ export function leaseService(db: Db) {
     actor: Actor,
     mode: 'shared' | 'limited',
   ): Promise<{ envFound: boolean; envStatus?: string; envCapacity?: number | null; activeCount?: number; lease?: Lease; reacquired?: boolean }> {
-    const expires = v.ttlSeconds !== undefined
-      ? sql`now() + make_interval(secs => ${v.ttlSeconds})`
-      : v.expiresAt !== undefined ? sql`${v.expiresAt.toISOString()}::timestamptz` : sql`NULL::timestamptz`;
-    const maxExpires = v.maxLifetimeSeconds !== undefined ? sql`now() + make_interval(secs => ${v.maxLifetimeSeconds})` : sql`NULL::timestamptz`;
-    const expiresAt = sql`LEAST(${expires}, ${maxExpires})`;
-    const guard = mode === 'shared'
-      ? sql`env.capacity IS NULL`
-      : sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active') < env.capacity`;
-    const meta = JSON.stringify(v.metadata);
-    const reuse = REUSE_POLICIES.includes(v.policy)
-      ? sql`UPDATE environment_leases l SET status = 'active', fence = nextval('environment_lease_fence_seq'),
-              heartbeat_run_id = ${v.heartbeatRunId ?? null}, issue_id = coalesce(${v.issueId ?? null}, l.issue_id),
-              idempotency_key = coalesce(l.idempotency_key, ${v.idempotencyKey ?? null}),
-              acquired_at = now(), last_used_at = now(), expires_at = ${expiresAt}, max_expires_at = ${maxExpires},
-              renew_count = 0, last_renewed_at = NULL, released_at = NULL, failure_reason = NULL,
-              cleanup_status = NULL, release_status = NULL, metadata = l.metadata || ${meta}::jsonb, updated_at = now()
-            FROM ok
-            WHERE l.id = (SELECT c.id FROM environment_leases c
-                          WHERE c.environment_id = ok.id AND c.company_id = ok.company_id AND c.status = 'retained'
-                            AND c.lease_policy = ${v.policy}
-                            ${v.policy === 'reuse_by_execution_workspace' ? sql`AND c.execution_workspace_id = ${v.executionWorkspaceId ?? null}` : sql``}
-                          ORDER BY c.last_used_at DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
-              AND l.status = 'retained'
-            RETURNING l.*`
-      : sql`SELECT * FROM environment_leases WHERE false`;
-    const rows = await queryRows(
-      conn,
-      sql`WITH env AS (
+    const ttlKind = v.ttlSeconds !== undefined ? 'ttl' : v.expiresAt !== undefined ? 'at' : 'none';
+    const reuse = REUSE_POLICIES.includes(v.policy);
+    const shape = `grant:${mode}:${reuse ? v.policy : '-'}:${ttlKind}:${v.maxLifetimeSeconds !== undefined}`;
+    const rows = await runStatement(conn, shape, () => {
+      const expires = ttlKind === 'ttl'
+        ? sql`now() + make_interval(secs => ${P('ttl')})`
+        : ttlKind === 'at' ? sql`${P('expiresAt')}::timestamptz` : sql`NULL::timestamptz`;
+      const maxExpires = v.maxLifetimeSeconds !== undefined ? sql`now() + make_interval(secs => ${P('maxLifetime')})` : sql`NULL::timestamptz`;
+      const expiresAt = sql`LEAST(${expires}, ${maxExpires})`;
+      const guard = mode === 'shared'
+        ? sql`env.capacity IS NULL`
+        : sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active') < env.capacity`;
+      const reused = sql`UPDATE environment_leases l SET status = 'active', fence = nextval('environment_lease_fence_seq'),
+                heartbeat_run_id = ${P('runId')}, issue_id = coalesce(${P('issueId')}, l.issue_id),
+                idempotency_key = coalesce(l.idempotency_key, ${P('key')}),
+                acquired_at = now(), last_used_at = now(), expires_at = ${expiresAt}, max_expires_at = ${maxExpires},
+                renew_count = 0, last_renewed_at = NULL, released_at = NULL, failure_reason = NULL,
+                cleanup_status = NULL, release_status = NULL, metadata = l.metadata || ${P('meta')}::jsonb, updated_at = now()
+              FROM ok
+              WHERE l.id = (SELECT c.id FROM environment_leases c
+                            WHERE c.environment_id = ok.id AND c.company_id = ok.company_id AND c.status = 'retained'
+                              AND c.lease_policy = ${P('policy')}
+                              ${v.policy === 'reuse_by_execution_workspace' ? sql`AND c.execution_workspace_id = ${P('wsId')}` : sql``}
+                            ORDER BY c.last_used_at DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
+                AND l.status = 'retained'
+              RETURNING l.*`;
+      return sql`WITH env AS (
             SELECT id, company_id, status, capacity FROM environments
-            WHERE id = ${v.environmentId} AND company_id = ${companyId}
+            WHERE id = ${P('envId')} AND company_id = ${P('companyId')}
             ${mode === 'shared' ? sql`FOR KEY SHARE` : sql``}),
           ok AS (SELECT env.* FROM env WHERE env.status = 'active' AND ${guard}),
-          reused AS (${reuse}),
+          ${reuse ? sql`reused AS (${reused}),` : sql``}
           ins AS (
             INSERT INTO environment_leases (company_id, environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
               status, lease_policy, provider, provider_lease_id, fence, idempotency_key, expires_at, max_expires_at, metadata)
-            SELECT ok.company_id, ok.id, ${v.executionWorkspaceId ?? null}, ${v.issueId ?? null}, ${v.heartbeatRunId ?? null},
-              'active', ${v.policy}, ${v.provider ?? null}, ${v.providerLeaseId ?? null}, nextval('environment_lease_fence_seq'),
-              ${v.idempotencyKey ?? null}, ${expiresAt}, ${maxExpires}, ${meta}::jsonb
-            FROM ok WHERE NOT EXISTS (SELECT 1 FROM reused)
+            SELECT ok.company_id, ok.id, ${P('wsId')}, ${P('issueId')}, ${P('runId')},
+              'active', ${P('policy')}, ${P('provider')}, ${P('providerLeaseId')}, nextval('environment_lease_fence_seq'),
+              ${P('key')}, ${expiresAt}, ${maxExpires}, ${P('meta')}::jsonb
+            FROM ok ${reuse ? sql`WHERE NOT EXISTS (SELECT 1 FROM reused)` : sql``}
             ON CONFLICT DO NOTHING
             RETURNING *),
-          granted AS (SELECT ins.*, false AS reacquired FROM ins UNION ALL SELECT reused.*, true AS reacquired FROM reused),
+          granted AS (SELECT ins.*, false AS reacquired FROM ins
+                      ${reuse ? sql`UNION ALL SELECT reused.*, true AS reacquired FROM reused` : sql``}),
           act AS (${leaseActivity(
             'granted',
-            actor,
+            ACTOR_PLACEHOLDERS,
             sql`CASE WHEN granted.reacquired THEN ${ACTIONS.leaseReacquired} ELSE ${ACTIONS.leaseAcquired} END`,
             sql`jsonb_build_object('environmentId', granted.environment_id, 'fence', granted.fence, 'policy', granted.lease_policy,
                   'expiresAt', granted.expires_at, 'executionWorkspaceId', granted.execution_workspace_id,
@@ -151,8 +155,24 @@ export function leaseService(db: Db) {
           SELECT env.status AS env_status, env.capacity AS env_capacity,
                  ${mode === 'limited' ? sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active')` : sql`NULL`} AS env_active_count,
                  granted.*
-          FROM env LEFT JOIN granted ON true`,
-    );
+          FROM env LEFT JOIN granted ON true`;
+    }, {
+      envId: v.environmentId,
+      companyId,
+      runId: v.heartbeatRunId ?? null,
+      wsId: v.executionWorkspaceId ?? null,
+      issueId: v.issueId ?? null,
+      key: v.idempotencyKey ?? null,
+      policy: v.policy,
+      provider: v.provider ?? null,
+      providerLeaseId: v.providerLeaseId ?? null,
+      meta: JSON.stringify(v.metadata),
+      ttl: v.ttlSeconds,
+      expiresAt: v.expiresAt?.toISOString(),
+      maxLifetime: v.maxLifetimeSeconds,
+      actorType: actor.type,
+      actorId: actor.id,
+    });
     const row = rows[0];
     if (!row) return { envFound: false };
     const out = {
@@ -341,34 +361,41 @@ export function leaseService(db: Db) {
       requireId(leaseId, 'lease');
       const v = parseInput(releaseLeaseSchema, input, 'lease release');
       const cleanupFailed = v.cleanupStatus === 'failed';
-      const requested = sql`${v.status}::text`;
-      const rows = await queryRows(
-        db,
-        sql`WITH target AS (
-              SELECT * FROM environment_leases WHERE id = ${leaseId} AND company_id = ${companyId} FOR UPDATE),
-            changed AS (
+      // No explicit row lock: the UPDATE's WHERE names the statuses it may leave and is
+      // re-checked against the newest row version if another release got there first.
+      const cleanupKind = v.cleanupStatus === 'failed' ? 'failed' : v.cleanupStatus === 'pending' ? 'pending' : 'other';
+      const [row] = await runStatement(db, `release:${cleanupKind}`, () => {
+        const requested = sql`${P('status')}::text`;
+        return sql`WITH changed AS (
               UPDATE environment_leases l SET
-                status = ${cleanupFailed ? sql`'pending_cleanup'` : releasedStatusSql('t', requested)},
+                status = ${cleanupFailed ? sql`'pending_cleanup'` : releasedStatusSql('l', requested)},
                 release_status = ${cleanupFailed ? requested : sql`NULL`},
-                cleanup_status = ${v.cleanupStatus ?? null},
-                cleanup_attempts = ${cleanupFailed ? sql`t.cleanup_attempts + 1` : sql`t.cleanup_attempts`},
+                cleanup_status = ${P('cleanupStatus')},
+                cleanup_attempts = ${cleanupFailed ? sql`l.cleanup_attempts + 1` : sql`l.cleanup_attempts`},
                 next_cleanup_at = ${cleanupFailed
                   ? sql`now() + make_interval(secs => ${cleanupBackoffSeconds(1)})`
-                  : v.cleanupStatus === 'pending' ? sql`now()` : sql`NULL`},
-                failure_reason = coalesce(${v.failureReason ?? null}, t.failure_reason),
+                  : cleanupKind === 'pending' ? sql`now()` : sql`NULL`},
+                failure_reason = coalesce(${P('failureReason')}, l.failure_reason),
                 released_at = now(), last_used_at = now(), updated_at = now()
-              FROM target t
-              WHERE l.id = t.id AND t.fence = ${v.fence} AND t.status IN ('active', 'retained')
+              WHERE l.id = ${P('leaseId')} AND l.company_id = ${P('companyId')} AND l.fence = ${P('fence')}
+                AND l.status IN ('active', 'retained')
               RETURNING l.*),
-            act AS (${leaseActivity('changed', actor, ACTIONS.leaseReleased, releaseDetails('changed'))})
-            SELECT true AS changed, changed.* FROM changed
-            UNION ALL
-            SELECT false AS changed, target.* FROM target WHERE NOT EXISTS (SELECT 1 FROM changed)`,
-      );
-      const row = rows[0];
-      if (!row) throw notFound('lease', leaseId);
-      if (row.changed) return { lease: toLease(row), changed: true };
-      const current = toLease(row);
+            act AS (${leaseActivity('changed', ACTOR_PLACEHOLDERS, ACTIONS.leaseReleased, releaseDetails('changed'))})
+            SELECT * FROM changed`;
+      }, {
+        status: v.status,
+        cleanupStatus: v.cleanupStatus ?? null,
+        failureReason: v.failureReason ?? null,
+        leaseId,
+        companyId,
+        fence: v.fence,
+        actorType: actor.type,
+        actorId: actor.id,
+      });
+      if (row) return { lease: toLease(row), changed: true };
+      // Not applied: a fresh read (this statement's snapshot is newer than any release
+      // that beat us) tells why, or returns the final state.
+      const current = toLease(await getRow(companyId, leaseId));
       if (current.fence !== v.fence) {
         throw new BerthError('stale_fence', `lease ${leaseId} is held under fence ${current.fence}; fence ${v.fence} is stale`, {
           details: { currentFence: current.fence, status: current.status },

@@ -67,8 +67,6 @@ CREATE TABLE "environments" (
 	CONSTRAINT "environments_capacity_ck" CHECK ("environments"."capacity" IS NULL OR "environments"."capacity" >= 0)
 );
 --> statement-breakpoint
-ALTER TABLE "activity_log" ADD CONSTRAINT "activity_log_company_id_companies_id_fk" FOREIGN KEY ("company_id") REFERENCES "public"."companies"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
-ALTER TABLE "environment_leases" ADD CONSTRAINT "environment_leases_company_id_companies_id_fk" FOREIGN KEY ("company_id") REFERENCES "public"."companies"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "environment_leases" ADD CONSTRAINT "environment_leases_environment_id_environments_id_fk" FOREIGN KEY ("environment_id") REFERENCES "public"."environments"("id") ON DELETE set null ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "environments" ADD CONSTRAINT "environments_company_id_companies_id_fk" FOREIGN KEY ("company_id") REFERENCES "public"."companies"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
 CREATE INDEX "activity_log_company_idx" ON "activity_log" USING btree ("company_id","id" DESC NULLS LAST);--> statement-breakpoint
@@ -76,13 +74,12 @@ CREATE INDEX "activity_log_entity_idx" ON "activity_log" USING btree ("company_i
 CREATE INDEX "activity_log_run_idx" ON "activity_log" USING btree ("company_id","run_id","id" DESC NULLS LAST) WHERE "activity_log"."run_id" IS NOT NULL;--> statement-breakpoint
 CREATE INDEX "activity_log_action_idx" ON "activity_log" USING btree ("company_id","action","id" DESC NULLS LAST);--> statement-breakpoint
 CREATE UNIQUE INDEX "environment_leases_idempotency_uq" ON "environment_leases" USING btree ("company_id","idempotency_key") WHERE "environment_leases"."idempotency_key" IS NOT NULL;--> statement-breakpoint
-CREATE UNIQUE INDEX "environment_leases_active_run_uq" ON "environment_leases" USING btree ("environment_id","heartbeat_run_id") WHERE "environment_leases"."status" = 'active' AND "environment_leases"."heartbeat_run_id" IS NOT NULL;--> statement-breakpoint
+CREATE UNIQUE INDEX "environment_leases_active_run_uq" ON "environment_leases" USING btree ("heartbeat_run_id","environment_id") WHERE "environment_leases"."status" = 'active' AND "environment_leases"."heartbeat_run_id" IS NOT NULL;--> statement-breakpoint
 CREATE UNIQUE INDEX "environment_leases_active_workspace_uq" ON "environment_leases" USING btree ("environment_id","execution_workspace_id") WHERE "environment_leases"."status" = 'active' AND "environment_leases"."lease_policy" = 'ephemeral' AND "environment_leases"."execution_workspace_id" IS NOT NULL;--> statement-breakpoint
-CREATE INDEX "environment_leases_env_used_idx" ON "environment_leases" USING btree ("environment_id","last_used_at" DESC NULLS LAST,"id" DESC NULLS LAST);--> statement-breakpoint
-CREATE INDEX "environment_leases_env_status_used_idx" ON "environment_leases" USING btree ("environment_id","status","last_used_at" DESC NULLS LAST,"id" DESC NULLS LAST);--> statement-breakpoint
+CREATE INDEX "environment_leases_env_used_idx" ON "environment_leases" USING btree ("environment_id","last_used_at","id");--> statement-breakpoint
+CREATE INDEX "environment_leases_env_active_idx" ON "environment_leases" USING btree ("environment_id","last_used_at","id") WHERE "environment_leases"."status" = 'active';--> statement-breakpoint
 CREATE INDEX "environment_leases_expiry_idx" ON "environment_leases" USING btree ("expires_at") WHERE "environment_leases"."status" = 'active' AND "environment_leases"."expires_at" IS NOT NULL;--> statement-breakpoint
 CREATE INDEX "environment_leases_cleanup_due_idx" ON "environment_leases" USING btree ("next_cleanup_at") WHERE "environment_leases"."next_cleanup_at" IS NOT NULL;--> statement-breakpoint
-CREATE INDEX "environment_leases_company_run_idx" ON "environment_leases" USING btree ("company_id","heartbeat_run_id");--> statement-breakpoint
 CREATE UNIQUE INDEX "environments_company_name_uq" ON "environments" USING btree ("company_id","name");--> statement-breakpoint
 CREATE UNIQUE INDEX "environments_company_local_uq" ON "environments" USING btree ("company_id") WHERE "environments"."driver" = 'local';--> statement-breakpoint
 CREATE INDEX "environments_company_updated_idx" ON "environments" USING btree ("company_id","updated_at" DESC NULLS LAST,"id" DESC NULLS LAST);
