@@ -9,6 +9,7 @@ import { PGlite } from '@electric-sql/pglite';
 import { openDatabase, type Database } from '../src/db/client.js';
 import { createServices, type Services } from '../src/services/index.js';
 import { fmt, percentile, runConcurrent, scratchDatabase, type RunStats } from './support.js';
+import { withCpu } from './cpu.js';
 
 const CYCLES = Number(process.env.BENCH_CYCLES ?? 4000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -59,10 +60,19 @@ async function benchBackend(backend: 'pglite' | 'postgres', database: Database, 
     const total = c.clients === 1 ? Math.round(CYCLES / 2) : CYCLES;
     const floors: RunStats[] = [];
     const berths: RunStats[] = [];
+    const cpu = { floor: { server: 0, client: 0 }, berth: { server: 0, client: 0 }, known: true };
     for (let r = 0; r < ROUNDS; r++) {
-      floors.push(await runConcurrent(total, c.clients, () => floorCycle(exec, company.id, local.id)));
-      berths.push(await runConcurrent(total, c.clients, berthCycle(c.id)));
+      const f = await withCpu(() => runConcurrent(total, c.clients, () => floorCycle(exec, company.id, local.id)));
+      const b = await withCpu(() => runConcurrent(total, c.clients, berthCycle(c.id)));
+      floors.push(f.result);
+      berths.push(b.result);
+      if (f.serverCpu === null || b.serverCpu === null) cpu.known = false;
+      cpu.floor.server += f.serverCpu ?? 0;
+      cpu.floor.client += f.clientCpu;
+      cpu.berth.server += b.serverCpu ?? 0;
+      cpu.berth.client += b.clientCpu;
     }
+    const perCycle = (x: number) => fmt((x / (total * ROUNDS)) * 1e6, 0);
     const best = (xs: RunStats[]) => xs.reduce((a, b) => (b.perSecond > a.perSecond ? b : a));
     const med = (xs: RunStats[]) => [...xs].sort((a, b) => a.perSecond - b.perSecond)[Math.floor(xs.length / 2)]!;
     const row = { backend, clients: c.clients, env: c.env, floor: med(floors), berth: med(berths) };
@@ -71,6 +81,12 @@ async function benchBackend(backend: 'pglite' | 'postgres', database: Database, 
       `${backend.padEnd(8)} ${String(c.clients).padStart(2)} clients  ${c.env.padEnd(18)}  floor ${fmt(row.floor.perSecond, 0).padStart(6)}/s  berth ${fmt(row.berth.perSecond, 0).padStart(6)}/s` +
         `  ratio ${fmt(row.berth.perSecond / row.floor.perSecond, 2)}  (median of ${ROUNDS} rounds of ${total} cycles; best ratio ${fmt(best(berths).perSecond / best(floors).perSecond, 2)})`,
     );
+    if (backend === 'postgres') {
+      console.log(
+        `${' '.repeat(42)}CPU µs per cycle, server + client: floor ${cpu.known ? perCycle(cpu.floor.server) : '?'} + ${perCycle(cpu.floor.client)}` +
+          `, berth ${cpu.known ? perCycle(cpu.berth.server) : '?'} + ${perCycle(cpu.berth.client)}`,
+      );
+    }
   }
 }
 

@@ -147,7 +147,8 @@ export const activityLog = pgTable(
   },
   (t) => [
     index('activity_log_company_idx').on(t.companyId, t.id.desc()),
-    index('activity_log_entity_idx').on(t.companyId, t.entityType, t.entityId, t.id.desc()),
+    // Entity ids are UUIDs, so (company, entity id) finds an entity's history without its type.
+    index('activity_log_entity_idx').on(t.companyId, t.entityId, t.id.desc()),
     index('activity_log_run_idx').on(t.companyId, t.runId, t.id.desc()).where(sql`${t.runId} IS NOT NULL`),
     index('activity_log_action_idx').on(t.companyId, t.action, t.id.desc()),
   ],

@@ -70,7 +70,7 @@ CREATE TABLE "environments" (
 ALTER TABLE "environment_leases" ADD CONSTRAINT "environment_leases_environment_id_environments_id_fk" FOREIGN KEY ("environment_id") REFERENCES "public"."environments"("id") ON DELETE set null ON UPDATE no action;--> statement-breakpoint
 ALTER TABLE "environments" ADD CONSTRAINT "environments_company_id_companies_id_fk" FOREIGN KEY ("company_id") REFERENCES "public"."companies"("id") ON DELETE cascade ON UPDATE no action;--> statement-breakpoint
 CREATE INDEX "activity_log_company_idx" ON "activity_log" USING btree ("company_id","id" DESC NULLS LAST);--> statement-breakpoint
-CREATE INDEX "activity_log_entity_idx" ON "activity_log" USING btree ("company_id","entity_type","entity_id","id" DESC NULLS LAST);--> statement-breakpoint
+CREATE INDEX "activity_log_entity_idx" ON "activity_log" USING btree ("company_id","entity_id","id" DESC NULLS LAST);--> statement-breakpoint
 CREATE INDEX "activity_log_run_idx" ON "activity_log" USING btree ("company_id","run_id","id" DESC NULLS LAST) WHERE "activity_log"."run_id" IS NOT NULL;--> statement-breakpoint
 CREATE INDEX "activity_log_action_idx" ON "activity_log" USING btree ("company_id","action","id" DESC NULLS LAST);--> statement-breakpoint
 CREATE UNIQUE INDEX "environment_leases_idempotency_uq" ON "environment_leases" USING btree ("company_id","idempotency_key") WHERE "environment_leases"."idempotency_key" IS NOT NULL;--> statement-breakpoint
