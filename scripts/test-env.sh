@@ -76,13 +76,15 @@ berth_ensure_postgres() {
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
     start >&2 || { cat "$dir/server.log" >&2; return 1; }
   BERTH_PG_STOP="${runas[*]} $bin/pg_ctl -D $dir/data -m immediate stop"
+  BERTH_PG_DIR="$dir"
   export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 
+# Quiet on purpose: the last line of a test run must stay `N passed, N failed, N skipped`.
 berth_cleanup() {
   if [ -n "${BERTH_PG_STOP:-}" ]; then
-    berth_log "stopping the throwaway PostgreSQL"
     $BERTH_PG_STOP >/dev/null 2>&1 || true
+    rm -rf "${BERTH_PG_DIR:?}"
     BERTH_PG_STOP=
   fi
 }
