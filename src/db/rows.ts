@@ -8,7 +8,7 @@ import {
   LEASE_STATUSES,
   readEnum,
 } from '../domain/enums.js';
-import type { ActivityEntry, Company, Environment, Lease } from '../domain/types.js';
+import type { ActivityEntry, Agent, Company, Environment, HeartbeatRun, Lease, RunLogChunk } from '../domain/types.js';
 
 type Row = Record<string, unknown>;
 
@@ -104,4 +104,51 @@ export function toActivity(r: Row): ActivityEntry {
     details: obj(r.details),
     createdAt: date(r.created_at),
   };
+}
+
+const intOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+
+export function toAgent(r: Row): Agent {
+  return {
+    id: str(r.id),
+    companyId: str(r.company_id),
+    name: str(r.name),
+    adapterType: str(r.adapter_type),
+    adapterConfig: obj(r.adapter_config),
+    defaultEnvironmentId: strOrNull(r.default_environment_id),
+    status: str(r.status),
+    maxConcurrentRuns: num(r.max_concurrent_runs),
+    runningCount: num(r.running_count),
+    intervalSec: intOrNull(r.interval_sec),
+    createdAt: date(r.created_at),
+    updatedAt: date(r.updated_at),
+  };
+}
+
+export function toRun(r: Row): HeartbeatRun {
+  return {
+    id: str(r.id),
+    companyId: str(r.company_id),
+    agentId: str(r.agent_id),
+    status: str(r.status),
+    invocationSource: str(r.invocation_source),
+    contextSnapshot: obj(r.context_snapshot),
+    exitCode: intOrNull(r.exit_code),
+    signal: strOrNull(r.signal),
+    error: strOrNull(r.error),
+    errorCode: strOrNull(r.error_code),
+    environmentId: strOrNull(r.environment_id),
+    leaseId: strOrNull(r.lease_id),
+    serverId: strOrNull(r.server_id),
+    hostname: strOrNull(r.hostname),
+    pid: intOrNull(r.pid),
+    cancelRequestedAt: dateOrNull(r.cancel_requested_at),
+    createdAt: date(r.created_at),
+    startedAt: dateOrNull(r.started_at),
+    finishedAt: dateOrNull(r.finished_at),
+  };
+}
+
+export function toLogChunk(r: Row): RunLogChunk {
+  return { seq: num(r.seq), ts: date(r.ts), stream: str(r.stream) as RunLogChunk['stream'], chunk: str(r.chunk) };
 }

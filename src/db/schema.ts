@@ -10,6 +10,7 @@ import {
   jsonb,
   pgSequence,
   pgTable,
+  primaryKey,
   text,
   timestamp,
   uniqueIndex,
@@ -152,4 +153,99 @@ export const activityLog = pgTable(
     index('activity_log_run_idx').on(t.companyId, t.runId, t.id.desc()).where(sql`${t.runId} IS NOT NULL`),
     index('activity_log_action_idx').on(t.companyId, t.action, t.id.desc()),
   ],
+);
+
+export const agents = pgTable(
+  'agents',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    companyId: uuid('company_id')
+      .notNull()
+      .references(() => companies.id, { onDelete: 'cascade' }),
+    name: text('name').notNull(),
+    /** `process` or `http`; its config is validated per adapter. */
+    adapterType: text('adapter_type').notNull(),
+    adapterConfig: jsonObject('adapter_config'),
+    defaultEnvironmentId: uuid('default_environment_id').references(() => environments.id, { onDelete: 'set null' }),
+    status: text('status').notNull().default('active'),
+    maxConcurrentRuns: integer('max_concurrent_runs').notNull().default(1),
+    /** Runs this agent has claimed and not finished: the scheduler's per-agent limit, kept in the row it locks. */
+    runningCount: integer('running_count').notNull().default(0),
+    /** When set, a timer invokes the agent every this many seconds. */
+    intervalSec: integer('interval_sec'),
+    lastTimerAt: timestamp('last_timer_at', { withTimezone: true }),
+    createdAt: createdAt(),
+    updatedAt: updatedAt(),
+  },
+  (t) => [
+    uniqueIndex('agents_company_name_uq').on(t.companyId, t.name),
+    index('agents_timer_idx').on(t.lastTimerAt).where(sql`${t.intervalSec} IS NOT NULL AND ${t.status} = 'active'`),
+    check('agents_max_concurrent_ck', sql`${t.maxConcurrentRuns} >= 1`),
+    check('agents_running_count_ck', sql`${t.runningCount} >= 0`),
+  ],
+);
+
+/** One row per Berth server process: what recovery reads to find runs whose server died. */
+export const berthServers = pgTable('berth_servers', {
+  id: text('id').primaryKey(),
+  hostname: text('hostname').notNull(),
+  pid: integer('pid').notNull(),
+  startedAt: timestamp('started_at', { withTimezone: true }).notNull().defaultNow(),
+  heartbeatAt: timestamp('heartbeat_at', { withTimezone: true }).notNull().defaultNow(),
+  stoppedAt: timestamp('stopped_at', { withTimezone: true }),
+});
+
+export const heartbeatRuns = pgTable(
+  'heartbeat_runs',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    companyId: uuid('company_id')
+      .notNull()
+      .references(() => companies.id, { onDelete: 'cascade' }),
+    agentId: uuid('agent_id')
+      .notNull()
+      .references(() => agents.id, { onDelete: 'cascade' }),
+    status: text('status').notNull().default('queued'),
+    invocationSource: text('invocation_source').notNull(),
+    contextSnapshot: jsonObject('context_snapshot'),
+    exitCode: integer('exit_code'),
+    signal: text('signal'),
+    error: text('error'),
+    errorCode: text('error_code'),
+    environmentId: uuid('environment_id'),
+    leaseId: uuid('lease_id'),
+    /** sha256 of the run's PAPERCLIP_API_KEY: the token acts only on this run. */
+    tokenHash: text('token_hash'),
+    serverId: text('server_id'),
+    /** Where the run's process group lives, so a later server on the same host can kill leftovers. */
+    hostname: text('hostname'),
+    pid: integer('pid'),
+    heartbeatAt: timestamp('heartbeat_at', { withTimezone: true }),
+    cancelRequestedAt: timestamp('cancel_requested_at', { withTimezone: true }),
+    logSeq: integer('log_seq').notNull().default(0),
+    createdAt: createdAt(),
+    startedAt: timestamp('started_at', { withTimezone: true }),
+    finishedAt: timestamp('finished_at', { withTimezone: true }),
+    updatedAt: updatedAt(),
+  },
+  (t) => [
+    index('heartbeat_runs_queued_idx').on(t.createdAt).where(sql`${t.status} = 'queued'`),
+    index('heartbeat_runs_running_idx').on(t.serverId).where(sql`${t.status} = 'running'`),
+    index('heartbeat_runs_company_created_idx').on(t.companyId, t.createdAt.desc(), t.id.desc()),
+    index('heartbeat_runs_agent_created_idx').on(t.agentId, t.createdAt.desc()),
+  ],
+);
+
+export const heartbeatRunLogs = pgTable(
+  'heartbeat_run_logs',
+  {
+    runId: uuid('run_id')
+      .notNull()
+      .references(() => heartbeatRuns.id, { onDelete: 'cascade' }),
+    seq: integer('seq').notNull(),
+    ts: timestamp('ts', { withTimezone: true }).notNull(),
+    stream: text('stream').notNull(),
+    chunk: text('chunk').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.runId, t.seq] })],
 );

@@ -64,3 +64,33 @@ export const ACTIONS = {
   leaseCleanupFailed: 'environment.lease_cleanup_failed',
   leaseCleanupSucceeded: 'environment.lease_cleanup_succeeded',
 } as const;
+
+export const ADAPTER_TYPES = ['process', 'http'] as const;
+export type AdapterType = (typeof ADAPTER_TYPES)[number];
+
+/** Which environment drivers each adapter can run through (a driver that executes processes, for `process`). */
+export const ADAPTER_DRIVERS: Record<AdapterType, readonly EnvironmentDriver[]> = {
+  process: ['local'],
+  http: ['local'],
+};
+
+export const TERMINAL_RUN_STATUSES = ['succeeded', 'failed', 'cancelled', 'timed_out'] as const;
+export type TerminalRunStatus = (typeof TERMINAL_RUN_STATUSES)[number];
+
+/** What a run's outcome makes of its leases (SPEC, run lifecycle step 5). */
+export function leaseStatusForRunOutcome(status: TerminalRunStatus): TerminalLeaseStatus {
+  switch (status) {
+    case 'succeeded':
+      return 'released';
+    case 'cancelled':
+      return 'expired';
+    default:
+      return 'failed';
+  }
+}
+
+export const RUN_ACTIONS = {
+  queued: 'heartbeat_run.queued',
+  finished: 'heartbeat_run.finished',
+  cancelRequested: 'heartbeat_run.cancel_requested',
+} as const;

@@ -92,3 +92,47 @@ export interface Page<T> {
   /** Pass back to get the next page; null when there is none. */
   nextCursor: string | null;
 }
+
+export interface Agent {
+  id: string;
+  companyId: string;
+  name: string;
+  adapterType: string;
+  adapterConfig: Record<string, unknown>;
+  defaultEnvironmentId: string | null;
+  status: string;
+  maxConcurrentRuns: number;
+  runningCount: number;
+  intervalSec: number | null;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+export interface HeartbeatRun {
+  id: string;
+  companyId: string;
+  agentId: string;
+  status: string;
+  invocationSource: string;
+  contextSnapshot: Record<string, unknown>;
+  exitCode: number | null;
+  signal: string | null;
+  error: string | null;
+  errorCode: string | null;
+  environmentId: string | null;
+  leaseId: string | null;
+  serverId: string | null;
+  hostname: string | null;
+  pid: number | null;
+  cancelRequestedAt: Date | null;
+  createdAt: Date;
+  startedAt: Date | null;
+  finishedAt: Date | null;
+}
+
+export interface RunLogChunk {
+  seq: number;
+  ts: Date;
+  stream: 'stdout' | 'stderr' | 'system';
+  chunk: string;
+}

@@ -4,6 +4,8 @@ import { activityService } from './activity.js';
 import { companyService } from './companies.js';
 import { environmentService } from './environments.js';
 import { leaseService } from './leases.js';
+import { agentService } from './agents.js';
+import { runService, serverRegistry } from './runs.js';
 
 export function createServices(db: Db) {
   return {
@@ -11,6 +13,9 @@ export function createServices(db: Db) {
     environments: environmentService(db),
     leases: leaseService(db),
     activity: activityService(db),
+    agents: agentService(db),
+    runs: runService(db),
+    servers: serverRegistry(db),
   };
 }
 export type Services = ReturnType<typeof createServices>;

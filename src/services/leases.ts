@@ -410,6 +410,7 @@ export function leaseService(db: Db) {
       runId: string,
       outcome: { status: TerminalLeaseStatus; failureReason?: string },
       actor: Actor = SYSTEM_ACTOR,
+      opts: { cleanupPending?: boolean } = {},
     ): Promise<Lease[]> {
       requireId(runId, 'run');
       const v = parseInput(releaseLeaseSchema.omit({ fence: true, cleanupStatus: true }), outcome, 'run release');
@@ -419,6 +420,7 @@ export function leaseService(db: Db) {
         sql`WITH changed AS (
               UPDATE environment_leases l SET status = ${releasedStatusSql('l', requested)},
                 failure_reason = coalesce(${v.failureReason ?? null}, l.failure_reason),
+                ${opts.cleanupPending ? sql`cleanup_status = 'pending', next_cleanup_at = now(),` : sql``}
                 released_at = now(), last_used_at = now(), updated_at = now()
               WHERE l.company_id = ${companyId} AND l.heartbeat_run_id = ${runId} AND l.status = 'active'
               RETURNING l.*),

@@ -1,0 +1,51 @@
+// Validators for agents and their adapters.
+import { z } from 'zod';
+import { ADAPTER_TYPES, INVOCATION_SOURCES } from './enums.js';
+
+const envVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a valid environment variable name');
+
+export const processAdapterSchema = z.strictObject({
+  command: z.string().min(1, 'must not be empty').max(4096),
+  args: z.array(z.string().max(65536)).max(1000).default([]),
+  /** Absolute; default: a fresh workspace the environment's driver prepares for the lease. */
+  cwd: z.string().regex(/^\//, 'must be an absolute path').optional(),
+  env: z.record(envVarName, z.string().max(65536)).default({}),
+  timeoutSec: z.number().positive('must be greater than 0').max(7 * 24 * 3600).default(3600),
+  graceSec: z.number().min(0, 'must be 0 or more').max(3600).default(10),
+});
+export type ProcessAdapterConfig = z.output<typeof processAdapterSchema>;
+
+export const httpAdapterSchema = z.strictObject({
+  url: z.url({ protocol: /^https?$/, error: 'must be an http or https URL' }),
+  method: z.enum(['POST', 'PUT', 'PATCH']).default('POST'),
+  headers: z.record(z.string().regex(/^[A-Za-z0-9-]+$/, 'must be a header name'), z.string().max(8192)).default({}),
+  timeoutMs: z.number().int('must be an integer').positive('must be greater than 0').max(24 * 3600 * 1000).default(30_000),
+  payload: z.record(z.string(), z.unknown()).default({}),
+});
+export type HttpAdapterConfig = z.output<typeof httpAdapterSchema>;
+
+export const adapterSchemas = { process: processAdapterSchema, http: httpAdapterSchema } as const;
+
+const agentCommon = {
+  name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters'),
+  defaultEnvironmentId: z.uuid('must be a UUID').nullable().default(null),
+  maxConcurrentRuns: z.number().int('must be an integer').min(1, 'must be at least 1').max(1000).default(1),
+  intervalSec: z.number().int('must be an integer').min(1, 'must be at least 1').max(30 * 24 * 3600).nullable().default(null),
+};
+
+export const createAgentSchema = z.discriminatedUnion(
+  'adapterType',
+  [
+    z.strictObject({ ...agentCommon, adapterType: z.literal('process'), adapterConfig: processAdapterSchema }),
+    z.strictObject({ ...agentCommon, adapterType: z.literal('http'), adapterConfig: httpAdapterSchema }),
+  ],
+  { error: `must be one of ${ADAPTER_TYPES.join(', ')}` },
+);
+export type CreateAgentInput = z.input<typeof createAgentSchema>;
+
+export const invokeSchema = z.strictObject({
+  source: z.enum(INVOCATION_SOURCES).default('on_demand'),
+  /** Caller context kept in the run's contextSnapshot (an issue, a trigger...). */
+  context: z.record(z.string(), z.unknown()).default({}),
+});
+export type InvokeInput = z.input<typeof invokeSchema>;

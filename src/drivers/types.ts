@@ -1,0 +1,53 @@
+// The contract between the executor and a place runs execute. A driver prepares
+// the lease's resources, starts processes there, and cleans up; the executor
+// never needs to know which driver it talks to.
+import type { Environment, Lease } from '../domain/types.js';
+
+export interface DriverEnvironment extends Environment {
+  /** Full config, secrets included. */
+  secretConfig: Record<string, unknown>;
+}
+
+export interface ProbeResult {
+  ok: boolean;
+  /** Round-trip of the probe, ms. */
+  latencyMs: number;
+  details: Record<string, unknown>;
+  error?: string;
+}
+
+export interface PreparedWorkspace {
+  /** Where the run's process starts. */
+  cwd: string;
+  /** Driver details written into the run's paperclipEnvironment and the lease metadata. */
+  details: Record<string, unknown>;
+}
+
+export interface ProcessSpec {
+  command: string;
+  args: string[];
+  cwd: string;
+  env: Record<string, string>;
+}
+
+export interface StartedProcess {
+  pid: number | null;
+  /** Resolves when the process has exited and its output is drained. */
+  exited: Promise<{ exitCode: number | null; signal: string | null; spawnError?: string }>;
+  /** Signal the whole process tree. */
+  kill(signal: 'SIGTERM' | 'SIGKILL'): void;
+}
+
+export type OutputListener = (stream: 'stdout' | 'stderr', text: string) => void;
+
+export interface EnvironmentDriver {
+  readonly driver: string;
+  probe(env: DriverEnvironment): Promise<ProbeResult>;
+  /** Make the lease's resources ready (a workspace); called once the lease is granted. */
+  prepareWorkspace(env: DriverEnvironment, lease: Lease, opts: { cwd?: string }): Promise<PreparedWorkspace>;
+  startProcess(env: DriverEnvironment, spec: ProcessSpec, onOutput: OutputListener): StartedProcess;
+  /** Release the lease's resources. Throws if cleanup failed; it is then retried with backoff. */
+  cleanup(env: DriverEnvironment | null, lease: Lease): Promise<void>;
+}
+
+export type DriverRegistry = Map<string, EnvironmentDriver>;

@@ -1,0 +1,272 @@
+// Heartbeat runs: queued by invoke, claimed by one server's scheduler, finalized
+// exactly once. The per-agent limit lives in agents.running_count, changed only in
+// the statements that move a run into or out of `running`.
+import { createHash, randomBytes } from 'node:crypto';
+import { sql } from 'drizzle-orm';
+import { queryRows, type Db } from '../db/client.js';
+import { toLogChunk, toRun } from '../db/rows.js';
+import { invokeSchema, type InvokeInput } from '../domain/agents.js';
+import { RUN_ACTIONS, RUN_STATUSES, type TerminalRunStatus } from '../domain/enums.js';
+import { BerthError, notFound, requireId } from '../domain/errors.js';
+import { SYSTEM_ACTOR, type Actor, type HeartbeatRun, type RunLogChunk } from '../domain/types.js';
+import { parseInput } from '../domain/validators.js';
+import { activityFrom, type ActorSql } from './activity.js';
+
+export const RUN_ENTITY = 'heartbeat_run';
+
+export interface RunOutcome {
+  status: TerminalRunStatus;
+  exitCode?: number | null;
+  signal?: string | null;
+  error?: string | null;
+  errorCode?: string | null;
+}
+
+function runActivity(source: string, actor: ActorSql, action: string, details: ReturnType<typeof sql>) {
+  return activityFrom({ source, actor, action, entityType: RUN_ENTITY, entityId: sql.raw(`${source}.id::text`), runId: sql.raw(`${source}.id`), details });
+}
+
+const finishedDetails = (src: string) => {
+  const s = sql.raw(src);
+  return sql`jsonb_build_object('agentId', ${s}.agent_id, 'status', ${s}.status, 'exitCode', ${s}.exit_code, 'signal', ${s}.signal,
+    'errorCode', ${s}.error_code, 'error', left(${s}.error, 500))`;
+};
+
+export function hashRunToken(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}
+
+/** A new PAPERCLIP_API_KEY for one run; only its hash is stored. */
+export function newRunToken(): string {
+  return `brt_${randomBytes(24).toString('base64url')}`;
+}
+
+export function runService(db: Db) {
+  const service = {
+    /** Queue a run of an agent. */
+    async invoke(companyId: string, agentId: string, input: InvokeInput = {}, actor: Actor = SYSTEM_ACTOR): Promise<HeartbeatRun> {
+      requireId(agentId, 'agent');
+      const v = parseInput(invokeSchema, input, 'invocation');
+      const [row] = await queryRows(
+        db,
+        sql`WITH agent AS (SELECT id, company_id FROM agents WHERE id = ${agentId} AND company_id = ${companyId} AND status = 'active'),
+            changed AS (
+              INSERT INTO heartbeat_runs (company_id, agent_id, invocation_source, context_snapshot)
+              SELECT agent.company_id, agent.id, ${v.source}, ${JSON.stringify({ invocation: v.context })}::jsonb
+              FROM agent RETURNING *),
+            act AS (${runActivity('changed', actor, RUN_ACTIONS.queued, sql`jsonb_build_object('agentId', changed.agent_id, 'source', changed.invocation_source)`)})
+            SELECT * FROM changed`,
+      );
+      if (!row) throw notFound('agent', agentId);
+      return toRun(row);
+    },
+
+    async get(companyId: string, runId: string): Promise<HeartbeatRun> {
+      requireId(runId, 'run');
+      const [row] = await queryRows(db, sql`SELECT * FROM heartbeat_runs WHERE id = ${runId} AND company_id = ${companyId}`);
+      if (!row) throw notFound('run', runId);
+      return toRun(row);
+    },
+
+    async list(companyId: string, filter: { agentId?: string; status?: string; limit?: number } = {}): Promise<HeartbeatRun[]> {
+      if (filter.status !== undefined && !(RUN_STATUSES as readonly string[]).includes(filter.status)) {
+        throw new BerthError('invalid', `invalid run filter: status: must be one of ${RUN_STATUSES.join(', ')}`, { fields: [{ path: 'status', message: 'unknown status' }] });
+      }
+      if (filter.agentId !== undefined) requireId(filter.agentId, 'agent');
+      const limit = Math.min(Math.max(filter.limit ?? 50, 1), 500);
+      const rows = await queryRows(
+        db,
+        sql`SELECT * FROM heartbeat_runs WHERE company_id = ${companyId}
+            ${filter.agentId ? sql`AND agent_id = ${filter.agentId}` : sql``}
+            ${filter.status ? sql`AND status = ${filter.status}` : sql``}
+            ORDER BY created_at DESC, id DESC LIMIT ${limit}`,
+      );
+      return rows.map(toRun);
+    },
+
+    /**
+     * Cancel: a queued run ends at once and never starts; a running one is flagged and
+     * its executor stops the process. A finished run is returned as it is.
+     */
+    async cancel(companyId: string, runId: string, actor: Actor = SYSTEM_ACTOR): Promise<HeartbeatRun> {
+      requireId(runId, 'run');
+      const [queued] = await queryRows(
+        db,
+        sql`WITH changed AS (
+              UPDATE heartbeat_runs SET status = 'cancelled', error = 'cancelled before it started', error_code = 'cancelled',
+                finished_at = now(), updated_at = now()
+              WHERE id = ${runId} AND company_id = ${companyId} AND status = 'queued' RETURNING *),
+            act AS (${runActivity('changed', actor, RUN_ACTIONS.finished, finishedDetails('changed'))})
+            SELECT * FROM changed`,
+      );
+      if (queued) return toRun(queued);
+      const [running] = await queryRows(
+        db,
+        sql`WITH changed AS (
+              UPDATE heartbeat_runs SET cancel_requested_at = now(), updated_at = now()
+              WHERE id = ${runId} AND company_id = ${companyId} AND status = 'running' AND cancel_requested_at IS NULL RETURNING *),
+            act AS (${runActivity('changed', actor, RUN_ACTIONS.cancelRequested, sql`jsonb_build_object('agentId', changed.agent_id)`)})
+            SELECT * FROM changed`,
+      );
+      if (running) return toRun(running);
+      return service.get(companyId, runId);
+    },
+
+    /** Log chunks after `afterSeq`, in order. */
+    async readLog(companyId: string, runId: string, opts: { afterSeq?: number; limit?: number } = {}): Promise<RunLogChunk[]> {
+      requireId(runId, 'run');
+      const rows = await queryRows(
+        db,
+        sql`SELECT l.* FROM heartbeat_run_logs l JOIN heartbeat_runs r ON r.id = l.run_id
+            WHERE l.run_id = ${runId} AND r.company_id = ${companyId} AND l.seq > ${opts.afterSeq ?? 0}
+            ORDER BY l.seq LIMIT ${Math.min(opts.limit ?? 1000, 10_000)}`,
+      );
+      if (rows.length === 0) await service.get(companyId, runId); // not_found for another company's run
+      return rows.map(toLogChunk);
+    },
+
+    // ---- for the scheduler and executor (not scoped by company: they act for the system) ----
+
+    /**
+     * Claim the oldest queued run whose agent has a free slot, for this server.
+     * Returns the run, or `{ fullAgentId }` when that agent filled up meanwhile.
+     */
+    async claimNext(serverId: string, hostname: string, excludeAgentIds: string[] = []): Promise<HeartbeatRun | { fullAgentId: string } | null> {
+      const [row] = await queryRows(
+        db,
+        sql`WITH cand AS (
+              SELECT r.id, r.agent_id FROM heartbeat_runs r JOIN agents a ON a.id = r.agent_id
+              WHERE r.status = 'queued' AND a.running_count < a.max_concurrent_runs
+                AND NOT (r.agent_id = ANY (${`{${excludeAgentIds.join(',')}}`}::uuid[]))
+              ORDER BY r.created_at, r.id LIMIT 1
+              FOR UPDATE OF r SKIP LOCKED),
+            slot AS (
+              UPDATE agents a SET running_count = a.running_count + 1 FROM cand
+              WHERE a.id = cand.agent_id AND a.running_count < a.max_concurrent_runs RETURNING a.id),
+            claimed AS (
+              UPDATE heartbeat_runs r SET status = 'running', server_id = ${serverId}, hostname = ${hostname},
+                started_at = now(), heartbeat_at = now(), updated_at = now()
+              FROM cand, slot WHERE r.id = cand.id RETURNING r.*)
+            SELECT (SELECT agent_id FROM cand) AS cand_agent_id, claimed.* FROM (SELECT 1) one LEFT JOIN claimed ON true`,
+      );
+      if (row?.id) return toRun(row);
+      if (row?.cand_agent_id) return { fullAgentId: String(row.cand_agent_id) };
+      return null;
+    },
+
+    async recordStart(runId: string, fields: { environmentId: string; leaseId: string; token: string; paperclipEnvironment: Record<string, unknown> }): Promise<void> {
+      await queryRows(
+        db,
+        sql`UPDATE heartbeat_runs SET environment_id = ${fields.environmentId}, lease_id = ${fields.leaseId}, token_hash = ${hashRunToken(fields.token)},
+              context_snapshot = context_snapshot || jsonb_build_object('paperclipEnvironment', ${JSON.stringify(fields.paperclipEnvironment)}::jsonb),
+              updated_at = now()
+            WHERE id = ${runId}`,
+      );
+    },
+
+    async recordPid(runId: string, pid: number): Promise<void> {
+      await queryRows(db, sql`UPDATE heartbeat_runs SET pid = ${pid}, updated_at = now() WHERE id = ${runId}`);
+    },
+
+    async appendLog(runId: string, chunks: RunLogChunk[]): Promise<void> {
+      if (chunks.length === 0) return;
+      const json = JSON.stringify(chunks.map((c) => ({ seq: c.seq, ts: c.ts.toISOString(), stream: c.stream, chunk: c.chunk })));
+      await queryRows(
+        db,
+        sql`WITH ins AS (
+              INSERT INTO heartbeat_run_logs (run_id, seq, ts, stream, chunk)
+              SELECT ${runId}, x.seq, x.ts, x.stream, x.chunk
+              FROM jsonb_to_recordset(${json}::jsonb) AS x(seq int, ts timestamptz, stream text, chunk text)
+              RETURNING seq)
+            UPDATE heartbeat_runs SET log_seq = greatest(log_seq, (SELECT max(seq) FROM ins)) WHERE id = ${runId}`,
+      );
+    },
+
+    /** Runs on this server whose cancel was requested (by any server). */
+    async cancelRequested(serverId: string): Promise<string[]> {
+      const rows = await queryRows<{ id: string }>(
+        db,
+        sql`SELECT id FROM heartbeat_runs WHERE status = 'running' AND server_id = ${serverId} AND cancel_requested_at IS NOT NULL`,
+      );
+      return rows.map((r) => String(r.id));
+    },
+
+    /** Finish a running run, once: returns null if it had already been finalized (by recovery, say). */
+    async finalize(runId: string, outcome: RunOutcome, opts: { serverId?: string } = {}): Promise<HeartbeatRun | null> {
+      const [row] = await queryRows(
+        db,
+        sql`WITH fin AS (
+              UPDATE heartbeat_runs r SET status = ${outcome.status}, exit_code = ${outcome.exitCode ?? null}, signal = ${outcome.signal ?? null},
+                error = ${outcome.error ?? null}, error_code = ${outcome.errorCode ?? null}, finished_at = now(), updated_at = now()
+              WHERE r.id = ${runId} AND r.status = 'running' ${opts.serverId ? sql`AND r.server_id = ${opts.serverId}` : sql``}
+              RETURNING r.*),
+            slot AS (UPDATE agents a SET running_count = a.running_count - 1 FROM fin WHERE a.id = fin.agent_id RETURNING a.id),
+            act AS (${runActivity('fin', SYSTEM_ACTOR, RUN_ACTIONS.finished, finishedDetails('fin'))})
+            SELECT * FROM fin`,
+      );
+      return row ? toRun(row) : null;
+    },
+
+    /**
+     * Recovery: every running run whose server is gone (no heartbeat for `staleSeconds`,
+     * stopped, or unknown) is finalized failed with errorCode process_lost.
+     */
+    async finalizeLostRuns(opts: { staleSeconds: number; exceptServerId?: string }): Promise<HeartbeatRun[]> {
+      const rows = await queryRows(
+        db,
+        sql`WITH lost AS (
+              SELECT r.id FROM heartbeat_runs r
+              WHERE r.status = 'running' AND r.server_id IS DISTINCT FROM ${opts.exceptServerId ?? null}
+                AND NOT EXISTS (SELECT 1 FROM berth_servers s WHERE s.id = r.server_id AND s.stopped_at IS NULL
+                                AND s.heartbeat_at > now() - make_interval(secs => ${opts.staleSeconds}))
+              FOR UPDATE OF r SKIP LOCKED),
+            fin AS (
+              UPDATE heartbeat_runs r SET status = 'failed', error_code = 'process_lost',
+                error = 'server ' || coalesce(r.server_id, '(none)') || ' stopped while the run was in progress',
+                finished_at = now(), updated_at = now()
+              FROM lost WHERE r.id = lost.id AND r.status = 'running' RETURNING r.*),
+            slot AS (
+              UPDATE agents a SET running_count = a.running_count - f.n
+              FROM (SELECT agent_id, count(*)::int AS n FROM fin GROUP BY agent_id) f WHERE a.id = f.agent_id RETURNING a.id),
+            act AS (${runActivity('fin', SYSTEM_ACTOR, RUN_ACTIONS.finished, finishedDetails('fin'))})
+            SELECT * FROM fin`,
+      );
+      return rows.map(toRun);
+    },
+
+    /** Timer: invoke every due agent with an interval once (one server wins each agent's tick). */
+    async invokeDueTimers(): Promise<HeartbeatRun[]> {
+      const due = await queryRows<{ id: string; company_id: string }>(
+        db,
+        sql`UPDATE agents a SET last_timer_at = now()
+            WHERE a.interval_sec IS NOT NULL AND a.status = 'active'
+              AND (a.last_timer_at IS NULL OR a.last_timer_at <= now() - make_interval(secs => a.interval_sec))
+              AND NOT EXISTS (SELECT 1 FROM heartbeat_runs r WHERE r.agent_id = a.id AND r.status = 'queued')
+            RETURNING a.id, a.company_id`,
+      );
+      const runs: HeartbeatRun[] = [];
+      for (const a of due) runs.push(await service.invoke(String(a.company_id), String(a.id), { source: 'timer' }));
+      return runs;
+    },
+  };
+  return service;
+}
+export type RunService = ReturnType<typeof runService>;
+
+export function serverRegistry(db: Db) {
+  return {
+    async register(id: string, hostname: string, pid: number): Promise<void> {
+      await queryRows(db, sql`INSERT INTO berth_servers (id, hostname, pid) VALUES (${id}, ${hostname}, ${pid})`);
+    },
+    async heartbeat(id: string): Promise<void> {
+      await queryRows(
+        db,
+        sql`WITH s AS (UPDATE berth_servers SET heartbeat_at = now() WHERE id = ${id} RETURNING id)
+            UPDATE heartbeat_runs SET heartbeat_at = now() WHERE server_id = ${id} AND status = 'running'`,
+      );
+    },
+    async stop(id: string): Promise<void> {
+      await queryRows(db, sql`UPDATE berth_servers SET stopped_at = now() WHERE id = ${id}`);
+    },
+  };
+}

@@ -1,0 +1,273 @@
+// Heartbeat runs end to end in one process: invoke -> claim -> lease -> adapter -> finalize.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServer, type Server } from 'node:http';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { localDriver } from '../src/drivers/local.js';
+import type { EnvironmentDriver } from '../src/drivers/types.js';
+import type { HeartbeatRun } from '../src/domain/types.js';
+import { startRuntime, type Runtime } from '../src/heartbeat/runtime.js';
+import { openTestDb, type TestDb } from './support/db.js';
+
+let t: TestDb;
+let runtime: Runtime;
+let companyId: string;
+const workspaceRoot = mkdtempSync(join(tmpdir(), 'berth-ws-'));
+let failCleanups = 0;
+
+// The local driver, but whose cleanup fails the first `failCleanups` times it is asked.
+const flakyLocal: EnvironmentDriver = {
+  ...localDriver({ workspaceRoot }),
+  async cleanup(env, lease) {
+    if (failCleanups > 0) {
+      failCleanups--;
+      throw new Error('simulated cleanup failure');
+    }
+    return localDriver({ workspaceRoot }).cleanup(env, lease);
+  },
+};
+
+beforeAll(async () => {
+  t = await openTestDb();
+  companyId = (await t.services.companies.create({ name: 'Runs Co' })).id;
+  runtime = await startRuntime({
+    services: t.services,
+    drivers: new Map([['local', flakyLocal]]),
+    pollMs: 50,
+    sweepMs: 200,
+    heartbeatMs: 100,
+    leaseTtlSeconds: 2,
+    onError: () => {},
+  });
+});
+afterAll(async () => {
+  await runtime?.stop({ graceMs: 0 });
+  await t?.close();
+  rmSync(workspaceRoot, { recursive: true, force: true });
+});
+
+let agentCount = 0;
+async function processAgent(command: string, args: string[], extra: Record<string, unknown> = {}) {
+  return t.services.agents.create(companyId, {
+    name: `agent-${++agentCount}`,
+    adapterType: 'process',
+    adapterConfig: { command, args, ...extra } as never,
+  });
+}
+
+async function waitFor<T>(what: string, f: () => Promise<T | null | undefined | false>, ms = 15_000): Promise<T> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function runToEnd(agentId: string): Promise<HeartbeatRun> {
+  const run = await t.services.runs.invoke(companyId, agentId);
+  runtime.poke();
+  return waitFor(`run ${run.id} to finish`, async () => {
+    const r = await t.services.runs.get(companyId, run.id);
+    return r.finishedAt ? r : null;
+  });
+}
+
+const logText = async (runId: string, stream?: string) =>
+  (await t.services.runs.readLog(companyId, runId)).filter((c) => !stream || c.stream === stream).map((c) => c.chunk).join('');
+
+describe('process runs', () => {
+  it('run through the Local environment: lease acquired and released, paperclipEnvironment, PAPERCLIP_* and logs', async () => {
+    const agent = await processAgent('sh', ['-c', 'echo "run=$PAPERCLIP_RUN_ID agent=$PAPERCLIP_AGENT_ID company=$PAPERCLIP_COMPANY_ID"; echo "key=${PAPERCLIP_API_KEY%${PAPERCLIP_API_KEY#????}}"; echo oops >&2; pwd']);
+    const run = await runToEnd(agent.id);
+    expect(run).toMatchObject({ status: 'succeeded', exitCode: 0, errorCode: null });
+    const out = await logText(run.id, 'stdout');
+    expect(out).toContain(`run=${run.id} agent=${agent.id} company=${companyId}`);
+    expect(out).toContain('key=brt_');
+    expect(await logText(run.id, 'stderr')).toBe('oops\n');
+    const env = run.contextSnapshot.paperclipEnvironment as Record<string, unknown>;
+    const local = await t.services.environments.ensureLocalEnvironment(companyId);
+    expect(env).toMatchObject({ id: local.id, name: 'Local', driver: 'local', leaseId: run.leaseId, workspaceOwned: true });
+    expect(out).toContain(String(env.cwd));
+    const lease = await t.services.leases.get(companyId, run.leaseId!);
+    expect(lease).toMatchObject({ status: 'released', heartbeatRunId: run.id, cleanupStatus: 'success' });
+    expect(env.fence).toBe(lease.fence);
+    expect(existsSync(String(env.cwd))).toBe(false); // the ephemeral workspace is gone
+    const acts = await t.services.activity.list(companyId, { runId: run.id });
+    expect(acts.items.map((a) => a.action).reverse()).toEqual([
+      'heartbeat_run.queued',
+      'environment.lease_acquired',
+      'environment.lease_released',
+      'heartbeat_run.finished',
+    ]);
+    const released = acts.items.find((a) => a.action === 'environment.lease_released')!;
+    expect(released.details).toMatchObject({ status: 'released', environmentId: local.id, fence: lease.fence });
+  });
+
+  it('keeps log chunks in order with increasing seq', async () => {
+    const agent = await processAgent('sh', ['-c', 'for i in $(seq 1 200); do echo line-$i; done']);
+    const run = await runToEnd(agent.id);
+    const chunks = await t.services.runs.readLog(companyId, run.id);
+    const seqs = chunks.map((c) => c.seq);
+    expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+    const lines = chunks.map((c) => c.chunk).join('').trim().split('\n');
+    expect(lines).toEqual(Array.from({ length: 200 }, (_, i) => `line-${i + 1}`));
+  });
+
+  it('a failing process fails the run and its lease, with the error as failureReason', async () => {
+    const agent = await processAgent('sh', ['-c', 'exit 3']);
+    const run = await runToEnd(agent.id);
+    expect(run).toMatchObject({ status: 'failed', exitCode: 3, errorCode: 'process_failed' });
+    const lease = await t.services.leases.get(companyId, run.leaseId!);
+    expect(lease.status).toBe('failed');
+    expect(lease.failureReason).toContain('exited with code 3');
+  });
+
+  it('a command that does not exist fails with spawn_failed', async () => {
+    const agent = await processAgent('/no/such/binary', []);
+    const run = await runToEnd(agent.id);
+    expect(run).toMatchObject({ status: 'failed', errorCode: 'spawn_failed' });
+    expect((await t.services.leases.get(companyId, run.leaseId!)).status).toBe('failed');
+  });
+
+  it('times out: timed_out, lease failed, and no process of the tree is left', async () => {
+    const pidFile = join(workspaceRoot, 'timeout-pids');
+    // A parent that starts a grandchild which ignores SIGTERM: only SIGKILL after the grace period ends it.
+    const script = `sh -c 'trap "" TERM; sleep 60' & echo $! > ${pidFile}; echo $$ >> ${pidFile}; sleep 60`;
+    const agent = await processAgent('sh', ['-c', script], { timeoutSec: 0.5, graceSec: 0.3 });
+    const run = await runToEnd(agent.id);
+    expect(run).toMatchObject({ status: 'timed_out', errorCode: 'timeout' });
+    expect((await t.services.leases.get(companyId, run.leaseId!)).status).toBe('failed');
+    const pids = readFileSync(pidFile, 'utf8').trim().split('\n').map(Number);
+    expect(pids.length).toBe(2);
+    for (const pid of pids) expect(isAlive(pid), `pid ${pid}`).toBe(false);
+  });
+
+  it('a finished run leaves no background grandchild behind', async () => {
+    const pidFile = join(workspaceRoot, 'bg-pids');
+    const agent = await processAgent('sh', ['-c', `sleep 60 & echo $! > ${pidFile}; exit 0`]);
+    const run = await runToEnd(agent.id);
+    expect(run.status).toBe('succeeded');
+    const pid = Number(readFileSync(pidFile, 'utf8').trim());
+    await waitFor('the grandchild to die', async () => !isAlive(pid), 3000);
+  });
+
+  it('cancelling a queued run means it never starts', async () => {
+    const agent = await processAgent('sh', ['-c', 'sleep 30'], { timeoutSec: 60 });
+    const blocker = await t.services.runs.invoke(companyId, agent.id); // takes the agent's only slot
+    runtime.poke();
+    await waitFor('the first run to start', async () => (await t.services.runs.get(companyId, blocker.id)).status === 'running');
+    const queued = await t.services.runs.invoke(companyId, agent.id);
+    const cancelled = await t.services.runs.cancel(companyId, queued.id);
+    expect(cancelled).toMatchObject({ status: 'cancelled', startedAt: null });
+    await t.services.runs.cancel(companyId, blocker.id);
+    const ended = await waitFor('the running run to stop', async () => {
+      const r = await t.services.runs.get(companyId, blocker.id);
+      return r.finishedAt ? r : null;
+    });
+    expect(ended.status).toBe('cancelled');
+    expect((await t.services.leases.get(companyId, ended.leaseId!)).status).toBe('expired');
+    const again = await t.services.runs.get(companyId, queued.id);
+    expect(again).toMatchObject({ status: 'cancelled', startedAt: null, leaseId: null });
+  });
+
+  it('keeps the per-agent limit: runs of one agent execute one at a time', async () => {
+    const log = join(workspaceRoot, 'overlap.log');
+    const agent = await processAgent('sh', ['-c', `echo start >> ${log}; sleep 0.2; echo end >> ${log}`]);
+    const runs = await Promise.all([1, 2, 3].map(() => t.services.runs.invoke(companyId, agent.id)));
+    runtime.poke();
+    for (const r of runs) await waitFor('run end', async () => (await t.services.runs.get(companyId, r.id)).finishedAt);
+    expect(readFileSync(log, 'utf8').trim().split('\n')).toEqual(['start', 'end', 'start', 'end', 'start', 'end']);
+  });
+
+  it('a failed cleanup leaves the lease pending_cleanup, retried until it succeeds, one activity row per attempt', async () => {
+    failCleanups = 2;
+    const agent = await processAgent('true', []);
+    const run = await runToEnd(agent.id);
+    expect(run.status).toBe('succeeded');
+    const afterRun = await t.services.leases.get(companyId, run.leaseId!);
+    expect(afterRun).toMatchObject({ status: 'pending_cleanup', cleanupStatus: 'failed', releaseStatus: 'released' });
+    const done = await waitFor('cleanup to succeed', async () => {
+      const l = await t.services.leases.get(companyId, run.leaseId!);
+      return l.status === 'released' ? l : null;
+    }, 20_000);
+    expect(done).toMatchObject({ cleanupStatus: 'success', cleanupAttempts: 3 });
+    const acts = await t.services.activity.list(companyId, { entityId: run.leaseId! });
+    expect(acts.items.map((a) => a.action).reverse()).toEqual([
+      'environment.lease_acquired',
+      'environment.lease_released',
+      'environment.lease_cleanup_failed',
+      'environment.lease_cleanup_succeeded',
+    ]);
+  });
+});
+
+describe('http runs', () => {
+  let server: Server;
+  let url: string;
+  const received: Array<Record<string, unknown>> = [];
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      let body = '';
+      req.on('data', (d) => (body += d));
+      req.on('end', () => {
+        received.push(JSON.parse(body));
+        if (req.url === '/slow') return void setTimeout(() => res.end('late'), 3000);
+        res.statusCode = req.url === '/fail' ? 503 : 200;
+        res.end(req.url === '/fail' ? 'overloaded' : 'accepted');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  });
+  afterAll(() => server?.close());
+
+  async function httpAgent(path: string, timeoutMs = 5000) {
+    return t.services.agents.create(companyId, { name: `http-${++agentCount}`, adapterType: 'http', adapterConfig: { url: `${url}${path}`, timeoutMs, payload: { task: 'triage' } } });
+  }
+
+  it('posts the run context and succeeds on 2xx', async () => {
+    const agent = await httpAgent('/ok');
+    const run = await runToEnd(agent.id);
+    expect(run.status).toBe('succeeded');
+    const body = received.find((b) => b.runId === run.id)!;
+    expect(body).toMatchObject({ task: 'triage', agentId: agent.id, companyId });
+    expect((body.context as Record<string, unknown>).paperclipEnvironment).toMatchObject({ driver: 'local', leaseId: run.leaseId });
+    expect(await logText(run.id, 'stdout')).toContain('accepted');
+    expect((await t.services.leases.get(companyId, run.leaseId!)).status).toBe('released');
+  });
+
+  it('fails on non-2xx with the status in the error', async () => {
+    const run = await runToEnd((await httpAgent('/fail')).id);
+    expect(run).toMatchObject({ status: 'failed', errorCode: 'http_503' });
+    expect(run.error).toContain('HTTP 503');
+  });
+
+  it('times out', async () => {
+    const run = await runToEnd((await httpAgent('/slow', 300)).id);
+    expect(run).toMatchObject({ status: 'timed_out', errorCode: 'timeout' });
+  });
+
+  it('fails with the cause when nothing listens', async () => {
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const port = (closed.address() as { port: number }).port;
+    await new Promise((r) => closed.close(r));
+    const agent = await t.services.agents.create(companyId, { name: `http-${++agentCount}`, adapterType: 'http', adapterConfig: { url: `http://127.0.0.1:${port}/` } });
+    const run = await runToEnd(agent.id);
+    expect(run).toMatchObject({ status: 'failed', errorCode: 'http_error' });
+    expect(run.error).toContain('ECONNREFUSED');
+  });
+});
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    // A zombie is dead for our purpose.
+    return !readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z');
+  } catch {
+    return false;
+  }
+}
