@@ -33,6 +33,8 @@ export interface RuntimeOptions {
   leaseTtlSeconds?: number;
   cleanupMaxAttempts?: number;
   onError?: (where: string, err: unknown) => void;
+  /** Called with each run this server finalized. */
+  onRunFinished?: (run: HeartbeatRun) => void;
 }
 
 export interface Runtime {
@@ -112,7 +114,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   function launch(run: HeartbeatRun): void {
     const abort = new AbortController();
     const done = executeRun(deps, run, abort)
-      .then(() => undefined, (err: unknown) => onError(`run ${run.id}`, err))
+      .then((finished) => void (finished && opts.onRunFinished?.(finished)), (err: unknown) => onError(`run ${run.id}`, err))
       .finally(() => {
         running.delete(run.id);
         void claimLoop();

@@ -1,0 +1,110 @@
+// Overhead of one heartbeat run of a trivial process (`true`) against spawning the
+// same process directly, both measured in this run, on PGlite and PostgreSQL; then
+// runs per second with 8 runs in flight.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { openDatabase, type Database } from '../src/db/client.js';
+import { localDriver } from '../src/drivers/local.js';
+import type { HeartbeatRun } from '../src/domain/types.js';
+import { startRuntime } from '../src/heartbeat/runtime.js';
+import { createServices } from '../src/services/index.js';
+import { fmt, percentile, scratchDatabase } from './support.js';
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 200);
+const workspaceRoot = mkdtempSync(join(tmpdir(), 'berth-bench-ws-'));
+
+function spawnDirect(): Promise<number> {
+  const t = performance.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn('true', [], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    child.once('error', reject);
+    child.once('close', () => resolve(performance.now() - t));
+  });
+}
+
+async function benchBackend(name: string, database: Database): Promise<void> {
+  const s = createServices(database.db);
+  // Finished runs arrive through onRunFinished; a waiter may register before or after.
+  const finished = new Map<string, HeartbeatRun>();
+  const waiting = new Map<string, (run: HeartbeatRun) => void>();
+  const runtime = await startRuntime({
+    services: s,
+    drivers: new Map([['local', localDriver({ workspaceRoot })]]),
+    maxConcurrentRuns: 16,
+    onRunFinished: (run) => {
+      const w = waiting.get(run.id);
+      if (w) w(run);
+      else finished.set(run.id, run);
+    },
+    onError: (where, err) => console.error(where, err),
+  });
+  const company = await s.companies.create({ name: `bench ${name}` });
+  const agent = await s.agents.create(company.id, { name: 'true', adapterType: 'process', adapterConfig: { command: 'true', args: [] } });
+  const runOnce = async (agentId: string): Promise<{ ms: number; run: HeartbeatRun }> => {
+    const t = performance.now();
+    const run = await s.runs.invoke(company.id, agentId);
+    runtime.poke();
+    const done =
+      finished.get(run.id) ??
+      (await new Promise<HeartbeatRun>((resolve) => {
+        waiting.set(run.id, resolve);
+      }));
+    finished.delete(run.id);
+    waiting.delete(run.id);
+    return { ms: performance.now() - t, run: done };
+  };
+  for (let i = 0; i < 10; i++) {
+    await runOnce(agent.id);
+    await spawnDirect();
+  }
+  const berth: number[] = [];
+  const direct: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    // Interleaved, so both see the same machine.
+    const r = await runOnce(agent.id);
+    if (r.run.status !== 'succeeded') throw new Error(`run ${r.run.id} ${r.run.status}: ${r.run.error}`);
+    berth.push(r.ms);
+    direct.push(await spawnDirect());
+  }
+  berth.sort((a, b) => a - b);
+  direct.sort((a, b) => a - b);
+  const p = (xs: number[], q: number) => percentile(xs, q);
+  console.log(
+    `${name.padEnd(8)} ${RUNS} runs of \`true\`: berth p50 ${fmt(p(berth, 50))} ms p99 ${fmt(p(berth, 99))} ms | direct spawn p50 ${fmt(p(direct, 50))} ms p99 ${fmt(p(direct, 99))} ms` +
+      ` | overhead p50 ${fmt(p(berth, 50) - p(direct, 50))} ms p99 ${fmt(p(berth, 99) - p(direct, 99))} ms (target p50 <= 15 ms on PostgreSQL)`,
+  );
+
+  // Throughput: 8 agents, 8 runs in flight at all times.
+  const eight = await Promise.all(
+    Array.from({ length: 8 }, (_, i) => s.agents.create(company.id, { name: `true-${i}`, adapterType: 'process', adapterConfig: { command: 'true', args: [] } })),
+  );
+  const total = Math.max(RUNS, 160);
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    eight.map(async (a) => {
+      while (next++ < total) await runOnce(a.id);
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  console.log(`${name.padEnd(8)} ${total} runs, 8 in flight: ${fmt(total / seconds)} runs/s (target >= 100)`);
+  await runtime.stop({ graceMs: 0 });
+}
+
+try {
+  const scratch = await scratchDatabase('berth_bench_runs');
+  const pgDb = await openDatabase({ databaseUrl: scratch.url, poolSize: 16 });
+  try {
+    await benchBackend('postgres', pgDb);
+  } finally {
+    await pgDb.close();
+    await scratch.drop();
+  }
+  const lite = await openDatabase({ databaseUrl: '', dataDir: 'memory://' });
+  await benchBackend('pglite', lite);
+  await lite.close();
+} finally {
+  rmSync(workspaceRoot, { recursive: true, force: true });
+}
