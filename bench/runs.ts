@@ -31,6 +31,7 @@ async function benchBackend(name: string, database: Database): Promise<void> {
   const waiting = new Map<string, (run: HeartbeatRun) => void>();
   const runtime = await startRuntime({
     services: s,
+    db: database.db,
     drivers: new Map([['local', localDriver({ workspaceRoot })]]),
     maxConcurrentRuns: 16,
     onRunFinished: (run) => {

@@ -8,6 +8,7 @@ import { createServices } from '../src/services/index.js';
 const database = await openDatabase();
 const runtime = await startRuntime({
   services: createServices(database.db),
+  db: database.db,
   maxConcurrentRuns: Number(process.env.BERTH_MAX_RUNS ?? 16),
   ...(process.env.BERTH_API_URL ? { apiUrl: process.env.BERTH_API_URL } : {}),
 });

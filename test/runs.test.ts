@@ -33,6 +33,7 @@ beforeAll(async () => {
   companyId = (await t.services.companies.create({ name: 'Runs Co' })).id;
   runtime = await startRuntime({
     services: t.services,
+    db: t.db,
     drivers: new Map([['local', flakyLocal]]),
     pollMs: 50,
     sweepMs: 200,

@@ -18,6 +18,8 @@ export interface ExecutorDeps {
   apiUrl: string;
   /** Lease ttl; the executor renews every ttl/3 while the run lives. */
   leaseTtlSeconds: number;
+  /** Run several service calls in one transaction (one commit); without it they run one by one. */
+  transact?: <T>(f: (s: Services) => Promise<T>) => Promise<T>;
 }
 
 export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: AbortController): Promise<HeartbeatRun | null> {
@@ -30,20 +32,43 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   let environment: DriverEnvironment | null = null;
   let driver: EnvironmentDriver | undefined;
   let renewer: NodeJS.Timeout | undefined;
+  let cleanupError: string | null = null;
+  const transact = deps.transact ?? (<T>(f: (ts: Services) => Promise<T>) => f(s));
   try {
-    const agent = await s.agents.get(run.companyId, run.agentId);
-    const adapter = deps.adapters.get(agent.adapterType);
-    if (!adapter) throw Object.assign(new Error(`no adapter for type "${agent.adapterType}"`), { code: 'no_adapter' });
-    const envId = agent.defaultEnvironmentId ?? (await s.environments.ensureLocalEnvironment(run.companyId, actor)).id;
-    environment = await s.environments.getWithSecrets(run.companyId, envId);
-    driver = deps.drivers.get(environment.driver);
-    if (!driver) throw Object.assign(new Error(`no driver for environment driver "${environment.driver}"`), { code: 'no_driver' });
-
-    ({ lease } = await s.leases.acquire(
-      run.companyId,
-      { environmentId: envId, heartbeatRunId: run.id, ttlSeconds: deps.leaseTtlSeconds, policy: 'ephemeral', idempotencyKey: `run:${run.id}` },
-      actor,
-    ));
+    // Steps 1 to 3 in one transaction: choose the environment, acquire the lease, make
+    // its workspace, record it in the lease and the run. The lease commits (becomes
+    // visible as active) only once its workspace exists; a driver that fails here
+    // leaves no lease behind.
+    const cfgCwd = (agentConfig: Record<string, unknown>) => (typeof agentConfig.cwd === 'string' ? agentConfig.cwd : undefined);
+    const start = await transact(async (ts) => {
+      const agent = await ts.agents.get(run.companyId, run.agentId);
+      const adapter = deps.adapters.get(agent.adapterType);
+      if (!adapter) throw Object.assign(new Error(`no adapter for type "${agent.adapterType}"`), { code: 'no_adapter' });
+      const envId = agent.defaultEnvironmentId ?? (await ts.environments.ensureLocalEnvironment(run.companyId, actor)).id;
+      const env = await ts.environments.getWithSecrets(run.companyId, envId);
+      const drv = deps.drivers.get(env.driver);
+      if (!drv) throw Object.assign(new Error(`no driver for environment driver "${env.driver}"`), { code: 'no_driver' });
+      const { lease: granted } = await ts.leases.acquire(
+        run.companyId,
+        { environmentId: envId, heartbeatRunId: run.id, ttlSeconds: deps.leaseTtlSeconds, policy: 'ephemeral', idempotencyKey: `run:${run.id}` },
+        actor,
+      );
+      const cwd = cfgCwd(agent.adapterConfig);
+      const workspace = await drv.prepareWorkspace(env, granted, cwd ? { cwd } : {});
+      try {
+        const paperclipEnvironment = { id: env.id, name: env.name, driver: env.driver, leaseId: granted.id, fence: granted.fence, ...workspace.details };
+        const withWorkspace = await ts.leases.updateMetadata(run.companyId, granted.id, { fence: granted.fence, metadata: workspace.details });
+        await ts.runs.recordStart(run.id, { environmentId: env.id, leaseId: granted.id, token, paperclipEnvironment });
+        return { agent, adapter, env, drv, lease: withWorkspace, workspace, paperclipEnvironment };
+      } catch (err) {
+        await drv.cleanup(env, { ...granted, metadata: { ...granted.metadata, ...workspace.details } }).catch(() => {});
+        throw err;
+      }
+    });
+    const { agent, adapter, workspace, paperclipEnvironment } = start;
+    environment = start.env;
+    driver = start.drv;
+    lease = start.lease;
     const held = lease;
     renewer = setInterval(() => {
       s.leases.renew(run.companyId, held.id, { fence: held.fence, ttlSeconds: deps.leaseTtlSeconds }).catch((err: unknown) => {
@@ -52,18 +77,6 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       });
     }, (deps.leaseTtlSeconds * 1000) / 3);
 
-    const cfgCwd = typeof agent.adapterConfig.cwd === 'string' ? agent.adapterConfig.cwd : undefined;
-    const workspace = await driver.prepareWorkspace(environment, lease, cfgCwd ? { cwd: cfgCwd } : {});
-    lease = await s.leases.updateMetadata(run.companyId, lease.id, { fence: lease.fence, metadata: workspace.details });
-    const paperclipEnvironment = {
-      id: environment.id,
-      name: environment.name,
-      driver: environment.driver,
-      leaseId: lease.id,
-      fence: lease.fence,
-      ...workspace.details,
-    };
-    await s.runs.recordStart(run.id, { environmentId: environment.id, leaseId: lease.id, token, paperclipEnvironment });
     const started = { ...run, contextSnapshot: { ...run.contextSnapshot, paperclipEnvironment } };
     outcome = await adapter.execute({
       run: started,
@@ -85,27 +98,32 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   } finally {
     clearInterval(renewer);
     if (lease) {
-      let cleanupError: string | null = null;
       try {
         await driver!.cleanup(environment, lease);
       } catch (err) {
         cleanupError = (err as Error).message;
         log.write('system', `environment cleanup failed (will be retried): ${cleanupError}\n`);
       }
-      await s.leases
-        .release(run.companyId, lease.id, {
-          fence: lease.fence,
-          status: leaseStatusForRunOutcome(outcome.status),
-          ...(outcome.error ? { failureReason: outcome.error.slice(0, 4000) } : {}),
-          cleanupStatus: cleanupError ? 'failed' : 'success',
-        }, actor)
-        .catch((err: unknown) => log.write('system', `lease release failed: ${(err as Error).message}\n`));
     }
-    // Any other lease the run took (through the API, with its token) ends with it.
-    await s.leases
-      .releaseForRun(run.companyId, run.id, { status: leaseStatusForRunOutcome(outcome.status), ...(outcome.error ? { failureReason: outcome.error.slice(0, 4000) } : {}) }, actor, { cleanupPending: true })
-      .catch(() => {});
     await log.flush();
   }
-  return s.runs.finalize(run.id, outcome, { serverId: deps.serverId });
+  // Step 5 in one transaction: the run's lease released per its outcome (pending_cleanup
+  // if the driver could not clean up), any other lease it took released too, and the
+  // run's own status written.
+  const leaseStatus = leaseStatusForRunOutcome(outcome.status);
+  const failureReason = outcome.error ? { failureReason: outcome.error.slice(0, 4000) } : {};
+  const endSteps = (ts: Services): Array<() => Promise<unknown> | null> => [
+    () => lease && ts.leases.release(run.companyId, lease.id, { fence: lease.fence, status: leaseStatus, ...failureReason, cleanupStatus: cleanupError ? 'failed' : 'success' }, actor),
+    () => ts.leases.releaseForRun(run.companyId, run.id, { status: leaseStatus, ...failureReason }, actor, { cleanupPending: true }),
+  ];
+  try {
+    return await transact(async (ts) => {
+      for (const step of endSteps(ts)) await step();
+      return ts.runs.finalize(run.id, outcome, { serverId: deps.serverId });
+    });
+  } catch {
+    // A step refused (the lease moved on, say): take each on its own, so the run still ends.
+    for (const step of endSteps(s)) await Promise.resolve().then(() => step()).catch(() => {});
+    return s.runs.finalize(run.id, outcome, { serverId: deps.serverId });
+  }
 }

@@ -15,11 +15,14 @@ import { localDriver } from '../drivers/local.js';
 import { signalTree } from '../drivers/process-tree.js';
 import type { DriverRegistry } from '../drivers/types.js';
 import type { HeartbeatRun } from '../domain/types.js';
-import type { Services } from '../services/index.js';
+import { createServices, type Services } from '../services/index.js';
+import type { Db } from '../db/client.js';
 import { executeRun } from './executor.js';
 
 export interface RuntimeOptions {
   services: Services;
+  /** The database under `services`: lets the executor group a run's steps into few transactions. */
+  db?: Db;
   serverId?: string;
   drivers?: DriverRegistry;
   adapters?: Map<string, AgentAdapter>;
@@ -76,6 +79,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     serverId,
     apiUrl: opts.apiUrl ?? 'http://127.0.0.1:3100',
     leaseTtlSeconds: opts.leaseTtlSeconds ?? 30,
+    ...(opts.db ? { transact: <T>(f: (ts: Services) => Promise<T>) => opts.db!.transaction((tx) => f(createServices(tx as unknown as Db))) } : {}),
   };
   const running = new Map<string, { abort: AbortController; done: Promise<void> }>();
   let stopping = false;
