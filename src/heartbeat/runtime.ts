@@ -72,6 +72,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const maxRuns = opts.maxConcurrentRuns ?? 16;
   const staleSeconds = opts.staleSeconds ?? 5;
   const onError = opts.onError ?? ((where, err) => console.error(`[berth runtime] ${where}:`, (err as Error).message ?? err));
+  const transact = <T>(f: (ts: Services) => Promise<T>): Promise<T> =>
+    opts.db ? opts.db.transaction((tx) => f(createServices(tx as unknown as Db))) : f(s);
   const deps = {
     services: s,
     drivers,
@@ -79,7 +81,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     serverId,
     apiUrl: opts.apiUrl ?? 'http://127.0.0.1:3100',
     leaseTtlSeconds: opts.leaseTtlSeconds ?? 30,
-    ...(opts.db ? { transact: <T>(f: (ts: Services) => Promise<T>) => opts.db!.transaction((tx) => f(createServices(tx as unknown as Db))) } : {}),
+    transact,
   };
   const running = new Map<string, { abort: AbortController; done: Promise<void> }>();
   let stopping = false;
@@ -138,17 +140,22 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   async function sweep(): Promise<void> {
     try {
       await s.leases.expireDue();
-      for (const lost of await s.runs.finalizeLostRuns({ staleSeconds, exceptServerId: serverId })) {
-        // Its server is gone; what it started on this host must not outlive it.
-        if (lost.pid !== null && lost.hostname === host) signalTree(lost.pid, 'SIGKILL');
-        await s.leases.releaseForRun(
-          lost.companyId,
-          lost.id,
-          { status: 'failed', failureReason: `process_lost: ${lost.error ?? 'server stopped'}` },
-          { type: 'system', id: serverId },
-          { cleanupPending: true },
-        );
-      }
+      // A lost run and its leases end in one transaction: nobody sees one without the other.
+      const lostRuns = await transact(async (ts) => {
+        const lost = await ts.runs.finalizeLostRuns({ staleSeconds, exceptServerId: serverId });
+        for (const run of lost) {
+          await ts.leases.releaseForRun(
+            run.companyId,
+            run.id,
+            { status: 'failed', failureReason: `process_lost: ${run.error ?? 'server stopped'}` },
+            { type: 'system', id: serverId },
+            { cleanupPending: true },
+          );
+        }
+        return lost;
+      });
+      // Its server is gone; what it started on this host must not outlive it.
+      for (const lost of lostRuns) if (lost.pid !== null && lost.hostname === host) signalTree(lost.pid, 'SIGKILL');
       if (!stopping) await s.runs.invokeDueTimers().then((runs) => runs.length > 0 && void claimLoop());
       await retryCleanups();
     } catch (err) {
