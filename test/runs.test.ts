@@ -205,6 +205,77 @@ describe('process runs', () => {
   });
 });
 
+describe('scheduling, renewal and validation', () => {
+  it('renews the lease while a run outlives its ttl (2 s), so it is never expired under a live run', async () => {
+    const agent = await processAgent('sleep', ['3']);
+    const run = await runToEnd(agent.id);
+    expect(run.status).toBe('succeeded');
+    const lease = await t.services.leases.get(companyId, run.leaseId!);
+    expect(lease.status).toBe('released');
+    expect(lease.renewCount).toBeGreaterThanOrEqual(3);
+  });
+
+  it('a timer agent is invoked every intervalSec with source timer', async () => {
+    const agent = await t.services.agents.create(companyId, { name: `timer-${++agentCount}`, adapterType: 'process', adapterConfig: { command: 'true', args: [] }, intervalSec: 1 });
+    const runs = await waitFor('two timer runs to finish', async () => {
+      const list = (await t.services.runs.list(companyId, { agentId: agent.id })).filter((r) => r.finishedAt);
+      return list.length >= 2 ? list : null;
+    });
+    for (const r of runs) expect(r).toMatchObject({ invocationSource: 'timer', status: 'succeeded' });
+    const gap = Math.abs(runs[0]!.createdAt.getTime() - runs[1]!.createdAt.getTime());
+    expect(gap).toBeGreaterThanOrEqual(900);
+  });
+
+  it('finalizes at start-up a run left running by a server that no longer exists', async () => {
+    const agent = await processAgent('true', []);
+    const run = await t.services.runs.invoke(companyId, agent.id, {});
+    // As if a server that is gone had claimed it: no berth_servers row for it.
+    const ghost = await t.services.runs.claimNext('srv_ghost', 'nowhere');
+    expect(ghost && 'id' in ghost ? ghost.id : null).toBe(run.id);
+    const other = await startRuntime({ services: t.services, db: t.db, sweepMs: 60_000, pollMs: 60_000, heartbeatMs: 60_000, onError: () => {} });
+    await other.stop({ graceMs: 0 });
+    expect(await t.services.runs.get(companyId, run.id)).toMatchObject({ status: 'failed', errorCode: 'process_lost' });
+    expect((await t.services.agents.get(companyId, agent.id)).runningCount).toBe(0);
+  });
+
+  it('validates agents: adapter config fields are named, and a default environment must be usable', async () => {
+    const bad: Array<[unknown, string]> = [
+      [{ name: 'x', adapterType: 'process', adapterConfig: {} }, 'adapterConfig.command'],
+      [{ name: 'x', adapterType: 'process', adapterConfig: { command: 'true', cwd: 'relative' } }, 'adapterConfig.cwd'],
+      [{ name: 'x', adapterType: 'process', adapterConfig: { command: 'true', timeoutSec: 0 } }, 'adapterConfig.timeoutSec'],
+      [{ name: 'x', adapterType: 'http', adapterConfig: { url: 'ftp://example.com' } }, 'adapterConfig.url'],
+      [{ name: 'x', adapterType: 'grpc', adapterConfig: {} }, 'adapterType'],
+      [{ name: 'x', adapterType: 'process', adapterConfig: { command: 'true' }, maxConcurrentRuns: 0 }, 'maxConcurrentRuns'],
+    ];
+    for (const [input, field] of bad) {
+      const err = await t.services.agents.create(companyId, input as never).catch((e: unknown) => e);
+      expect(err, JSON.stringify(input)).toMatchObject({ code: 'invalid' });
+      expect((err as { fields: Array<{ path: string }> }).fields.map((f) => f.path)).toContain(field);
+    }
+    const sandbox = await t.services.environments.create(companyId, { name: `sbx-${++agentCount}`, driver: 'sandbox', config: { provider: 'p' } });
+    await expect(
+      t.services.agents.create(companyId, { name: 'y', adapterType: 'process', adapterConfig: { command: 'true' }, defaultEnvironmentId: sandbox.id }),
+    ).rejects.toMatchObject({ code: 'invalid', fields: [{ path: 'defaultEnvironmentId' }] });
+    const other = await t.services.companies.create({ name: 'Other Co' });
+    const foreign = await t.services.environments.ensureLocalEnvironment(other.id);
+    await expect(
+      t.services.agents.create(companyId, { name: 'z', adapterType: 'process', adapterConfig: { command: 'true' }, defaultEnvironmentId: foreign.id }),
+    ).rejects.toMatchObject({ code: 'invalid', fields: [{ path: 'defaultEnvironmentId' }] });
+  });
+
+  it("answers not_found for another company's agents and runs", async () => {
+    const agent = await processAgent('true', []);
+    const run = await runToEnd(agent.id);
+    const other = await t.services.companies.create({ name: 'Nosy Co' });
+    await expect(t.services.agents.get(other.id, agent.id)).rejects.toMatchObject({ code: 'not_found' });
+    await expect(t.services.runs.invoke(other.id, agent.id)).rejects.toMatchObject({ code: 'not_found' });
+    await expect(t.services.runs.get(other.id, run.id)).rejects.toMatchObject({ code: 'not_found' });
+    await expect(t.services.runs.cancel(other.id, run.id)).rejects.toMatchObject({ code: 'not_found' });
+    await expect(t.services.runs.readLog(other.id, run.id)).rejects.toMatchObject({ code: 'not_found' });
+    expect(await t.services.runs.list(other.id)).toEqual([]);
+  });
+});
+
 describe('http runs', () => {
   let server: Server;
   let url: string;
