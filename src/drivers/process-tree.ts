@@ -36,14 +36,18 @@ export function descendantsOf(pid: number): number[] {
   return out;
 }
 
-/** Signal a process group and every descendant of its leader. */
-export function signalTree(pid: number, signal: NodeJS.Signals): void {
-  const all = descendantsOf(pid);
+function killGroup(pgid: number, signal: NodeJS.Signals): void {
   try {
-    process.kill(-pid, signal);
+    process.kill(-pgid, signal);
   } catch {
     /* group already gone */
   }
+}
+
+/** Signal a process group and every descendant of its leader (those that left the group too). */
+export function signalTree(pid: number, signal: NodeJS.Signals): void {
+  const all = descendantsOf(pid);
+  killGroup(pid, signal);
   for (const p of all) {
     try {
       process.kill(p, signal);
@@ -75,9 +79,10 @@ export function startLocalProcess(spec: ProcessSpec, onOutput: OutputListener): 
   const exited = new Promise<{ exitCode: number | null; signal: string | null; spawnError?: string }>((resolve) => {
     child.once('error', (err) => resolve({ exitCode: null, signal: null, spawnError: err.message }));
     child.once('exit', (code, signal) => {
-      // Nothing the run started may outlive it: kill what is left of its tree, then
-      // wait for the pipes to drain (a grandchild holding them would keep them open).
-      if (pid !== null) signalTree(pid, 'SIGKILL');
+      // Nothing the run started may outlive it: kill what is left of its process group,
+      // then wait for the pipes to drain (a grandchild holding them keeps them open).
+      // (No /proc walk here: once the leader is gone its other children belong to init.)
+      if (pid !== null) killGroup(pid, 'SIGKILL');
       const drained = Promise.all([child.stdout, child.stderr].map((s) => (s.readableEnded ? null : new Promise((r) => s.once('close', r)))));
       const timeout = new Promise((r) => setTimeout(r, 2000).unref());
       void Promise.race([drained, timeout]).then(() => resolve({ exitCode: code, signal }));
