@@ -8,7 +8,8 @@ import pg from 'pg';
 import { PGlite } from '@electric-sql/pglite';
 import { openDatabase, type Database } from '../src/db/client.js';
 import { createServices, type Services } from '../src/services/index.js';
-import { fmt, percentile, runConcurrent, scratchDatabase, type RunStats } from './support.js';
+import { createScratchDatabase } from '../test/support/db.js';
+import { fmt, percentile, runConcurrent, type RunStats } from './support.js';
 import { withCpu } from './cpu.js';
 
 const CYCLES = Number(process.env.BENCH_CYCLES ?? 4000);
@@ -161,7 +162,7 @@ async function main() {
   console.log(`Lease acquire+release cycles vs the driver's INSERT+UPDATE floor (one cycle = acquire + release, two activity rows)\n`);
 
   // PostgreSQL
-  const scratch = await scratchDatabase('berth_bench');
+  const scratch = await createScratchDatabase();
   const berthPg = await openDatabase({ databaseUrl: scratch.url, poolSize: 16 });
   const rawPool = new pg.Pool({ connectionString: scratch.url, max: 16 });
   const pgExec: Exec = (text, params) => rawPool.query(text, params);

@@ -10,7 +10,8 @@ import { localDriver } from '../src/drivers/local.js';
 import type { HeartbeatRun } from '../src/domain/types.js';
 import { startRuntime } from '../src/heartbeat/runtime.js';
 import { createServices } from '../src/services/index.js';
-import { fmt, percentile, scratchDatabase } from './support.js';
+import { createScratchDatabase } from '../test/support/db.js';
+import { fmt, percentile } from './support.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 200);
 const workspaceRoot = mkdtempSync(join(tmpdir(), 'berth-bench-ws-'));
@@ -95,7 +96,7 @@ async function benchBackend(name: string, database: Database): Promise<void> {
 }
 
 try {
-  const scratch = await scratchDatabase('berth_bench_runs');
+  const scratch = await createScratchDatabase();
   const pgDb = await openDatabase({ databaseUrl: scratch.url, poolSize: 16 });
   try {
     await benchBackend('postgres', pgDb);

@@ -9,6 +9,7 @@ import type { EnvironmentDriver } from '../src/drivers/types.js';
 import type { HeartbeatRun } from '../src/domain/types.js';
 import { startRuntime, type Runtime } from '../src/heartbeat/runtime.js';
 import { openTestDb, type TestDb } from './support/db.js';
+import { isAlive, waitFor } from './support/wait.js';
 
 let t: TestDb;
 let runtime: Runtime;
@@ -57,15 +58,6 @@ async function processAgent(command: string, args: string[], extra: Record<strin
   });
 }
 
-async function waitFor<T>(what: string, f: () => Promise<T | null | undefined | false>, ms = 15_000): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 async function runToEnd(agentId: string): Promise<HeartbeatRun> {
   const run = await t.services.runs.invoke(companyId, agentId);
@@ -334,12 +326,3 @@ describe('http runs', () => {
   });
 });
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    // A zombie is dead for our purpose.
-    return !readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z');
-  } catch {
-    return false;
-  }
-}

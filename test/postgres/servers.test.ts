@@ -9,6 +9,7 @@ import pg from 'pg';
 import { openDatabase, type Database } from '../../src/db/client.js';
 import { createServices, type Services } from '../../src/services/index.js';
 import { createScratchDatabase } from '../support/db.js';
+import { isAlive, waitFor } from '../support/wait.js';
 
 let scratch: Awaited<ReturnType<typeof createScratchDatabase>>;
 let database: Database;
@@ -47,15 +48,6 @@ function startServer(extraEnv: Record<string, string> = {}): Promise<{ child: Ch
   });
 }
 
-async function waitFor<T>(what: string, f: () => Promise<T | null | undefined | false>, ms = 60_000): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('servers sharing one PostgreSQL', () => {
   it('200 queued runs over two server processes: each executed exactly once, none lost, per-agent limits kept', async () => {
@@ -80,7 +72,7 @@ describe('servers sharing one PostgreSQL', () => {
       for (const r of rows) maxRunningPerAgent.set(r.agent_id, Math.max(maxRunningPerAgent.get(r.agent_id) ?? 0, r.n));
       const { rows: left } = await pool.query(`SELECT count(*)::int AS n FROM heartbeat_runs WHERE finished_at IS NULL`);
       return left[0].n === 0;
-    }, 120_000);
+    }, 120_000, 50);
     expect(done).toBe(true);
     const { rows: statuses } = await pool.query(`SELECT status, server_id, count(*)::int AS n FROM heartbeat_runs GROUP BY 1, 2`);
     expect(statuses.filter((r) => r.status !== 'succeeded')).toEqual([]);
@@ -150,11 +142,3 @@ describe('servers sharing one PostgreSQL', () => {
   }, 60_000);
 });
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z');
-  } catch {
-    return false;
-  }
-}
