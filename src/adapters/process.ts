@@ -33,7 +33,7 @@ export const processAdapter: AgentAdapter = {
       { command: cfg.command, args: cfg.args, cwd: ctx.workspace.cwd, env: runEnvironment(ctx, cfg.env) },
       (stream, text) => ctx.log(stream, text),
     );
-    if (proc.pid !== null) ctx.onPid(proc.pid);
+    void proc.spawned.then((pid) => pid !== null && ctx.onPid(pid));
     let stoppedFor: 'timeout' | 'cancel' | 'lease_lost' | null = null;
     let killTimer: NodeJS.Timeout | undefined;
     const stop = (why: 'timeout' | 'cancel' | 'lease_lost') => {

@@ -2,6 +2,7 @@
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { StringDecoder } from 'node:string_decoder';
+import { sharedSpawner } from './spawner.js';
 import type { OutputListener, ProcessSpec, StartedProcess } from './types.js';
 
 /** Every live descendant of `pid`, found through /proc (children that left the group included). */
@@ -57,7 +58,41 @@ export function signalTree(pid: number, signal: NodeJS.Signals): void {
   }
 }
 
+/**
+ * Start a process in its own session and process group. By default through the
+ * spawner helper (a small process whose fork stays cheap however large the server
+ * grows); BERTH_SPAWNER=off spawns from this process.
+ */
 export function startLocalProcess(spec: ProcessSpec, onOutput: OutputListener): StartedProcess {
+  let pid: number | null = null;
+  let signalBeforeStart: NodeJS.Signals | null = null;
+  let resolveSpawned!: (pid: number | null) => void;
+  const spawned = new Promise<number | null>((r) => (resolveSpawned = r));
+  const exited = (process.env.BERTH_SPAWNER === 'off' ? spawnHere : spawnViaHelper)(spec, onOutput, (p) => {
+    pid = p;
+    resolveSpawned(p);
+    if (signalBeforeStart) signalTree(p, signalBeforeStart);
+  }).then((exit) => {
+    resolveSpawned(null); // no-op if it had started
+    return exit;
+  });
+  return {
+    spawned,
+    exited,
+    kill(signal) {
+      if (pid !== null) signalTree(pid, signal);
+      else signalBeforeStart = signal;
+    },
+  };
+}
+
+type Exit = { exitCode: number | null; signal: string | null; spawnError?: string };
+
+function spawnViaHelper(spec: ProcessSpec, onOutput: OutputListener, onSpawned: (pid: number) => void): Promise<Exit> {
+  return sharedSpawner().start(spec, onOutput, onSpawned);
+}
+
+function spawnHere(spec: ProcessSpec, onOutput: OutputListener, onSpawned: (pid: number) => void): Promise<Exit> {
   const child = spawn(spec.command, spec.args, {
     cwd: spec.cwd,
     env: spec.env,
@@ -65,6 +100,7 @@ export function startLocalProcess(spec: ProcessSpec, onOutput: OutputListener): 
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const pid = child.pid ?? null;
+  if (pid !== null) onSpawned(pid);
   for (const [name, stream] of [['stdout', child.stdout], ['stderr', child.stderr]] as const) {
     const decoder = new StringDecoder('utf8');
     stream.on('data', (buf: Buffer) => {
@@ -76,7 +112,7 @@ export function startLocalProcess(spec: ProcessSpec, onOutput: OutputListener): 
       if (rest) onOutput(name, rest);
     });
   }
-  const exited = new Promise<{ exitCode: number | null; signal: string | null; spawnError?: string }>((resolve) => {
+  return new Promise<Exit>((resolve) => {
     child.once('error', (err) => resolve({ exitCode: null, signal: null, spawnError: err.message }));
     child.once('exit', (code, signal) => {
       // Nothing the run started may outlive it: kill what is left of its process group,
@@ -88,11 +124,4 @@ export function startLocalProcess(spec: ProcessSpec, onOutput: OutputListener): 
       void Promise.race([drained, timeout]).then(() => resolve({ exitCode: code, signal }));
     });
   });
-  return {
-    pid,
-    exited,
-    kill(signal) {
-      if (pid !== null) signalTree(pid, signal);
-    },
-  };
 }

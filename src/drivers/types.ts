@@ -31,10 +31,11 @@ export interface ProcessSpec {
 }
 
 export interface StartedProcess {
-  pid: number | null;
+  /** The process id once it has started (its process group id too); null if it could not start. */
+  spawned: Promise<number | null>;
   /** Resolves when the process has exited and its output is drained. */
   exited: Promise<{ exitCode: number | null; signal: string | null; spawnError?: string }>;
-  /** Signal the whole process tree. */
+  /** Signal the whole process tree (once it has started). */
   kill(signal: 'SIGTERM' | 'SIGKILL'): void;
 }
 
