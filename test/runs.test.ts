@@ -99,6 +99,22 @@ describe('process runs', () => {
     expect(released.details).toMatchObject({ status: 'released', environmentId: local.id, fence: lease.fence });
   });
 
+  it("injects the environment's envVars and the agent's env, but none of the server's own variables", async () => {
+    const local = await t.services.environments.ensureLocalEnvironment(companyId);
+    await t.services.environments.update(companyId, local.id, { envVars: { REGION: 'eu-1', SHARED: 'from-environment' } });
+    process.env.BERTH_TEST_SERVER_SECRET = 'must-not-leak';
+    try {
+      const agent = await processAgent('sh', ['-c', 'echo "region=$REGION shared=$SHARED own=$OWN secret=${BERTH_TEST_SERVER_SECRET:-unset} path=${PATH:+set}"'], {
+        env: { OWN: 'agent', SHARED: 'from-agent' },
+      });
+      const run = await runToEnd(agent.id);
+      expect(await logText(run.id, 'stdout')).toBe('region=eu-1 shared=from-agent own=agent secret=unset path=set\n');
+    } finally {
+      delete process.env.BERTH_TEST_SERVER_SECRET;
+      await t.services.environments.update(companyId, local.id, { envVars: {} });
+    }
+  });
+
   it('keeps log chunks in order with increasing seq', async () => {
     const agent = await processAgent('sh', ['-c', 'for i in $(seq 1 200); do echo line-$i; done']);
     const run = await runToEnd(agent.id);
