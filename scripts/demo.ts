@@ -1,10 +1,12 @@
 // The quick-start demo: on the embedded database under BERTH_HOME (or on
 // PostgreSQL with DATABASE_URL), make a company, ensure its Local environment,
-// run leases through their life, and print what the activity log recorded.
+// run leases through their life, run an agent's process through a lease, and
+// print what the activity log recorded.
 import { randomUUID } from 'node:crypto';
 import { openDatabase } from '../src/db/client.js';
 import { isBerthError } from '../src/domain/errors.js';
 import { createServices } from '../src/services/index.js';
+import { startRuntime } from '../src/heartbeat/runtime.js';
 
 const t0 = performance.now();
 const database = await openDatabase();
@@ -45,11 +47,39 @@ try {
   const expired = await s.leases.expireDue();
   say(`expiry sweep  expired ${expired.length} lease(s) not renewed in time (${expired.map((l) => l.id.slice(0, 8)).join(', ')}; held ${held.lease.id.slice(0, 8)})`);
 
+  // A heartbeat run: an agent's process executed through a lease on Local.
+  const runtime = await startRuntime({ services: s, db: database.db, onError: () => {} });
+  try {
+    const agent = await s.agents.create(company.id, {
+      name: 'hello',
+      adapterType: 'process',
+      adapterConfig: { command: 'sh', args: ['-c', 'echo "hello from run $PAPERCLIP_RUN_ID in $PWD"'] },
+    });
+    const queued = await s.runs.invoke(company.id, agent.id);
+    runtime.poke();
+    let run = queued;
+    while (!run.finishedAt) {
+      await new Promise((r) => setTimeout(r, 20));
+      run = await s.runs.get(company.id, queued.id);
+    }
+    const output = (await s.runs.readLog(company.id, run.id)).map((c) => c.chunk).join('').trim();
+    const runLease = await s.leases.get(company.id, run.leaseId!);
+    say(`run           agent "${agent.name}": ${run.status} (exit ${run.exitCode}) in ${run.finishedAt.getTime() - run.createdAt.getTime()} ms, output: ${output}`);
+    say(`              its lease ${runLease.id.slice(0, 8)} on ${String((run.contextSnapshot.paperclipEnvironment as { name?: string })?.name)}: ${runLease.status}, cleanup ${runLease.cleanupStatus}`);
+  } finally {
+    await runtime.stop({ graceMs: 1000 });
+  }
+
   console.log('\nActivity log, oldest first:');
   const { items } = await s.activity.list(company.id, { limit: 100 });
   for (const a of items.reverse()) {
     const d = a.details;
-    const extra = a.entityType === 'environment_lease' ? `fence ${d.fence}${d.status ? `, status ${d.status}` : ''}` : `name ${JSON.stringify(d.name)}`;
+    const extra =
+      a.entityType === 'environment_lease'
+        ? `fence ${d.fence}${d.status ? `, status ${d.status}` : ''}`
+        : a.entityType === 'heartbeat_run'
+          ? `${d.status ? `status ${d.status}` : `source ${d.source ?? '-'}`}`
+          : `name ${JSON.stringify(d.name)}`;
     console.log(`  #${a.id} ${a.createdAt.toISOString()}  ${a.action.padEnd(30)} ${a.entityType} ${a.entityId.slice(0, 8)}  ${extra}`);
   }
   console.log(`\nDone in ${ms()}. Data kept at ${database.location}.`);

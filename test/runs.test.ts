@@ -246,6 +246,22 @@ describe('scheduling, renewal and validation', () => {
     expect((await t.services.agents.get(companyId, agent.id)).runningCount).toBe(0);
   });
 
+  it('expires a lease nobody renews within the sweep interval; one no driver prepared owes no driver cleanup', async () => {
+    const sandbox = await t.services.environments.create(companyId, { name: `sbx-exp-${++agentCount}`, driver: 'sandbox', config: { provider: 'p' } });
+    const { lease } = await t.services.leases.acquire(companyId, { environmentId: sandbox.id, ttlSeconds: 0.2 });
+    const expired = await waitFor('the sweep to expire it', async () => {
+      const l = await t.services.leases.get(companyId, lease.id);
+      return l.status === 'expired' ? l : null;
+    });
+    // The sweep runs every 200 ms here: expired well within a second of expiresAt.
+    expect(expired.releasedAt!.getTime() - expired.expiresAt!.getTime()).toBeLessThan(1000);
+    const cleaned = await waitFor('its cleanup to be settled', async () => {
+      const l = await t.services.leases.get(companyId, lease.id);
+      return l.cleanupStatus === 'success' ? l : null;
+    });
+    expect(cleaned).toMatchObject({ status: 'expired', nextCleanupAt: null, cleanupAttempts: 1 });
+  });
+
   it('validates agents: adapter config fields are named, and a default environment must be usable', async () => {
     const bad: Array<[unknown, string]> = [
       [{ name: 'x', adapterType: 'process', adapterConfig: {} }, 'adapterConfig.command'],

@@ -57,7 +57,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       const workspace = await drv.prepareWorkspace(env, granted, cwd ? { cwd } : {});
       try {
         const paperclipEnvironment = { id: env.id, name: env.name, driver: env.driver, leaseId: granted.id, fence: granted.fence, ...workspace.details };
-        const withWorkspace = await ts.leases.updateMetadata(run.companyId, granted.id, { fence: granted.fence, metadata: workspace.details });
+        const withWorkspace = await ts.leases.updateMetadata(run.companyId, granted.id, { fence: granted.fence, metadata: { ...workspace.details, preparedBy: drv.driver } });
         await ts.runs.recordStart(run.id, { environmentId: env.id, leaseId: granted.id, token, paperclipEnvironment });
         return { agent, adapter, env, drv, lease: withWorkspace, workspace, paperclipEnvironment };
       } catch (err) {

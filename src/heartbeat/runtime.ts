@@ -168,10 +168,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       let ok = true;
       let error: string | undefined;
       try {
-        const env = lease.environmentId ? await s.environments.getWithSecrets(lease.companyId, lease.environmentId).catch(() => null) : null;
-        const driver = drivers.get(env?.driver ?? String(lease.metadata.driver ?? 'local'));
-        if (!driver) throw new Error(`no driver for ${env?.driver ?? 'unknown'}`);
-        await driver.cleanup(env, lease);
+        // Only resources a driver prepared (the executor records which) need its cleanup;
+        // a lease taken through the API alone owes nothing.
+        const preparedBy = typeof lease.metadata.preparedBy === 'string' ? lease.metadata.preparedBy : null;
+        if (preparedBy !== null) {
+          const driver = drivers.get(preparedBy);
+          if (!driver) throw new Error(`no ${preparedBy} driver on server ${serverId}`);
+          const env = lease.environmentId ? await s.environments.getWithSecrets(lease.companyId, lease.environmentId).catch(() => null) : null;
+          await driver.cleanup(env, lease);
+        }
       } catch (err) {
         ok = false;
         error = (err as Error).message;
