@@ -262,6 +262,32 @@ describe('scheduling, renewal and validation', () => {
     expect(cleaned).toMatchObject({ status: 'expired', nextCleanupAt: null, cleanupAttempts: 1 });
   });
 
+  it('a run whose environment is full waits in the queue and runs when a slot frees, instead of failing', async () => {
+    const co = await t.services.companies.create({ name: 'Full Co' });
+    const local = await t.services.environments.ensureLocalEnvironment(co.id);
+    await t.services.environments.update(co.id, local.id, { capacity: 1 });
+    const mk = (name: string) => t.services.agents.create(co.id, { name, adapterType: 'process', adapterConfig: { command: 'sleep', args: ['0.5'] } });
+    const [a, b] = [await mk('first'), await mk('second')];
+    const runA = await t.services.runs.invoke(co.id, a.id);
+    runtime.poke();
+    await waitFor('the first run to hold the slot', async () => (await t.services.runs.get(co.id, runA.id)).leaseId);
+    const runB = await t.services.runs.invoke(co.id, b.id);
+    runtime.poke();
+    const [endA, endB] = await Promise.all(
+      [runA, runB].map((r) => waitFor(`run ${r.id}`, async () => {
+        const x = await t.services.runs.get(co.id, r.id);
+        return x.finishedAt ? x : null;
+      }, 20_000)),
+    );
+    expect(endA!.status).toBe('succeeded');
+    expect(endB!.status).toBe('succeeded');
+    expect(endB!.startedAt!.getTime()).toBeGreaterThanOrEqual(endA!.finishedAt!.getTime() - 50);
+    const deferred = await t.services.activity.list(co.id, { runId: runB.id, action: 'heartbeat_run.deferred' });
+    expect(deferred.items).toHaveLength(1);
+    expect(String(deferred.items[0]!.details.reason)).toContain('capacity');
+    expect((await t.services.agents.get(co.id, b.id)).runningCount).toBe(0);
+  });
+
   it('validates agents: adapter config fields are named, and a default environment must be usable', async () => {
     const bad: Array<[unknown, string]> = [
       [{ name: 'x', adapterType: 'process', adapterConfig: {} }, 'adapterConfig.command'],

@@ -222,6 +222,8 @@ export const heartbeatRuns = pgTable(
     pid: integer('pid'),
     heartbeatAt: timestamp('heartbeat_at', { withTimezone: true }),
     cancelRequestedAt: timestamp('cancel_requested_at', { withTimezone: true }),
+    /** A queued run is not claimed before this (set when it had to wait for its environment's capacity). */
+    notBefore: timestamp('not_before', { withTimezone: true }),
     logSeq: integer('log_seq').notNull().default(0),
     createdAt: createdAt(),
     startedAt: timestamp('started_at', { withTimezone: true }),

@@ -93,4 +93,5 @@ export const RUN_ACTIONS = {
   queued: 'heartbeat_run.queued',
   finished: 'heartbeat_run.finished',
   cancelRequested: 'heartbeat_run.cancel_requested',
+  deferred: 'heartbeat_run.deferred',
 } as const;

@@ -3,6 +3,7 @@
 // finalize in a `finally` that nothing skips: leases released per the outcome,
 // the driver's cleanup done or handed to the retry loop, the run's status written.
 import { leaseStatusForRunOutcome } from '../domain/enums.js';
+import { isBerthError } from '../domain/errors.js';
 import type { Actor, HeartbeatRun, Lease } from '../domain/types.js';
 import type { AgentAdapter } from '../adapters/types.js';
 import type { DriverEnvironment, DriverRegistry, EnvironmentDriver } from '../drivers/types.js';
@@ -18,6 +19,8 @@ export interface ExecutorDeps {
   apiUrl: string;
   /** Lease ttl; the executor renews every ttl/3 while the run lives. */
   leaseTtlSeconds: number;
+  /** How long a run waits in the queue when its environment is full. */
+  requeueDelaySeconds?: number;
   /** Run several service calls in one transaction (one commit); without it they run one by one. */
   transact?: <T>(f: (s: Services) => Promise<T>) => Promise<T>;
 }
@@ -33,6 +36,8 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   let driver: EnvironmentDriver | undefined;
   let renewer: NodeJS.Timeout | undefined;
   let cleanupError: string | null = null;
+  /** Set when the run cannot start yet: why it waits. */
+  let waitFor: string | null = null;
   const transact = deps.transact ?? (<T>(f: (ts: Services) => Promise<T>) => f(s));
   try {
     // Steps 1 to 3 in one transaction: choose the environment, acquire the lease, make
@@ -92,9 +97,13 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       onPid: (pid) => void s.runs.recordPid(run.id, pid).catch(() => {}),
     });
   } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    outcome = { status: 'failed', error: (err as Error).message, errorCode: typeof code === 'string' ? code : 'executor_error' };
-    log.write('system', `run failed before it finished: ${(err as Error).message}\n`);
+    if (lease === null && !abort.signal.aborted && (isBerthError(err, 'capacity_exhausted') || isBerthError(err, 'workspace_busy'))) {
+      waitFor = err.message;
+    } else {
+      const code = (err as { code?: unknown }).code;
+      outcome = { status: 'failed', error: (err as Error).message, errorCode: typeof code === 'string' ? code : 'executor_error' };
+      log.write('system', `run failed before it finished: ${(err as Error).message}\n`);
+    }
   } finally {
     clearInterval(renewer);
     if (lease) {
@@ -106,6 +115,12 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       }
     }
     await log.flush();
+  }
+  if (waitFor !== null) {
+    // The environment is full (or the workspace busy): the run goes back to the queue
+    // and is tried again, instead of failing for want of a slot.
+    await s.runs.requeue(run.id, deps.serverId, { delaySeconds: deps.requeueDelaySeconds ?? 2, reason: waitFor });
+    return null;
   }
   // Step 5 in one transaction: the run's lease released per its outcome (pending_cleanup
   // if the driver could not clean up), any other lease it took released too, and the

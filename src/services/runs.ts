@@ -137,6 +137,7 @@ export function runService(db: Db) {
         sql`WITH cand AS (
               SELECT r.id, r.agent_id FROM heartbeat_runs r JOIN agents a ON a.id = r.agent_id
               WHERE r.status = 'queued' AND a.running_count < a.max_concurrent_runs
+                AND (r.not_before IS NULL OR r.not_before <= now())
                 AND NOT (r.agent_id = ANY (${`{${excludeAgentIds.join(',')}}`}::uuid[]))
               ORDER BY r.created_at, r.id LIMIT 1
               FOR UPDATE OF r SKIP LOCKED),
@@ -180,6 +181,29 @@ export function runService(db: Db) {
               RETURNING seq)
             UPDATE heartbeat_runs SET log_seq = greatest(log_seq, (SELECT max(seq) FROM ins)) WHERE id = ${runId}`,
       );
+    },
+
+    /**
+     * Put a run this server claimed back in the queue, not to be claimed for `delaySeconds`
+     * (its environment was full, say). Frees the agent's slot; the first time, one
+     * activity row says why it waits.
+     */
+    async requeue(runId: string, serverId: string, opts: { delaySeconds: number; reason: string }): Promise<HeartbeatRun | null> {
+      const [row] = await queryRows(
+        db,
+        sql`WITH prev AS (SELECT not_before FROM heartbeat_runs WHERE id = ${runId}),
+            back AS (
+              UPDATE heartbeat_runs r SET status = 'queued', server_id = NULL, hostname = NULL, started_at = NULL, heartbeat_at = NULL,
+                not_before = now() + make_interval(secs => ${opts.delaySeconds}), updated_at = now()
+              WHERE r.id = ${runId} AND r.status = 'running' AND r.server_id = ${serverId}
+              RETURNING r.*),
+            slot AS (UPDATE agents a SET running_count = a.running_count - 1 FROM back WHERE a.id = back.agent_id RETURNING a.id),
+            -- One activity row when a run starts waiting, not one per retry.
+            act AS (${runActivity('back', SYSTEM_ACTOR, RUN_ACTIONS.deferred, sql`jsonb_build_object('agentId', back.agent_id, 'reason', ${opts.reason}::text)`)}
+                    WHERE (SELECT not_before FROM prev) IS NULL)
+            SELECT * FROM back`,
+      );
+      return row ? toRun(row) : null;
     },
 
     /** Runs on this server whose cancel was requested (by any server). */
