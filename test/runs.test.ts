@@ -40,6 +40,7 @@ beforeAll(async () => {
     sweepMs: 200,
     heartbeatMs: 100,
     leaseTtlSeconds: 2,
+    logLimitBytes: 100_000,
     onError: () => {},
   });
 });
@@ -123,6 +124,19 @@ describe('process runs', () => {
     expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
     const lines = chunks.map((c) => c.chunk).join('').trim().split('\n');
     expect(lines).toEqual(Array.from({ length: 200 }, (_, i) => `line-${i + 1}`));
+  });
+
+  it('caps a run\'s log and says so, while the run itself goes on to the end', async () => {
+    // ~300,000 characters of output against a cap of 100,000 in this runtime.
+    const agent = await processAgent('sh', ['-c', 'i=0; while [ $i -lt 3000 ]; do printf "%099d\\n" $i; i=$((i+1)); done; echo done >&2']);
+    const run = await runToEnd(agent.id);
+    expect(run.status).toBe('succeeded');
+    const chunks = await t.services.runs.readLog(companyId, run.id, { limit: 10_000 });
+    const out = chunks.filter((c) => c.stream === 'stdout').map((c) => c.chunk).join('');
+    expect(out.length).toBeLessThanOrEqual(100_000);
+    expect(out.length).toBeGreaterThan(90_000);
+    expect(chunks[chunks.length - 1]).toMatchObject({ stream: 'system' });
+    expect(chunks[chunks.length - 1]!.chunk).toContain('log truncated');
   });
 
   it('a failing process fails the run and its lease, with the error as failureReason', async () => {

@@ -19,6 +19,8 @@ export interface ExecutorDeps {
   apiUrl: string;
   /** Lease ttl; the executor renews every ttl/3 while the run lives. */
   leaseTtlSeconds: number;
+  /** Characters of output kept per run (default 16 Mi). */
+  logLimitBytes?: number;
   /** How long a run waits in the queue when its environment is full. */
   requeueDelaySeconds?: number;
   /** Run several service calls in one transaction (one commit); without it they run one by one. */
@@ -29,7 +31,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   const { services: s } = deps;
   const token = newRunToken();
   const actor: Actor = { type: 'run', id: run.id };
-  const log = new RunLogWriter(s.runs, run.id);
+  const log = new RunLogWriter(s.runs, run.id, deps.logLimitBytes !== undefined ? { limitBytes: deps.logLimitBytes } : {});
   let outcome: RunOutcome = { status: 'failed', error: 'the executor stopped before the run finished', errorCode: 'internal' };
   let lease: Lease | null = null;
   let environment: DriverEnvironment | null = null;

@@ -3,20 +3,38 @@
 import type { RunLogChunk } from '../domain/types.js';
 import type { RunService } from '../services/runs.js';
 
+export const DEFAULT_RUN_LOG_LIMIT_BYTES = 16 * 1024 * 1024;
+
 export class RunLogWriter {
   private seq = 0;
   private pending: RunLogChunk[] = [];
   private bytes = 0;
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> = Promise.resolve();
+  private total = 0;
+  private truncated = false;
 
   constructor(
     private readonly runs: RunService,
     private readonly runId: string,
-    private readonly opts: { flushMs?: number; maxBytes?: number } = {},
+    private readonly opts: { flushMs?: number; maxBytes?: number; limitBytes?: number } = {},
   ) {}
 
+  /** A run's log is capped (default 16 MiB): a runaway process must not fill the database. */
   write(stream: RunLogChunk['stream'], chunk: string): void {
+    // Berth's own lines (stopping, cleanup) are few and always kept.
+    if (this.truncated && stream !== 'system') return;
+    const limit = this.opts.limitBytes ?? DEFAULT_RUN_LOG_LIMIT_BYTES;
+    if (stream !== 'system' && this.total + chunk.length > limit) {
+      const room = Math.max(0, limit - this.total);
+      if (room > 0) this.pending.push({ seq: ++this.seq, ts: new Date(), stream, chunk: chunk.slice(0, room) });
+      this.pending.push({ seq: ++this.seq, ts: new Date(), stream: 'system', chunk: `\n[log truncated: this run's output passed ${limit} characters]\n` });
+      this.truncated = true;
+      this.total = limit;
+      void this.flush();
+      return;
+    }
+    if (stream !== 'system') this.total += chunk.length;
     this.pending.push({ seq: ++this.seq, ts: new Date(), stream, chunk });
     this.bytes += chunk.length;
     if (this.bytes >= (this.opts.maxBytes ?? 64 * 1024)) void this.flush();

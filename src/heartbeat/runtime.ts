@@ -35,6 +35,8 @@ export interface RuntimeOptions {
   staleSeconds?: number;
   leaseTtlSeconds?: number;
   cleanupMaxAttempts?: number;
+  /** Characters of output kept per run (default 16 Mi). */
+  logLimitBytes?: number;
   onError?: (where: string, err: unknown) => void;
   /** Called with each run this server finalized. */
   onRunFinished?: (run: HeartbeatRun) => void;
@@ -81,6 +83,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     serverId,
     apiUrl: opts.apiUrl ?? 'http://127.0.0.1:3100',
     leaseTtlSeconds: opts.leaseTtlSeconds ?? 30,
+    ...(opts.logLimitBytes !== undefined ? { logLimitBytes: opts.logLimitBytes } : {}),
     transact,
   };
   const running = new Map<string, { abort: AbortController; done: Promise<void> }>();
