@@ -1,7 +1,6 @@
 // Starting a process in its own process group and signalling everything it started.
-import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { StringDecoder } from 'node:string_decoder';
+import { runProcess, type RunProcessExit } from './run-process.mjs';
 import { sharedSpawner } from './spawner.js';
 import type { OutputListener, ProcessSpec, StartedProcess } from './types.js';
 
@@ -86,42 +85,10 @@ export function startLocalProcess(spec: ProcessSpec, onOutput: OutputListener): 
   };
 }
 
-type Exit = { exitCode: number | null; signal: string | null; spawnError?: string };
-
-function spawnViaHelper(spec: ProcessSpec, onOutput: OutputListener, onSpawned: (pid: number) => void): Promise<Exit> {
+function spawnViaHelper(spec: ProcessSpec, onOutput: OutputListener, onSpawned: (pid: number) => void): Promise<RunProcessExit> {
   return sharedSpawner().start(spec, onOutput, onSpawned);
 }
 
-function spawnHere(spec: ProcessSpec, onOutput: OutputListener, onSpawned: (pid: number) => void): Promise<Exit> {
-  const child = spawn(spec.command, spec.args, {
-    cwd: spec.cwd,
-    env: spec.env,
-    detached: true, // its own session and process group: the whole tree can be signalled
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const pid = child.pid ?? null;
-  if (pid !== null) onSpawned(pid);
-  for (const [name, stream] of [['stdout', child.stdout], ['stderr', child.stderr]] as const) {
-    const decoder = new StringDecoder('utf8');
-    stream.on('data', (buf: Buffer) => {
-      const text = decoder.write(buf);
-      if (text) onOutput(name, text);
-    });
-    stream.on('end', () => {
-      const rest = decoder.end();
-      if (rest) onOutput(name, rest);
-    });
-  }
-  return new Promise<Exit>((resolve) => {
-    child.once('error', (err) => resolve({ exitCode: null, signal: null, spawnError: err.message }));
-    child.once('exit', (code, signal) => {
-      // Nothing the run started may outlive it: kill what is left of its process group,
-      // then wait for the pipes to drain (a grandchild holding them keeps them open).
-      // (No /proc walk here: once the leader is gone its other children belong to init.)
-      if (pid !== null) killGroup(pid, 'SIGKILL');
-      const drained = Promise.all([child.stdout, child.stderr].map((s) => (s.readableEnded ? null : new Promise((r) => s.once('close', r)))));
-      const timeout = new Promise((r) => setTimeout(r, 2000).unref());
-      void Promise.race([drained, timeout]).then(() => resolve({ exitCode: code, signal }));
-    });
-  });
+function spawnHere(spec: ProcessSpec, onOutput: OutputListener, onSpawned: (pid: number) => void): Promise<RunProcessExit> {
+  return runProcess(spec, { onSpawned, onOutput });
 }
