@@ -13,8 +13,6 @@ export type LeaseStatus = (typeof LEASE_STATUSES)[number];
 /** A terminal lease never changes status again (SPEC guarantee 1). */
 export const TERMINAL_LEASE_STATUSES = ['released', 'expired', 'failed'] as const;
 export type TerminalLeaseStatus = (typeof TERMINAL_LEASE_STATUSES)[number];
-/** Statuses a lease may leave: everything that is not terminal. */
-export const OPEN_LEASE_STATUSES = ['active', 'retained', 'pending_cleanup'] as const;
 
 export const LEASE_POLICIES = [
   'ephemeral',
@@ -47,9 +45,6 @@ export function readEnum<T extends string>(values: readonly T[], raw: string): K
   return (values as readonly string[]).includes(raw) ? (raw as T) : 'unknown';
 }
 
-export function isTerminalLeaseStatus(status: string): status is TerminalLeaseStatus {
-  return (TERMINAL_LEASE_STATUSES as readonly string[]).includes(status);
-}
 
 /** Activity actions written by the lease and environment services. */
 export const ACTIONS = {

@@ -2,7 +2,7 @@
 // services. Strict objects: an unknown field is an error that names it.
 import { z } from 'zod';
 import { BerthError, type FieldIssue } from './errors.js';
-import { ENVIRONMENT_STATUSES, LEASE_POLICIES, CLEANUP_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
+import { CLEANUP_STATUSES, ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
 
 export const MAX_LEASE_TTL_SECONDS = 7 * 24 * 3600;
 
@@ -85,7 +85,7 @@ export type UpdateEnvironmentInput = z.input<typeof updateEnvironmentSchema>;
 
 export const listEnvironmentsSchema = z.strictObject({
   status: z.enum(ENVIRONMENT_STATUSES).optional(),
-  driver: z.enum(['local', 'ssh', 'sandbox']).optional(),
+  driver: z.enum(ENVIRONMENT_DRIVERS).optional(),
 });
 
 const opaqueId = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
@@ -136,7 +136,7 @@ export const updateLeaseMetadataSchema = z.strictObject({
 export type UpdateLeaseMetadataInput = z.input<typeof updateLeaseMetadataSchema>;
 
 export const listLeasesSchema = z.strictObject({
-  status: z.enum(['active', 'released', 'expired', 'failed', 'retained', 'pending_cleanup']).optional(),
+  status: z.enum(LEASE_STATUSES).optional(),
   limit: z.number().int().min(1).max(500).default(50),
   /** Opaque cursor from a previous page. */
   cursor: z.string().max(200).optional(),

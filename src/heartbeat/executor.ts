@@ -23,8 +23,8 @@ export interface ExecutorDeps {
   logLimitBytes?: number;
   /** How long a run waits in the queue when its environment is full. */
   requeueDelaySeconds?: number;
-  /** Run several service calls in one transaction (one commit); without it they run one by one. */
-  transact?: <T>(f: (s: Services) => Promise<T>) => Promise<T>;
+  /** Run several service calls in one transaction (one commit). */
+  transact: <T>(f: (s: Services) => Promise<T>) => Promise<T>;
 }
 
 export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: AbortController): Promise<HeartbeatRun | null> {
@@ -40,7 +40,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   let cleanupError: string | null = null;
   /** Set when the run cannot start yet: why it waits. */
   let waitFor: string | null = null;
-  const transact = deps.transact ?? (<T>(f: (ts: Services) => Promise<T>) => f(s));
+  const { transact } = deps;
   try {
     // Steps 1 to 3 in one transaction: choose the environment, acquire the lease, make
     // its workspace, record it in the lease and the run. The lease commits (becomes

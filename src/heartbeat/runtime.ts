@@ -48,8 +48,6 @@ export interface Runtime {
   poke(): void;
   /** Runs executing here now. */
   inFlight(): number;
-  /** Resolves when the given run, executing here, has been finalized. */
-  whenDone(runId: string): Promise<void>;
   /** Stop claiming; give running runs `graceMs`, then cancel them; finalize everything. */
   stop(opts?: { graceMs?: number }): Promise<void>;
 }
@@ -202,9 +200,6 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     serverId,
     poke: () => void claimLoop(),
     inFlight: () => running.size,
-    whenDone: async (runId) => {
-      await running.get(runId)?.done;
-    },
     async stop({ graceMs = 10_000 } = {}) {
       stopping = true;
       for (const t of timers) clearInterval(t);

@@ -88,6 +88,13 @@ function releaseDetails(src: string): SQL {
     'releaseStatus', ${s}.release_status)`;
 }
 
+/** A holder presented a fence the lease no longer has: it was handed to someone else. */
+function staleFence(leaseId: string, currentFence: number, presented: number, status: string): BerthError {
+  return new BerthError('stale_fence', `lease ${leaseId} is held under fence ${currentFence}; fence ${presented} is stale`, {
+    details: { currentFence, status },
+  });
+}
+
 export function leaseService(db: Db) {
   /**
    * One attempt to grant a lease: reactivate a retained lease (reuse policies) or
@@ -246,9 +253,7 @@ export function leaseService(db: Db) {
   async function refusal(companyId: string, leaseId: string, fence: number, allowed: readonly string[]): Promise<never> {
     const row = await getRow(companyId, leaseId);
     if (Number(row.fence) !== fence) {
-      throw new BerthError('stale_fence', `lease ${leaseId} is held under fence ${row.fence}; fence ${fence} is stale`, {
-        details: { currentFence: Number(row.fence), status: row.status },
-      });
+      throw staleFence(leaseId, Number(row.fence), fence, String(row.status));
     }
     if (!allowed.includes(String(row.status))) {
       throw new BerthError('lease_not_active', `lease ${leaseId} is ${row.status}`, { details: { status: row.status } });
@@ -397,9 +402,7 @@ export function leaseService(db: Db) {
       // that beat us) tells why, or returns the final state.
       const current = toLease(await getRow(companyId, leaseId));
       if (current.fence !== v.fence) {
-        throw new BerthError('stale_fence', `lease ${leaseId} is held under fence ${current.fence}; fence ${v.fence} is stale`, {
-          details: { currentFence: current.fence, status: current.status },
-        });
+        throw staleFence(leaseId, current.fence, v.fence, current.status);
       }
       return { lease: current, changed: false };
     },
@@ -505,7 +508,7 @@ export function leaseService(db: Db) {
       const lease = toLease(row);
       if (row.changed) return lease;
       if (lease.fence !== attempt.fence) {
-        throw new BerthError('stale_fence', `lease ${leaseId} is held under fence ${lease.fence}; fence ${attempt.fence} is stale`);
+        throw staleFence(leaseId, lease.fence, attempt.fence, lease.status);
       }
       throw new BerthError('conflict', `lease ${leaseId} owes no cleanup (status ${lease.status}, cleanup ${lease.cleanupStatus ?? 'none'})`);
     },
