@@ -80,6 +80,20 @@ berth_ensure_postgres() {
   export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 
+# sshd for the SSH driver's tests: the tests start their own private sshd (their own
+# config, keys and port on 127.0.0.1); this only makes sure the binary is there. No
+# system sshd is started.
+berth_ensure_sshd() {
+  if [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null 2>&1; then
+    berth_log "sshd: /usr/sbin/sshd is installed"
+    return 0
+  fi
+  berth_install_debian openssh-server openssh-client || { berth_log "could not install openssh-server"; return 1; }
+  [ -x /usr/sbin/sshd ] || { berth_log "openssh-server installed but /usr/sbin/sshd is missing"; return 1; }
+  # Debian's package starts its own service where it can; the tests never use it.
+  command -v service >/dev/null 2>&1 && service ssh stop >/dev/null 2>&1 || true
+}
+
 # Quiet on purpose: the last line of a test run must stay `N passed, N failed, N skipped`.
 berth_cleanup() {
   if [ -n "${BERTH_PG_STOP:-}" ]; then
