@@ -90,14 +90,18 @@ export const listEnvironmentsSchema = z.strictObject({
 
 const opaqueId = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
 const ttlSeconds = z.number().positive('must be greater than 0').max(MAX_LEASE_TTL_SECONDS, `must be at most ${MAX_LEASE_TTL_SECONDS}`);
-const fence = z.number().int('must be an integer').positive('must be greater than 0');
+const fence = z.number().int('must be an integer').positive('must be greater than 0').max(Number.MAX_SAFE_INTEGER, 'is too large');
 
 export const acquireLeaseSchema = z
   .strictObject({
     environmentId: z.uuid('must be a UUID'),
     policy: z.enum(LEASE_POLICIES).default('ephemeral'),
     ttlSeconds: ttlSeconds.optional(),
-    expiresAt: z.coerce.date({ error: 'must be a date' }).optional(),
+    expiresAt: z.coerce
+      .date({ error: 'must be a date' })
+      .min(new Date('2000-01-01T00:00:00Z'), 'must be after 2000-01-01')
+      .max(new Date('9999-12-31T23:59:59Z'), 'must be before 9999-12-31')
+      .optional(),
     /** Renewals never push expiresAt past acquiredAt + this. */
     maxLifetimeSeconds: ttlSeconds.optional(),
     idempotencyKey: opaqueId.optional(),
@@ -149,7 +153,7 @@ export const listActivitySchema = z.strictObject({
   action: z.string().max(200).optional(),
   limit: z.number().int().min(1).max(500).default(50),
   /** Return rows older than this activity id (keyset paging). */
-  before: z.number().int().positive().optional(),
+  before: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
 });
 
 /** Parse or throw an `invalid` BerthError whose message and fields name each bad field. */
