@@ -45,6 +45,7 @@ export function toEnvironment(r: Row): Environment {
     envVars: obj<Record<string, string>>(r.env_vars),
     metadata: obj(r.metadata),
     capacity: r.capacity === null || r.capacity === undefined ? null : num(r.capacity),
+    lastProbe: r.last_probe === null || r.last_probe === undefined ? null : obj(r.last_probe),
     createdAt: date(r.created_at),
     updatedAt: date(r.updated_at),
   };

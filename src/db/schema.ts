@@ -44,6 +44,8 @@ export const environments = pgTable(
     metadata: jsonObject('metadata'),
     /** Max concurrent active leases; null = unlimited. */
     capacity: integer('capacity'),
+    /** The last probe's result ({ok, latencyMs, details, error, at}); null until probed. */
+    lastProbe: jsonb('last_probe').$type<Record<string, unknown>>(),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },
@@ -183,6 +185,28 @@ export const agents = pgTable(
     check('agents_max_concurrent_ck', sql`${t.maxConcurrentRuns} >= 1`),
     check('agents_running_count_ck', sql`${t.runningCount} >= 0`),
   ],
+);
+
+/**
+ * Company API keys. The key itself is shown once, at creation; only its sha256 is
+ * kept (keys are 32 random bytes, so a fast hash is enough: nothing to brute-force).
+ */
+export const apiKeys = pgTable(
+  'api_keys',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    companyId: uuid('company_id')
+      .notNull()
+      .references(() => companies.id, { onDelete: 'cascade' }),
+    name: text('name').notNull(),
+    keyHash: text('key_hash').notNull(),
+    /** The key's first characters, to tell keys apart in a listing. */
+    prefix: text('prefix').notNull(),
+    createdAt: createdAt(),
+    lastUsedAt: timestamp('last_used_at', { withTimezone: true }),
+    revokedAt: timestamp('revoked_at', { withTimezone: true }),
+  },
+  (t) => [uniqueIndex('api_keys_hash_uq').on(t.keyHash), index('api_keys_company_idx').on(t.companyId)],
 );
 
 /** One row per Berth server process: what recovery reads to find runs whose server died. */

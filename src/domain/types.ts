@@ -35,6 +35,8 @@ export interface Environment {
   envVars: Record<string, string>;
   metadata: Record<string, unknown>;
   capacity: number | null;
+  /** The last probe's result ({ok, latencyMs, details, error, at}); null until probed. */
+  lastProbe: Record<string, unknown> | null;
   createdAt: Date;
   updatedAt: Date;
   /** Raw values of enum columns this version does not know (written by a newer Berth). */
