@@ -16,6 +16,7 @@ import {
   type CreateEnvironmentInput,
   type UpdateEnvironmentInput,
 } from '../domain/validators.js';
+import { decryptSecret, encryptSecret, isEncryptedSecret } from '../secrets/cipher.js';
 import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
 
 export const LOCAL_ENVIRONMENT_DEFAULTS = {
@@ -42,6 +43,38 @@ function mapWriteError(err: unknown, companyId: string, name?: string): never {
 
 function environmentActivity(actor: Actor, action: string, details: SQL): SQL {
   return activityFrom({ source: 'changed', actor, action, entityType: ENVIRONMENT_ENTITY, entityId: sql`changed.id::text`, runId: sql`NULL`, details });
+}
+
+/** Config fields that are secrets: stored encrypted, returned by no read but getWithSecrets. */
+const SECRET_CONFIG_FIELDS = ['privateKey'] as const;
+
+/**
+ * The config as it is stored: every secret field a caller sent, encrypted. Whatever a
+ * caller sent is encrypted, even text that looks encrypted: only Berth's own
+ * ciphertexts (carried over in update) are stored as they are.
+ */
+function sealConfig(config: Record<string, unknown>): Record<string, unknown> {
+  const out = { ...config };
+  for (const f of SECRET_CONFIG_FIELDS) {
+    const v = out[f];
+    if (typeof v === 'string') out[f] = encryptSecret(v);
+  }
+  return out;
+}
+
+/** The config with its secrets decrypted, for drivers. A wrong key is an error, never garbage. */
+function openConfig(config: Record<string, unknown>, envId: string): Record<string, unknown> {
+  const out = { ...config };
+  for (const f of SECRET_CONFIG_FIELDS) {
+    const v = out[f];
+    if (!isEncryptedSecret(v)) continue;
+    try {
+      out[f] = decryptSecret(v);
+    } catch (err) {
+      throw Object.assign(new Error(`environment ${envId}: cannot decrypt config.${f}: ${(err as Error).message}`), { code: 'secret_key' });
+    }
+  }
+  return out;
 }
 
 export interface EnvironmentWithSecrets extends Environment {
@@ -95,14 +128,14 @@ export function environmentService(db: Db) {
     /** For drivers: the environment with its full config, secrets included. */
     async getWithSecrets(companyId: string, id: string): Promise<EnvironmentWithSecrets> {
       const row = await getRow(companyId, id);
-      return { ...toEnvironment(row), secretConfig: (row.config ?? {}) as Record<string, unknown> };
+      return { ...toEnvironment(row), secretConfig: openConfig((row.config ?? {}) as Record<string, unknown>, String(row.id)) };
     },
 
     async create(companyId: string, input: CreateEnvironmentInput, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
       requireId(companyId, 'company');
       const v = parseInput(createEnvironmentSchema, input, 'environment');
       try {
-        const env = await insertEnvironment(companyId, { ...v, description: v.description ?? null }, actor, false);
+        const env = await insertEnvironment(companyId, { ...v, config: sealConfig(v.config), description: v.description ?? null }, actor, false);
         return env!;
       } catch (err) {
         mapWriteError(err, companyId, v.name);
@@ -156,10 +189,12 @@ export function environmentService(db: Db) {
           if (v.config !== undefined) {
             const schema = driverConfigSchemas[driver];
             if (!schema) throw new BerthError('invalid', `environment ${id} has driver "${driver}", which this version cannot configure`);
-            const config = parseInput(schema, v.config, `${driver} config`) as Record<string, unknown>;
-            // A key that is set stays set unless the update names a new one.
-            if (driver === 'ssh' && config.privateKey === undefined && (current.config as Record<string, unknown>)?.privateKey) {
-              config.privateKey = (current.config as Record<string, unknown>).privateKey;
+            const config = sealConfig(parseInput(schema, v.config, `${driver} config`) as Record<string, unknown>);
+            // A key that is set stays set unless the update names a new one (one stored in
+            // plaintext by a Berth that predates encryption is encrypted now).
+            const currentKey = (current.config as Record<string, unknown> | null)?.privateKey;
+            if (driver === 'ssh' && config.privateKey === undefined && typeof currentKey === 'string') {
+              config.privateKey = isEncryptedSecret(currentKey) ? currentKey : encryptSecret(currentKey);
             }
             sets.push(sql`config = ${JSON.stringify(config)}::jsonb`);
           }
