@@ -43,6 +43,22 @@ export const createAgentSchema = z.discriminatedUnion(
 );
 export type CreateAgentInput = z.input<typeof createAgentSchema>;
 
+export const AGENT_STATUSES = ['active', 'paused'] as const;
+
+/** A partial update; `adapterConfig` replaces the whole config and is validated against the agent's adapter. */
+export const updateAgentSchema = z
+  .strictObject({
+    name: agentCommon.name.optional(),
+    adapterConfig: z.record(z.string(), z.unknown()).optional(),
+    defaultEnvironmentId: z.uuid('must be a UUID').nullable().optional(),
+    maxConcurrentRuns: agentCommon.maxConcurrentRuns.optional(),
+    intervalSec: agentCommon.intervalSec.optional(),
+    /** A paused agent takes no new runs (invoke and timers refuse it). */
+    status: z.enum(AGENT_STATUSES).optional(),
+  })
+  .refine((v) => Object.keys(v).length > 0, 'must change at least one field');
+export type UpdateAgentInput = z.input<typeof updateAgentSchema>;
+
 export const invokeSchema = z.strictObject({
   source: z.enum(INVOCATION_SOURCES).default('on_demand'),
   /** Caller context kept in the run's contextSnapshot (an issue, a trigger...). */

@@ -42,7 +42,7 @@ export function isBerthError(err: unknown, code?: ErrorCode): err is BerthError 
   return err instanceof BerthError && (code === undefined || err.code === code);
 }
 
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+export const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** A malformed id can name nothing: it is `not_found`, never a database error. */
 export function requireId(id: string, what: string): string {

@@ -1,34 +1,50 @@
 // Agents: who runs. Company-scoped; adapters validated here, not only in routes.
-import { sql } from 'drizzle-orm';
+import { sql, type SQL } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { toAgent } from '../db/rows.js';
-import { createAgentSchema, type CreateAgentInput } from '../domain/agents.js';
+import { adapterSchemas, createAgentSchema, updateAgentSchema, type CreateAgentInput, type UpdateAgentInput } from '../domain/agents.js';
 import { ADAPTER_DRIVERS, type AdapterType, type EnvironmentDriver } from '../domain/enums.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Agent } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
 import { activityFrom } from './activity.js';
 
+function agentActivity(actor: Actor, action: string, details: SQL): SQL {
+  return activityFrom({ source: 'changed', actor, action, entityType: 'agent', entityId: sql`changed.id::text`, runId: sql`NULL`, details });
+}
+
+function mapWriteError(err: unknown, companyId: string, name: string | undefined): never {
+  const e = pgErrorOf(err);
+  if (e?.code === PG_UNIQUE_VIOLATION) {
+    throw new BerthError('conflict', `an agent named "${name}" already exists in this company`, { fields: [{ path: 'name', message: 'is already taken' }] });
+  }
+  if (e?.code === PG_FOREIGN_KEY_VIOLATION) throw notFound('company', companyId);
+  throw err;
+}
+
 export function agentService(db: Db) {
-  return {
+  /** A default environment must exist in the company, be active, and suit the adapter. */
+  async function checkDefaultEnvironment(companyId: string, environmentId: string, adapterType: string): Promise<void> {
+    const [env] = await queryRows<{ driver: string; status: string }>(
+      db,
+      sql`SELECT driver, status FROM environments WHERE id = ${environmentId} AND company_id = ${companyId}`,
+    );
+    const field = (message: string) =>
+      new BerthError('invalid', `invalid agent: defaultEnvironmentId: ${message}`, { fields: [{ path: 'defaultEnvironmentId', message }] });
+    if (!env) throw field('no such environment in this company');
+    if (env.status !== 'active') throw field(`environment is ${env.status}`);
+    const usable = ADAPTER_DRIVERS[adapterType as AdapterType] ?? [];
+    if (!usable.includes(env.driver as EnvironmentDriver)) {
+      throw field(`the ${adapterType} adapter cannot run on a ${env.driver} environment (usable: ${usable.join(', ')})`);
+    }
+  }
+
+  const service = {
     async create(companyId: string, input: CreateAgentInput, actor: Actor = SYSTEM_ACTOR): Promise<Agent> {
       requireId(companyId, 'company');
       const v = parseInput(createAgentSchema, input, 'agent');
-      if (v.defaultEnvironmentId) {
-        const [env] = await queryRows<{ driver: string; status: string }>(
-          db,
-          sql`SELECT driver, status FROM environments WHERE id = ${v.defaultEnvironmentId} AND company_id = ${companyId}`,
-        );
-        const field = (message: string) =>
-          new BerthError('invalid', `invalid agent: defaultEnvironmentId: ${message}`, { fields: [{ path: 'defaultEnvironmentId', message }] });
-        if (!env) throw field('no such environment in this company');
-        if (env.status !== 'active') throw field(`environment is ${env.status}`);
-        const usable = ADAPTER_DRIVERS[v.adapterType as AdapterType];
-        if (!usable.includes(env.driver as EnvironmentDriver)) {
-          throw field(`the ${v.adapterType} adapter cannot run on a ${env.driver} environment (usable: ${usable.join(', ')})`);
-        }
-      }
+      if (v.defaultEnvironmentId) await checkDefaultEnvironment(companyId, v.defaultEnvironmentId, v.adapterType);
       try {
         const [row] = await queryRows(
           db,
@@ -37,20 +53,12 @@ export function agentService(db: Db) {
                 VALUES (${companyId}, ${v.name}, ${v.adapterType}, ${JSON.stringify(v.adapterConfig)}::jsonb, ${v.defaultEnvironmentId},
                         ${v.maxConcurrentRuns}, ${v.intervalSec})
                 RETURNING *),
-              act AS (${activityFrom({
-                source: 'changed', actor, action: 'agent.created', entityType: 'agent', entityId: sql`changed.id::text`, runId: sql`NULL`,
-                details: sql`jsonb_build_object('name', changed.name, 'adapterType', changed.adapter_type)`,
-              })})
+              act AS (${agentActivity(actor, 'agent.created', sql`jsonb_build_object('name', changed.name, 'adapterType', changed.adapter_type)`)})
               SELECT * FROM changed`,
         );
         return toAgent(row!);
       } catch (err) {
-        const e = pgErrorOf(err);
-        if (e?.code === PG_UNIQUE_VIOLATION) {
-          throw new BerthError('conflict', `an agent named "${v.name}" already exists in this company`, { fields: [{ path: 'name', message: 'is already taken' }] });
-        }
-        if (e?.code === PG_FOREIGN_KEY_VIOLATION) throw notFound('company', companyId);
-        throw err;
+        mapWriteError(err, companyId, v.name);
       }
     },
 
@@ -61,9 +69,72 @@ export function agentService(db: Db) {
       return toAgent(row);
     },
 
-    async list(companyId: string): Promise<Agent[]> {
-      return (await queryRows(db, sql`SELECT * FROM agents WHERE company_id = ${companyId} ORDER BY name`)).map(toAgent);
+    async list(companyId: string, filter: { name?: string } = {}): Promise<Agent[]> {
+      const byName = typeof filter.name === 'string' ? sql`AND name = ${filter.name}` : sql``;
+      return (await queryRows(db, sql`SELECT * FROM agents WHERE company_id = ${companyId} ${byName} ORDER BY name`)).map(toAgent);
+    },
+
+    async update(companyId: string, id: string, input: UpdateAgentInput, actor: Actor = SYSTEM_ACTOR): Promise<Agent> {
+      const current = await service.get(companyId, id);
+      const v = parseInput(updateAgentSchema, input, 'agent update');
+      const sets: SQL[] = [];
+      if (v.name !== undefined) sets.push(sql`name = ${v.name}`);
+      if (v.adapterConfig !== undefined) {
+        const schema = adapterSchemas[current.adapterType as AdapterType];
+        if (!schema) throw new BerthError('invalid', `agent ${id} has adapter "${current.adapterType}", which this version cannot configure`);
+        const config = parseInput(schema, v.adapterConfig, `${current.adapterType} adapter config`);
+        sets.push(sql`adapter_config = ${JSON.stringify(config)}::jsonb`);
+      }
+      if (v.defaultEnvironmentId !== undefined) {
+        if (v.defaultEnvironmentId !== null) await checkDefaultEnvironment(companyId, v.defaultEnvironmentId, current.adapterType);
+        sets.push(sql`default_environment_id = ${v.defaultEnvironmentId}`);
+      }
+      if (v.maxConcurrentRuns !== undefined) sets.push(sql`max_concurrent_runs = ${v.maxConcurrentRuns}`);
+      if (v.intervalSec !== undefined) sets.push(sql`interval_sec = ${v.intervalSec}`);
+      if (v.status !== undefined) sets.push(sql`status = ${v.status}`);
+      try {
+        const [row] = await queryRows(
+          db,
+          sql`WITH changed AS (
+                UPDATE agents SET ${sql.join(sets, sql`, `)}, updated_at = now() WHERE id = ${id} AND company_id = ${companyId} RETURNING *),
+              act AS (${agentActivity(actor, 'agent.updated', sql`jsonb_build_object('name', changed.name, 'changedFields', ${JSON.stringify(Object.keys(v))}::jsonb)`)})
+              SELECT * FROM changed`,
+        );
+        if (!row) throw notFound('agent', id);
+        return toAgent(row);
+      } catch (err) {
+        mapWriteError(err, companyId, v.name);
+      }
+    },
+
+    /**
+     * Delete an agent and its run history (the activity log keeps the record). Refused
+     * while it has queued or running runs: cancel them first.
+     */
+    async delete(companyId: string, id: string, actor: Actor = SYSTEM_ACTOR): Promise<Agent> {
+      requireId(id, 'agent');
+      return db.transaction(async (tx) => {
+        const [current] = await queryRows(tx, sql`SELECT * FROM agents WHERE id = ${id} AND company_id = ${companyId} FOR UPDATE`);
+        if (!current) throw notFound('agent', id);
+        const [{ open } = { open: 0 }] = await queryRows<{ open: number }>(
+          tx,
+          sql`SELECT count(*)::int AS open FROM heartbeat_runs WHERE agent_id = ${id} AND status IN ('queued', 'running')`,
+        );
+        if (Number(open) > 0) {
+          throw new BerthError('conflict', `agent ${id} cannot be deleted: it has ${open} queued or running runs (cancel them first)`, {
+            details: { reasons: [`${open} queued or running runs`] },
+          });
+        }
+        const [row] = await queryRows(
+          tx,
+          sql`WITH changed AS (DELETE FROM agents WHERE id = ${id} AND company_id = ${companyId} RETURNING *),
+              act AS (${agentActivity(actor, 'agent.deleted', sql`jsonb_build_object('name', changed.name)`)})
+              SELECT * FROM changed`,
+        );
+        return toAgent(row!);
+      });
     },
   };
+  return service;
 }
 export type AgentService = ReturnType<typeof agentService>;

@@ -6,6 +6,8 @@ import { environmentService } from './environments.js';
 import { leaseService } from './leases.js';
 import { agentService } from './agents.js';
 import { runService, serverRegistry } from './runs.js';
+import { apiKeyService } from './api-keys.js';
+import { probeService } from './probes.js';
 
 export function createServices(db: Db) {
   return {
@@ -16,6 +18,8 @@ export function createServices(db: Db) {
     agents: agentService(db),
     runs: runService(db),
     servers: serverRegistry(db),
+    apiKeys: apiKeyService(db),
+    probes: probeService(db),
   };
 }
 export type Services = ReturnType<typeof createServices>;

@@ -57,8 +57,21 @@ export function runService(db: Db) {
             act AS (${runActivity('changed', actor, RUN_ACTIONS.queued, sql`jsonb_build_object('agentId', changed.agent_id, 'source', changed.invocation_source)`)})
             SELECT * FROM changed`,
       );
-      if (!row) throw notFound('agent', agentId);
+      if (!row) {
+        const [agent] = await queryRows<{ status: string }>(db, sql`SELECT status FROM agents WHERE id = ${agentId} AND company_id = ${companyId}`);
+        if (agent) throw new BerthError('conflict', `agent ${agentId} is ${agent.status}: it takes no new runs`);
+        throw notFound('agent', agentId);
+      }
       return toRun(row);
+    },
+
+    /** The run a PAPERCLIP_API_KEY belongs to, by the key's hash; null if none. */
+    async authenticateToken(tokenHash: string): Promise<{ runId: string; companyId: string; agentId: string; status: string } | null> {
+      const [row] = await queryRows<{ id: string; company_id: string; agent_id: string; status: string }>(
+        db,
+        sql`SELECT id, company_id, agent_id, status FROM heartbeat_runs WHERE token_hash = ${tokenHash}`,
+      );
+      return row ? { runId: String(row.id), companyId: String(row.company_id), agentId: String(row.agent_id), status: String(row.status) } : null;
     },
 
     async get(companyId: string, runId: string): Promise<HeartbeatRun> {

@@ -1,0 +1,541 @@
+// `berth`: the command line. Everything but `serve` talks to a running server
+// over HTTP (BERTH_URL, BERTH_API_KEY; else the server and credentials that
+// BERTH_HOME records). Listings print tables, or JSON with --json.
+import { readFileSync } from 'node:fs';
+import { Command, Option } from 'commander';
+import { berthHome } from '../db/client.js';
+import { readAdminKey, readCredentials, readServerInfo } from '../server/home-files.js';
+import { ApiError, BerthClient, NoServerError } from './client.js';
+import { ago, paint, status, table } from './format.js';
+
+type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+const DEFAULT_URL = 'http://127.0.0.1:3710';
+
+/** Thrown for a usage problem the user can fix; printed as one line. */
+class UsageError extends Error {}
+
+function serverUrl(): string {
+  return process.env.BERTH_URL || readServerInfo()?.url || readCredentials()?.url || DEFAULT_URL;
+}
+
+function companyClient(): BerthClient {
+  const key = process.env.BERTH_API_KEY || readCredentials()?.apiKey || null;
+  if (!key) throw new UsageError(`no API key: set BERTH_API_KEY (a company key, printed once by \`berth company create\`), or start the demo with \`npm start\``);
+  return new BerthClient(serverUrl(), key);
+}
+
+function adminClient(): BerthClient {
+  const key = process.env.BERTH_ADMIN_KEY || readAdminKey() || process.env.BERTH_API_KEY || null;
+  if (!key) throw new UsageError(`no admin key: set BERTH_ADMIN_KEY, or run this where ${berthHome()}/admin.key is readable`);
+  return new BerthClient(serverUrl(), key);
+}
+
+async function companyId(client: BerthClient): Promise<string> {
+  if (process.env.BERTH_COMPANY_ID) return process.env.BERTH_COMPANY_ID;
+  const saved = readCredentials();
+  if (!process.env.BERTH_API_KEY && saved) return saved.companyId;
+  const companies = await client.get<Json[]>('/api/companies');
+  if (companies.length !== 1) throw new UsageError('this key sees several companies (the admin key?): name one with BERTH_COMPANY_ID');
+  return companies[0]!.id as string;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+async function environmentByRef(client: BerthClient, ref: string): Promise<Json> {
+  if (UUID.test(ref)) return client.get<Json>(`/api/environments/${ref}`);
+  const all = await client.get<Json[]>(`/api/companies/${await companyId(client)}/environments`);
+  const found = all.find((e) => e.name === ref);
+  if (!found) throw new UsageError(`no environment named "${ref}" (see \`berth env list\`)`);
+  return found;
+}
+
+async function agentByRef(client: BerthClient, ref: string): Promise<Json> {
+  if (UUID.test(ref)) return client.get<Json>(`/api/agents/${ref}`);
+  const [found] = await client.get<Json[]>(`/api/companies/${await companyId(client)}/agents`, { name: ref });
+  if (!found) throw new UsageError(`no agent named "${ref}" (see \`berth agent list\`)`);
+  return found;
+}
+
+function print(value: unknown, json: boolean, render: () => string): void {
+  process.stdout.write(`${json ? JSON.stringify(value, null, 2) : render()}\n`);
+}
+
+function keyValues(list: string[] | undefined, what: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of list ?? []) {
+    const i = kv.indexOf('=');
+    if (i <= 0) throw new UsageError(`${what} must be NAME=VALUE, not "${kv}"`);
+    out[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return out;
+}
+
+function intOption(value: string, name: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new UsageError(`${name} must be an integer, not "${value}"`);
+  return n;
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+function details(d: Json | undefined): string {
+  if (!d) return '';
+  return Object.entries(d)
+    .filter(([, v]) => v !== null && v !== undefined && typeof v !== 'object')
+    .map(([k, v]) => `${k}=${String(v)}`)
+    .join(' ');
+}
+
+function duration(run: Json): string {
+  if (!run.startedAt) return '-';
+  const end = run.finishedAt ? new Date(run.finishedAt).getTime() : Date.now();
+  const ms = end - new Date(run.startedAt).getTime();
+  return ms < 10_000 ? `${(ms / 1000).toFixed(2)}s` : `${Math.round(ms / 1000)}s`;
+}
+
+/** The CLI's exit code for a finished run. */
+export function exitCodeForRun(run: Json): number {
+  switch (run.status) {
+    case 'succeeded':
+      return 0;
+    case 'timed_out':
+      return 124;
+    case 'cancelled':
+      return 130;
+    default:
+      return typeof run.exitCode === 'number' && run.exitCode > 0 && run.exitCode < 124 ? run.exitCode : 1;
+  }
+}
+
+function showEnvironment(e: Json): string {
+  const probe = e.lastProbe as Json | null;
+  const lines = [
+    `${paint('bold', e.name)}  ${e.id}`,
+    `driver       ${e.driver}`,
+    `status       ${status(e.status)}`,
+    `capacity     ${e.capacity ?? 'unlimited'}`,
+    `description  ${e.description ?? '-'}`,
+    `config       ${JSON.stringify(e.config)}`,
+    `env vars     ${(e.envVarNames as string[]).join(', ') || '-'}`,
+    `last probe   ${probe ? `${probe.ok ? paint('green', 'ok') : paint('red', 'failed')} ${probe.latencyMs} ms ${ago(probe.at)}${probe.error ? ` — ${probe.error}` : ''}` : 'never'}`,
+    `updated      ${ago(e.updatedAt)}`,
+  ];
+  return lines.join('\n');
+}
+
+function showLease(l: Json): string {
+  return [
+    `lease ${l.id}`,
+    `status       ${status(l.status)}${l.releaseStatus ? ` (then ${l.releaseStatus})` : ''}`,
+    `environment  ${l.environmentId ?? '(deleted)'}`,
+    `policy       ${l.leasePolicy}`,
+    `fence        ${l.fence}`,
+    `run          ${l.heartbeatRunId ?? '-'}`,
+    `acquired     ${ago(l.acquiredAt)}`,
+    `expires      ${l.expiresAt ? ago(l.expiresAt) : 'never'}`,
+    `released     ${l.releasedAt ? ago(l.releasedAt) : '-'}`,
+    `failure      ${l.failureReason ?? '-'}`,
+    `cleanup      ${l.cleanupStatus ?? '-'}${l.cleanupAttempts ? ` after ${l.cleanupAttempts} attempts` : ''}${l.lastCleanupError ? ` — ${l.lastCleanupError}` : ''}`,
+    `metadata     ${JSON.stringify(l.metadata)}`,
+  ].join('\n');
+}
+
+async function followRun(client: BerthClient, run: Json, opts: { quiet: boolean }): Promise<Json> {
+  const say = (line: string) => !opts.quiet && process.stderr.write(`${paint('dim', '▸')} ${line}\n`);
+  let shownEnv = false;
+  let after = 0;
+  const showEnv = (r: Json) => {
+    const pe = r.contextSnapshot?.paperclipEnvironment as Json | undefined;
+    if (shownEnv || !pe) return;
+    shownEnv = true;
+    say(`environment ${pe.name} (${pe.driver}) · lease ${pe.leaseId} acquired, fence ${pe.fence}${pe.cwd ? ` · cwd ${pe.cwd}` : ''}`);
+  };
+  for (let attempt = 0; ; attempt++) {
+    try {
+      for await (const ev of client.events(`/api/heartbeat-runs/${run.id}/log`, { follow: 'true', after })) {
+        const data = JSON.parse(ev.data) as Json;
+        if (ev.event === 'log') {
+          after = data.seq;
+          if (!shownEnv) showEnv(await client.get<Json>(`/api/heartbeat-runs/${run.id}`));
+          if (opts.quiet) continue;
+          if (data.stream === 'stdout') process.stdout.write(data.chunk);
+          else if (data.stream === 'stderr') process.stderr.write(data.chunk);
+          else process.stderr.write(paint('dim', `[berth] ${data.chunk}`));
+        } else if (ev.event === 'status') {
+          if (data.status === 'running') say(`running on ${data.hostname ?? 'a server'}`);
+          showEnv(data);
+        } else if (ev.event === 'end') {
+          showEnv(data);
+          return data;
+        }
+      }
+      throw new Error('the log stream ended before the run did');
+    } catch (err) {
+      if (err instanceof ApiError || attempt >= 5) throw err;
+      await new Promise((r) => setTimeout(r, 500 * (attempt + 1))); // the server may be restarting: follow again from the last line seen
+    }
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command('berth')
+    .description('Berth: environments, leases and heartbeat runs for AI agents')
+    .showHelpAfterError('(run with --help for usage)')
+    .configureOutput({ outputError: (str, write) => write(str) });
+
+  program
+    .command('serve')
+    .description('Run the server: HTTP API, scheduler and sweeps (PGlite in BERTH_HOME, or DATABASE_URL)')
+    .option('--port <port>', 'port to listen on (BERTH_PORT, default 3710; 0 picks a free one)')
+    .option('--host <host>', 'address to listen on (BERTH_HOST, default 127.0.0.1)')
+    .option('--max-runs <n>', 'runs this server executes at once (default 16)')
+    .option('--grace <seconds>', 'on SIGTERM, how long running runs get before they are cancelled (default 10)')
+    .option('--demo', 'make sure a Demo company and a "demo" agent exist, save the CLI credentials, and run the demo once')
+    .action(async (o: { port?: string; host?: string; maxRuns?: string; grace?: string; demo?: boolean }) => {
+      const { runServe } = await import('./serve-command.js');
+      await runServe({
+        port: intOption(o.port ?? process.env.BERTH_PORT ?? '3710', '--port'),
+        host: o.host ?? process.env.BERTH_HOST ?? '127.0.0.1',
+        ...(o.maxRuns ? { maxRuns: intOption(o.maxRuns, '--max-runs') } : {}),
+        graceMs: Number(o.grace ?? process.env.BERTH_STOP_GRACE ?? 10) * 1000,
+        demo: o.demo === true,
+      });
+    });
+
+  const company = program.command('company').description('Companies (tenants); needs the admin key');
+  company
+    .command('create <name>')
+    .description('Create a company; prints its API key once')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const res = await adminClient().post<Json>('/api/companies', { name });
+      print(res, !!o.json, () =>
+        [`company ${res.company.name}  ${res.company.id}`, `API key (shown once; keep it): ${res.apiKey}`, `use it: export BERTH_API_KEY=${res.apiKey}`].join('\n'),
+      );
+    });
+  company
+    .command('list')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const list = await adminClient().get<Json[]>('/api/companies');
+      print(list, !!o.json, () => table(['NAME', 'ID', 'CREATED'], list.map((c) => [c.name, c.id, ago(c.createdAt)])));
+    });
+
+  const env = program.command('env').description('Environments: where runs execute');
+  env
+    .command('list')
+    .option('--status <status>', 'active or archived')
+    .option('--driver <driver>', 'local, ssh or sandbox')
+    .option('--json', 'print JSON')
+    .action(async (o: { status?: string; driver?: string; json?: boolean }) => {
+      const client = companyClient();
+      const list = await client.get<Json[]>(`/api/companies/${await companyId(client)}/environments`, { status: o.status, driver: o.driver });
+      print(list, !!o.json, () =>
+        table(
+          ['NAME', 'DRIVER', 'STATUS', 'CAPACITY', 'LAST PROBE', 'UPDATED', 'ID'],
+          list.map((e) => [e.name, e.driver, status(e.status), String(e.capacity ?? '-'), e.lastProbe ? `${e.lastProbe.ok ? 'ok' : 'failed'} ${ago(e.lastProbe.at)}` : 'never', ago(e.updatedAt), e.id]),
+        ),
+      );
+    });
+  env
+    .command('create <name>')
+    .description('Create an environment')
+    .addOption(new Option('--driver <driver>', 'driver').choices(['local', 'ssh', 'sandbox']).makeOptionMandatory())
+    .option('--description <text>')
+    .option('--capacity <n>', 'max concurrent active leases (default unlimited)')
+    .option('--env <NAME=VALUE>', 'a variable for every run here (repeatable)', collect)
+    .option('--config <json>', 'the whole driver config as JSON')
+    .option('--host <host>', 'ssh: host')
+    .option('--ssh-port <port>', 'ssh: port (default 22)')
+    .option('--user <name>', 'ssh: username')
+    .option('--workspace <path>', 'ssh: remote workspace path')
+    .option('--key-file <path>', 'ssh: private key file')
+    .option('--known-hosts-file <path>', 'ssh: known_hosts file')
+    .option('--no-strict-host-key-checking', 'ssh: accept any host key')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: Json) => {
+      let config: Json = {};
+      if (o.config) {
+        try {
+          config = JSON.parse(o.config as string) as Json;
+        } catch {
+          throw new UsageError('--config must be JSON');
+        }
+      }
+      if (o.driver === 'ssh') {
+        if (o.host) config.host = o.host;
+        if (o.sshPort) config.port = intOption(o.sshPort as string, '--ssh-port');
+        if (o.user) config.username = o.user;
+        if (o.workspace) config.remoteWorkspacePath = o.workspace;
+        if (o.keyFile) config.privateKey = readFileSync(o.keyFile as string, 'utf8');
+        if (o.knownHostsFile) config.knownHosts = readFileSync(o.knownHostsFile as string, 'utf8');
+        if (o.strictHostKeyChecking === false) config.strictHostKeyChecking = false;
+      }
+      const client = companyClient();
+      const body: Json = { name, driver: o.driver, config, envVars: keyValues(o.env as string[], '--env') };
+      if (o.description) body.description = o.description;
+      if (o.capacity !== undefined) body.capacity = intOption(o.capacity as string, '--capacity');
+      const created = await client.post<Json>(`/api/companies/${await companyId(client)}/environments`, body);
+      print(created, !!o.json, () => showEnvironment(created));
+    });
+  env
+    .command('show <env>')
+    .description('One environment, by name or id')
+    .option('--json', 'print JSON')
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const e = await environmentByRef(companyClient(), ref);
+      print(e, !!o.json, () => showEnvironment(e));
+    });
+  env
+    .command('probe <env>')
+    .description('Is it reachable and usable now?')
+    .option('--json', 'print JSON')
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const client = companyClient();
+      const e = await environmentByRef(client, ref);
+      const probe = await client.post<Json>(`/api/environments/${e.id}/probe`);
+      print(probe, !!o.json, () => `${e.name}: ${probe.ok ? paint('green', 'ok') : paint('red', 'failed')} in ${probe.latencyMs} ms${probe.error ? ` — ${probe.error}` : ''}\n${details(probe.details)}`);
+      if (!probe.ok) process.exitCode = 1;
+    });
+  env
+    .command('archive <env>')
+    .description('Take no new leases')
+    .option('--json', 'print JSON')
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const client = companyClient();
+      const e = await client.post<Json>(`/api/environments/${(await environmentByRef(client, ref)).id}/archive`);
+      print(e, !!o.json, () => `archived ${e.name}`);
+    });
+  env
+    .command('delete <env>')
+    .description("Delete (refused for the company's Local, or while leases are not terminal)")
+    .option('--json', 'print JSON')
+    .action(async (ref: string, o: { json?: boolean }) => {
+      const client = companyClient();
+      const e = await client.delete<Json>(`/api/environments/${(await environmentByRef(client, ref)).id}`);
+      print(e, !!o.json, () => `deleted ${e.name}`);
+    });
+
+  const lease = program.command('lease').description('Leases: runs’ claims on environments');
+  lease
+    .command('list <env>')
+    .description('Leases of an environment, most recently used first')
+    .option('--status <status>')
+    .option('--limit <n>', 'how many (default 50)')
+    .option('--cursor <cursor>', 'the next page, as printed after a full page')
+    .option('--json', 'print JSON')
+    .action(async (ref: string, o: { status?: string; limit?: string; cursor?: string; json?: boolean }) => {
+      const client = companyClient();
+      const e = await environmentByRef(client, ref);
+      const res = await client.request<Json[]>('GET', `/api/environments/${e.id}/leases`, { query: { status: o.status, limit: o.limit, cursor: o.cursor } });
+      const next = res.headers.get('x-next-cursor');
+      print(res.data, !!o.json, () =>
+        table(
+          ['ID', 'STATUS', 'POLICY', 'FENCE', 'RUN', 'ACQUIRED', 'ENDED', 'CLEANUP'],
+          res.data.map((l) => [l.id, status(l.status), l.leasePolicy, String(l.fence), l.heartbeatRunId ?? '-', ago(l.acquiredAt), l.releasedAt ? ago(l.releasedAt) : '-', l.cleanupStatus ?? '-']),
+        ) + (next ? `\nmore: berth lease list ${ref} --cursor ${next}` : ''),
+      );
+    });
+  lease
+    .command('show <lease>')
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: { json?: boolean }) => {
+      const l = await companyClient().get<Json>(`/api/environment-leases/${encodeURIComponent(id)}`);
+      print(l, !!o.json, () => showLease(l));
+    });
+  lease
+    .command('release <lease>')
+    .description('End a lease now, as its holder would (with its current fence)')
+    .addOption(new Option('--status <status>', 'final status').choices(['released', 'expired', 'failed']).default('released'))
+    .option('--reason <text>', 'failure reason')
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: { status: string; reason?: string; json?: boolean }) => {
+      const client = companyClient();
+      const current = await client.get<Json>(`/api/environment-leases/${encodeURIComponent(id)}`);
+      const res = await client.post<Json>(`/api/environment-leases/${current.id}/release`, { fence: current.fence, status: o.status, ...(o.reason ? { failureReason: o.reason } : {}) });
+      print(res, !!o.json, () => (res.changed ? `lease ${current.id} is now ${status(res.lease.status)}` : `lease ${current.id} had already ended: ${status(res.lease.status)}`));
+    });
+
+  const agent = program.command('agent').description('Agents: who runs');
+  agent
+    .command('create <name>')
+    .description('Create an agent with the process adapter (or http with --url)')
+    .option('--command <command>', 'the program to run')
+    .option('--arg <arg>', 'an argument (repeatable)', collect)
+    .option('--cwd <path>', 'absolute working directory (default: a fresh workspace per lease)')
+    .option('--env <NAME=VALUE>', 'a variable for its process (repeatable)', collect)
+    .option('--timeout <seconds>', 'stop a run after this long (default 3600)')
+    .option('--grace <seconds>', 'between SIGTERM and SIGKILL (default 10)')
+    .option('--url <url>', 'http adapter: the URL to call instead of a command')
+    .option('--environment <env>', 'default environment, by name or id (default: Local)')
+    .option('--max-runs <n>', 'runs of this agent at once (default 1)')
+    .option('--interval <seconds>', 'run on a timer every this many seconds')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: Json) => {
+      const client = companyClient();
+      if (!o.command === !o.url) throw new UsageError('give --command (process adapter) or --url (http adapter)');
+      const adapterConfig: Json = o.url
+        ? { url: o.url }
+        : {
+            command: o.command,
+            args: o.arg ?? [],
+            env: keyValues(o.env as string[], '--env'),
+            ...(o.cwd ? { cwd: o.cwd } : {}),
+            ...(o.timeout ? { timeoutSec: Number(o.timeout) } : {}),
+            ...(o.grace ? { graceSec: Number(o.grace) } : {}),
+          };
+      const body: Json = { name, adapterType: o.url ? 'http' : 'process', adapterConfig };
+      if (o.environment) body.defaultEnvironmentId = (await environmentByRef(client, o.environment as string)).id;
+      if (o.maxRuns) body.maxConcurrentRuns = intOption(o.maxRuns as string, '--max-runs');
+      if (o.interval) body.intervalSec = intOption(o.interval as string, '--interval');
+      const created = await client.post<Json>(`/api/companies/${await companyId(client)}/agents`, body);
+      print(created, !!o.json, () => `agent ${created.name}  ${created.id}`);
+    });
+  agent
+    .command('list')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const client = companyClient();
+      const list = await client.get<Json[]>(`/api/companies/${await companyId(client)}/agents`);
+      print(list, !!o.json, () =>
+        table(
+          ['NAME', 'ADAPTER', 'STATUS', 'RUNNING', 'MAX', 'COMMAND', 'ID'],
+          list.map((a) => [a.name, a.adapterType, status(a.status), String(a.runningCount), String(a.maxConcurrentRuns), String(a.adapterConfig.command ?? a.adapterConfig.url ?? ''), a.id]),
+        ),
+      );
+    });
+
+  program
+    .command('run <agent>')
+    .description("Run an agent now: queue a run, follow its log to the end, exit with the run's outcome (0 succeeded, its exit code or 1 failed, 124 timed out, 130 cancelled)")
+    .option('--no-follow', 'queue it and print its id without waiting')
+    .option('--json', 'print the finished run as JSON (and no log)')
+    .action(async (ref: string, o: { follow: boolean; json?: boolean }) => {
+      const client = companyClient();
+      const a = await agentByRef(client, ref);
+      const queued = await client.post<Json>(`/api/agents/${a.id}/wakeup`, { source: 'on_demand' });
+      if (!o.follow) {
+        print(queued, !!o.json, () => queued.id as string);
+        return;
+      }
+      if (!o.json) process.stderr.write(`${paint('dim', '▸')} run ${queued.id} of ${a.name} queued\n`);
+      let cancelling = false;
+      const onSigint = () => {
+        if (cancelling) process.exit(130);
+        cancelling = true;
+        process.stderr.write(`\n${paint('dim', '▸')} cancelling run ${queued.id} (Ctrl-C again to stop waiting)\n`);
+        void client.post(`/api/heartbeat-runs/${queued.id}/cancel`).catch(() => {});
+      };
+      process.on('SIGINT', onSigint);
+      const finished = await followRun(client, queued, { quiet: !!o.json });
+      process.off('SIGINT', onSigint);
+      if (o.json) {
+        print(finished, true, () => '');
+      } else {
+        const say = (line: string) => process.stderr.write(`${paint('dim', '▸')} ${line}\n`);
+        if (finished.leaseId) {
+          const l = await client.get<Json>(`/api/environment-leases/${finished.leaseId}`);
+          say(`lease ${l.id} ${status(l.status)}${l.cleanupStatus ? ` · cleanup ${l.cleanupStatus}` : ''}`);
+        }
+        const outcome = finished.error ? ` — ${finished.error}` : finished.exitCode !== null ? ` (exit ${finished.exitCode})` : '';
+        say(`run ${finished.id} ${status(finished.status)} in ${duration(finished)}${outcome}`);
+      }
+      process.exitCode = exitCodeForRun(finished);
+    });
+
+  const runs = program.command('runs').description('Heartbeat runs');
+  runs
+    .command('list')
+    .option('--agent <agent>', 'only this agent (name or id)')
+    .option('--status <status>')
+    .option('--limit <n>', 'how many (default 50)')
+    .option('--json', 'print JSON')
+    .action(async (o: { agent?: string; status?: string; limit?: string; json?: boolean }) => {
+      const client = companyClient();
+      const cid = await companyId(client);
+      const agents = await client.get<Json[]>(`/api/companies/${cid}/agents`);
+      const agentId = o.agent ? (await agentByRef(client, o.agent)).id : undefined;
+      const list = await client.get<Json[]>(`/api/companies/${cid}/heartbeat-runs`, { agentId, status: o.status, limit: o.limit });
+      const names = new Map(agents.map((a) => [a.id, a.name]));
+      print(list, !!o.json, () =>
+        table(
+          ['ID', 'AGENT', 'STATUS', 'SOURCE', 'CREATED', 'DURATION', 'RESULT'],
+          list.map((r) => [r.id, names.get(r.agentId) ?? r.agentId, status(r.status), r.invocationSource, ago(r.createdAt), duration(r), r.error ?? (r.exitCode !== null ? `exit ${r.exitCode}` : '')]),
+        ),
+      );
+    });
+  runs
+    .command('show <run>')
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: { json?: boolean }) => {
+      const r = await companyClient().get<Json>(`/api/heartbeat-runs/${encodeURIComponent(id)}`);
+      print(r, !!o.json, () => JSON.stringify(r, null, 2));
+    });
+  runs
+    .command('cancel <run>')
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: { json?: boolean }) => {
+      const r = await companyClient().post<Json>(`/api/heartbeat-runs/${encodeURIComponent(id)}/cancel`);
+      print(r, !!o.json, () => `run ${r.id}: ${status(r.status)}${r.cancelRequestedAt && r.status === 'running' ? ' (cancel requested)' : ''}`);
+    });
+  runs
+    .command('log <run>')
+    .option('-f, --follow', 'follow until the run ends')
+    .action(async (id: string, o: { follow?: boolean }) => {
+      const client = companyClient();
+      if (o.follow) {
+        const finished = await followRun(client, { id }, { quiet: false });
+        process.exitCode = exitCodeForRun(finished);
+        return;
+      }
+      let after = 0;
+      for (;;) {
+        const page = await client.get<Json>(`/api/heartbeat-runs/${encodeURIComponent(id)}/log`, { after });
+        for (const ch of page.chunks as Json[]) (ch.stream === 'stderr' || ch.stream === 'system' ? process.stderr : process.stdout).write(ch.chunk);
+        if ((page.chunks as Json[]).length < 1000) break;
+        after = page.lastSeq;
+      }
+    });
+
+  program
+    .command('activity')
+    .description('The audit log, newest first')
+    .option('--action <action>', 'e.g. environment.lease_acquired')
+    .option('--entity-type <type>', 'e.g. environment_lease')
+    .option('--entity <id>', 'one entity')
+    .option('--run <id>', 'one run')
+    .option('--limit <n>', 'how many (default 50)')
+    .option('--before <cursor>', 'older than this (the cursor printed after a full page)')
+    .option('--json', 'print JSON')
+    .action(async (o: { action?: string; entityType?: string; entity?: string; run?: string; limit?: string; before?: string; json?: boolean }) => {
+      const client = companyClient();
+      const res = await client.request<Json[]>('GET', `/api/companies/${await companyId(client)}/activity`, {
+        query: { action: o.action, entityType: o.entityType, entityId: o.entity, runId: o.run, limit: o.limit, before: o.before },
+      });
+      const next = res.headers.get('x-next-cursor');
+      print(res.data, !!o.json, () =>
+        table(
+          ['WHEN', 'ACTOR', 'ACTION', 'ENTITY', 'DETAILS'],
+          res.data.map((a) => [ago(a.createdAt), a.actorId ? `${a.actorType}:${String(a.actorId).slice(0, 8)}` : a.actorType, a.action, `${a.entityType}:${String(a.entityId).slice(0, 8)}`, details(a.details)]),
+        ) + (next ? `\nmore: berth activity --before ${next}` : ''),
+      );
+    });
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    if (err instanceof ApiError) {
+      process.stderr.write(`berth: ${err.message}${err.status ? ` (HTTP ${err.status} ${err.code})` : ''}\n`);
+      for (const f of err.fields ?? []) process.stderr.write(`  ${f.path}: ${f.message}\n`);
+    } else if (err instanceof NoServerError || err instanceof UsageError) {
+      process.stderr.write(`berth: ${err.message}\n`);
+    } else {
+      process.stderr.write(`berth: ${(err as Error).message ?? String(err)}\n`);
+    }
+    process.exitCode = 1;
+  }
+}

@@ -1,0 +1,160 @@
+// The HTTP face: a Hono app over the services. Every request is authenticated
+// (but /health), limited to 1 MiB, parsed strictly, and answered with JSON or one
+// error shape. Routes are data (route.ts); this file turns them into handlers.
+import { randomUUID } from 'node:crypto';
+import { Hono, type Context } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { z } from 'zod';
+import type { FieldIssue } from '../domain/errors.js';
+import { actorOf, type AppDeps, type Principal } from './context.js';
+import { createAuthenticator } from './auth.js';
+import { errorBody, expectedError, HttpError } from './errors.js';
+import { buildOpenApi } from './openapi.js';
+import { jsonIssues, type RouteDef, type RouteRequest } from './route.js';
+import { allRoutes } from './routes/index.js';
+
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+type Env = { Variables: { requestId: string } };
+
+function queryIssues(schema: z.ZodType | undefined, raw: Record<string, string[]>): { value: Record<string, unknown>; issues: FieldIssue[] } {
+  const flat: Record<string, string> = {};
+  const issues: FieldIssue[] = [];
+  for (const [k, vs] of Object.entries(raw)) {
+    if (vs.length > 1) issues.push({ path: k, message: 'must be given once' });
+    const v = vs[vs.length - 1] ?? '';
+    if (v.includes('\u0000') || k.includes('\u0000')) issues.push({ path: k.replace(/\u0000/g, '\\0'), message: 'must not contain NUL characters' });
+    flat[k] = v;
+  }
+  if (issues.length > 0) return { value: {}, issues };
+  if (!schema) {
+    return { value: {}, issues: Object.keys(flat).map((k) => ({ path: k, message: 'is not a known query parameter' })) };
+  }
+  const parsed = schema.safeParse(flat);
+  if (parsed.success) return { value: parsed.data as Record<string, unknown>, issues: [] };
+  return {
+    value: {},
+    issues: parsed.error.issues.flatMap((i) =>
+      i.code === 'unrecognized_keys' ? i.keys.map((k) => ({ path: k, message: 'is not a known query parameter' })) : [{ path: i.path.join('.') || '(query)', message: i.message }],
+    ),
+  };
+}
+
+async function readBody(c: Context, route: RouteDef): Promise<unknown> {
+  const text = await c.req.text();
+  if (text.trim() === '') {
+    if (route.bodyRequired) throw new HttpError(422, 'invalid', 'a JSON object body is required', [{ path: '(body)', message: 'is required' }]);
+    return {};
+  }
+  const type = c.req.header('content-type');
+  if (type !== undefined && !/^application\/(.+\+)?json\b/i.test(type)) {
+    throw new HttpError(415, 'unsupported_media_type', `the body must be JSON (Content-Type: application/json), not ${type.slice(0, 100)}`);
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch (err) {
+    throw new HttpError(400, 'invalid_json', `the body is not valid JSON: ${(err as Error).message.slice(0, 200)}`);
+  }
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw new HttpError(422, 'invalid', 'the body must be a JSON object', [{ path: '(body)', message: 'must be a JSON object' }]);
+  }
+  const issues = jsonIssues(body);
+  if (issues.length > 0) throw new HttpError(422, 'invalid', `invalid body: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+  return body;
+}
+
+export function createApp(deps: AppDeps): Hono<Env> {
+  const app = new Hono<Env>();
+  const auth = createAuthenticator(deps.services, deps.adminKeyHash);
+  const routes = allRoutes();
+  const log = deps.logger;
+
+  app.use('*', async (c, next) => {
+    const requestId = c.req.header('x-request-id')?.slice(0, 100).replace(/[^\w.-]/g, '') || randomUUID();
+    c.set('requestId', requestId);
+    c.header('x-request-id', requestId);
+    const started = performance.now();
+    await next();
+    const ms = Math.round((performance.now() - started) * 10) / 10;
+    const line = { reqId: requestId, method: c.req.method, path: c.req.routePath, url: c.req.path.slice(0, 200), status: c.res.status, ms };
+    if (c.res.status >= 500) log.error(line, 'request failed');
+    else log.debug(line, 'request');
+  });
+
+  app.use(
+    '*',
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: (c) => c.json(errorBody('payload_too_large', `the body is larger than ${MAX_BODY_BYTES} bytes (1 MiB)`), 413),
+    }),
+  );
+
+  async function resolveCompany(route: RouteDef, principal: Principal, params: Record<string, string>): Promise<string> {
+    const pathCompany = params.companyId;
+    if (pathCompany !== undefined) {
+      if (principal.kind === 'admin') return (await deps.services.companies.get(pathCompany)).id;
+      if (principal.kind === 'company' || principal.kind === 'run') {
+        if (pathCompany !== principal.companyId) throw new HttpError(404, 'not_found', `company ${pathCompany.slice(0, 100)} not found`);
+        return principal.companyId;
+      }
+    }
+    if (principal.kind === 'company' || principal.kind === 'run') return principal.companyId;
+    if (route.owner) {
+      const id = params[route.owner.param] ?? '';
+      const owner = await deps.services.companies.ownerOf(route.owner.kind, id);
+      if (!owner) throw new HttpError(404, 'not_found', `${route.owner.kind} ${id.slice(0, 100)} not found`);
+      return owner;
+    }
+    return '';
+  }
+
+  function handlerFor(route: RouteDef) {
+    return async (c: Context<Env>) => {
+      let principal: Principal = { kind: 'admin' };
+      if (route.access !== 'public') {
+        principal = await auth.authenticate(c.req.header('authorization'));
+        if (route.access === 'admin' && principal.kind !== 'admin') throw new HttpError(403, 'forbidden', 'this route needs the instance admin key');
+        if (route.access === 'company' && principal.kind === 'run') {
+          throw new HttpError(403, 'forbidden', 'a run token may act only on its own run and its leases');
+        }
+      }
+      const params = c.req.param() as Record<string, string>;
+      const companyId = route.access === 'public' ? '' : await resolveCompany(route, principal, params);
+      const q = queryIssues(route.query, c.req.queries() ?? {});
+      if (q.issues.length > 0) {
+        throw new HttpError(400, 'invalid', `invalid query: ${q.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, q.issues);
+      }
+      const body = c.req.method === 'POST' || c.req.method === 'PATCH' ? await readBody(c, route) : undefined;
+      const r: RouteRequest = { c, deps, principal, actor: actorOf(principal), companyId, params, query: q.value, body, forgetKeys: () => auth.forgetAll() };
+      if (principal.kind === 'run') {
+        // Another run's object is as invisible to a run token as another company's.
+        if (!route.runOwns || !(await route.runOwns(r, principal.runId))) {
+          throw new HttpError(404, 'not_found', 'not found (a run token sees only its own run and leases)');
+        }
+      }
+      const result = await route.handle(r);
+      if (result instanceof Response) return result;
+      return c.json(result as object, (route.status ?? 200) as 200);
+    };
+  }
+
+  for (const route of routes) {
+    app.on(route.method, route.path, handlerFor(route));
+  }
+  const openapi = buildOpenApi(routes, deps.version);
+  app.get('/api/openapi.json', async (c) => {
+    await auth.authenticate(c.req.header('authorization'));
+    return c.json(openapi);
+  });
+
+  app.notFound((c) => c.json(errorBody('not_found', `no route ${c.req.method} ${c.req.path.slice(0, 200)}`), 404));
+  app.onError((err, c) => {
+    const known = expectedError(err);
+    if (known) return c.json(known.body, known.status as 400);
+    const requestId = c.get('requestId');
+    log.error({ reqId: requestId, err }, 'unexpected error');
+    return c.json(errorBody('internal', `internal error (request ${requestId}); the server log has the details`), 500);
+  });
+  return app;
+}

@@ -1,0 +1,45 @@
+// One error shape for every failure: {error: {code, message, fields?, details?}},
+// and the one place a BerthError code becomes an HTTP status.
+import type { ErrorCode, FieldIssue } from '../domain/errors.js';
+import { BerthError } from '../domain/errors.js';
+
+/** Errors only the HTTP layer raises (auth, malformed requests). */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly fields?: FieldIssue[],
+  ) {
+    super(message);
+    this.name = 'HttpError';
+  }
+}
+
+export const STATUS_BY_CODE: Record<ErrorCode, number> = {
+  not_found: 404,
+  invalid: 422,
+  conflict: 409,
+  capacity_exhausted: 409,
+  workspace_busy: 409,
+  environment_archived: 409,
+  stale_fence: 409,
+  lease_not_active: 409,
+  lease_expired: 409,
+  database_locked: 503,
+};
+
+export interface ErrorBody {
+  error: { code: string; message: string; fields?: FieldIssue[]; details?: Record<string, unknown> };
+}
+
+export function errorBody(code: string, message: string, fields?: FieldIssue[], details?: Record<string, unknown>): ErrorBody {
+  return { error: { code, message, ...(fields ? { fields } : {}), ...(details ? { details } : {}) } };
+}
+
+/** The status and body for an error, or null when it is not one we expected (a 500). */
+export function expectedError(err: unknown): { status: number; body: ErrorBody } | null {
+  if (err instanceof HttpError) return { status: err.status, body: errorBody(err.code, err.message, err.fields) };
+  if (err instanceof BerthError) return { status: STATUS_BY_CODE[err.code] ?? 400, body: errorBody(err.code, err.message, err.fields, err.details) };
+  return null;
+}

@@ -1,0 +1,67 @@
+// The OpenAPI 3.1 document, written from the route table and its zod schemas.
+import { z } from 'zod';
+import type { RouteDef } from './route.js';
+
+function schemaOf(s: z.ZodType): Record<string, unknown> {
+  const json = z.toJSONSchema(s, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+  delete json.$schema;
+  return json;
+}
+
+const ERROR_REF = { $ref: '#/components/schemas/Error' };
+
+export function buildOpenApi(routes: RouteDef[], version: string): Record<string, unknown> {
+  const paths: Record<string, Record<string, unknown>> = {};
+  for (const r of routes) {
+    const path = r.path.replace(/:(\w+)/g, '{$1}');
+    const parameters: unknown[] = [...r.path.matchAll(/:(\w+)/g)].map((m) => ({ name: m[1], in: 'path', required: true, schema: { type: 'string' } }));
+    if (r.query) {
+      const q = schemaOf(r.query) as { properties?: Record<string, unknown>; required?: string[] };
+      for (const [name, schema] of Object.entries(q.properties ?? {})) {
+        parameters.push({ name, in: 'query', required: q.required?.includes(name) ?? false, schema });
+      }
+    }
+    const errors: Record<string, unknown> = {};
+    const errorStatuses = r.access === 'public' ? ['500'] : ['400', '401', '403', '404', '409', '413', '422'];
+    for (const s of errorStatuses) errors[s] = { description: 'error', content: { 'application/json': { schema: ERROR_REF } } };
+    const content: Record<string, unknown> = { 'application/json': { schema: {} } };
+    if (r.streams) content['text/event-stream'] = { schema: { type: 'string' } };
+    (paths[path] ??= {})[r.method.toLowerCase()] = {
+      summary: r.summary,
+      tags: [r.tag],
+      ...(r.access === 'public' ? { security: [] } : {}),
+      ...(r.access === 'admin' ? { description: 'Needs the instance admin key.' } : {}),
+      ...(r.access === 'run' ? { description: "A run's own token (PAPERCLIP_API_KEY) may call this for its own run and leases." } : {}),
+      parameters,
+      ...(r.body ? { requestBody: { required: r.bodyRequired ?? false, content: { 'application/json': { schema: schemaOf(r.body) } } } } : {}),
+      responses: { [String(r.status ?? 200)]: { description: r.returns, content }, ...errors },
+    };
+  }
+  return {
+    openapi: '3.1.0',
+    info: { title: 'Berth API', version, description: 'Environments, leases, agents, heartbeat runs and activity. Errors: {error: {code, message, fields?}}.' },
+    components: {
+      securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'A company API key, the instance admin key, or a run token' } },
+      schemas: {
+        Error: {
+          type: 'object',
+          required: ['error'],
+          properties: {
+            error: {
+              type: 'object',
+              required: ['code', 'message'],
+              properties: {
+                code: { type: 'string' },
+                message: { type: 'string' },
+                fields: { type: 'array', items: { type: 'object', properties: { path: { type: 'string' }, message: { type: 'string' } } } },
+                details: { type: 'object' },
+              },
+            },
+          },
+        },
+      },
+    },
+    security: [{ bearer: [] }],
+    paths,
+  };
+}

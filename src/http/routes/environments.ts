@@ -1,0 +1,106 @@
+// Environments: list, create, show, change, archive, delete, probe.
+import { z } from 'zod';
+import { ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES } from '../../domain/enums.js';
+import { createEnvironmentSchema, updateEnvironmentSchema, type CreateEnvironmentInput, type UpdateEnvironmentInput } from '../../domain/validators.js';
+import { presentEnvironment } from '../present.js';
+import { defineRoutes } from '../route.js';
+
+const env = { param: 'id', kind: 'environment' } as const;
+
+export const environmentRoutes = () =>
+  defineRoutes([
+    {
+      method: 'GET',
+      path: '/api/companies/:companyId/environments',
+      summary: 'Environments of a company, newest updated first',
+      tag: 'environments',
+      access: 'company',
+      query: z.strictObject({ status: z.enum(ENVIRONMENT_STATUSES).optional(), driver: z.enum(ENVIRONMENT_DRIVERS).optional() }),
+      returns: 'Environment[]',
+      async handle({ deps, companyId, query }) {
+        return (await deps.services.environments.list(companyId, query)).map(presentEnvironment);
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/companies/:companyId/environments',
+      summary: 'Create an environment (config validated per driver)',
+      tag: 'environments',
+      access: 'company',
+      body: createEnvironmentSchema,
+      bodyRequired: true,
+      status: 201,
+      returns: 'Environment',
+      async handle({ deps, companyId, body, actor }) {
+        return presentEnvironment(await deps.services.environments.create(companyId, body as CreateEnvironmentInput, actor));
+      },
+    },
+    {
+      method: 'GET',
+      path: '/api/environments/:id',
+      summary: 'One environment',
+      tag: 'environments',
+      access: 'company',
+      owner: env,
+      returns: 'Environment',
+      async handle({ deps, companyId, params }) {
+        return presentEnvironment(await deps.services.environments.get(companyId, params.id!));
+      },
+    },
+    {
+      method: 'PATCH',
+      path: '/api/environments/:id',
+      summary: 'Change an environment (partial); config is validated against its driver',
+      tag: 'environments',
+      access: 'company',
+      owner: env,
+      body: updateEnvironmentSchema,
+      bodyRequired: true,
+      returns: 'Environment',
+      async handle({ deps, companyId, params, body, actor }) {
+        return presentEnvironment(await deps.services.environments.update(companyId, params.id!, body as UpdateEnvironmentInput, actor));
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/environments/:id/archive',
+      summary: 'Archive: the environment takes no new leases',
+      tag: 'environments',
+      access: 'company',
+      owner: env,
+      returns: 'Environment',
+      async handle({ deps, companyId, params, actor }) {
+        return presentEnvironment(await deps.services.environments.archive(companyId, params.id!, actor));
+      },
+    },
+    {
+      method: 'DELETE',
+      path: '/api/environments/:id',
+      summary: "Delete; refused (409, with every reason) for the company's Local or while leases are not terminal",
+      tag: 'environments',
+      access: 'company',
+      owner: env,
+      returns: 'the deleted Environment',
+      async handle({ deps, companyId, params, actor }) {
+        return presentEnvironment(await deps.services.environments.delete(companyId, params.id!, actor));
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/environments/:id/probe',
+      summary: 'Is it reachable and usable now? Kept as the environment\'s lastProbe',
+      tag: 'environments',
+      access: 'company',
+      owner: env,
+      returns: '{ok, latencyMs, details, error?, at}',
+      async handle({ deps, companyId, params, actor }) {
+        const e = await deps.services.environments.getWithSecrets(companyId, params.id!);
+        const driver = deps.drivers.get(e.driver);
+        const started = performance.now();
+        const result = driver
+          ? await driver.probe(e).catch((err: unknown) => ({ ok: false, latencyMs: performance.now() - started, details: {}, error: (err as Error).message }))
+          : { ok: false, latencyMs: 0, details: {}, error: `this server has no ${e.driver} driver` };
+        return deps.services.probes.record(companyId, e.id, result, actor);
+      },
+    },
+  ]);

@@ -1,0 +1,13 @@
+// Every route of the API, in the order the document lists them.
+import type { RouteDef } from '../route.js';
+import { activityRoutes } from './activity.js';
+import { agentRoutes } from './agents.js';
+import { companyRoutes } from './companies.js';
+import { environmentRoutes } from './environments.js';
+import { leaseRoutes } from './leases.js';
+import { runRoutes } from './runs.js';
+import { healthRoutes } from './health.js';
+
+export function allRoutes(): RouteDef[] {
+  return [...healthRoutes(), ...companyRoutes(), ...environmentRoutes(), ...leaseRoutes(), ...agentRoutes(), ...runRoutes(), ...activityRoutes()];
+}

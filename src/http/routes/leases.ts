@@ -1,0 +1,127 @@
+// Leases: acquire on an environment, list an environment's leases, show, renew,
+// update metadata, release. A run token may do all of this for its own run only.
+import { z } from 'zod';
+import { BerthError, isBerthError } from '../../domain/errors.js';
+import { LEASE_STATUSES } from '../../domain/enums.js';
+import {
+  acquireLeaseSchema,
+  releaseLeaseSchema,
+  renewLeaseSchema,
+  updateLeaseMetadataSchema,
+  type AcquireLeaseInput,
+  type ReleaseLeaseInput,
+  type RenewLeaseInput,
+  type UpdateLeaseMetadataInput,
+} from '../../domain/validators.js';
+import { defineRoutes, type RouteRequest } from '../route.js';
+
+const lease = { param: 'leaseId', kind: 'lease' } as const;
+
+async function leaseOfRun(r: RouteRequest, runId: string): Promise<boolean> {
+  const found = await r.deps.services.leases.get(r.companyId, r.params.leaseId!).catch(() => null);
+  return found?.heartbeatRunId === runId;
+}
+
+function fieldError(path: string, message: string): BerthError {
+  return new BerthError('invalid', `invalid lease acquire: ${path}: ${message}`, { fields: [{ path, message }] });
+}
+
+export const leaseRoutes = () =>
+  defineRoutes([
+    {
+      method: 'GET',
+      path: '/api/environments/:id/leases',
+      summary: 'Leases of an environment, most recently used first (next page: the X-Next-Cursor header as ?cursor=)',
+      tag: 'leases',
+      access: 'company',
+      owner: { param: 'id', kind: 'environment' },
+      query: z.strictObject({
+        status: z.enum(LEASE_STATUSES).optional(),
+        limit: z.coerce.number().int('must be an integer').min(1, 'must be 1-500').max(500, 'must be 1-500').optional(),
+        cursor: z.string().max(200).optional(),
+      }),
+      returns: 'Lease[]',
+      async handle({ deps, companyId, params, query, c }) {
+        await deps.services.environments.get(companyId, params.id!); // another company's environment is not found, not empty
+        const page = await deps.services.leases.listByEnvironment(companyId, params.id!, query);
+        if (page.nextCursor) c.header('x-next-cursor', page.nextCursor);
+        return page.items;
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/environments/:id/leases',
+      summary: 'Acquire a lease (idempotent with idempotencyKey); 201 when granted, 200 when an earlier acquire already holds it',
+      tag: 'leases',
+      access: 'run',
+      owner: { param: 'id', kind: 'environment' },
+      body: acquireLeaseSchema,
+      status: 201,
+      returns: '{lease, created, reacquired}',
+      runOwns: async () => true, // the run's own id is forced into the lease below
+      async handle({ deps, companyId, params, body, actor, principal, c }) {
+        const input = body as Record<string, unknown>;
+        if ('environmentId' in input) throw fieldError('environmentId', 'is given by the path, not the body');
+        if (principal.kind === 'run') {
+          if (input.heartbeatRunId !== undefined && input.heartbeatRunId !== principal.runId) throw fieldError('heartbeatRunId', 'a run token acquires for its own run only');
+          input.heartbeatRunId = principal.runId;
+        } else if (typeof input.heartbeatRunId === 'string') {
+          await deps.services.runs.get(companyId, input.heartbeatRunId).catch((err: unknown) => {
+            throw isBerthError(err, 'not_found') ? fieldError('heartbeatRunId', 'no such run in this company') : err;
+          });
+        }
+        const result = await deps.services.leases.acquire(companyId, { ...(input as object), environmentId: params.id! } as AcquireLeaseInput, actor);
+        return c.json(result, result.created ? 201 : 200);
+      },
+    },
+    {
+      method: 'GET',
+      path: '/api/environment-leases/:leaseId',
+      summary: 'One lease',
+      tag: 'leases',
+      access: 'run',
+      owner: lease,
+      returns: 'Lease',
+      runOwns: leaseOfRun,
+      handle: ({ deps, companyId, params }) => deps.services.leases.get(companyId, params.leaseId!),
+    },
+    {
+      method: 'POST',
+      path: '/api/environment-leases/:leaseId/renew',
+      summary: 'Extend expiresAt (capped by maxLifetimeSeconds); presents the fence',
+      tag: 'leases',
+      access: 'run',
+      owner: lease,
+      body: renewLeaseSchema,
+      bodyRequired: true,
+      returns: 'Lease',
+      runOwns: leaseOfRun,
+      handle: ({ deps, companyId, params, body }) => deps.services.leases.renew(companyId, params.leaseId!, body as RenewLeaseInput),
+    },
+    {
+      method: 'PATCH',
+      path: '/api/environment-leases/:leaseId/metadata',
+      summary: 'Merge into (or replace) the lease metadata; presents the fence',
+      tag: 'leases',
+      access: 'run',
+      owner: lease,
+      body: updateLeaseMetadataSchema,
+      bodyRequired: true,
+      returns: 'Lease',
+      runOwns: leaseOfRun,
+      handle: ({ deps, companyId, params, body }) => deps.services.leases.updateMetadata(companyId, params.leaseId!, body as UpdateLeaseMetadataInput),
+    },
+    {
+      method: 'POST',
+      path: '/api/environment-leases/:leaseId/release',
+      summary: 'End the lease (idempotent: a lease already ended is returned unchanged, changed=false); presents the fence',
+      tag: 'leases',
+      access: 'run',
+      owner: lease,
+      body: releaseLeaseSchema,
+      bodyRequired: true,
+      returns: '{lease, changed}',
+      runOwns: leaseOfRun,
+      handle: ({ deps, companyId, params, body, actor }) => deps.services.leases.release(companyId, params.leaseId!, body as ReleaseLeaseInput, actor),
+    },
+  ]);

@@ -1,0 +1,122 @@
+// Heartbeat runs: list, show, cancel, and the log, as JSON pages or followed live
+// over server-sent events. A run token may read and cancel its own run.
+import { streamSSE } from 'hono/streaming';
+import { z } from 'zod';
+import { RUN_STATUSES, TERMINAL_RUN_STATUSES } from '../../domain/enums.js';
+import type { HeartbeatRun } from '../../domain/types.js';
+import { defineRoutes, type RouteRequest } from '../route.js';
+
+const run = { param: 'id', kind: 'run' } as const;
+const ownRun = async (r: RouteRequest, runId: string) => r.params.id === runId;
+const isTerminal = (status: string) => (TERMINAL_RUN_STATUSES as readonly string[]).includes(status);
+const LOG_PAGE = 1000;
+const PING_MS = 15_000;
+
+function followLog(r: RouteRequest, startAfter: number): Response {
+  const { deps, companyId, params, c } = r;
+  const runId = params.id!;
+  const pollMs = deps.logPollMs ?? 150;
+  return streamSSE(c, async (stream) => {
+    let after = startAfter;
+    let lastStatus: string | null = null;
+    let lastWrite = Date.now();
+    const drain = async () => {
+      for (;;) {
+        const chunks = await deps.services.runs.readLog(companyId, runId, { afterSeq: after, limit: LOG_PAGE });
+        for (const ch of chunks) {
+          await stream.writeSSE({ event: 'log', id: String(ch.seq), data: JSON.stringify(ch) });
+          after = ch.seq;
+        }
+        if (chunks.length > 0) lastWrite = Date.now();
+        if (chunks.length < LOG_PAGE) return;
+      }
+    };
+    while (!stream.aborted) {
+      await drain();
+      const current: HeartbeatRun = await deps.services.runs.get(companyId, runId);
+      if (current.status !== lastStatus) {
+        lastStatus = current.status;
+        await stream.writeSSE({ event: 'status', data: JSON.stringify(current) });
+        lastWrite = Date.now();
+      }
+      if (isTerminal(current.status)) {
+        await drain(); // the executor writes the last output before it finalizes
+        await stream.writeSSE({ event: 'end', data: JSON.stringify(current) });
+        return;
+      }
+      if (Date.now() - lastWrite > PING_MS) {
+        await stream.write(': ping\n\n');
+        lastWrite = Date.now();
+      }
+      await stream.sleep(pollMs);
+    }
+  });
+}
+
+export const runRoutes = () =>
+  defineRoutes([
+    {
+      method: 'GET',
+      path: '/api/companies/:companyId/heartbeat-runs',
+      summary: 'Runs of a company, newest first',
+      tag: 'runs',
+      access: 'company',
+      query: z.strictObject({
+        agentId: z.uuid('must be a UUID').optional(),
+        status: z.enum(RUN_STATUSES).optional(),
+        limit: z.coerce.number().int('must be an integer').min(1, 'must be 1-500').max(500, 'must be 1-500').optional(),
+      }),
+      returns: 'HeartbeatRun[]',
+      handle: ({ deps, companyId, query }) => deps.services.runs.list(companyId, query),
+    },
+    {
+      method: 'GET',
+      path: '/api/heartbeat-runs/:id',
+      summary: 'One run, with its contextSnapshot (paperclipEnvironment)',
+      tag: 'runs',
+      access: 'run',
+      owner: run,
+      runOwns: ownRun,
+      returns: 'HeartbeatRun',
+      handle: ({ deps, companyId, params }) => deps.services.runs.get(companyId, params.id!),
+    },
+    {
+      method: 'POST',
+      path: '/api/heartbeat-runs/:id/cancel',
+      summary: 'Cancel: a queued run never starts; a running one is stopped (SIGTERM to its tree, SIGKILL after graceSec)',
+      tag: 'runs',
+      access: 'run',
+      owner: run,
+      runOwns: ownRun,
+      returns: 'HeartbeatRun',
+      handle: ({ deps, companyId, params, actor }) => deps.services.runs.cancel(companyId, params.id!, actor),
+    },
+    {
+      method: 'GET',
+      path: '/api/heartbeat-runs/:id/log',
+      summary:
+        'The run log after seq `after`. With follow=true (or Accept: text/event-stream): server-sent events `log` (one chunk, id = seq), `status` (the run when its status changes) and `end` (the finished run); Last-Event-ID resumes',
+      tag: 'runs',
+      access: 'run',
+      owner: run,
+      runOwns: ownRun,
+      streams: true,
+      query: z.strictObject({
+        after: z.coerce.number().int('must be an integer').min(0, 'must be 0 or more').max(2_147_483_647).optional(),
+        limit: z.coerce.number().int('must be an integer').min(1, 'must be 1-10000').max(10_000, 'must be 1-10000').optional(),
+        follow: z.enum(['true', 'false', '1', '0']).optional(),
+      }),
+      returns: '{run, chunks, lastSeq} or an event stream',
+      async handle(r) {
+        const { deps, companyId, params, query, c } = r;
+        const lastEventId = Number(c.req.header('last-event-id'));
+        const after = Number.isSafeInteger(lastEventId) && lastEventId >= 0 ? lastEventId : ((query.after as number | undefined) ?? 0);
+        const follow = query.follow === 'true' || query.follow === '1' || (query.follow === undefined && (c.req.header('accept') ?? '').includes('text/event-stream'));
+        await deps.services.runs.get(companyId, params.id!); // not found before any stream starts
+        if (follow) return followLog(r, after);
+        const chunks = await deps.services.runs.readLog(companyId, params.id!, { afterSeq: after, limit: (query.limit as number | undefined) ?? LOG_PAGE });
+        const current = await deps.services.runs.get(companyId, params.id!);
+        return { run: current, chunks, lastSeq: chunks.length > 0 ? chunks[chunks.length - 1]!.seq : after };
+      },
+    },
+  ]);

@@ -1,0 +1,120 @@
+// `berth serve`: the database (PGlite under BERTH_HOME, or DATABASE_URL), the
+// runtime (scheduler, sweeps, recovery) and the HTTP API in one process. On stop:
+// no new runs are claimed, running runs get a grace period (the API stays up for
+// them), what is left is cancelled and finalized, then the listener closes.
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { serve, type ServerType } from '@hono/node-server';
+import type { Logger } from 'pino';
+import { openDatabase, type Database } from '../db/client.js';
+import { defaultDrivers, startRuntime, type Runtime } from '../heartbeat/runtime.js';
+import { createApp } from '../http/app.js';
+import { createServices, type Services } from '../services/index.js';
+import { ensureAdminKey, removeServerInfo, writeServerInfo } from './home-files.js';
+import { createLogger } from './logger.js';
+
+export const DEFAULT_PORT = 3710;
+
+export const BERTH_VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+export interface ServeOptions {
+  port?: number;
+  host?: string;
+  databaseUrl?: string;
+  maxConcurrentRuns?: number;
+  logger?: Logger;
+  /** Write server.json in BERTH_HOME so the CLI finds this server (default true). */
+  announce?: boolean;
+  /** Run the scheduler in this process (default true). */
+  runtime?: boolean;
+}
+
+export interface BerthServer {
+  url: string;
+  port: number;
+  services: Services;
+  database: Database;
+  runtime: Runtime | null;
+  logger: Logger;
+  adminKey: string;
+  adminKeyPath: string;
+  adminKeyCreated: boolean;
+  /** Stop claiming, give running runs graceMs, finalize the rest, close. */
+  stop(opts?: { graceMs?: number }): Promise<void>;
+}
+
+export async function startServer(opts: ServeOptions = {}): Promise<BerthServer> {
+  const logger = opts.logger ?? createLogger();
+  const admin = ensureAdminKey();
+  const database = await openDatabase(opts.databaseUrl ? { databaseUrl: opts.databaseUrl } : {});
+  const services = createServices(database.db);
+  const drivers = defaultDrivers();
+  let runtime: Runtime | null = null;
+  const pending: { poke?: () => void } = {};
+
+  const app = createApp({
+    services,
+    drivers,
+    logger,
+    adminKeyHash: createHash('sha256').update(admin.key).digest('hex'),
+    pokeScheduler: () => pending.poke?.(),
+    database: database.kind,
+    version: BERTH_VERSION,
+  });
+
+  const host = opts.host ?? '127.0.0.1';
+  const server = await new Promise<ServerType>((resolve, reject) => {
+    const s = serve({ fetch: app.fetch, port: opts.port ?? DEFAULT_PORT, hostname: host }, () => resolve(s));
+    s.once('error', reject);
+  }).catch(async (err: NodeJS.ErrnoException) => {
+    await database.close();
+    if (err.code === 'EADDRINUSE') throw new Error(`port ${opts.port ?? DEFAULT_PORT} on ${host} is in use (another berth serve?); choose another with --port`);
+    throw err;
+  });
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+
+  if (opts.runtime !== false) {
+    runtime = await startRuntime({
+      services,
+      db: database.db,
+      drivers,
+      apiUrl: url,
+      ...(opts.maxConcurrentRuns ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),
+      onError: (where, err) => logger.error({ where, err: (err as Error).message }, 'runtime error'),
+      onRunFinished: (run) => logger.info({ runId: run.id, agentId: run.agentId, status: run.status, exitCode: run.exitCode, errorCode: run.errorCode }, 'run finished'),
+    });
+    pending.poke = runtime.poke;
+  }
+  if (opts.announce !== false) writeServerInfo({ url, pid: process.pid, startedAt: new Date().toISOString() });
+  logger.info({ url, database: database.kind, location: database.location, serverId: runtime?.serverId, version: BERTH_VERSION }, 'berth serving');
+
+  let stopped: Promise<void> | null = null;
+  return {
+    url,
+    port,
+    services,
+    database,
+    runtime,
+    logger,
+    adminKey: admin.key,
+    adminKeyPath: admin.path,
+    adminKeyCreated: admin.created,
+    stop({ graceMs = 10_000 } = {}) {
+      stopped ??= (async () => {
+        const inFlight = runtime?.inFlight() ?? 0;
+        logger.info({ inFlight, graceMs }, 'stopping: no new runs; running runs get the grace period');
+        await runtime?.stop({ graceMs });
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+        });
+        if (opts.announce !== false) removeServerInfo(process.pid);
+        await database.close();
+        logger.info('stopped');
+      })();
+      return stopped;
+    },
+  };
+}

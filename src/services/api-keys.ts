@@ -1,0 +1,110 @@
+// Company API keys: random, shown once at creation, kept only as a sha256 hash.
+import { createHash, randomBytes } from 'node:crypto';
+import { sql } from 'drizzle-orm';
+import { z } from 'zod';
+import { queryRows, type Db } from '../db/client.js';
+import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION } from '../db/errors.js';
+import { notFound, requireId } from '../domain/errors.js';
+import { SYSTEM_ACTOR, type Actor } from '../domain/types.js';
+import { parseInput } from '../domain/validators.js';
+import { activityFrom } from './activity.js';
+
+export const COMPANY_KEY_PREFIX = 'bk_';
+
+export interface ApiKeyRecord {
+  id: string;
+  companyId: string;
+  name: string;
+  /** The key's first characters, to tell keys apart; never enough to use it. */
+  prefix: string;
+  createdAt: Date;
+  lastUsedAt: Date | null;
+  revokedAt: Date | null;
+}
+
+export const createApiKeySchema = z.strictObject({
+  name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters').default('default'),
+});
+
+export function hashApiKey(key: string): string {
+  return createHash('sha256').update(key).digest('hex');
+}
+
+function toApiKey(r: Record<string, unknown>): ApiKeyRecord {
+  const d = (v: unknown) => (v === null || v === undefined ? null : new Date(v as string));
+  return {
+    id: String(r.id),
+    companyId: String(r.company_id),
+    name: String(r.name),
+    prefix: String(r.prefix),
+    createdAt: new Date(r.created_at as string),
+    lastUsedAt: d(r.last_used_at),
+    revokedAt: d(r.revoked_at),
+  };
+}
+
+export function apiKeyService(db: Db) {
+  return {
+    /** A new key for the company. The returned `key` is the only time it is ever seen. */
+    async create(companyId: string, input: { name?: string } = {}, actor: Actor = SYSTEM_ACTOR): Promise<{ key: string; record: ApiKeyRecord }> {
+      requireId(companyId, 'company');
+      const v = parseInput(createApiKeySchema, input, 'API key');
+      const key = `${COMPANY_KEY_PREFIX}${randomBytes(32).toString('base64url')}`;
+      try {
+        const [row] = await queryRows(
+          db,
+          sql`WITH changed AS (
+                INSERT INTO api_keys (company_id, name, key_hash, prefix)
+                VALUES (${companyId}, ${v.name}, ${hashApiKey(key)}, ${key.slice(0, 10)}) RETURNING *),
+              act AS (${activityFrom({
+                source: 'changed', actor, action: 'api_key.created', entityType: 'api_key', entityId: sql`changed.id::text`, runId: sql`NULL`,
+                details: sql`jsonb_build_object('name', changed.name, 'prefix', changed.prefix)`,
+              })})
+              SELECT * FROM changed`,
+        );
+        return { key, record: toApiKey(row!) };
+      } catch (err) {
+        if (pgErrorOf(err)?.code === PG_FOREIGN_KEY_VIOLATION) throw notFound('company', companyId);
+        throw err;
+      }
+    },
+
+    async list(companyId: string): Promise<ApiKeyRecord[]> {
+      return (await queryRows(db, sql`SELECT * FROM api_keys WHERE company_id = ${companyId} ORDER BY created_at, id`)).map(toApiKey);
+    },
+
+    /** Revoking a revoked key changes nothing. */
+    async revoke(companyId: string, id: string, actor: Actor = SYSTEM_ACTOR): Promise<ApiKeyRecord> {
+      requireId(id, 'API key');
+      const [row] = await queryRows(
+        db,
+        sql`WITH changed AS (
+              UPDATE api_keys SET revoked_at = now() WHERE id = ${id} AND company_id = ${companyId} AND revoked_at IS NULL RETURNING *),
+            act AS (${activityFrom({
+              source: 'changed', actor, action: 'api_key.revoked', entityType: 'api_key', entityId: sql`changed.id::text`, runId: sql`NULL`,
+              details: sql`jsonb_build_object('name', changed.name, 'prefix', changed.prefix)`,
+            })})
+            SELECT * FROM changed`,
+      );
+      if (row) return toApiKey(row);
+      const [existing] = await queryRows(db, sql`SELECT * FROM api_keys WHERE id = ${id} AND company_id = ${companyId}`);
+      if (!existing) throw notFound('API key', id);
+      return toApiKey(existing);
+    },
+
+    /** The live key with this hash, or null; marks it used (at most once a minute, to spare writes). */
+    async authenticate(keyHash: string): Promise<{ keyId: string; companyId: string } | null> {
+      const [row] = await queryRows<{ id: string; company_id: string; last_used_at: unknown }>(
+        db,
+        sql`SELECT id, company_id, last_used_at FROM api_keys WHERE key_hash = ${keyHash} AND revoked_at IS NULL`,
+      );
+      if (!row) return null;
+      const last = row.last_used_at ? new Date(row.last_used_at as string).getTime() : 0;
+      if (Date.now() - last > 60_000) {
+        await queryRows(db, sql`UPDATE api_keys SET last_used_at = now() WHERE id = ${row.id}`);
+      }
+      return { keyId: String(row.id), companyId: String(row.company_id) };
+    },
+  };
+}
+export type ApiKeyService = ReturnType<typeof apiKeyService>;
