@@ -259,6 +259,8 @@ export const heartbeatRuns = pgTable(
     index('heartbeat_runs_running_idx').on(t.serverId).where(sql`${t.status} = 'running'`),
     index('heartbeat_runs_company_created_idx').on(t.companyId, t.createdAt.desc(), t.id.desc()),
     index('heartbeat_runs_agent_created_idx').on(t.agentId, t.createdAt.desc()),
+    // A run's PAPERCLIP_API_KEY is looked up by its hash on every request it makes.
+    uniqueIndex('heartbeat_runs_token_hash_uq').on(t.tokenHash).where(sql`${t.tokenHash} IS NOT NULL`),
   ],
 );
 
