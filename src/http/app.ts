@@ -86,7 +86,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
     '*',
     bodyLimit({
       maxSize: MAX_BODY_BYTES,
-      onError: (c) => c.json(errorBody('payload_too_large', `the body is larger than ${MAX_BODY_BYTES} bytes (1 MiB)`), 413),
+      // The rest of the body is not read: the connection cannot be reused.
+      onError: (c) => c.json(errorBody('payload_too_large', `the body is larger than ${MAX_BODY_BYTES} bytes (1 MiB)`), 413, { connection: 'close' }),
     }),
   );
 

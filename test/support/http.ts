@@ -1,0 +1,87 @@
+// A real HTTP server over a test database: the app on a free port, optionally
+// with the runtime, and a small client that returns status, JSON and headers.
+import { createHash, randomBytes } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { serve, type ServerType } from '@hono/node-server';
+import pino from 'pino';
+import { localDriver } from '../../src/drivers/local.js';
+import { startRuntime, type Runtime } from '../../src/heartbeat/runtime.js';
+import { createApp } from '../../src/http/app.js';
+import { ADMIN_KEY_PREFIX } from '../../src/http/auth.js';
+import type { TestDb } from './db.js';
+
+export interface Reply<T = any> {
+  status: number;
+  body: T;
+  headers: Headers;
+}
+
+export interface TestApi {
+  url: string;
+  adminKey: string;
+  runtime: Runtime | null;
+  call<T = any>(method: string, path: string, opts?: { key?: string | null; body?: unknown; raw?: string; headers?: Record<string, string> }): Promise<Reply<T>>;
+  /** A company with its API key, made through the API. */
+  company(name: string): Promise<{ id: string; key: string }>;
+  close(): Promise<void>;
+}
+
+export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspaceRoot?: string } = {}): Promise<TestApi> {
+  const adminKey = `${ADMIN_KEY_PREFIX}${randomBytes(16).toString('hex')}`;
+  const drivers = new Map([['local', localDriver(opts.workspaceRoot ? { workspaceRoot: opts.workspaceRoot } : {})]]);
+  let runtime: Runtime | null = null;
+  const app = createApp({
+    services: t.services,
+    drivers,
+    logger: pino({ level: process.env.BERTH_TEST_LOG ?? 'silent' }),
+    adminKeyHash: createHash('sha256').update(adminKey).digest('hex'),
+    pokeScheduler: () => runtime?.poke(),
+    logPollMs: 50,
+    database: t.kind,
+    version: 'test',
+  });
+  const server = await new Promise<ServerType>((resolve) => {
+    const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));
+  });
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  if (opts.runtime) {
+    runtime = await startRuntime({ services: t.services, db: t.db, drivers, apiUrl: url, pollMs: 50, sweepMs: 200, heartbeatMs: 100, onError: () => {} });
+  }
+  const api: TestApi = {
+    url,
+    adminKey,
+    runtime,
+    async call(method, path, o = {}) {
+      const headers: Record<string, string> = { ...(o.headers ?? {}) };
+      const key = o.key === undefined ? adminKey : o.key;
+      if (key) headers.authorization = `Bearer ${key}`;
+      let body: string | undefined = o.raw;
+      if (o.body !== undefined) {
+        body = JSON.stringify(o.body);
+        headers['content-type'] ??= 'application/json';
+      }
+      const res = await fetch(`${url}${path}`, { method, headers, ...(body !== undefined ? { body } : {}) });
+      const text = await res.text();
+      let parsed: unknown = text;
+      try {
+        parsed = text ? JSON.parse(text) : null;
+      } catch {
+        /* not JSON: keep the text */
+      }
+      return { status: res.status, body: parsed as never, headers: res.headers };
+    },
+    async company(name) {
+      const r = await api.call('POST', '/api/companies', { body: { name } });
+      if (r.status !== 201) throw new Error(`company create: ${r.status} ${JSON.stringify(r.body)}`);
+      return { id: r.body.company.id, key: r.body.apiKey };
+    },
+    async close() {
+      await runtime?.stop({ graceMs: 0 });
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+      });
+    },
+  };
+  return api;
+}
