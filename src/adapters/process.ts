@@ -10,7 +10,8 @@ const INHERITED = ['PATH', 'HOME', 'USER', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'SH
 
 export function runEnvironment(ctx: AdapterContext, agentEnv: Record<string, string>): Record<string, string> {
   const env: Record<string, string> = {};
-  for (const k of INHERITED) if (process.env[k] !== undefined) env[k] = process.env[k]!;
+  // A remote host has its own PATH, HOME...: this server's would be wrong there.
+  if (!ctx.driver.remote) for (const k of INHERITED) if (process.env[k] !== undefined) env[k] = process.env[k]!;
   Object.assign(env, ctx.environment.envVars, agentEnv, {
     PAPERCLIP_AGENT_ID: ctx.agent.id,
     PAPERCLIP_COMPANY_ID: ctx.agent.companyId,
@@ -33,7 +34,8 @@ export const processAdapter: AgentAdapter = {
       { command: cfg.command, args: cfg.args, cwd: ctx.workspace.cwd, env: runEnvironment(ctx, cfg.env) },
       (stream, text) => ctx.log(stream, text),
     );
-    void proc.spawned.then((pid) => pid !== null && ctx.onPid(pid));
+    // A remote pid means nothing on this host: recovery must never signal it here.
+    void proc.spawned.then((pid) => pid !== null && (ctx.driver.remote ? ctx.log('system', `started: remote pid ${pid}\n`) : ctx.onPid(pid)));
     let stoppedFor: 'timeout' | 'cancel' | 'lease_lost' | null = null;
     let killTimer: NodeJS.Timeout | undefined;
     const stop = (why: 'timeout' | 'cancel' | 'lease_lost') => {
@@ -53,6 +55,7 @@ export const processAdapter: AgentAdapter = {
     ctx.abort.removeEventListener('abort', onAbort);
 
     const base = { exitCode: exit.exitCode, signal: exit.signal };
+    if (exit.error && !stoppedFor) return { status: 'failed', ...base, error: exit.error, errorCode: exit.errorCode ?? 'process_lost' };
     if (exit.spawnError) return { status: 'failed', ...base, error: `could not start ${cfg.command}: ${exit.spawnError}`, errorCode: 'spawn_failed' };
     if (stoppedFor === 'timeout') return { status: 'timed_out', ...base, error: `timed out after ${cfg.timeoutSec}s`, errorCode: 'timeout' };
     if (stoppedFor === 'cancel') return { status: 'cancelled', ...base, error: 'cancelled', errorCode: 'cancelled' };

@@ -65,7 +65,7 @@ export type AdapterType = (typeof ADAPTER_TYPES)[number];
 
 /** Which environment drivers each adapter can run through (a driver that executes processes, for `process`). */
 export const ADAPTER_DRIVERS: Record<AdapterType, readonly EnvironmentDriver[]> = {
-  process: ['local'],
+  process: ['local', 'ssh'],
   http: ['local'],
 };
 

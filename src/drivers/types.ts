@@ -34,7 +34,14 @@ export interface StartedProcess {
   /** The process id once it has started (its process group id too); null if it could not start. */
   spawned: Promise<number | null>;
   /** Resolves when the process has exited and its output is drained. */
-  exited: Promise<{ exitCode: number | null; signal: string | null; spawnError?: string }>;
+  exited: Promise<{
+    exitCode: number | null;
+    signal: string | null;
+    spawnError?: string;
+    /** How the process ended is unknown (its host's connection was lost, say): the run fails with this. */
+    error?: string;
+    errorCode?: string;
+  }>;
   /** Signal the whole process tree (once it has started). */
   kill(signal: 'SIGTERM' | 'SIGKILL'): void;
 }
@@ -43,6 +50,12 @@ export type OutputListener = (stream: 'stdout' | 'stderr', text: string) => void
 
 export interface EnvironmentDriver {
   readonly driver: string;
+  /**
+   * Its processes run on another host: their pids mean nothing on this one (never
+   * recorded for local recovery to signal), and this server's own environment
+   * variables (PATH, HOME...) are not theirs.
+   */
+  readonly remote?: boolean;
   probe(env: DriverEnvironment): Promise<ProbeResult>;
   /** Make the lease's resources ready (a workspace); called once the lease is granted. */
   prepareWorkspace(env: DriverEnvironment, lease: Lease, opts: { cwd?: string }): Promise<PreparedWorkspace>;

@@ -13,6 +13,7 @@ import { processAdapter } from '../adapters/process.js';
 import type { AgentAdapter } from '../adapters/types.js';
 import { localDriver } from '../drivers/local.js';
 import { signalTree } from '../drivers/process-tree.js';
+import { sshDriver } from '../drivers/ssh.js';
 import type { DriverRegistry } from '../drivers/types.js';
 import type { HeartbeatRun } from '../domain/types.js';
 import { createServices, type Services } from '../services/index.js';
@@ -53,7 +54,15 @@ export interface Runtime {
 }
 
 export function defaultDrivers(): DriverRegistry {
-  return new Map([['local', localDriver()]]);
+  return new Map([
+    ['local', localDriver()],
+    ['ssh', sshDriver()],
+  ]);
+}
+
+/** Close what drivers hold open between runs (the SSH driver's pooled connections). */
+export function closeDriverPools(drivers: DriverRegistry): void {
+  for (const d of drivers.values()) (d as { close?: () => void }).close?.();
 }
 
 export function defaultAdapters(): Map<string, AgentAdapter> {
@@ -210,6 +219,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       for (const r of running.values()) r.abort.abort('cancel');
       await Promise.all([...running.values()].map((r) => r.done));
       await s.servers.stop(serverId).catch((err: unknown) => onError('stop', err));
+      closeDriverPools(drivers);
     },
   };
 }
