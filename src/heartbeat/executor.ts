@@ -27,6 +27,18 @@ export interface ExecutorDeps {
   transact: <T>(f: (s: Services) => Promise<T>) => Promise<T>;
 }
 
+/**
+ * The lease policy a run takes on an environment: `ephemeral`, or `retain_on_failure`
+ * when the environment's metadata says `leasePolicy: "retain_on_failure"`. The reuse
+ * policies hand a lease's resources to a later run, which runs do not do (yet): refused.
+ */
+export function runLeasePolicy(envMetadata: Record<string, unknown>): 'ephemeral' | 'retain_on_failure' {
+  const p = envMetadata.leasePolicy;
+  if (p === undefined || p === 'ephemeral') return 'ephemeral';
+  if (p === 'retain_on_failure') return 'retain_on_failure';
+  throw Object.assign(new Error(`environment metadata.leasePolicy ${JSON.stringify(p)} is not a policy runs can take: use "ephemeral" or "retain_on_failure"`), { code: 'invalid_lease_policy' });
+}
+
 export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: AbortController): Promise<HeartbeatRun | null> {
   const { services: s } = deps;
   const token = newRunToken();
@@ -38,6 +50,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   let driver: EnvironmentDriver | undefined;
   let renewer: NodeJS.Timeout | undefined;
   let cleanupError: string | null = null;
+  let retained = false;
   /** Set when the run cannot start yet: why it waits. */
   let waitFor: string | null = null;
   const { transact } = deps;
@@ -57,14 +70,15 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       if (!drv) throw Object.assign(new Error(`no driver for environment driver "${env.driver}"`), { code: 'no_driver' });
       const { lease: granted } = await ts.leases.acquire(
         run.companyId,
-        { environmentId: envId, heartbeatRunId: run.id, ttlSeconds: deps.leaseTtlSeconds, policy: 'ephemeral', idempotencyKey: `run:${run.id}` },
+        { environmentId: envId, heartbeatRunId: run.id, ttlSeconds: deps.leaseTtlSeconds, policy: runLeasePolicy(env.metadata), idempotencyKey: `run:${run.id}` },
         actor,
       );
       const cwd = cfgCwd(agent.adapterConfig);
       const workspace = await drv.prepareWorkspace(env, granted, cwd ? { cwd } : {});
       try {
         const paperclipEnvironment = { id: env.id, name: env.name, driver: env.driver, leaseId: granted.id, fence: granted.fence, ...workspace.details };
-        const withWorkspace = await ts.leases.updateMetadata(run.companyId, granted.id, { fence: granted.fence, metadata: { ...workspace.details, preparedBy: drv.driver } });
+        const providerLeaseId = typeof workspace.details.providerLeaseId === 'string' ? { providerLeaseId: workspace.details.providerLeaseId } : {};
+        const withWorkspace = await ts.leases.updateMetadata(run.companyId, granted.id, { fence: granted.fence, metadata: { ...workspace.details, preparedBy: drv.driver } }, providerLeaseId);
         await ts.runs.recordStart(run.id, { environmentId: env.id, leaseId: granted.id, token, paperclipEnvironment });
         return { agent, adapter, env, drv, lease: withWorkspace, workspace, paperclipEnvironment };
       } catch (err) {
@@ -108,7 +122,10 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
     }
   } finally {
     clearInterval(renewer);
-    if (lease) {
+    // retain_on_failure keeps a failed run's resources for inspection: no cleanup now
+    // (the lease ends `retained`; releasing it later with cleanupStatus pending cleans up).
+    retained = lease !== null && lease.leasePolicy === 'retain_on_failure' && leaseStatusForRunOutcome(outcome.status) === 'failed';
+    if (lease && !retained) {
       try {
         await driver!.cleanup(environment, lease);
       } catch (err) {
@@ -130,7 +147,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   const leaseStatus = leaseStatusForRunOutcome(outcome.status);
   const failureReason = outcome.error ? { failureReason: outcome.error.slice(0, 4000) } : {};
   const endSteps = (ts: Services): Array<() => Promise<unknown> | null> => [
-    () => lease && ts.leases.release(run.companyId, lease.id, { fence: lease.fence, status: leaseStatus, ...failureReason, cleanupStatus: cleanupError ? 'failed' : 'success' }, actor),
+    () => lease && ts.leases.release(run.companyId, lease.id, { fence: lease.fence, status: leaseStatus, ...failureReason, ...(retained ? {} : { cleanupStatus: cleanupError ? 'failed' : 'success' }) }, actor),
     () => ts.leases.releaseForRun(run.companyId, run.id, { status: leaseStatus, ...failureReason }, actor, { cleanupPending: true }),
   ];
   try {

@@ -339,8 +339,12 @@ export function leaseService(db: Db) {
       return refusal(companyId, leaseId, v.fence, ['active']);
     },
 
-    /** Merge into (or replace) the metadata of a lease that is not terminal. */
-    async updateMetadata(companyId: string, leaseId: string, input: UpdateLeaseMetadataInput): Promise<Lease> {
+    /**
+     * Merge into (or replace) the metadata of a lease that is not terminal. `internal`
+     * is for drivers through the executor, not API callers: the provider's own id of
+     * the resources (an SSH workspace's ssh:// URL).
+     */
+    async updateMetadata(companyId: string, leaseId: string, input: UpdateLeaseMetadataInput, internal: { providerLeaseId?: string } = {}): Promise<Lease> {
       requireId(leaseId, 'lease');
       const v = parseInput(updateLeaseMetadataSchema, input, 'lease metadata');
       const meta = JSON.stringify(v.metadata);
@@ -348,6 +352,7 @@ export function leaseService(db: Db) {
         db,
         sql`UPDATE environment_leases SET
               metadata = ${v.replace ? sql`${meta}::jsonb` : sql`metadata || ${meta}::jsonb`}, updated_at = now()
+              ${internal.providerLeaseId !== undefined ? sql`, provider_lease_id = ${internal.providerLeaseId.slice(0, 2000)}` : sql``}
             WHERE id = ${leaseId} AND company_id = ${companyId} AND fence = ${v.fence}
               AND status IN ('active', 'retained', 'pending_cleanup')
             RETURNING *`,
