@@ -42,6 +42,10 @@ function queryIssues(schema: z.ZodType | undefined, raw: Record<string, string[]
 
 async function readBody(c: Context, route: RouteDef): Promise<unknown> {
   const text = await c.req.text();
+  if (!route.body) {
+    if (text.trim() !== '') throw new HttpError(422, 'invalid', 'this route takes no body', [{ path: '(body)', message: 'must be empty' }]);
+    return {};
+  }
   if (text.trim() === '') {
     if (route.bodyRequired) throw new HttpError(422, 'invalid', 'a JSON object body is required', [{ path: '(body)', message: 'is required' }]);
     return {};

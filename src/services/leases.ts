@@ -14,7 +14,7 @@ import { queryRows, runStatement, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { toLease } from '../db/rows.js';
 import { ACTIONS, type LeasePolicy, type TerminalLeaseStatus } from '../domain/enums.js';
-import { BerthError, notFound, requireId } from '../domain/errors.js';
+import { BerthError, notFound, requireId, UUID_RE } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Lease, type Page } from '../domain/types.js';
 import {
   acquireLeaseSchema,
@@ -564,7 +564,8 @@ function encodeCursor(ts: string, id: string): string {
 
 function decodeCursor(cursor: string): [string, string] {
   const [ts, id] = Buffer.from(cursor, 'base64url').toString().split('|');
-  if (!ts || !id || Number.isNaN(Date.parse(ts)) || !/^[0-9a-f-]{36}$/i.test(id)) {
+  // Exactly the shape encodeCursor writes: anything else could not be cast by PostgreSQL.
+  if (!ts || !id || !/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/.test(ts) || Number.isNaN(Date.parse(ts)) || !UUID_RE.test(id)) {
     throw new BerthError('invalid', 'invalid lease filter: cursor: is not a cursor this list returned', {
       fields: [{ path: 'cursor', message: 'is not a cursor this list returned' }],
     });

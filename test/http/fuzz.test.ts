@@ -1,0 +1,250 @@
+// Fuzzing the API over real HTTP: thousands of generated bad requests (wrong types,
+// missing and unknown fields, huge strings, malformed ids and JSON, bad queries,
+// NUL characters, deep nesting, another company's ids). Every one must get a 4xx,
+// never a 5xx, and the database must be exactly as it was.
+import { randomUUID } from 'node:crypto';
+import { sql } from 'drizzle-orm';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { z } from 'zod';
+import { queryRows } from '../../src/db/client.js';
+import { allRoutes } from '../../src/http/routes/index.js';
+import type { RouteDef } from '../../src/http/route.js';
+import { openTestDb, type TestDb } from '../support/db.js';
+import { startTestApi, type TestApi } from '../support/http.js';
+
+let t: TestDb;
+let api: TestApi;
+
+interface Ids {
+  company: string;
+  key: string;
+  env: string;
+  lease: string;
+  agent: string;
+  run: string;
+  apiKey: string;
+}
+let A: Ids;
+let B: Ids;
+
+async function seed(name: string): Promise<Ids> {
+  const co = await api.company(name);
+  const call = (method: string, path: string, body?: unknown) => api.call(method, path, { key: co.key, ...(body !== undefined ? { body } : {}) });
+  const env = (await call('POST', `/api/companies/${co.id}/environments`, { name: 'sandbox', driver: 'sandbox', config: { provider: 'p' } })).body.id;
+  const lease = (await call('POST', `/api/environments/${env}/leases`, { ttlSeconds: 3600 })).body.lease.id;
+  const agent = (await call('POST', `/api/companies/${co.id}/agents`, { name: 'a', adapterType: 'process', adapterConfig: { command: 'true' } })).body.id;
+  const run = (await call('POST', `/api/agents/${agent}/wakeup`, {})).body.id; // stays queued: no scheduler here
+  const apiKey = (await call('GET', `/api/companies/${co.id}/api-keys`)).body[0].id;
+  return { company: co.id, key: co.key, env, lease, agent, run, apiKey };
+}
+
+/** Every table, every row: a checksum and a count each. */
+async function databaseState(): Promise<Record<string, string>> {
+  const tables = ['companies', 'environments', 'environment_leases', 'activity_log', 'agents', 'heartbeat_runs', 'heartbeat_run_logs', 'api_keys', 'berth_servers'];
+  const out: Record<string, string> = {};
+  for (const table of tables) {
+    const [row] = await queryRows<{ n: number; sum: string | null }>(
+      t.db,
+      sql`SELECT count(*)::int AS n, md5(string_agg(x::text, ',' ORDER BY x::text)) AS sum FROM ${sql.identifier(table)} x`,
+    );
+    out[table] = `${row!.n}:${row!.sum}`;
+  }
+  return out;
+}
+
+function pathWith(route: RouteDef, ids: Ids, override?: { param: string; value: string }): string {
+  return route.path.replace(/:(\w+)/g, (_, p: string) => {
+    if (override && override.param === p) return encodeURIComponent(override.value);
+    if (p === 'companyId') return ids.company;
+    if (p === 'leaseId') return ids.lease;
+    const kind = route.owner?.kind;
+    return kind === 'environment' ? ids.env : kind === 'agent' ? ids.agent : kind === 'run' ? ids.run : kind === 'apiKey' ? ids.apiKey : ids.lease;
+  });
+}
+
+/** A body the route accepts, and how to tell whether a changed body would still be accepted. */
+function bodyOf(route: RouteDef): { base: Record<string, unknown>; accepts: (b: unknown) => boolean } | null {
+  if (!route.body) return null;
+  const schema = route.body as z.ZodType;
+  const key = `${route.method} ${route.path}`;
+  const bases: Record<string, Record<string, unknown>> = {
+    'POST /api/companies': { name: 'co' },
+    'POST /api/companies/:companyId/api-keys': { name: 'k' },
+    'POST /api/companies/:companyId/environments': { name: 'e', driver: 'sandbox', config: { provider: 'p' }, capacity: 2, description: 'd' },
+    'PATCH /api/environments/:id': { name: 'renamed', capacity: 5 },
+    'POST /api/environments/:id/leases': { ttlSeconds: 60, policy: 'ephemeral', idempotencyKey: 'k' },
+    'POST /api/environment-leases/:leaseId/renew': { fence: 1, ttlSeconds: 60 },
+    'PATCH /api/environment-leases/:leaseId/metadata': { fence: 1, metadata: { x: 1 } },
+    'POST /api/environment-leases/:leaseId/release': { fence: 1, status: 'released' },
+    'POST /api/companies/:companyId/agents': { name: 'n', adapterType: 'process', adapterConfig: { command: 'true', timeoutSec: 5 }, maxConcurrentRuns: 1 },
+    'PATCH /api/agents/:id': { name: 'renamed', maxConcurrentRuns: 2 },
+    'POST /api/agents/:id/wakeup': { source: 'on_demand', context: { a: 1 } },
+  };
+  const base = bases[key];
+  if (!base) throw new Error(`the fuzz test has no base body for ${key}: add one`);
+  // The acquire route takes its environment from the path.
+  const accepts = key === 'POST /api/environments/:id/leases' ? (b: unknown) => schema.safeParse({ ...(b as object), environmentId: randomUUID() }).success && !('environmentId' in (b as object)) : (b: unknown) => schema.safeParse(b).success;
+  return { base, accepts };
+}
+
+type Req = { method: string; path: string; key: string; raw?: string; contentType?: string };
+
+const wrongValue = fc.oneof(
+  fc.integer(),
+  fc.double(),
+  fc.boolean(),
+  fc.constant(null),
+  fc.string({ maxLength: 20 }),
+  fc.array(fc.integer(), { maxLength: 3 }),
+  fc.dictionary(fc.string({ maxLength: 5 }), fc.integer(), { maxKeys: 3 }),
+  fc.constantFrom('', ' ', 'x'.repeat(70_000), -1, 0, 1e308, -1e308, Number.MAX_SAFE_INTEGER * 4, '2000-13-45', 'a\u0000b', '😀'.repeat(300)),
+);
+const badId = fc.oneof(
+  fc.constantFrom('not-a-uuid', '00000000-0000-0000-0000-000000000000', "1' OR '1'='1", '../../etc/passwd', '%', 'ｉｄ', '-'.repeat(36), 'x'.repeat(5000), '\u0000'),
+  fc.uuid(),
+  fc.string({ minLength: 1, maxLength: 60 }),
+);
+const deep = (n: number) => '['.repeat(n) + ']'.repeat(n);
+
+function arbitraryRequest(routes: RouteDef[]) {
+  const withBody = routes.filter((r) => r.body);
+  const withParams = routes.filter((r) => r.path.includes(':'));
+  const withQuery = routes.filter((r) => r.query);
+  const keyFor = (r: RouteDef) => (r.access === 'admin' ? api.adminKey : A.key);
+
+  const bodyMutation = fc
+    .record({
+      route: fc.constantFrom(...withBody),
+      kind: fc.constantFrom('wrong_type', 'missing', 'unknown', 'huge', 'nul', 'deep_value'),
+      pick: fc.nat(),
+      value: wrongValue,
+      extraKey: fc.string({ minLength: 1, maxLength: 12 }),
+      huge: fc.integer({ min: 70_000, max: 1_200_000 }),
+    })
+    .map(({ route, kind, pick, value, extraKey, huge }) => {
+      const { base, accepts } = bodyOf(route)!;
+      const body: Record<string, unknown> = structuredClone(base);
+      const keys = Object.keys(body);
+      const field = keys[pick % keys.length]!;
+      if (kind === 'wrong_type') body[field] = value;
+      else if (kind === 'missing') delete body[field];
+      else if (kind === 'unknown') body[`${extraKey}_x`] = value;
+      else if (kind === 'huge') body[field] = 'y'.repeat(huge);
+      else if (kind === 'nul') body[field] = `bad\u0000${JSON.stringify(value)}`;
+      else body[field] = JSON.parse(deep(40));
+      const raw = JSON.stringify(body);
+      // Only requests that are wrong: the route's own schema must refuse this body (or it is over 1 MiB).
+      if (raw.length <= 1024 * 1024 && accepts(body) && kind !== 'nul' && kind !== 'deep_value') return null;
+      return { method: route.method, path: pathWith(route, A), key: keyFor(route), raw } satisfies Req;
+    });
+
+  const malformedJson = fc
+    .record({ route: fc.constantFrom(...withBody), cut: fc.nat(), junk: fc.string({ maxLength: 30 }), kind: fc.constantFrom('truncated', 'junk', 'array', 'scalar', 'deep', 'no_body', 'form') })
+    .map(({ route, cut, junk, kind }) => {
+      const whole = JSON.stringify(bodyOf(route)!.base);
+      const raw =
+        kind === 'truncated' ? whole.slice(0, Math.max(1, cut % whole.length)) : kind === 'junk' ? `{${junk}` : kind === 'array' ? '[1,2,3]' : kind === 'scalar' ? '42' : kind === 'deep' ? `{"a":${deep(5000)}}` : kind === 'form' ? 'a=1&b=2' : '';
+      if (kind === 'no_body' && !route.bodyRequired) return null;
+      return { method: route.method, path: pathWith(route, A), key: keyFor(route), raw, ...(kind === 'form' ? { contentType: 'application/x-www-form-urlencoded' } : {}) } satisfies Req;
+    });
+
+  const malformedId = fc.record({ route: fc.constantFrom(...withParams), value: badId, which: fc.nat() }).map(({ route, value, which }) => {
+    const params = [...route.path.matchAll(/:(\w+)/g)].map((m) => m[1]!);
+    const param = params[which % params.length]!;
+    const base = bodyOf(route)?.base;
+    return { method: route.method, path: pathWith(route, A, { param, value }), key: keyFor(route), ...(base ? { raw: JSON.stringify(base) } : {}) } satisfies Req;
+  });
+
+  // Company A's key on company B's objects, with a body that would otherwise be accepted.
+  const foreignIds = fc.constantFrom(...withParams.filter((r) => r.access !== 'admin')).map((route) => {
+    const base = bodyOf(route)?.base;
+    return { method: route.method, path: pathWith(route, B), key: A.key, ...(base ? { raw: JSON.stringify(base) } : {}) } satisfies Req;
+  });
+
+  // Another company's ids inside the body.
+  const foreignBodyIds = fc.constantFrom(
+    () => ({ method: 'POST', path: `/api/environments/${A.env}/leases`, key: A.key, raw: JSON.stringify({ ttlSeconds: 60, heartbeatRunId: B.run }) }),
+    () => ({ method: 'POST', path: `/api/companies/${A.company}/agents`, key: A.key, raw: JSON.stringify({ name: 'z', adapterType: 'process', adapterConfig: { command: 'true' }, defaultEnvironmentId: B.env }) }),
+    () => ({ method: 'PATCH', path: `/api/agents/${A.agent}`, key: A.key, raw: JSON.stringify({ defaultEnvironmentId: B.env }) }),
+  ).map((f) => f() satisfies Req);
+
+  const badQuery = fc
+    .record({
+      route: fc.constantFrom(...routes.filter((r) => r.method === 'GET' && r.access !== 'public')),
+      kind: fc.constantFrom('unknown', 'bad_value', 'repeated', 'nul'),
+      name: fc.string({ minLength: 1, maxLength: 10 }),
+      value: fc.oneof(fc.string({ maxLength: 20 }), fc.constantFrom('-1', '0', '1e400', 'NaN', '99999999999999999999', 'x'.repeat(300), 'null', "' OR 1=1 --")),
+    })
+    .map(({ route, kind, name, value }) => {
+      const props = route.query ? Object.keys((route.query as unknown as { shape: Record<string, unknown> }).shape ?? {}) : [];
+      let q: string;
+      if (kind === 'unknown' || props.length === 0) q = `${encodeURIComponent(`zz${name}`)}=${encodeURIComponent(value)}`;
+      else if (kind === 'repeated') q = `${props[0]}=a&${props[0]}=b`;
+      else if (kind === 'nul') q = `${props[value.length % props.length]}=a%00b`;
+      else {
+        const p = props[value.length % props.length]!;
+        // Only values the parameter's schema refuses.
+        const parsed = (route.query as z.ZodType).safeParse({ [p]: value });
+        if (parsed.success) return null;
+        q = `${p}=${encodeURIComponent(value)}`;
+      }
+      return { method: 'GET', path: `${pathWith(route, A)}?${q}`, key: A.key } satisfies Req;
+    });
+
+  return fc.oneof(
+    { arbitrary: bodyMutation, weight: 5 },
+    { arbitrary: malformedJson, weight: 2 },
+    { arbitrary: malformedId, weight: 3 },
+    { arbitrary: foreignIds, weight: 2 },
+    { arbitrary: foreignBodyIds, weight: 1 },
+    { arbitrary: badQuery, weight: 2 },
+  );
+}
+
+beforeAll(async () => {
+  t = await openTestDb();
+  api = await startTestApi(t, { runtime: false });
+  A = await seed('A');
+  B = await seed('B');
+});
+afterAll(async () => {
+  await api?.close();
+  await t?.close();
+});
+
+describe('fuzz', () => {
+  it('2,000+ bad requests: all 4xx, none 5xx, the database unchanged', async () => {
+    const before = await databaseState();
+    const statuses = new Map<number, number>();
+    const categories = new Map<string, number>();
+    let sent = 0;
+    await fc.assert(
+      fc.asyncProperty(arbitraryRequest(allRoutes()), async (req) => {
+        if (req === null) return true; // a mutation that happened to stay valid: not a bad request
+        const headers: Record<string, string> = { authorization: `Bearer ${req.key}` };
+        if (req.raw !== undefined) headers['content-type'] = req.contentType ?? 'application/json';
+        const res = await fetch(`${api.url}${req.path}`, { method: req.method, headers, ...(req.raw !== undefined ? { body: req.raw } : {}) });
+        const text = await res.text();
+        sent++;
+        statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+        const code = (() => {
+          try {
+            return (JSON.parse(text) as { error?: { code?: string } }).error?.code ?? 'none';
+          } catch {
+            return 'not-json';
+          }
+        })();
+        categories.set(code, (categories.get(code) ?? 0) + 1);
+        if (res.status < 400 || res.status >= 500 || code === 'not-json' || code === 'none') {
+          throw new Error(`${req.method} ${req.path.slice(0, 200)} body ${String(req.raw).slice(0, 300)} -> ${res.status} ${text.slice(0, 500)}`);
+        }
+        return true;
+      }),
+      { numRuns: 2600, seed: Number(process.env.BERTH_FUZZ_SEED ?? Date.now() % 1e9), endOnFailure: true },
+    );
+    expect(sent).toBeGreaterThanOrEqual(2000);
+    expect(await databaseState()).toEqual(before);
+    console.log(`fuzz: ${sent} requests; statuses ${JSON.stringify(Object.fromEntries(statuses))}; codes ${JSON.stringify(Object.fromEntries(categories))}`);
+  });
+});
