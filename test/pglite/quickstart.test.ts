@@ -1,0 +1,109 @@
+// The README's quick start, end to end with the real processes: `npm start` (the
+// server on the embedded database with the demo), then the real CLI: `npx berth
+// run demo`, listings, a bad request, SIGTERM mid-run, and the CLI with no server.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openDatabase } from '../../src/db/client.js';
+import { createServices } from '../../src/services/index.js';
+import { waitFor } from '../support/wait.js';
+
+const repo = join(import.meta.dirname, '../..');
+const home = mkdtempSync(join(tmpdir(), 'berth-quickstart-'));
+const env = { ...process.env, BERTH_HOME: home, DATABASE_URL: '', BERTH_API_KEY: '', BERTH_URL: '', BERTH_LOG_FORMAT: 'json', NO_COLOR: '1' };
+delete (env as Record<string, string | undefined>).TEST_DATABASE_URL;
+let server: ChildProcess;
+let out = '';
+
+function berth(...args: string[]) {
+  const r = spawnSync('npx', ['berth', ...args], { cwd: repo, env, encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr.split('\n').filter((l) => !l.includes('npm warn')).join('\n') };
+}
+
+beforeAll(async () => {
+  server = spawn('npm', ['start', '--', '--port', '0', '--grace', '1'], { cwd: repo, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  server.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  server.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  await waitFor('the demo run in the banner', async () => out.includes('demo run:') && out.includes('try:'), 60_000, 100);
+});
+afterAll(async () => {
+  if (server.exitCode === null) process.kill(-server.pid!, 'SIGKILL');
+  rmSync(home, { recursive: true, force: true });
+});
+
+describe('quick start', () => {
+  it('npm start serves on the embedded database with a demo company and agent, and shows a run through a lease', () => {
+    expect(out).toMatch(/Berth is serving at http:\/\/127\.0\.0\.1:\d+ +\(pglite: /);
+    expect(out).toMatch(/API key: +bk_/);
+    expect(out).toMatch(/demo run: +succeeded in \d+ ms on Local, lease [0-9a-f-]{36} acquired \(fence \d+\) and released/);
+    expect(statSync(join(home, 'admin.key')).mode & 0o777).toBe(0o600);
+    expect(statSync(join(home, 'credentials.json')).mode & 0o777).toBe(0o600);
+  });
+
+  it('npx berth run demo runs through the Local environment, its lease acquired and released', () => {
+    const r = berth('run', 'demo');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('hello from the demo agent');
+    expect(r.stdout).toMatch(/my lease is active \(policy ephemeral\)/);
+    expect(r.stdout).toContain('done');
+    expect(r.stderr).toMatch(/environment Local \(local\) · lease ([0-9a-f-]{36}) acquired, fence \d+/);
+    expect(r.stderr).toMatch(/lease [0-9a-f-]{36} released · cleanup success/);
+    expect(r.stderr).toMatch(/run [0-9a-f-]{36} succeeded in/);
+  });
+
+  it('lists as tables or JSON, and a bad field is a message and a non-zero exit', () => {
+    const table = berth('env', 'list');
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/^NAME +DRIVER +STATUS/);
+    expect(table.stdout).not.toContain('\u001b['); // no colour when not on a terminal
+    const json = JSON.parse(berth('env', 'list', '--json').stdout) as Array<{ name: string; driver: string }>;
+    expect(json.map((e) => e.driver)).toEqual(['local']);
+    const runs = JSON.parse(berth('runs', 'list', '--json').stdout) as Array<{ status: string }>;
+    expect(runs.length).toBeGreaterThanOrEqual(2);
+    expect(JSON.parse(berth('activity', '--json', '--limit', '5').stdout)).toHaveLength(5);
+
+    const bad = berth('env', 'create', 'remote', '--driver', 'ssh', '--host', 'h', '--user', 'u', '--workspace', 'relative/path', '--no-strict-host-key-checking');
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/config\.remoteWorkspacePath: must be an absolute path/);
+    expect(bad.stderr).toContain('HTTP 422');
+    const failing = berth('agent', 'create', 'failing', '--command', 'sh', '--arg', '-c', '--arg', 'echo oops >&2; exit 3');
+    expect(failing.code, failing.stderr).toBe(0);
+    const ran = berth('run', 'failing');
+    expect(ran.code).toBe(3);
+    expect(ran.stderr).toContain('oops');
+    expect(ran.stderr).toMatch(/lease [0-9a-f-]{36} failed/);
+  });
+
+  it('on SIGTERM the server cancels what still runs after the grace period and leaves no lease active', async () => {
+    expect(berth('agent', 'create', 'sleeper', '--command', 'sleep', '--arg', '60', '--grace', '0').code).toBe(0);
+    const runId = berth('run', 'sleeper', '--no-follow').stdout.trim();
+    await waitFor('the sleeper to run', async () => (JSON.parse(berth('runs', 'show', runId, '--json').stdout) as { status: string }).status === 'running', 30_000, 200);
+    // SIGTERM to the server process itself (npm, its parent, then exits with its code).
+    const { pid } = JSON.parse(readFileSync(join(home, 'server.json'), 'utf8')) as { pid: number };
+    process.kill(pid, 'SIGTERM');
+    const code = await new Promise<number | null>((resolve) => server.once('exit', (c) => resolve(c)));
+    expect(code).toBe(0);
+
+    const db = await openDatabase({ databaseUrl: '', dataDir: join(home, 'db') });
+    try {
+      const s = createServices(db.db);
+      const [company] = await s.companies.list();
+      const run = await s.runs.get(company!.id, runId);
+      expect(run.status).toBe('cancelled');
+      const local = await s.environments.ensureLocalEnvironment(company!.id);
+      const active = await s.leases.listByEnvironment(company!.id, local.id, { status: 'active' });
+      expect(active.items).toEqual([]);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it('with no server running, the CLI says so in one line and exits non-zero', () => {
+    const r = berth('env', 'list');
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^berth: no Berth server answers at http:\/\/127\.0\.0\.1:\d+/);
+  });
+});
