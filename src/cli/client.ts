@@ -61,8 +61,8 @@ export class BerthClient {
   get<T = unknown>(path: string, query?: Record<string, unknown>) {
     return this.request<T>('GET', path, query ? { query } : {}).then((r) => r.data);
   }
-  post<T = unknown>(path: string, body: unknown = {}) {
-    return this.request<T>('POST', path, { body }).then((r) => r.data);
+  post<T = unknown>(path: string, body?: unknown) {
+    return this.request<T>('POST', path, body !== undefined ? { body } : {}).then((r) => r.data);
   }
   patch<T = unknown>(path: string, body: unknown) {
     return this.request<T>('PATCH', path, { body }).then((r) => r.data);

@@ -63,7 +63,8 @@ function validBody(r: RouteDef): unknown {
     'PATCH /api/agents/:id': { name: 'renamed' },
     'POST /api/companies/:companyId/api-keys': { name: 'intruder' },
   };
-  return bodies[`${r.method} ${r.path}`] ?? (r.method === 'POST' || r.method === 'PATCH' ? {} : undefined);
+  if (!r.body) return undefined;
+  return bodies[`${r.method} ${r.path}`] ?? {};
 }
 
 /** Every row of the company's tables, as text: what "unchanged" is compared on. */

@@ -76,6 +76,44 @@ describe('quick start', () => {
     expect(ran.stderr).toMatch(/lease [0-9a-f-]{36} failed/);
   });
 
+  it('walks every CLI command a user has: companies, environments, leases, agents, runs, activity', () => {
+    const made = berth('company', 'create', 'Other Co', '--json');
+    expect(made.code, made.stderr).toBe(0);
+    const other = JSON.parse(made.stdout) as { company: { id: string }; apiKey: string };
+    expect(other.apiKey).toMatch(/^bk_/);
+    const asOther = spawnSync('npx', ['berth', 'env', 'list', '--json'], { cwd: repo, env: { ...env, BERTH_API_KEY: other.apiKey }, encoding: 'utf8' });
+    expect(JSON.parse(asOther.stdout)).toEqual([]); // the new company sees nothing of Demo
+    expect(berth('company', 'list').stdout).toContain('Other Co');
+
+    expect(berth('env', 'create', 'pool', '--driver', 'sandbox', '--config', '{"provider":"acme"}', '--capacity', '2', '--env', 'TOKEN=s3cret').code).toBe(0);
+    const shown = berth('env', 'show', 'pool');
+    expect(shown.stdout).toMatch(/capacity +2/);
+    expect(shown.stdout).toContain('TOKEN');
+    expect(shown.stdout).not.toContain('s3cret');
+    const probe = berth('env', 'probe', 'Local');
+    expect(probe.code).toBe(0);
+    expect(probe.stdout).toMatch(/Local: ok in [\d.]+ ms/);
+    expect(berth('env', 'show', 'Local', '--json').stdout).toContain('"lastProbe"');
+
+    const leases = JSON.parse(berth('lease', 'list', 'Local', '--json').stdout) as Array<{ id: string; status: string }>;
+    expect(leases.length).toBeGreaterThanOrEqual(2);
+    const released = leases.find((l) => l.status === 'released')!;
+    expect(berth('lease', 'show', released.id).stdout).toMatch(/status +released/);
+    const again = berth('lease', 'release', released.id);
+    expect(again.stdout).toMatch(/had already ended: released/);
+
+    expect(berth('agent', 'list').stdout).toMatch(/demo +process +active/);
+    expect(berth('runs', 'list').stdout).toMatch(/demo +succeeded +on_demand/);
+    expect(berth('activity', '--action', 'environment.lease_released').stdout).toContain('environment.lease_released');
+
+    expect(berth('env', 'archive', 'pool').stdout).toContain('archived pool');
+    expect(berth('env', 'delete', 'pool').stdout).toContain('deleted pool');
+    const refused = berth('env', 'delete', 'Local');
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/cannot be deleted: it is the company's Local environment/);
+    expect(berth('env', 'show', 'nope').stderr).toMatch(/^berth: no environment named "nope"/);
+  });
+
   it('on SIGTERM the server cancels what still runs after the grace period and leaves no lease active', async () => {
     expect(berth('agent', 'create', 'sleeper', '--command', 'sleep', '--arg', '60', '--grace', '0').code).toBe(0);
     const runId = berth('run', 'sleeper', '--no-follow').stdout.trim();
