@@ -2,9 +2,9 @@
 // envVars, a process agent's env, an http agent's headers) are shown by name only.
 import type { Agent, Environment } from '../domain/types.js';
 
-export function presentEnvironment(env: Environment): Record<string, unknown> {
+export function presentEnvironment(env: Environment, activeLeases?: number): Record<string, unknown> {
   const { envVars, ...rest } = env;
-  return { ...rest, envVarNames: Object.keys(envVars).sort() };
+  return { ...rest, envVarNames: Object.keys(envVars).sort(), ...(activeLeases !== undefined ? { activeLeases } : {}) };
 }
 
 export function presentAgent(agent: Agent): Record<string, unknown> {

@@ -63,6 +63,21 @@ export function activityService(db: Db) {
       const last = items[items.length - 1];
       return { items, nextBefore: rows.length > f.limit && last ? last.id : null };
     },
+
+    /** Rows newer than `afterId`, oldest first: what a live feed has not seen yet. */
+    async since(companyId: string, afterId: number, limit = 200): Promise<ActivityEntry[]> {
+      const rows = await queryRows(
+        db,
+        sql`SELECT * FROM activity_log WHERE company_id = ${companyId} AND id > ${afterId} ORDER BY id LIMIT ${Math.min(Math.max(limit, 1), 1000)}`,
+      );
+      return rows.map(toActivity);
+    },
+
+    /** The newest activity id of a company (0 when it has none). */
+    async latestId(companyId: string): Promise<number> {
+      const [row] = await queryRows<{ id: string | null }>(db, sql`SELECT max(id) AS id FROM activity_log WHERE company_id = ${companyId}`);
+      return row?.id ? Number(row.id) : 0;
+    },
   };
 }
 export type ActivityService = ReturnType<typeof activityService>;

@@ -518,6 +518,16 @@ export function leaseService(db: Db) {
       throw new BerthError('conflict', `lease ${leaseId} owes no cleanup (status ${lease.status}, cleanup ${lease.cleanupStatus ?? 'none'})`);
     },
 
+    /** Active leases per environment of a company (environments with none are absent). */
+    async countActiveByEnvironment(companyId: string): Promise<Map<string, number>> {
+      const rows = await queryRows<{ environment_id: string; n: number }>(
+        db,
+        sql`SELECT environment_id, count(*)::int AS n FROM environment_leases
+            WHERE company_id = ${companyId} AND status = 'active' AND environment_id IS NOT NULL GROUP BY environment_id`,
+      );
+      return new Map(rows.map((r) => [String(r.environment_id), Number(r.n)]));
+    },
+
     async get(companyId: string, leaseId: string): Promise<Lease> {
       return toLease(await getRow(companyId, leaseId));
     },

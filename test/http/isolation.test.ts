@@ -115,19 +115,32 @@ describe('tenant isolation', () => {
 
   it('the same calls with A\'s own ids succeed (so the 404s above are about ownership)', async () => {
     for (const r of scoped().filter((x) => x.method === 'GET')) {
-      const res = await api.call(r.method, pathFor(r, A), { key: A.key, headers: { accept: 'application/json' } });
+      const res = await api.call(r.method, pathFor(r, A), { key: A.key, headers: { accept: 'application/json' }, headersOnly: r.streams === true });
       expect(res.status, `${r.method} ${r.path}: ${JSON.stringify(res.body)}`).toBe(200);
     }
   });
 
   it("nothing of B appears in any listing of A", async () => {
     const bIds = [B.id, B.env, B.lease, B.agent, B.run, B.apiKey];
-    const listings = scoped().filter((r) => r.method === 'GET');
+    const listings = scoped().filter((r) => r.method === 'GET' && r.path !== '/api/companies/:companyId/events');
     for (const r of listings) {
       const res = await api.call('GET', pathFor(r, A), { key: A.key });
       const text = JSON.stringify(res.body);
       for (const id of bIds) expect(text, `${r.path} leaks ${id}`).not.toContain(id);
     }
+    // The live feed, from the beginning: A's rows only.
+    const abort = new AbortController();
+    const res = await fetch(`${api.url}/api/companies/${A.id}/events?after=0`, { headers: { authorization: `Bearer ${A.key}` }, signal: abort.signal });
+    let feed = '';
+    const decoder = new TextDecoder();
+    setTimeout(() => abort.abort(), 1500);
+    try {
+      for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) feed += decoder.decode(part, { stream: true });
+    } catch {
+      /* aborted */
+    }
+    expect(feed).toContain(`"entityId":"${A.env}"`);
+    for (const id of bIds) expect(feed, `the feed leaks ${id}`).not.toContain(id);
     const companies = await api.call('GET', '/api/companies', { key: A.key });
     expect(companies.body.map((c: { id: string }) => c.id)).toEqual([A.id]);
   });

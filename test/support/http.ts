@@ -20,7 +20,7 @@ export interface TestApi {
   url: string;
   adminKey: string;
   runtime: Runtime | null;
-  call<T = any>(method: string, path: string, opts?: { key?: string | null; body?: unknown; raw?: string; headers?: Record<string, string> }): Promise<Reply<T>>;
+  call<T = any>(method: string, path: string, opts?: { key?: string | null; body?: unknown; raw?: string; headers?: Record<string, string>; headersOnly?: boolean }): Promise<Reply<T>>;
   /** A company with its API key, made through the API. */
   company(name: string): Promise<{ id: string; key: string }>;
   close(): Promise<void>;
@@ -60,7 +60,12 @@ export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspa
         body = JSON.stringify(o.body);
         headers['content-type'] ??= 'application/json';
       }
-      const res = await fetch(`${url}${path}`, { method, headers, ...(body !== undefined ? { body } : {}) });
+      const abort = new AbortController();
+      const res = await fetch(`${url}${path}`, { method, headers, signal: abort.signal, ...(body !== undefined ? { body } : {}) });
+      if (o.headersOnly && res.ok) {
+        abort.abort(); // a stream: its status and headers are the answer
+        return { status: res.status, body: null as never, headers: res.headers };
+      }
       const text = await res.text();
       let parsed: unknown = text;
       try {

@@ -1,6 +1,9 @@
 // The audit log of a company, newest first, filtered and paged.
+import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import { defineRoutes } from '../route.js';
+
+const PING_MS = 15_000;
 
 export const activityRoutes = () =>
   defineRoutes([
@@ -23,6 +26,39 @@ export const activityRoutes = () =>
         const page = await deps.services.activity.list(companyId, query);
         if (page.nextBefore !== null) c.header('x-next-cursor', String(page.nextBefore));
         return page.items;
+      },
+    },
+    {
+      method: 'GET',
+      path: '/api/companies/:companyId/events',
+      summary:
+        'Live activity: server-sent events `activity` (one activity row; its id is the event id) for every change after `after` (default: from now). Last-Event-ID resumes. What the dashboard listens to.',
+      tag: 'activity',
+      access: 'company',
+      streams: true,
+      query: z.strictObject({ after: z.coerce.number().int('must be an integer').min(0, 'must be 0 or more').max(Number.MAX_SAFE_INTEGER).optional() }),
+      returns: 'an event stream',
+      async handle({ deps, companyId, query, c }) {
+        const lastEventId = Number(c.req.header('last-event-id'));
+        let after = Number.isSafeInteger(lastEventId) && lastEventId >= 0 ? lastEventId : ((query.after as number | undefined) ?? (await deps.services.activity.latestId(companyId)));
+        const pollMs = Math.max(deps.logPollMs ?? 150, 250);
+        return streamSSE(c, async (stream) => {
+          let lastWrite = Date.now();
+          await stream.writeSSE({ event: 'ready', data: JSON.stringify({ after }) });
+          while (!stream.aborted) {
+            const rows = await deps.services.activity.since(companyId, after);
+            for (const row of rows) {
+              await stream.writeSSE({ event: 'activity', id: String(row.id), data: JSON.stringify(row) });
+              after = row.id;
+              lastWrite = Date.now();
+            }
+            if (Date.now() - lastWrite > PING_MS) {
+              await stream.write(': ping\n\n');
+              lastWrite = Date.now();
+            }
+            if (rows.length < 200) await stream.sleep(pollMs);
+          }
+        });
       },
     },
   ]);

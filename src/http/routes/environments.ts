@@ -12,13 +12,14 @@ export const environmentRoutes = () =>
     {
       method: 'GET',
       path: '/api/companies/:companyId/environments',
-      summary: 'Environments of a company, newest updated first',
+      summary: 'Environments of a company, newest updated first, each with its count of active leases',
       tag: 'environments',
       access: 'company',
       query: z.strictObject({ status: z.enum(ENVIRONMENT_STATUSES).optional(), driver: z.enum(ENVIRONMENT_DRIVERS).optional() }),
       returns: 'Environment[]',
       async handle({ deps, companyId, query }) {
-        return (await deps.services.environments.list(companyId, query)).map(presentEnvironment);
+        const [envs, active] = await Promise.all([deps.services.environments.list(companyId, query), deps.services.leases.countActiveByEnvironment(companyId)]);
+        return envs.map((e) => presentEnvironment(e, active.get(e.id) ?? 0));
       },
     },
     {
@@ -44,7 +45,8 @@ export const environmentRoutes = () =>
       owner: env,
       returns: 'Environment',
       async handle({ deps, companyId, params }) {
-        return presentEnvironment(await deps.services.environments.get(companyId, params.id!));
+        const [env, active] = await Promise.all([deps.services.environments.get(companyId, params.id!), deps.services.leases.countActiveByEnvironment(companyId)]);
+        return presentEnvironment(env, active.get(env.id) ?? 0);
       },
     },
     {
