@@ -87,8 +87,9 @@ class PooledConnection implements SshConnection {
     });
   }
 
+  /** Open as far as we can tell: not closed, and its socket still writable (a half-closed one is not). */
   isOpen(): boolean {
-    return this.open;
+    return this.open && this.sock.writable && !this.sock.destroyed;
   }
 
   end(): void {
@@ -131,7 +132,7 @@ export class SshPool {
       return { conn, release: () => conn.end() };
     }
     for (;;) {
-      const live = (this.conns.get(key) ?? []).filter((c) => c.open);
+      const live = (this.conns.get(key) ?? []).filter((c) => c.isOpen());
       const free = live.find((c) => c.channels < this.maxChannels);
       if (free) return this.lend(free);
       // One connect at a time per key: the others wait for it and look again.
@@ -143,7 +144,7 @@ export class SshPool {
   private startConnect(key: string, target: SshTarget): Promise<PooledConnection> {
     const p = connectSsh(target, this.connectTimeoutMs, this.keepaliveMs)
       .then((conn) => {
-        const list = (this.conns.get(key) ?? []).filter((c) => c.open);
+        const list = (this.conns.get(key) ?? []).filter((c) => c.isOpen());
         list.push(conn);
         this.conns.set(key, list);
         void conn.closed.then(() => {
@@ -186,7 +187,7 @@ export class SshPool {
   /** Open pooled connections (for tests and diagnostics). */
   size(): number {
     let n = 0;
-    for (const list of this.conns.values()) n += list.filter((c) => c.open).length;
+    for (const list of this.conns.values()) n += list.filter((c) => c.isOpen()).length;
     return n;
   }
 

@@ -113,12 +113,37 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
   const borrow = (env: DriverEnvironment, cfg: SshEnvConfig) => pool.borrow(poolKey(env.id, cfg), cfg);
   const where = (c: SshEnvConfig) => `${c.username}@${c.host}:${c.port}`;
 
+  /**
+   * Run f on a pooled connection. A pooled connection may have died since its last use
+   * without our having heard yet: if f fails and the connection turns out closed, f is
+   * tried once more on a fresh one (every f here is idempotent: mkdir -p, rm -rf, kill).
+   */
   async function onConnection<T>(env: DriverEnvironment, cfg: SshEnvConfig, f: (b: Borrowed) => Promise<T>): Promise<T> {
-    const b = await borrow(env, cfg);
-    try {
-      return await f(b);
-    } finally {
-      b.release();
+    for (let attempt = 1; ; attempt++) {
+      const b = await borrow(env, cfg);
+      try {
+        return await f(b);
+      } catch (err) {
+        if (attempt > 1 || b.conn.isOpen() || !pool.pooled) throw err;
+      } finally {
+        b.release();
+      }
+    }
+  }
+
+  /** A channel running `command`, with the same one retry when the pooled connection was dead (no channel opened: nothing ran). */
+  async function openChannel(env: DriverEnvironment, cfg: SshEnvConfig, command: string): Promise<{ b: Borrowed; ch: ClientChannel }> {
+    for (let attempt = 1; ; attempt++) {
+      const b = await borrow(env, cfg);
+      try {
+        const ch = await new Promise<ClientChannel>((resolve, reject) =>
+          b.conn.client.exec(command, (err: Error | undefined, ch: ClientChannel) => (err ? reject(err) : resolve(ch))),
+        );
+        return { b, ch };
+      } catch (err) {
+        b.release();
+        if (attempt > 1 || b.conn.isOpen() || !pool.pooled) throw new SshError('command', `cannot open a channel on ${where(cfg)}: ${(err as Error).message}`);
+      }
     }
   }
 
@@ -219,7 +244,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
   function startRemoteProcess(env: DriverEnvironment, spec: ProcessSpec, onOutput: OutputListener): StartedProcess {
     let pgid: number | null = null;
     let pendingSignal: 'SIGTERM' | 'SIGKILL' | null = null;
-    let borrowed: Borrowed | null = null;
+    let opened: { b: Borrowed; ch: ClientChannel };
     let channel: ClientChannel | null = null;
     let resolveSpawned!: (pid: number | null) => void;
     const spawned = new Promise<number | null>((r) => (resolveSpawned = r));
@@ -236,86 +261,80 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
 
     const exited = (async (): Promise<{ exitCode: number | null; signal: string | null; spawnError?: string; error?: string; errorCode?: string }> => {
       let stdin: string;
+      const marker = `berth:${randomBytes(6).toString('hex')}`;
       try {
         cfg = configOf(env);
         stdin = encodeEnvironment(spec.env);
-        borrowed = await borrow(env, cfg);
+        opened = await openChannel(env, cfg, shCommand(REMOTE_WRAPPER, [marker, spec.cwd, spec.command, ...spec.args]));
       } catch (err) {
         resolveSpawned(null);
         return { exitCode: null, signal: null, spawnError: (err as Error).message };
       }
-      const b = borrowed;
+      const { b, ch } = opened;
       const c = cfg;
-      const marker = `berth:${randomBytes(6).toString('hex')}`;
       try {
         return await new Promise((resolve) => {
-          b.conn.client.exec(shCommand(REMOTE_WRAPPER, [marker, spec.cwd, spec.command, ...spec.args]), (err: Error | undefined, ch: ClientChannel) => {
-            if (err) {
-              resolveSpawned(null);
-              return resolve({ exitCode: null, signal: null, spawnError: `cannot open a channel on ${where(c)}: ${err.message}` });
-            }
-            channel = ch;
-            let exit: { code: number | null; signal: string | null } | null = null;
-            let spawnError: string | null = null;
-            let drainTimer: NodeJS.Timeout | undefined;
-            const out = new StringDecoder('utf8');
-            const errDecoder = new StringDecoder('utf8');
-            // stderr until the wrapper's pid line: the wrapper's own lines are taken out,
-            // anything else (a login script's noise) passes through.
-            let preamble: string | null = '';
-            const onStderr = (text: string) => {
-              if (preamble === null) return text && onOutput('stderr', text);
-              preamble += text;
-              let nl: number;
-              while (preamble !== null && (nl = preamble.indexOf('\n')) >= 0) {
-                const line = preamble.slice(0, nl);
-                const rest = preamble.slice(nl + 1);
-                if (line.startsWith(`${marker} pid=`)) {
-                  pgid = Number(line.slice(marker.length + 5));
-                  resolveSpawned(pgid);
-                  if (pendingSignal) signalGroup(pendingSignal);
-                  preamble = null;
-                  if (rest) onOutput('stderr', rest);
-                  return;
-                }
-                if (line.startsWith(`${marker} spawn-error=`)) spawnError = line.slice(marker.length + 13);
-                else onOutput('stderr', `${line}\n`);
-                preamble = rest;
+          channel = ch;
+          let exit: { code: number | null; signal: string | null } | null = null;
+          let spawnError: string | null = null;
+          let drainTimer: NodeJS.Timeout | undefined;
+          const out = new StringDecoder('utf8');
+          const errDecoder = new StringDecoder('utf8');
+          // stderr until the wrapper's pid line: the wrapper's own lines are taken out,
+          // anything else (a login script's noise) passes through.
+          let preamble: string | null = '';
+          const onStderr = (text: string) => {
+            if (preamble === null) return text && onOutput('stderr', text);
+            preamble += text;
+            let nl: number;
+            while (preamble !== null && (nl = preamble.indexOf('\n')) >= 0) {
+              const line = preamble.slice(0, nl);
+              const rest = preamble.slice(nl + 1);
+              if (line.startsWith(`${marker} pid=`)) {
+                pgid = Number(line.slice(marker.length + 5));
+                resolveSpawned(pgid);
+                if (pendingSignal) signalGroup(pendingSignal);
+                preamble = null;
+                if (rest) onOutput('stderr', rest);
+                return;
               }
-            };
-            ch.on('data', (d: Buffer) => {
-              const t = out.write(d);
-              if (t) onOutput('stdout', t);
-            });
-            ch.stderr.on('data', (d: Buffer) => onStderr(errDecoder.write(d)));
-            ch.on('exit', (code: number | null, signal?: string) => {
-              exit = { code, signal: signal ?? null };
-              // EOF on stdin: the watchdog kills what is left of the group. If it cannot
-              // (a TERM took it), the group is killed from outside after drainMs.
-              ch.end();
-              drainTimer = setTimeout(() => {
-                const g = pgid;
-                if (g !== null) signalGroup('SIGKILL');
-                setTimeout(() => ch.close(), 1000).unref();
-              }, drainMs);
-            });
-            ch.once('close', () => {
-              clearTimeout(drainTimer);
-              const rest = out.end();
-              if (rest) onOutput('stdout', rest);
-              const errRest = errDecoder.end();
-              if (errRest) onStderr(errRest);
-              if (preamble) onOutput('stderr', preamble);
-              resolveSpawned(null); // no-op once the pid was reported
-              if (spawnError !== null) return resolve({ exitCode: null, signal: null, spawnError });
-              if (exit) return resolve({ exitCode: exit.code, signal: exit.signal });
-              // The channel closed without an exit status: the connection died under the run
-              // (the wrapper's watchdog then kills the remote group when sshd closes its stdin).
-              const why = b.conn.isOpen() ? 'the channel closed without an exit status' : 'the SSH connection was lost';
-              resolve({ exitCode: null, signal: null, error: `${why} (${where(c)}) while the process ran`, errorCode: 'ssh_connection_lost' });
-            });
-            ch.write(stdin);
+              if (line.startsWith(`${marker} spawn-error=`)) spawnError = line.slice(marker.length + 13);
+              else onOutput('stderr', `${line}\n`);
+              preamble = rest;
+            }
+          };
+          ch.on('data', (d: Buffer) => {
+            const t = out.write(d);
+            if (t) onOutput('stdout', t);
           });
+          ch.stderr.on('data', (d: Buffer) => onStderr(errDecoder.write(d)));
+          ch.on('exit', (code: number | null, signal?: string) => {
+            exit = { code, signal: signal ?? null };
+            // EOF on stdin: the watchdog kills what is left of the group. If it cannot
+            // (a TERM took it), the group is killed from outside after drainMs.
+            ch.end();
+            drainTimer = setTimeout(() => {
+              const g = pgid;
+              if (g !== null) signalGroup('SIGKILL');
+              setTimeout(() => ch.close(), 1000).unref();
+            }, drainMs);
+          });
+          ch.once('close', () => {
+            clearTimeout(drainTimer);
+            const rest = out.end();
+            if (rest) onOutput('stdout', rest);
+            const errRest = errDecoder.end();
+            if (errRest) onStderr(errRest);
+            if (preamble) onOutput('stderr', preamble);
+            resolveSpawned(null); // no-op once the pid was reported
+            if (spawnError !== null) return resolve({ exitCode: null, signal: null, spawnError });
+            if (exit) return resolve({ exitCode: exit.code, signal: exit.signal });
+            // The channel closed without an exit status: the connection died under the run
+            // (the wrapper's watchdog then kills the remote group when sshd closes its stdin).
+            const why = b.conn.isOpen() ? 'the channel closed without an exit status' : 'the SSH connection was lost';
+            resolve({ exitCode: null, signal: null, error: `${why} (${where(c)}) while the process ran`, errorCode: 'ssh_connection_lost' });
+          });
+          ch.write(stdin);
         });
       } finally {
         b.release();

@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeEnvironment, sshDriver, type SshDriver } from '../../src/drivers/ssh.js';
+import { poolKey, type SshTarget } from '../../src/drivers/ssh-pool.js';
 import type { DriverEnvironment } from '../../src/drivers/types.js';
 import type { Lease } from '../../src/domain/types.js';
 import { startTestSshd, type TestSshd } from '../support/sshd.js';
@@ -39,6 +40,7 @@ function env(config: Record<string, unknown> = {}): DriverEnvironment {
     envVars: {},
     metadata: {},
     capacity: null,
+    lastProbe: null,
     createdAt: now,
     updatedAt: now,
     secretConfig: {
@@ -139,6 +141,35 @@ describe('connection pool', () => {
     }
   });
 
+  it('a pooled connection that died unnoticed is replaced: the run goes on a fresh one', async () => {
+    const pool = sshDriver({ idleMs: 60_000 });
+    try {
+      const e = env();
+      await pool.startProcess(e, { command: 'true', args: [], cwd: root, env: {} }, () => {}).exited;
+      const cfg = e.secretConfig as unknown as SshTarget;
+      const b = await pool.pool.borrow(poolKey(e.id, cfg), cfg);
+      b.release();
+      // It dies just as a channel is asked of it, before any 'close' event is handled.
+      const sock = (b.conn as unknown as { sock: { end(): void } }).sock;
+      let refused = 0;
+      b.conn.client.exec = (() => {
+        refused++;
+        sock.end();
+        throw new Error('Not connected');
+      }) as unknown as typeof b.conn.client.exec;
+      const r = await pool.startProcess(e, { command: 'sh', args: ['-c', 'echo fresh'], cwd: root, env: {} }, () => {}).exited;
+      expect(r).toEqual({ exitCode: 0, signal: null });
+      expect(refused).toBe(1); // tried once on the dead one, then ran on a fresh one
+      // A half-closed connection is not lent again.
+      const again = await pool.pool.borrow(poolKey(e.id, cfg), cfg);
+      expect(again.conn).not.toBe(b.conn);
+      again.release();
+      expect(pool.pool.size()).toBe(1);
+    } finally {
+      pool.close();
+    }
+  });
+
   it('opens another connection when one carries its maximum of channels at once', async () => {
     const pool = sshDriver({ maxChannelsPerConnection: 2 });
     try {
@@ -213,7 +244,10 @@ describe('workspaces', () => {
 
   it('prepareWorkspace fails with a clear error when it cannot connect', async () => {
     const port = await freePort();
-    const err = await drv.prepareWorkspace(env({ port }), lease('33333333-3333-4333-8333-333333333333'), {}).catch((e: unknown) => e as Error & { code?: string });
+    const err = (await drv.prepareWorkspace(env({ port }), lease('33333333-3333-4333-8333-333333333333'), {}).then(
+      () => null,
+      (e: unknown) => e,
+    )) as Error & { code?: string };
     expect(err).toBeInstanceOf(Error);
     expect(err.message).toMatch(new RegExp(`cannot prepare the workspace .* on root@127\\.0\\.0\\.1:${port}: cannot connect to 127\\.0\\.0\\.1:${port}: ECONNREFUSED`));
     expect(err.code).toBe('ssh_connect');
