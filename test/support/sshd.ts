@@ -64,7 +64,16 @@ function speaksSsh(port: number): Promise<boolean> {
   });
 }
 
-export async function startTestSshd(): Promise<TestSshd> {
+export interface TestSshdOptions {
+  /**
+   * Keep bash from reading ~/.bashrc in SSH sessions (Debian's bash does for shells sshd
+   * starts, unless SHLVL says it is nested): a lean remote login, so a benchmark measures
+   * Berth rather than this machine's root .bashrc (pyenv init here: ~100 ms per command).
+   */
+  leanShell?: boolean;
+}
+
+export async function startTestSshd(opts: TestSshdOptions = {}): Promise<TestSshd> {
   if (!existsSync(SSHD_BIN)) {
     throw new Error(`${SSHD_BIN} is missing: the SSH tests need OpenSSH's server. Run them with \`npm test\`, which installs Debian's openssh-server.`);
   }
@@ -100,6 +109,7 @@ export async function startTestSshd(): Promise<TestSshd> {
       'MaxStartups 100:30:200',
       'MaxSessions 64',
       'LogLevel ERROR',
+      ...(opts.leanShell ? ['SetEnv SHLVL=1'] : []),
       '',
     ].join('\n'),
   );
