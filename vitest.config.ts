@@ -2,7 +2,8 @@ import { defineConfig } from 'vitest/config';
 
 // The same suite runs twice: on PGlite and on PostgreSQL. Tests about concurrency
 // (test/postgres/) run on PostgreSQL only: PGlite has one session and proves nothing there;
-// test/pglite/ covers what only the embedded database has (its data-dir lock).
+// test/pglite/ covers what only the embedded database has (its data-dir lock) and the quick
+// start; test/browser/ (the dashboard in Chromium) runs once, against the embedded database.
 export default defineConfig({
   test: {
     reporters: ['default', './test/support/summary-reporter.ts'],
@@ -24,7 +25,7 @@ export default defineConfig({
         test: {
           name: 'postgres',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/pglite/**'],
+          exclude: ['test/pglite/**', 'test/browser/**'],
           env: { BERTH_TEST_BACKEND: 'postgres' },
         },
       },

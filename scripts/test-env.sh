@@ -94,6 +94,17 @@ berth_ensure_sshd() {
   command -v service >/dev/null 2>&1 && service ssh stop >/dev/null 2>&1 || true
 }
 
+berth_ensure_chromium() {
+  local bin="${BERTH_CHROMIUM:-/usr/bin/chromium}"
+  if [ -x "$bin" ]; then
+    berth_log "chromium: $bin is installed"
+    return 0
+  fi
+  # Debian's package: nothing may download a browser (playwright-core only drives this one).
+  berth_install_debian chromium fonts-dejavu-core || { berth_log "could not install chromium"; return 1; }
+  [ -x "$bin" ] || { berth_log "chromium installed but $bin is missing"; return 1; }
+}
+
 # Quiet on purpose: the last line of a test run must stay `N passed, N failed, N skipped`.
 berth_cleanup() {
   if [ -n "${BERTH_PG_STOP:-}" ]; then

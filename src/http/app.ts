@@ -9,6 +9,7 @@ import type { FieldIssue } from '../domain/errors.js';
 import { actorOf, type AppDeps, type Principal } from './context.js';
 import { createAuthenticator } from './auth.js';
 import { errorBody, expectedError, HttpError } from './errors.js';
+import { mountDashboard } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
 import { jsonIssues, type RouteDef, type RouteRequest } from './route.js';
 import { allRoutes } from './routes/index.js';
@@ -164,6 +165,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
   for (const route of routes) {
     app.on(route.method, route.path, handlerFor(route));
   }
+  mountDashboard(app);
   const openapi = buildOpenApi(routes, deps.version);
   app.get('/api/openapi.json', async (c) => {
     await auth.authenticate(c.req.header('authorization'));
