@@ -372,19 +372,32 @@ async function viewRun(id) {
   };
   head(await get(`/api/heartbeat-runs/${id}`));
   const log = document.getElementById('log');
+  let shown = false;
+  // Chunks are appended in batches: one layout per batch, not one per line.
+  let pending = document.createDocumentFragment();
+  let scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    if (!pending.childNodes.length) return;
+    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.appendChild(pending);
+    pending = document.createDocumentFragment();
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  };
   cleanup = follow(`/api/heartbeat-runs/${id}/log?follow=true`, (event, data) => {
     if (event === 'log') {
       const span = document.createElement('span');
       span.className = data.stream;
       span.textContent = data.stream === 'system' ? `[berth] ${data.chunk}` : data.chunk;
-      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-      log.appendChild(span);
-      if (atBottom) log.scrollTop = log.scrollHeight;
+      pending.appendChild(span);
+      if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
     } else if (event === 'status' || event === 'end') {
+      flush();
       head(data);
+      // The stream sends the log so far before the first status: the page is ready with it.
+      if (!shown) { shown = true; markReady('run'); }
     }
   });
-  markReady('run');
 }
 
 const KNOWN_ACTIONS = ['environment.created', 'environment.updated', 'environment.archived', 'environment.deleted', 'environment.probed', 'environment.lease_acquired',

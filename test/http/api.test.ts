@@ -233,7 +233,7 @@ describe('agents and runs', () => {
         expect(c.status).toBe(200);
       }
     }
-    expect(text).toMatch(/event: log\ndata: .*tick 1.*\nid: 1\n/);
+    expect(text).toMatch(/event: log\nid: 1\ndata: .*tick 1/);
     expect(text).toContain('event: status');
     const end = /event: end\ndata: (.*)\n/.exec(text);
     expect(JSON.parse(end![1]!)).toMatchObject({ status: 'cancelled' });

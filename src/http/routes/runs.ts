@@ -23,9 +23,10 @@ function followLog(r: RouteRequest, startAfter: number): Response {
     const drain = async () => {
       for (;;) {
         const chunks = await deps.services.runs.readLog(companyId, runId, { afterSeq: after, limit: LOG_PAGE });
-        for (const ch of chunks) {
-          await stream.writeSSE({ event: 'log', id: String(ch.seq), data: JSON.stringify(ch) });
-          after = ch.seq;
+        // One write per page of chunks: a long log arrives in a few packets, not one per line.
+        if (chunks.length > 0) {
+          await stream.write(chunks.map((ch) => `event: log\nid: ${ch.seq}\ndata: ${JSON.stringify(ch)}\n\n`).join(''));
+          after = chunks[chunks.length - 1]!.seq;
         }
         if (chunks.length > 0) lastWrite = Date.now();
         if (chunks.length < LOG_PAGE) return;
