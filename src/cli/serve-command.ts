@@ -31,6 +31,7 @@ export async function runServe(o: { port: number; host: string; maxRuns?: number
   const out = (line = '') => process.stdout.write(`${line}\n`);
   out();
   out(`  ${paint('bold', 'Berth')} is serving at ${paint('cyan', server.url)}  (${server.database.kind}: ${server.database.location})`);
+  out(`  dashboard: ${server.url}/  (sign in with a company API key)`);
   out(`  admin key: ${server.adminKeyPath}${server.adminKeyCreated ? ' (new)' : ''}`);
   if (o.demo) {
     const demo = await ensureDemo(server.services, server.url);
