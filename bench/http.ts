@@ -3,6 +3,7 @@
 // in-process on the same database, interleaved in one run. One cycle = POST acquire
 // + POST release (two activity rows).
 import { spawn } from 'node:child_process';
+import nodeHttp from 'node:http';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,12 +40,27 @@ async function main() {
       }
     }, 60_000, 100);
     const admin = readFileSync(join(home, 'admin.key'), 'utf8').trim();
-    const post = async (path: string, key: string, body: unknown) => {
-      const res = await fetch(`${info.url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
-      const json = (await res.json()) as any;
-      if (res.status >= 300) throw new Error(`${path}: ${res.status} ${JSON.stringify(json)}`);
-      return json;
-    };
+    // node:http with keep-alive: a lean client, so the figure is about the server (fetch costs the client ~2x more CPU here).
+    const agent = new nodeHttp.Agent({ keepAlive: true, maxSockets: CLIENTS });
+    const target = new URL(info.url);
+    const post = (path: string, key: string, body: unknown) =>
+      new Promise<any>((resolve, reject) => {
+        const payload = JSON.stringify(body);
+        const req = nodeHttp.request(
+          { agent, host: target.hostname, port: target.port, path, method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } },
+          (res) => {
+            const parts: Buffer[] = [];
+            res.on('data', (d: Buffer) => parts.push(d));
+            res.on('end', () => {
+              const json = JSON.parse(Buffer.concat(parts).toString('utf8'));
+              if ((res.statusCode ?? 500) >= 300) reject(new Error(`${path}: ${res.statusCode} ${JSON.stringify(json)}`));
+              else resolve(json);
+            });
+          },
+        );
+        req.on('error', reject);
+        req.end(payload);
+      });
     const created = await post('/api/companies', admin, { name: 'bench' });
     const key: string = created.apiKey;
     const companyId: string = created.company.id;
@@ -67,11 +83,21 @@ async function main() {
     const http: RunStats[] = [];
     const local: RunStats[] = [];
     let serverCpu = 0;
+    let clientCpuHttp = 0;
+    let clientCpuLocal = 0;
+    const ownCpu = () => {
+      const u = process.cpuUsage();
+      return (u.user + u.system) / 1e6;
+    };
     for (let round = 1; round <= ROUNDS; round++) {
       const cpu0 = procCpuSeconds(info.pid);
+      const own0 = ownCpu();
       const h = await runConcurrent(CYCLES, CLIENTS, overHttp);
       serverCpu += procCpuSeconds(info.pid) - cpu0;
+      const own1 = ownCpu();
+      clientCpuHttp += own1 - own0;
       const l = await runConcurrent(CYCLES, CLIENTS, inProcess);
+      clientCpuLocal += ownCpu() - own1;
       http.push(h);
       local.push(l);
       console.log(`round ${round}: http ${fmt(h.perSecond, 0).padStart(5)} cycles/s (p50 ${fmt(h.p50, 2)} ms, p99 ${fmt(h.p99, 2)} ms)   in-process ${fmt(l.perSecond, 0).padStart(5)} cycles/s (p50 ${fmt(l.p50, 2)} ms, p99 ${fmt(l.p99, 2)} ms)   ratio ${fmt(h.perSecond / l.perSecond, 2)}`);
@@ -81,7 +107,8 @@ async function main() {
     console.log(
       `\nmedian: http ${fmt(med(http).perSecond, 0)} cycles/s, in-process ${fmt(med(local).perSecond, 0)} cycles/s; ratio http/in-process ${fmt(ratios[Math.floor(ratios.length / 2)]!, 2)} (range ${fmt(ratios[0]!, 2)}-${fmt(ratios[ratios.length - 1]!, 2)})`,
     );
-    console.log(`server process CPU per HTTP cycle (2 requests): ${fmt((serverCpu / (CYCLES * ROUNDS)) * 1e6, 0)} µs`);
+    const per = (sec: number) => fmt((sec / (CYCLES * ROUNDS)) * 1e6, 0);
+    console.log(`CPU per cycle: over HTTP, server ${per(serverCpu)} µs + client (node:http) ${per(clientCpuHttp)} µs; in-process, the services ${per(clientCpuLocal)} µs`);
     console.log(`(${CYCLES * ROUNDS * 2} HTTP requests and ${CYCLES * ROUNDS * 2} in-process calls measured; this machine has ${(await import('node:os')).cpus().length} cores shared by server, clients and PostgreSQL)`);
   } finally {
     server.kill('SIGTERM');
