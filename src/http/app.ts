@@ -108,7 +108,9 @@ export function createApp(deps: AppDeps): Hono<Env> {
     await next();
     const ms = Math.round((performance.now() - started) * 10) / 10;
     const line = { reqId: requestId, method: c.req.method, path: c.req.routePath, url: c.req.path.slice(0, 200), status: c.res.status, ms };
+    // Changes are logged; reads only at debug (a dashboard reads a lot).
     if (c.res.status >= 500) log.error(line, 'request failed');
+    else if (c.req.method !== 'GET' || c.res.status === 401 || c.res.status === 403) log.info(line, 'request');
     else log.debug(line, 'request');
   });
 
