@@ -7,7 +7,7 @@ export function createLogger(opts: { level?: string; pretty?: boolean } = {}): L
   const usePretty = opts.pretty ?? (process.env.BERTH_LOG_FORMAT ? process.env.BERTH_LOG_FORMAT === 'pretty' : process.stdout.isTTY === true);
   const redact = { paths: ['apiKey', '*.apiKey', 'key', 'token', 'privateKey', '*.privateKey', 'headers.authorization'], censor: '[redacted]' };
   if (usePretty) {
-    return pino({ level, redact, base: null }, pretty({ sync: true, colorize: process.stdout.isTTY === true, ignore: 'pid,hostname', translateTime: 'SYS:HH:MM:ss.l' }));
+    return pino({ level, redact, base: null }, pretty({ sync: true, singleLine: true, colorize: process.stdout.isTTY === true, ignore: 'pid,hostname', translateTime: 'SYS:HH:MM:ss.l' }));
   }
   return pino({ level, redact, base: { pid: process.pid } });
 }
