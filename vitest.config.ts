@@ -1,11 +1,16 @@
+import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
 
 // The same suite runs twice: on PGlite and on PostgreSQL. Tests about concurrency
 // (test/postgres/) run on PostgreSQL only: PGlite has one session and proves nothing there;
 // test/pglite/ covers what only the embedded database has (its data-dir lock) and the quick
 // start; test/browser/ (the dashboard in Chromium) runs once, against the embedded database.
+// Tests never touch the user's ~/.berth: whatever a test does not place itself lands here.
+const testHome = fileURLToPath(new URL('./.berth-test', import.meta.url));
+
 export default defineConfig({
   test: {
+    env: { BERTH_HOME: testHome },
     reporters: ['default', './test/support/summary-reporter.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,

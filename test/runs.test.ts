@@ -4,6 +4,8 @@ import { createServer, type Server } from 'node:http';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sql } from 'drizzle-orm';
+import { queryRows } from '../src/db/client.js';
 import { localDriver } from '../src/drivers/local.js';
 import type { EnvironmentDriver } from '../src/drivers/types.js';
 import type { HeartbeatRun } from '../src/domain/types.js';
@@ -250,10 +252,15 @@ describe('scheduling, renewal and validation', () => {
 
   it('finalizes at start-up a run left running by a server that no longer exists', async () => {
     const agent = await processAgent('true', []);
-    const run = await t.services.runs.invoke(companyId, agent.id, {});
-    // As if a server that is gone had claimed it: no berth_servers row for it.
-    const ghost = await t.services.runs.claimNext('srv_ghost', 'nowhere');
-    expect(ghost && 'id' in ghost ? ghost.id : null).toBe(run.id);
+    // As if a server that is gone had claimed it (no berth_servers row for it). Written as
+    // claimNext writes it, in one statement: this file's own runtime must not claim it first.
+    const [row] = await queryRows<{ id: string }>(
+      t.db,
+      sql`WITH slot AS (UPDATE agents SET running_count = running_count + 1 WHERE id = ${agent.id} RETURNING id)
+          INSERT INTO heartbeat_runs (company_id, agent_id, status, invocation_source, server_id, hostname, started_at, heartbeat_at)
+          SELECT ${companyId}, slot.id, 'running', 'on_demand', 'srv_ghost', 'nowhere', now(), now() FROM slot RETURNING id`,
+    );
+    const run = { id: String(row!.id) };
     const other = await startRuntime({ services: t.services, db: t.db, sweepMs: 60_000, pollMs: 60_000, heartbeatMs: 60_000, onError: () => {} });
     await other.stop({ graceMs: 0 });
     expect(await t.services.runs.get(companyId, run.id)).toMatchObject({ status: 'failed', errorCode: 'process_lost' });
