@@ -359,8 +359,8 @@ export function buildProgram(): Command {
 
   const agent = program.command('agent').description('Agents: who runs');
   agent
-    .command('create <name>')
-    .description('Create an agent with the process adapter (or http with --url)')
+    .command('create <name> [command...]')
+    .description('Create an agent with the process adapter (or http with --url); the command may follow `--`: berth agent create NAME -- sh -c "echo hi"')
     .option('--command <command>', 'the program to run')
     .option('--arg <arg>', 'an argument (repeatable)', collect)
     .option('--cwd <path>', 'absolute working directory (default: a fresh workspace per lease)')
@@ -372,8 +372,13 @@ export function buildProgram(): Command {
     .option('--max-runs <n>', 'runs of this agent at once (default 1)')
     .option('--interval <seconds>', 'run on a timer every this many seconds')
     .option('--json', 'print JSON')
-    .action(async (name: string, o: Json) => {
+    .action(async (name: string, argv: string[], o: Json) => {
       const client = companyClient();
+      if (argv.length > 0) {
+        if (o.command || o.arg) throw new UsageError('give the command after -- or with --command/--arg, not both');
+        o.command = argv[0];
+        o.arg = argv.slice(1);
+      }
       if (!o.command === !o.url) throw new UsageError('give --command (process adapter) or --url (http adapter)');
       const adapterConfig: Json = o.url
         ? { url: o.url }
