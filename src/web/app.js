@@ -407,16 +407,17 @@ const KNOWN_ACTIONS = ['environment.created', 'environment.updated', 'environmen
 const ENTITY_TYPES = ['environment', 'environment_lease', 'heartbeat_run', 'agent', 'api_key'];
 
 async function viewActivity(params) {
-  const f = { action: params.get('action') ?? '', entityType: params.get('entityType') ?? '', runId: params.get('runId') ?? '' };
+  const f = { action: params.get('action') ?? '', entityType: params.get('entityType') ?? '', entityId: params.get('entityId') ?? '', runId: params.get('runId') ?? '' };
   show(html`<h1>Activity</h1><form class="filters" id="filters">
     <label>Action<select name="action"><option value="">any</option>${KNOWN_ACTIONS.map((a) => html`<option ${a === f.action ? raw('selected') : ''}>${a}</option>`)}</select></label>
     <label>Entity<select name="entityType"><option value="">any</option>${ENTITY_TYPES.map((a) => html`<option ${a === f.entityType ? raw('selected') : ''}>${a}</option>`)}</select></label>
+    <label>Entity id<input name="entityId" placeholder="environment, lease, run… id" value="${f.entityId}"></label>
     <label>Run<input name="runId" placeholder="run id" value="${f.runId}"></label><button type="submit">Filter</button></form>
     <div id="act-error"></div><table><thead><tr><th>When</th><th>Actor</th><th>Action</th><th>Entity</th><th>Run</th><th>Details</th></tr></thead><tbody id="feed"></tbody></table>
     <p><button id="older" hidden>Older</button></p>`);
   const query = new URLSearchParams(Object.entries(f).filter(([, v]) => v));
   const rowHtml = (a) => html`<tr data-activity="${a.id}"><td class="when" title="${a.createdAt}">${ago(a.createdAt)}</td><td>${a.actorType}${a.actorId ? html` <span class="muted mono">${short(a.actorId)}</span>` : ''}</td>
-    <td>${a.action}</td><td>${a.entityType} <span class="mono">${short(a.entityId)}</span></td><td class="mono">${a.runId ? html`<a href="#/runs/${a.runId}">${short(a.runId)}</a>` : ''}</td>
+    <td>${a.action}</td><td>${a.entityType} <a class="mono" href="#/activity?entityId=${encodeURIComponent(a.entityId)}" title="this entity's history">${short(a.entityId)}</a></td><td class="mono">${a.runId ? html`<a href="#/runs/${a.runId}">${short(a.runId)}</a>` : ''}</td>
     <td class="mono">${Object.entries(a.details).filter(([, v]) => v !== null && typeof v !== 'object').map(([k, v]) => `${k}=${v}`).join(' ')}</td></tr>`;
   const feed = document.getElementById('feed');
   let before = null;
@@ -441,7 +442,7 @@ async function viewActivity(params) {
     location.hash = `#/activity${q.size ? `?${q}` : ''}`;
   });
   onActivity = (a) => {
-    if ((f.action && a.action !== f.action) || (f.entityType && a.entityType !== f.entityType) || (f.runId && a.runId !== f.runId)) return;
+    if ((f.action && a.action !== f.action) || (f.entityType && a.entityType !== f.entityType) || (f.entityId && a.entityId !== f.entityId) || (f.runId && a.runId !== f.runId)) return;
     feed.insertAdjacentHTML('afterbegin', String(rowHtml(a)));
   };
   markReady('activity');

@@ -150,5 +150,17 @@ describe('dashboard', () => {
     expect(actions.length).toBeGreaterThanOrEqual(3);
     expect(new Set(actions)).toEqual(new Set(['environment.lease_released']));
     await shot('10-activity-filtered');
+    // One entity's history, and one run's.
+    await page.goto(`${server.url}/#/activity?entityId=${localId}`);
+    await ready('activity');
+    const entities = await page.$$eval('#feed tr td:nth-child(4)', (tds) => tds.map((td) => td.textContent));
+    expect(entities.length).toBeGreaterThanOrEqual(2); // created, probed
+    for (const e of entities) expect(e).toBe(`environment ${localId.slice(0, 8)}`);
+    const [run] = await server.services.runs.list(companyId, { limit: 1 });
+    await page.goto(`${server.url}/#/activity?runId=${run!.id}`);
+    await ready('activity');
+    const runs = await page.$$eval('#feed tr td:nth-child(5)', (tds) => tds.map((td) => td.textContent));
+    expect(runs.length).toBeGreaterThanOrEqual(3); // queued, lease acquired, lease released, finished
+    for (const r of runs) expect(r).toBe(run!.id.slice(0, 8));
   });
 });
