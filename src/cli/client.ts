@@ -26,6 +26,11 @@ export class BerthClient {
     private readonly key: string | null,
   ) {}
 
+  /** The same key against another address (a server that came back elsewhere). */
+  withUrl(url: string): BerthClient {
+    return url === this.url ? this : new BerthClient(url, this.key);
+  }
+
   private async send(method: string, path: string, opts: { body?: unknown; query?: Record<string, unknown>; accept?: string; signal?: AbortSignal } = {}): Promise<Response> {
     const u = new URL(path, this.url);
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined && v !== null && v !== '') u.searchParams.set(k, String(v));

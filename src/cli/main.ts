@@ -141,23 +141,31 @@ function showLease(l: Json): string {
   ].join('\n');
 }
 
+/** How long `run` and `runs log -f` keep trying to follow a log while the server is away. */
+const FOLLOW_PATIENCE_MS = 60_000;
+
 async function followRun(client: BerthClient, run: Json, opts: { quiet: boolean }): Promise<Json> {
   const say = (line: string) => !opts.quiet && process.stderr.write(`${paint('dim', '▸')} ${line}\n`);
   let shownEnv = false;
   let after = 0;
+  let c = client;
   const showEnv = (r: Json) => {
     const pe = r.contextSnapshot?.paperclipEnvironment as Json | undefined;
     if (shownEnv || !pe) return;
     shownEnv = true;
     say(`environment ${pe.name} (${pe.driver}) · lease ${pe.leaseId} acquired, fence ${pe.fence}${pe.cwd ? ` · cwd ${pe.cwd}` : ''}`);
   };
+  let lastProgress = Date.now();
+  let warned = false;
   for (let attempt = 0; ; attempt++) {
     try {
-      for await (const ev of client.events(`/api/heartbeat-runs/${run.id}/log`, { follow: 'true', after })) {
+      for await (const ev of c.events(`/api/heartbeat-runs/${run.id}/log`, { follow: 'true', after })) {
+        lastProgress = Date.now();
+        attempt = 0;
         const data = JSON.parse(ev.data) as Json;
         if (ev.event === 'log') {
           after = data.seq;
-          if (!shownEnv) showEnv(await client.get<Json>(`/api/heartbeat-runs/${run.id}`));
+          if (!shownEnv) showEnv(await c.get<Json>(`/api/heartbeat-runs/${run.id}`));
           if (opts.quiet) continue;
           if (data.stream === 'stdout') process.stdout.write(data.chunk);
           else if (data.stream === 'stderr') process.stderr.write(data.chunk);
@@ -170,10 +178,17 @@ async function followRun(client: BerthClient, run: Json, opts: { quiet: boolean 
           return data;
         }
       }
-      throw new Error('the log stream ended before the run did');
+      throw new NoServerError('the log stream ended before the run did');
     } catch (err) {
-      if (err instanceof ApiError || attempt >= 5) throw err;
-      await new Promise((r) => setTimeout(r, 500 * (attempt + 1))); // the server may be restarting: follow again from the last line seen
+      // The server may be restarting (a new port, even): follow again from the last line seen.
+      const retryable = err instanceof NoServerError || (err instanceof ApiError ? [502, 503, 504].includes(err.status) : (err as Error).name !== 'SyntaxError');
+      if (!retryable || Date.now() - lastProgress > FOLLOW_PATIENCE_MS) throw err;
+      if (!warned) {
+        say(`lost the server (${(err as Error).message}); following again when it is back`);
+        warned = true;
+      }
+      await new Promise((r) => setTimeout(r, Math.min(250 * 2 ** attempt, 3000)));
+      c = c.withUrl(process.env.BERTH_URL || readServerInfo()?.url || c.url);
     }
   }
 }
@@ -440,8 +455,9 @@ export function buildProgram(): Command {
       } else {
         const say = (line: string) => process.stderr.write(`${paint('dim', '▸')} ${line}\n`);
         if (finished.leaseId) {
-          const l = await client.get<Json>(`/api/environment-leases/${finished.leaseId}`);
-          say(`lease ${l.id} ${status(l.status)}${l.cleanupStatus ? ` · cleanup ${l.cleanupStatus}` : ''}`);
+          // The server may be going away (it cancelled this run because it is stopping).
+          const l = await client.get<Json>(`/api/environment-leases/${finished.leaseId}`).catch(() => null);
+          if (l) say(`lease ${l.id} ${status(l.status)}${l.cleanupStatus ? ` · cleanup ${l.cleanupStatus}` : ''}`);
         }
         const outcome = finished.error ? ` — ${finished.error}` : finished.exitCode !== null ? ` (exit ${finished.exitCode})` : '';
         say(`run ${finished.id} ${status(finished.status)} in ${duration(finished)}${outcome}`);

@@ -28,25 +28,6 @@ async function demoRun(server: BerthServer, companyId: string): Promise<string> 
 
 export async function runServe(o: { port: number; host: string; maxRuns?: number; graceMs: number; demo: boolean }): Promise<void> {
   const server = await startServer({ port: o.port, host: o.host, ...(o.maxRuns ? { maxConcurrentRuns: o.maxRuns } : {}) });
-  const out = (line = '') => process.stdout.write(`${line}\n`);
-  out();
-  out(`  ${paint('bold', 'Berth')} is serving at ${paint('cyan', server.url)}  (${server.database.kind}: ${server.database.location})`);
-  out(`  dashboard: ${server.url}/  (sign in with a company API key)`);
-  out(`  admin key: ${server.adminKeyPath}${server.adminKeyCreated ? ' (new)' : ''}`);
-  if (o.demo) {
-    const demo = await ensureDemo(server.services, server.url);
-    out(`  demo company: ${demo.companyName ?? 'Demo'} ${demo.companyId}${demo.created ? ' (new)' : ''}`);
-    out(`  API key:      ${demo.apiKey}   (saved for the CLI in ${berthHome()}/credentials.json, mode 0600)`);
-    const summary = await demoRun(server, demo.companyId);
-    out(`  demo run:     ${summary}`);
-    out();
-    out(`  try:  npx berth run ${DEMO_AGENT}        # a run through a lease on the Local environment`);
-    out(`        npx berth env list`);
-    out(`        npx berth activity`);
-    out(`        curl -H "Authorization: Bearer ${demo.apiKey}" ${server.url}/api/companies/${demo.companyId}/environments`);
-  }
-  out();
-
   let signals = 0;
   const stop = (sig: string) => {
     signals++;
@@ -64,4 +45,30 @@ export async function runServe(o: { port: number; host: string; maxRuns?: number
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  const out = (line = '') => process.stdout.write(`${line}\n`);
+  out();
+  out(`  ${paint('bold', 'Berth')} is serving at ${paint('cyan', server.url)}  (${server.database.kind}: ${server.database.location})`);
+  out(`  dashboard: ${server.url}/  (sign in with a company API key)`);
+  out(`  admin key: ${server.adminKeyPath}${server.adminKeyCreated ? ' (new)' : ''}`);
+  if (o.demo) {
+    try {
+      await showDemo();
+    } catch (err) {
+      if (signals === 0) throw err; // stopped during the demo: nothing to report
+    }
+  }
+  out();
+
+  async function showDemo(): Promise<void> {
+    const demo = await ensureDemo(server.services, server.url);
+    out(`  demo company: ${demo.companyName ?? 'Demo'} ${demo.companyId}${demo.created ? ' (new)' : ''}`);
+    out(`  API key:      ${demo.apiKey}   (saved for the CLI in ${berthHome()}/credentials.json, mode 0600)`);
+    const summary = await demoRun(server, demo.companyId);
+    out(`  demo run:     ${summary}`);
+    out();
+    out(`  try:  npx berth run ${DEMO_AGENT}        # a run through a lease on the Local environment`);
+    out(`        npx berth env list`);
+    out(`        npx berth activity`);
+    out(`        curl -H "Authorization: Bearer ${demo.apiKey}" ${server.url}/api/companies/${demo.companyId}/environments`);
+  }
 }

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import type { FieldIssue } from '../domain/errors.js';
 import { actorOf, type AppDeps, type Principal } from './context.js';
 import { createAuthenticator } from './auth.js';
-import { errorBody, expectedError, HttpError } from './errors.js';
+import { errorBody, expectedError, HttpError, loggableError } from './errors.js';
 import { mountDashboard } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
 import { jsonIssues, type RouteDef, type RouteRequest } from './route.js';
@@ -181,7 +181,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     if (known?.status === 413) return c.json(known.body, 413, { connection: 'close' });
     if (known) return c.json(known.body, known.status as 400);
     const requestId = c.get('requestId');
-    log.error({ reqId: requestId, err }, 'unexpected error');
+    log.error({ reqId: requestId, err: loggableError(err) }, 'unexpected error');
     return c.json(errorBody('internal', `internal error (request ${requestId}); the server log has the details`), 500);
   });
   return app;

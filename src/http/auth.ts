@@ -9,7 +9,7 @@ import { HttpError } from './errors.js';
 
 export const ADMIN_KEY_PREFIX = 'badm_';
 export const RUN_TOKEN_PREFIX = 'brt_';
-/** How long a key, once found, is trusted without looking again (revocation takes this long to reach other servers). */
+/** How long a company or admin key, once found, is trusted without looking again (revocation takes this long to reach other servers). Run tokens are looked up every time. */
 export const AUTH_CACHE_MS = 5_000;
 const CACHE_MAX = 10_000;
 const RUN_ACTIVE = new Set(['queued', 'running']);
@@ -20,7 +20,10 @@ export function createAuthenticator(services: Services, adminKeyHash: string | n
   const cache = new Map<string, { principal: Principal; until: number }>();
   const adminHash = adminKeyHash ? Buffer.from(adminKeyHash, 'hex') : null;
 
-  function remember(hash: string, principal: Principal): Principal {
+  // Bumped by forgetAll: a lookup that began before a revocation must not put the key back.
+  let generation = 0;
+  function remember(hash: string, principal: Principal, startedIn: number): Principal {
+    if (startedIn !== generation) return principal;
     if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value!);
     cache.set(hash, { principal, until: Date.now() + AUTH_CACHE_MS });
     return principal;
@@ -35,21 +38,24 @@ export function createAuthenticator(services: Services, adminKeyHash: string | n
       const hash = sha256(key);
       const hit = cache.get(hash);
       if (hit && hit.until > Date.now()) return hit.principal;
+      const startedIn = generation;
       if (key.startsWith(ADMIN_KEY_PREFIX)) {
         const given = Buffer.from(hash, 'hex');
-        if (adminHash && timingSafeEqual(given, adminHash)) return remember(hash, { kind: 'admin' });
+        if (adminHash && timingSafeEqual(given, adminHash)) return remember(hash, { kind: 'admin' }, startedIn);
       } else if (key.startsWith(COMPANY_KEY_PREFIX)) {
         const found = await services.apiKeys.authenticate(hash);
-        if (found) return remember(hash, { kind: 'company', companyId: found.companyId, keyId: found.keyId });
+        if (found) return remember(hash, { kind: 'company', companyId: found.companyId, keyId: found.keyId }, startedIn);
       } else if (key.startsWith(RUN_TOKEN_PREFIX)) {
+        // Not remembered: a run token must stop working the moment its run ends.
         const run = await services.runs.authenticateToken(hash);
-        if (run && RUN_ACTIVE.has(run.status)) return remember(hash, { kind: 'run', companyId: run.companyId, runId: run.runId, agentId: run.agentId });
+        if (run && RUN_ACTIVE.has(run.status)) return { kind: 'run', companyId: run.companyId, runId: run.runId, agentId: run.agentId };
         if (run) throw new HttpError(401, 'unauthorized', `this run token is no longer valid: run ${run.runId} is ${run.status}`);
       }
       throw new HttpError(401, 'unauthorized', 'unknown or revoked API key');
     },
     /** Forget every remembered key (after a revocation on this server). */
     forgetAll(): void {
+      generation++;
       cache.clear();
     },
   };

@@ -43,3 +43,21 @@ export function expectedError(err: unknown): { status: number; body: ErrorBody }
   if (err instanceof BerthError) return { status: STATUS_BY_CODE[err.code] ?? 400, body: errorBody(err.code, err.message, err.fields, err.details) };
   return null;
 }
+
+/**
+ * An unexpected error as it may be logged: its kind, code and where it was thrown,
+ * never the values involved. A failed query's message carries its parameters, and
+ * PostgreSQL quotes the offending value in many messages (a secret, possibly).
+ */
+export function loggableError(err: unknown): Record<string, unknown> {
+  const e = err as { name?: string; message?: string; code?: string; stack?: string; cause?: { code?: string; message?: string } };
+  const first = (m: string | undefined) => (m ?? '').split('\n')[0]!.split(':')[0]!.slice(0, 200);
+  return {
+    type: e?.name ?? typeof err,
+    message: first(e?.message),
+    ...(e?.code ? { code: e.code } : {}),
+    ...(e?.cause ? { cause: { code: e.cause.code, message: first(e.cause.message) } } : {}),
+    // Only the frames: the stack's first lines repeat the message, parameters and all.
+    stack: (e?.stack ?? '').split('\n').filter((l) => /^\s+at /.test(l)).slice(0, 8).join('\n'),
+  };
+}

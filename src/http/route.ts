@@ -2,11 +2,13 @@
 // body, and a handler. The same table registers the Hono routes, writes the OpenAPI
 // document, and lets the isolation tests call every route.
 import type { Context } from 'hono';
+import type { SSEStreamingApi } from 'hono/streaming';
 import type { z } from 'zod';
 import type { FieldIssue } from '../domain/errors.js';
 import type { Actor } from '../domain/types.js';
 import type { OwnedKind } from '../services/companies.js';
 import type { AppDeps, Principal } from './context.js';
+import { errorBody, HttpError, loggableError } from './errors.js';
 
 /**
  * public: no key. admin: the instance admin key only. company: a company key (or
@@ -54,8 +56,37 @@ export interface RouteDef {
   handle: (r: RouteRequest) => Promise<unknown>;
 }
 
+/** The Last-Event-ID a reconnecting client sends (a seq or an activity id), checked like any input. */
+export function lastEventId(c: Context, max: number): number | undefined {
+  const raw = c.req.header('last-event-id');
+  if (raw === undefined || raw === '') return undefined;
+  const n = Number(raw);
+  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(n) || n > max) {
+    throw new HttpError(400, 'invalid', `Last-Event-ID must be an integer from 0 to ${max}`, [{ path: 'Last-Event-ID', message: `must be an integer from 0 to ${max}` }]);
+  }
+  return n;
+}
+
+/** What a stream does when a step fails after it started: log it (without values) and tell the client. */
+export function streamFailed(deps: AppDeps, what: string) {
+  return async (err: Error, stream: SSEStreamingApi): Promise<void> => {
+    deps.logger.error({ stream: what, err: loggableError(err) }, 'stream failed');
+    await stream.writeSSE({ event: 'error', data: JSON.stringify(errorBody('internal', 'the stream failed; reconnect to resume')) }).catch(() => {});
+  };
+}
+
 export function defineRoutes(routes: RouteDef[]): RouteDef[] {
   return routes;
+}
+
+/** A lone UTF-16 surrogate: JSON.parse accepts it, PostgreSQL's jsonb does not. */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** Why a string cannot be stored, or null. */
+function badText(v: string): string | null {
+  if (v.includes('\u0000')) return 'must not contain NUL characters';
+  if (LONE_SURROGATE.test(v)) return 'must not contain unpaired UTF-16 surrogates';
+  return null;
 }
 
 /** Malformed input as field issues: where JSON cannot go into PostgreSQL, or nests absurdly deep. */
@@ -68,14 +99,16 @@ export function jsonIssues(value: unknown, maxDepth = 32): FieldIssue[] {
       return;
     }
     if (typeof v === 'string') {
-      if (v.includes('\u0000')) issues.push({ path: path || '(body)', message: 'must not contain NUL characters' });
+      const why = badText(v);
+      if (why) issues.push({ path: path || '(body)', message: why });
     } else if (Array.isArray(v)) {
       v.forEach((x, i) => walk(x, path ? `${path}.${i}` : String(i), depth + 1));
     } else if (v !== null && typeof v === 'object') {
       for (const [k, x] of Object.entries(v)) {
         const p = path ? `${path}.${k}` : k;
-        if (k.includes('\u0000')) {
-          issues.push({ path: p.replace(/\u0000/g, '\\0'), message: 'field names must not contain NUL characters' });
+        const why = badText(k);
+        if (why) {
+          issues.push({ path: p.replace(/\u0000/g, '\\0').replace(/[\ud800-\udfff]/g, '?'), message: `field names ${why}` });
           return;
         }
         walk(x, p, depth + 1);

@@ -2,7 +2,7 @@
 // the CLI's saved credentials, and where a running server listens. Keys are
 // written with mode 0600 and never logged.
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { berthHome } from '../db/client.js';
 import { ADMIN_KEY_PREFIX } from '../http/auth.js';
@@ -51,6 +51,7 @@ export function saveCredentials(creds: SavedCredentials, home = berthHome()): st
   mkdirSync(home, { recursive: true, mode: 0o700 });
   const path = homePath('credentials.json', home);
   writeFileSync(path, `${JSON.stringify(creds, null, 2)}\n`, { mode: 0o600 });
+  chmodSync(path, 0o600); // mode applies only when the file is created
   return path;
 }
 

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { openDatabase, type Database } from '../db/client.js';
 import { defaultDrivers, startRuntime, type Runtime } from '../heartbeat/runtime.js';
 import { createApp } from '../http/app.js';
+import { loggableError } from '../http/errors.js';
 import { createServices, type Services } from '../services/index.js';
 import { ensureAdminKey, removeServerInfo, writeServerInfo } from './home-files.js';
 import { createLogger } from './logger.js';
@@ -75,6 +76,11 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
   const port = (server.address() as AddressInfo).port;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
 
+  const closeListener = () =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+    });
   if (opts.runtime !== false) {
     runtime = await startRuntime({
       services,
@@ -82,8 +88,12 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
       drivers,
       apiUrl: url,
       ...(opts.maxConcurrentRuns ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),
-      onError: (where, err) => logger.error({ where, err: (err as Error).message }, 'runtime error'),
+      onError: (where, err) => logger.error({ where, err: loggableError(err) }, 'runtime error'),
       onRunFinished: (run) => logger.info({ runId: run.id, agentId: run.agentId, status: run.status, exitCode: run.exitCode, errorCode: run.errorCode }, 'run finished'),
+    }).catch(async (err: unknown) => {
+      await closeListener();
+      await database.close();
+      throw err;
     });
     pending.poke = runtime.poke;
   }
@@ -106,10 +116,11 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
         const inFlight = runtime?.inFlight() ?? 0;
         logger.info({ inFlight, graceMs }, 'stopping: no new runs; running runs get the grace period');
         await runtime?.stop({ graceMs });
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          (server as { closeAllConnections?: () => void }).closeAllConnections?.();
-        });
+        // Take no new connections, and give those following a log or the activity a few
+        // polls to send what the stop just finalized (the `end` of each run), then close.
+        server.close();
+        await new Promise((r) => setTimeout(r, 600));
+        await closeListener();
         if (opts.announce !== false) removeServerInfo(process.pid);
         await database.close();
         logger.info('stopped');

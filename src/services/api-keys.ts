@@ -4,7 +4,7 @@ import { sql } from 'drizzle-orm';
 import { z } from 'zod';
 import { queryRows, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION } from '../db/errors.js';
-import { notFound, requireId } from '../domain/errors.js';
+import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
 import { activityFrom } from './activity.js';
@@ -73,9 +73,27 @@ export function apiKeyService(db: Db) {
       return (await queryRows(db, sql`SELECT * FROM api_keys WHERE company_id = ${companyId} ORDER BY created_at, id`)).map(toApiKey);
     },
 
-    /** Revoking a revoked key changes nothing. */
-    async revoke(companyId: string, id: string, actor: Actor = SYSTEM_ACTOR): Promise<ApiKeyRecord> {
+    /**
+     * Revoking a revoked key changes nothing. With `keepOneLive`, the company's last
+     * live key is not revoked (409): the check and the change hold the company row, so
+     * two revocations at once cannot both pass it.
+     */
+    async revoke(companyId: string, id: string, actor: Actor = SYSTEM_ACTOR, opts: { keepOneLive?: boolean } = {}): Promise<ApiKeyRecord> {
       requireId(id, 'API key');
+      if (opts.keepOneLive) {
+        return db.transaction(async (tx) => {
+          await queryRows(tx, sql`SELECT id FROM companies WHERE id = ${companyId} FOR UPDATE`);
+          const [{ others } = { others: 0 }] = await queryRows<{ others: number }>(
+            tx,
+            sql`SELECT count(*)::int AS others FROM api_keys WHERE company_id = ${companyId} AND revoked_at IS NULL AND id <> ${id}`,
+          );
+          const [target] = await queryRows<{ revoked_at: unknown }>(tx, sql`SELECT revoked_at FROM api_keys WHERE id = ${id} AND company_id = ${companyId}`);
+          if (target && target.revoked_at === null && Number(others) === 0) {
+            throw new BerthError('conflict', 'this is the last live key of the company: create another before revoking it');
+          }
+          return apiKeyService(tx).revoke(companyId, id, actor);
+        });
+      }
       const [row] = await queryRows(
         db,
         sql`WITH changed AS (

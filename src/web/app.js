@@ -67,8 +67,10 @@ const cpath = (rest) => `/api/companies/${session.company.id}${rest}`;
 /** Server-sent events of a GET, read with fetch; returns a function that stops it. */
 function follow(path, onEvent, onEnd) {
   const ctrl = new AbortController();
+  let status = 0;
   (async () => {
     const res = await fetch(path, { headers: { authorization: `Bearer ${session.key}`, accept: 'text/event-stream' }, signal: ctrl.signal });
+    status = res.status;
     if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
@@ -89,18 +91,29 @@ function follow(path, onEvent, onEnd) {
         if (data.length) onEvent(event, JSON.parse(data.join('\n')));
       }
     }
-  })().catch((err) => { if (err.name !== 'AbortError') console.warn('stream ended', err); }).finally(() => onEnd?.());
+  })().catch((err) => { if (err.name !== 'AbortError') console.warn('stream ended', err); }).finally(() => onEnd?.({ status, aborted: ctrl.signal.aborted }));
   return () => ctrl.abort();
 }
 
 // ---------- live updates: one activity stream per signed-in tab ----------
 let stopLive = null;
 let onActivity = null; // the current view's listener
-function startLive() {
+let lastActivityId = null;
+function startLive(attempt = 0) {
   stopLive?.();
   const dot = document.getElementById('live');
-  dot.hidden = false;
-  stopLive = follow(cpath('/events'), (event, row) => { if (event === 'activity') onActivity?.(row); }, () => { dot.hidden = true; });
+  const query = lastActivityId === null ? '' : `?after=${lastActivityId}`;
+  stopLive = follow(cpath(`/events${query}`), (event, row) => {
+    if (event === 'ready') { dot.hidden = false; attempt = 0; if (lastActivityId === null) lastActivityId = row.after; }
+    if (event === 'activity') { lastActivityId = row.id; onActivity?.(row); }
+  }, ({ status, aborted }) => {
+    dot.hidden = true;
+    if (aborted) return;
+    stopLive = null;
+    if (status === 401) { signOut('Your key is no longer accepted; sign in again.'); return; }
+    // The server went away (a restart, the network): come back where the feed left off.
+    if (session.key) setTimeout(() => { if (session.key && !stopLive) startLive(attempt + 1); }, Math.min(500 * 2 ** attempt, 10_000));
+  });
 }
 function debounce(f, ms = 250) {
   let t;
@@ -109,14 +122,19 @@ function debounce(f, ms = 250) {
 
 // ---------- views ----------
 let cleanup = null; // what the current view must stop when another replaces it
+let routeGen = 0; // bumped on every navigation: a view that finds it changed stops
+const staleSince = (gen) => gen !== routeGen;
 function show(content) { $main().innerHTML = String(content); }
-function markReady(view) {
+function markReady(view, gen = routeGen) {
+  if (staleSince(gen)) return;
   document.body.dataset.ready = view;
   window.__berthReady = { view, ms: performance.now() };
 }
 
 function signOut(message) {
   stopLive?.();
+  stopLive = null;
+  lastActivityId = null;
   session.clear();
   location.hash = '#/signin';
   if (message) sessionStorage.setItem('berth.flash', message);
@@ -203,10 +221,11 @@ function showFieldErrors(form, err, generalId) {
 }
 
 async function viewEnvironments() {
+  const gen = routeGen;
   const render = async () => {
     const envs = await get(cpath('/environments'));
     const list = document.getElementById('env-list');
-    if (!list) return;
+    if (!list || staleSince(gen)) return;
     list.innerHTML = String(html`<table><thead><tr><th>Name</th><th>Driver</th><th>Status</th><th>Capacity</th><th>Active leases</th><th>Last probe</th><th>Updated</th><th></th></tr></thead><tbody>
       ${envs.map((e) => html`<tr data-env="${e.id}" data-name="${e.name}">
         <td><a href="#/environments/${e.id}">${e.name}</a><div class="muted">${e.description ?? ''}</div></td>
@@ -218,6 +237,7 @@ async function viewEnvironments() {
   };
   show(html`<h1>Environments</h1><div id="env-banner"></div><div id="env-list"></div><h2>New environment</h2>${envForm()}`);
   await render();
+  if (staleSince(gen)) return;
   const banner = (cls, text) => { document.getElementById('env-banner').innerHTML = String(html`<div class="banner ${cls}">${text}</div>`); };
   document.getElementById('env-list').addEventListener('click', async (e) => {
     const button = e.target.closest('button[data-act]');
@@ -265,7 +285,7 @@ async function viewEnvironments() {
   });
   const refresh = debounce(render);
   onActivity = (row) => { if (row.entityType === 'environment' || row.entityType === 'environment_lease') refresh(); };
-  markReady('environments');
+  markReady('environments', gen);
 }
 
 const STATUS_COLOUR = { active: '#16a34a', released: '#60a5fa', expired: '#9ca3af', failed: '#dc2626', retained: '#d97706', pending_cleanup: '#eab308' };
@@ -295,10 +315,11 @@ function timeline(leases) {
 }
 
 async function viewEnvironment(id) {
+  const gen = routeGen;
   show(html`<p><a href="#/environments">← Environments</a></p><div id="env-head"></div><h2>Lease timeline <span class="muted">(most recent 200; hover a bar)</span></h2><div id="env-timeline"></div><h2>Leases</h2><div id="env-leases"></div>`);
   const render = async () => {
     const [env, leases] = await Promise.all([get(`/api/environments/${id}`), get(`/api/environments/${id}/leases?limit=200`)]);
-    if (!document.getElementById('env-head')) return;
+    if (!document.getElementById('env-head') || staleSince(gen)) return;
     document.getElementById('env-head').innerHTML = String(html`<h1>${env.name} ${badge(env.status)}</h1><div class="card"><dl class="facts">
       <dt>Driver</dt><dd>${env.driver}</dd><dt>Capacity</dt><dd>${env.capacity ?? 'unlimited'}</dd><dt>Active leases</dt><dd>${env.activeLeases}</dd>
       <dt>Config</dt><dd class="mono">${JSON.stringify(env.config)}</dd><dt>Env vars</dt><dd>${env.envVarNames.join(', ') || '-'}</dd>
@@ -311,14 +332,17 @@ async function viewEnvironment(id) {
         <td>${l.failureReason ?? ''}</td><td>${l.cleanupStatus ?? ''}</td></tr>`)}</tbody></table>`);
   };
   await render();
+  if (staleSince(gen)) return;
   const refresh = debounce(render, 150);
   onActivity = (row) => { if (row.entityType === 'environment_lease' || row.entityId === id) refresh(); };
-  markReady('environment');
+  markReady('environment', gen);
 }
 
 async function viewRuns() {
+  const gen = routeGen;
   show(html`<h1>Runs</h1><h2>Agents</h2><div id="agents"></div><h2>Recent runs</h2><div id="runs-banner"></div><div id="runs"></div>`);
   const agents = await get(cpath('/agents'));
+  if (staleSince(gen)) return;
   const names = new Map(agents.map((a) => [a.id, a.name]));
   document.getElementById('agents').innerHTML = String(agents.length === 0 ? html`<p class="muted">No agents yet (create one with <code>berth agent create</code> or the API).</p>`
     : html`<table><thead><tr><th>Agent</th><th>Adapter</th><th>Status</th><th>Running</th><th></th></tr></thead><tbody>${agents.map((a) => html`<tr data-agent="${a.id}">
@@ -327,7 +351,7 @@ async function viewRuns() {
   const render = async () => {
     const runs = await get(cpath('/heartbeat-runs?limit=100'));
     const el = document.getElementById('runs');
-    if (!el) return;
+    if (!el || staleSince(gen)) return;
     el.innerHTML = String(html`<table><thead><tr><th>Run</th><th>Agent</th><th>Status</th><th>Source</th><th>Created</th><th>Duration</th><th>Outcome</th><th></th></tr></thead><tbody>
       ${runs.map((r) => html`<tr data-run="${r.id}" data-status="${r.status}"><td class="mono"><a href="#/runs/${r.id}">${short(r.id)}</a></td><td>${names.get(r.agentId) ?? short(r.agentId)}</td>
         <td>${badge(r.status)}</td><td>${r.invocationSource}</td><td>${ago(r.createdAt)}</td><td>${duration(r)}</td>
@@ -335,6 +359,7 @@ async function viewRuns() {
         <td>${TERMINAL_RUN.includes(r.status) ? '' : html`<button data-cancel="${r.id}" class="danger">Cancel</button>`}</td></tr>`)}</tbody></table>`);
   };
   await render();
+  if (staleSince(gen)) return;
   $main().addEventListener('click', async (e) => {
     const run = e.target.closest('[data-run-agent]');
     const cancel = e.target.closest('[data-cancel]');
@@ -353,10 +378,11 @@ async function viewRuns() {
   });
   const refresh = debounce(render);
   onActivity = (row) => { if (row.entityType === 'heartbeat_run') refresh(); };
-  markReady('runs');
+  markReady('runs', gen);
 }
 
 async function viewRun(id) {
+  const gen = routeGen;
   show(html`<p><a href="#/runs">← Runs</a></p><div id="run-head"></div><h2>Log</h2><pre class="log" id="log"></pre>`);
   const head = (r) => {
     const pe = r.contextSnapshot?.paperclipEnvironment;
@@ -370,7 +396,9 @@ async function viewRun(id) {
       await api('POST', `/api/heartbeat-runs/${id}/cancel`).catch((err) => alert(err.message));
     });
   };
-  head(await get(`/api/heartbeat-runs/${id}`));
+  const first = await get(`/api/heartbeat-runs/${id}`);
+  if (staleSince(gen)) return;
+  head(first);
   const log = document.getElementById('log');
   let shown = false;
   // Chunks are appended in batches: one layout per batch, not one per line.
@@ -395,7 +423,7 @@ async function viewRun(id) {
       flush();
       head(data);
       // The stream sends the log so far before the first status: the page is ready with it.
-      if (!shown) { shown = true; markReady('run'); }
+      if (!shown) { shown = true; markReady('run', gen); }
     }
   });
 }
@@ -407,6 +435,7 @@ const KNOWN_ACTIONS = ['environment.created', 'environment.updated', 'environmen
 const ENTITY_TYPES = ['environment', 'environment_lease', 'heartbeat_run', 'agent', 'api_key'];
 
 async function viewActivity(params) {
+  const gen = routeGen;
   const f = { action: params.get('action') ?? '', entityType: params.get('entityType') ?? '', entityId: params.get('entityId') ?? '', runId: params.get('runId') ?? '' };
   show(html`<h1>Activity</h1><form class="filters" id="filters">
     <label>Action<select name="action"><option value="">any</option>${KNOWN_ACTIONS.map((a) => html`<option ${a === f.action ? raw('selected') : ''}>${a}</option>`)}</select></label>
@@ -435,6 +464,7 @@ async function viewActivity(params) {
     }
   };
   await load();
+  if (staleSince(gen)) return;
   document.getElementById('older').addEventListener('click', load);
   document.getElementById('filters').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -445,11 +475,12 @@ async function viewActivity(params) {
     if ((f.action && a.action !== f.action) || (f.entityType && a.entityType !== f.entityType) || (f.entityId && a.entityId !== f.entityId) || (f.runId && a.runId !== f.runId)) return;
     feed.insertAdjacentHTML('afterbegin', String(rowHtml(a)));
   };
-  markReady('activity');
+  markReady('activity', gen);
 }
 
 // ---------- routing ----------
 async function route() {
+  routeGen++;
   cleanup?.();
   cleanup = null;
   onActivity = null;

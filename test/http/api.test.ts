@@ -64,6 +64,10 @@ describe('auth', () => {
     expect((await as(extra.body.apiKey).get(`/api/companies/${co.id}`)).status).toBe(200);
     expect((await as(co.key).del(`/api/api-keys/${extra.body.apiKeyRecord.id}`)).status).toBe(200);
     expectError(await as(extra.body.apiKey).get(`/api/companies/${co.id}`), 401, 'unauthorized');
+    // A company cannot revoke its last live key (it would lock itself out); the admin can.
+    const own = (await as(co.key).get(`/api/companies/${co.id}/api-keys`)).body.find((k: { revokedAt: string | null }) => k.revokedAt === null);
+    expectError(await as(co.key).del(`/api/api-keys/${own.id}`), 409, 'conflict');
+    expect((await as(co.key).get(`/api/companies/${co.id}`)).status).toBe(200);
   });
 
   it('stores keys only as hashes', async () => {
@@ -102,6 +106,39 @@ describe('requests that are wrong', () => {
     expectError(r, 422, 'invalid');
     const paths = r.body.error.fields.map((f: { path: string }) => f.path).sort();
     expect(paths).toEqual(['colour', 'config.port', 'config.remoteWorkspacePath']);
+  });
+
+  it('refuses unpaired UTF-16 surrogates (JSON allows them, PostgreSQL does not) instead of failing with a 500', async () => {
+    const r = await as(co.key).post(`/api/companies/${co.id}/agents`, {
+      name: 'sur',
+      adapterType: 'process',
+      adapterConfig: { command: '/bin/echo', env: { TOPSECRET: 'hunter2-value', X: 'half \ud800' } },
+    });
+    expectError(r, 422, 'invalid');
+    expect(r.body.error.fields).toEqual([{ path: 'adapterConfig.env.X', message: 'must not contain unpaired UTF-16 surrogates' }]);
+    expectError(await as(co.key).post(`/api/companies/${co.id}/environments`, { name: 'x', driver: 'sandbox', config: { provider: 'p' }, metadata: { '\udc00': 1 } }), 422, 'invalid');
+  });
+
+  it('logs an unexpected error without the values of the failed query', async () => {
+    const { loggableError } = await import('../../src/http/errors.js');
+    const err = Object.assign(new Error('Failed query: insert into agents values ($1, $2)\nparams: hunter2-value,other'), {
+      name: 'DrizzleQueryError',
+      cause: Object.assign(new Error('invalid input syntax for type uuid: "hunter2-value"'), { code: '22P02' }),
+    });
+    const logged = JSON.stringify(loggableError(err));
+    expect(logged).not.toContain('hunter2');
+    expect(logged).toContain('22P02');
+    expect(logged).toContain('DrizzleQueryError');
+  });
+
+  it('refuses a Last-Event-ID out of range (400), not a 500', async () => {
+    const run = (await t.services.runs.list(co.id, { limit: 1 }))[0];
+    const agent = run ? null : await t.services.agents.create(co.id, { name: 'lei', adapterType: 'process', adapterConfig: { command: 'true' } });
+    const runId = run?.id ?? (await t.services.runs.invoke(co.id, agent!.id, {})).id;
+    for (const id of ['9007199254740991', '-1', 'abc', '1e3']) {
+      expectError(await api.call('GET', `/api/heartbeat-runs/${runId}/log`, { key: co.key, headers: { 'last-event-id': id } }), 400, 'invalid');
+    }
+    expectError(await api.call('GET', `/api/companies/${co.id}/events`, { key: co.key, headers: { 'last-event-id': '99999999999999999999' } }), 400, 'invalid');
   });
 
   it('refuses NUL characters, unknown query parameters, and unknown routes', async () => {

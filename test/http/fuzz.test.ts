@@ -98,7 +98,7 @@ const wrongValue = fc.oneof(
   fc.string({ maxLength: 20 }),
   fc.array(fc.integer(), { maxLength: 3 }),
   fc.dictionary(fc.string({ maxLength: 5 }), fc.integer(), { maxKeys: 3 }),
-  fc.constantFrom('', ' ', 'x'.repeat(70_000), -1, 0, 1e308, -1e308, Number.MAX_SAFE_INTEGER * 4, '2000-13-45', 'a\u0000b', '😀'.repeat(300)),
+  fc.constantFrom('', ' ', 'x'.repeat(70_000), -1, 0, 1e308, -1e308, Number.MAX_SAFE_INTEGER * 4, '2000-13-45', 'a\u0000b', '😀'.repeat(300), 'lone \ud800 high', 'lone \udc00 low', { '\ud83d': 1 }),
 );
 const badId = fc.oneof(
   fc.constantFrom('not-a-uuid', '00000000-0000-0000-0000-000000000000', "1' OR '1'='1", '../../etc/passwd', '%', 'ｉｄ', '-'.repeat(36), 'x'.repeat(5000), '\u0000'),
@@ -115,7 +115,7 @@ function arbitraryRequest(routes: RouteDef[]) {
   const bodyMutation = fc
     .record({
       route: fc.constantFrom(...withBody),
-      kind: fc.constantFrom('wrong_type', 'missing', 'unknown', 'huge', 'nul', 'deep_value'),
+      kind: fc.constantFrom('wrong_type', 'missing', 'unknown', 'huge', 'nul', 'surrogate', 'deep_value'),
       pick: fc.nat(),
       value: wrongValue,
       extraKey: fc.string({ minLength: 1, maxLength: 12 }),
@@ -131,10 +131,11 @@ function arbitraryRequest(routes: RouteDef[]) {
       else if (kind === 'unknown') body[`${extraKey}_x`] = value;
       else if (kind === 'huge') body[field] = 'y'.repeat(huge);
       else if (kind === 'nul') body[field] = `bad\u0000${JSON.stringify(value)}`;
+      else if (kind === 'surrogate') body[field] = { nested: `half a pair \ud800 ${extraKey}` };
       else body[field] = JSON.parse(deep(40));
       const raw = JSON.stringify(body);
       // Only requests that are wrong: the route's own schema must refuse this body (or it is over 1 MiB).
-      if (raw.length <= 1024 * 1024 && accepts(body) && kind !== 'nul' && kind !== 'deep_value') return null;
+      if (raw.length <= 1024 * 1024 && accepts(body) && kind !== 'nul' && kind !== 'surrogate' && kind !== 'deep_value') return null;
       return { method: route.method, path: pathWith(route, A), key: keyFor(route), raw } satisfies Req;
     });
 

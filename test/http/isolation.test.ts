@@ -96,6 +96,11 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+function expectDead(r: { status: number; body: any }) {
+  expect(r.status).toBe(401);
+  expect(r.body.error.message).toMatch(/no longer valid: run .* is cancelled/);
+}
+
 const scoped = () => allRoutes().filter((r) => r.access === 'company' || r.access === 'run');
 
 describe('tenant isolation', () => {
@@ -185,9 +190,20 @@ describe('tenant isolation', () => {
     expect(await snapshot(A.id, run)).toBe(before);
     expect((await api.call('GET', `/api/heartbeat-runs/${A.run}`, { key: token })).status).toBe(404);
     expect((await api.call('GET', `/api/environment-leases/${A.lease}`, { key: token })).status).toBe(404);
+    // Another run's idempotency key does not hand over that run's lease.
+    const runLease = await t.services.leases.acquire(A.id, { environmentId: A.env, heartbeatRunId: A.run, idempotencyKey: 'shared-key', ttlSeconds: 600 });
+    const borrowed = await api.call('POST', `/api/environments/${A.env}/leases`, { key: token, body: { idempotencyKey: 'shared-key', ttlSeconds: 60 } });
+    expect(borrowed.body.lease?.id).not.toBe(runLease.lease.id);
+    expect(JSON.stringify(borrowed.body)).not.toContain(runLease.lease.id);
+    if (borrowed.status === 201) await api.call('POST', `/api/environment-leases/${borrowed.body.lease.id}/release`, { key: token, body: { fence: borrowed.body.lease.fence } });
+    await t.services.leases.release(A.id, runLease.lease.id, { fence: runLease.lease.fence });
+    const byRunKey = await api.call('POST', `/api/environments/${A.env}/leases`, { key: token, body: { idempotencyKey: `run:${A.run}`, ttlSeconds: 60 } });
+    expect(JSON.stringify(byRunKey.body)).not.toContain(`"heartbeatRunId":"${A.run}"`);
+    if (byRunKey.status === 201) await api.call('POST', `/api/environment-leases/${byRunKey.body.lease.id}/release`, { key: token, body: { fence: byRunKey.body.lease.fence } });
+
     await api.call('POST', `/api/heartbeat-runs/${run}/cancel`, { key: A.key });
     await waitFor('the holder to stop', async () => (await api.call('GET', `/api/heartbeat-runs/${run}`, { key: A.key })).body.status === 'cancelled');
-    // A finished run's token is refused (once the server's few seconds of remembering it pass).
-    await waitFor('the dead token to be refused', async () => (await api.call('GET', `/api/heartbeat-runs/${run}`, { key: token })).status === 401, 10_000, 250);
+    // The moment its run has ended, the token is refused.
+    expectDead(await api.call('GET', `/api/heartbeat-runs/${run}`, { key: token }));
   });
 });

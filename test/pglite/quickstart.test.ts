@@ -115,14 +115,23 @@ describe('quick start', () => {
   });
 
   it('on SIGTERM the server cancels what still runs after the grace period and leaves no lease active', async () => {
-    expect(berth('agent', 'create', 'sleeper', '--command', 'sleep', '--arg', '60', '--grace', '0').code).toBe(0);
-    const runId = berth('run', 'sleeper', '--no-follow').stdout.trim();
-    await waitFor('the sleeper to run', async () => (JSON.parse(berth('runs', 'show', runId, '--json').stdout) as { status: string }).status === 'running', 30_000, 200);
+    expect(berth('agent', 'create', 'sleeper', '--grace', '0', '--', 'sh', '-c', 'echo sleeping; sleep 60').code).toBe(0);
+    // A user follows it with `berth run` in another terminal.
+    const follower = spawn('npx', ['berth', 'run', 'sleeper'], { cwd: repo, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let followed = '';
+    follower.stdout!.on('data', (d: Buffer) => (followed += d.toString()));
+    follower.stderr!.on('data', (d: Buffer) => (followed += d.toString()));
+    const followerExit = new Promise<number | null>((resolve) => follower.once('exit', (c) => resolve(c)));
+    await waitFor('the sleeper to run', async () => followed.includes('sleeping'), 30_000, 100);
+    const runId = /run ([0-9a-f-]{36}) of sleeper queued/.exec(followed)![1]!;
     // SIGTERM to the server process itself (npm, its parent, then exits with its code).
     const { pid } = JSON.parse(readFileSync(join(home, 'server.json'), 'utf8')) as { pid: number };
     process.kill(pid, 'SIGTERM');
     const code = await new Promise<number | null>((resolve) => server.once('exit', (c) => resolve(c)));
     expect(code).toBe(0);
+    // The follower saw the end of the run, and exits as a cancelled run does.
+    expect(await followerExit).toBe(130);
+    expect(followed).toMatch(/run [0-9a-f-]{36} cancelled/);
 
     const db = await openDatabase({ databaseUrl: '', dataDir: join(home, 'db') });
     try {

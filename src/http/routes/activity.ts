@@ -1,7 +1,7 @@
 // The audit log of a company, newest first, filtered and paged.
 import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
-import { defineRoutes } from '../route.js';
+import { defineRoutes, lastEventId, streamFailed } from '../route.js';
 
 const PING_MS = 15_000;
 
@@ -39,8 +39,7 @@ export const activityRoutes = () =>
       query: z.strictObject({ after: z.coerce.number().int('must be an integer').min(0, 'must be 0 or more').max(Number.MAX_SAFE_INTEGER).optional() }),
       returns: 'an event stream',
       async handle({ deps, companyId, query, c }) {
-        const lastEventId = Number(c.req.header('last-event-id'));
-        let after = Number.isSafeInteger(lastEventId) && lastEventId >= 0 ? lastEventId : ((query.after as number | undefined) ?? (await deps.services.activity.latestId(companyId)));
+        let after = lastEventId(c, Number.MAX_SAFE_INTEGER) ?? (query.after as number | undefined) ?? (await deps.services.activity.latestId(companyId));
         const pollMs = Math.max(deps.logPollMs ?? 150, 250);
         return streamSSE(c, async (stream) => {
           let lastWrite = Date.now();
@@ -58,7 +57,7 @@ export const activityRoutes = () =>
             }
             if (rows.length < 200) await stream.sleep(pollMs);
           }
-        });
+        }, streamFailed(deps, `events of company ${companyId}`));
       },
     },
   ]);

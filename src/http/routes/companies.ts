@@ -1,7 +1,6 @@
 // Companies and their API keys.
 import { createApiKeySchema } from '../../services/api-keys.js';
 import { createCompanySchema } from '../../services/companies.js';
-import { HttpError } from '../errors.js';
 import { defineRoutes } from '../route.js';
 
 export const companyRoutes = () =>
@@ -75,11 +74,8 @@ export const companyRoutes = () =>
       owner: { param: 'id', kind: 'apiKey' },
       returns: 'ApiKey',
       async handle({ deps, companyId, params, principal, actor, forgetKeys }) {
-        if (principal.kind === 'company' && principal.keyId === params.id) {
-          const others = (await deps.services.apiKeys.list(companyId)).filter((k) => k.revokedAt === null && k.id !== params.id);
-          if (others.length === 0) throw new HttpError(409, 'conflict', 'this is the last live key of the company: create another before revoking it');
-        }
-        const revoked = await deps.services.apiKeys.revoke(companyId, params.id!, actor);
+        // A company cannot lock itself out; the admin key can (and can make a new key).
+        const revoked = await deps.services.apiKeys.revoke(companyId, params.id!, actor, { keepOneLive: principal.kind === 'company' });
         forgetKeys();
         return revoked;
       },

@@ -65,12 +65,17 @@ export const leaseRoutes = () =>
         if (principal.kind === 'run') {
           if (input.heartbeatRunId !== undefined && input.heartbeatRunId !== principal.runId) throw fieldError('heartbeatRunId', 'a run token acquires for its own run only');
           input.heartbeatRunId = principal.runId;
+          // A run's idempotency keys are its own: they can never name another run's lease.
+          if (typeof input.idempotencyKey === 'string') input.idempotencyKey = `run:${principal.runId}:${input.idempotencyKey}`.slice(0, 200);
         } else if (typeof input.heartbeatRunId === 'string') {
           await deps.services.runs.get(companyId, input.heartbeatRunId).catch((err: unknown) => {
             throw isBerthError(err, 'not_found') ? fieldError('heartbeatRunId', 'no such run in this company') : err;
           });
         }
         const result = await deps.services.leases.acquire(companyId, { ...(input as object), environmentId: params.id! } as AcquireLeaseInput, actor);
+        if (principal.kind === 'run' && result.lease.heartbeatRunId !== principal.runId) {
+          throw new BerthError('conflict', 'that idempotency key names a lease of another holder');
+        }
         return c.json(result, result.created ? 201 : 200);
       },
     },

@@ -4,7 +4,7 @@ import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import { RUN_STATUSES, TERMINAL_RUN_STATUSES } from '../../domain/enums.js';
 import type { HeartbeatRun } from '../../domain/types.js';
-import { defineRoutes, type RouteRequest } from '../route.js';
+import { defineRoutes, lastEventId, streamFailed, type RouteRequest } from '../route.js';
 
 const run = { param: 'id', kind: 'run' } as const;
 const ownRun = async (r: RouteRequest, runId: string) => r.params.id === runId;
@@ -51,7 +51,7 @@ function followLog(r: RouteRequest, startAfter: number): Response {
       }
       await stream.sleep(pollMs);
     }
-  });
+  }, streamFailed(deps, `log of run ${runId}`));
 }
 
 export const runRoutes = () =>
@@ -110,8 +110,7 @@ export const runRoutes = () =>
       returns: '{run, chunks, lastSeq} or an event stream',
       async handle(r) {
         const { deps, companyId, params, query, c } = r;
-        const lastEventId = Number(c.req.header('last-event-id'));
-        const after = Number.isSafeInteger(lastEventId) && lastEventId >= 0 ? lastEventId : ((query.after as number | undefined) ?? 0);
+        const after = lastEventId(c, 2_147_483_647) ?? (query.after as number | undefined) ?? 0;
         const follow = query.follow === 'true' || query.follow === '1' || (query.follow === undefined && (c.req.header('accept') ?? '').includes('text/event-stream'));
         await deps.services.runs.get(companyId, params.id!); // not found before any stream starts
         if (follow) return followLog(r, after);
