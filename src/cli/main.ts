@@ -157,6 +157,7 @@ async function followRun(client: BerthClient, run: Json, opts: { quiet: boolean 
   };
   let lastProgress = Date.now();
   let warned = false;
+  let saidRunning = false;
   for (let attempt = 0; ; attempt++) {
     try {
       for await (const ev of c.events(`/api/heartbeat-runs/${run.id}/log`, { follow: 'true', after })) {
@@ -171,7 +172,8 @@ async function followRun(client: BerthClient, run: Json, opts: { quiet: boolean 
           else if (data.stream === 'stderr') process.stderr.write(data.chunk);
           else process.stderr.write(paint('dim', `[berth] ${data.chunk}`));
         } else if (ev.event === 'status') {
-          if (data.status === 'running') say(`running on ${data.hostname ?? 'a server'}`);
+          if (data.status === 'running' && !saidRunning) say(`running on ${data.hostname ?? 'a server'}`);
+          if (data.status === 'running') saidRunning = true;
           showEnv(data);
         } else if (ev.event === 'end') {
           showEnv(data);
