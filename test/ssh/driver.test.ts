@@ -2,14 +2,13 @@
 // failure steps, the connection pool, workspaces, and remote processes.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeEnvironment, sshDriver, type SshDriver } from '../../src/drivers/ssh.js';
 import { poolKey, type SshTarget } from '../../src/drivers/ssh-pool.js';
 import type { DriverEnvironment } from '../../src/drivers/types.js';
 import type { Lease } from '../../src/domain/types.js';
-import { startTestSshd, type TestSshd } from '../support/sshd.js';
+import { freePort, startTestSshd, type TestSshd } from '../support/sshd.js';
 import { isAlive, waitFor } from '../support/wait.js';
 
 let sshd: TestSshd;
@@ -56,14 +55,6 @@ function env(config: Record<string, unknown> = {}): DriverEnvironment {
   };
 }
 const lease = (id: string, metadata: Record<string, unknown> = {}) => ({ id, metadata }) as unknown as Lease;
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
 
 async function run(e: DriverEnvironment, command: string, args: string[], envVars: Record<string, string> = {}, cwd = root) {
   let stdout = '';
