@@ -195,6 +195,13 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
       }
     },
 
+    async reach(env) {
+      // Unpooled, a connection opened now would be closed again before it could be used.
+      if (!pool.pooled) return;
+      const b = await borrow(env, configOf(env));
+      b.release();
+    },
+
     async prepareWorkspace(env, lease: Lease, o: { cwd?: string }): Promise<PreparedWorkspace> {
       const cfg = configOf(env);
       const base = { host: cfg.host, port: cfg.port, username: cfg.username, remoteWorkspacePath: cfg.remoteWorkspacePath };

@@ -57,6 +57,12 @@ export interface EnvironmentDriver {
    */
   readonly remote?: boolean;
   probe(env: DriverEnvironment): Promise<ProbeResult>;
+  /**
+   * Optional: get ready to reach the environment (open a pooled connection) before the
+   * run's start transaction, so a slow or unreachable host fails the run without holding
+   * the database meanwhile (PGlite has a single session).
+   */
+  reach?(env: DriverEnvironment): Promise<void>;
   /** Make the lease's resources ready (a workspace); called once the lease is granted. */
   prepareWorkspace(env: DriverEnvironment, lease: Lease, opts: { cwd?: string }): Promise<PreparedWorkspace>;
   startProcess(env: DriverEnvironment, spec: ProcessSpec, onOutput: OutputListener): StartedProcess;

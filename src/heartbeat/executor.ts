@@ -60,6 +60,15 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
     // visible as active) only once its workspace exists; a driver that fails here
     // leaves no lease behind.
     const cfgCwd = (agentConfig: Record<string, unknown>) => (typeof agentConfig.cwd === 'string' ? agentConfig.cwd : undefined);
+    // A remote environment is reached first, outside any transaction: a host that is slow
+    // or down then fails the run without holding the database (PGlite has one session).
+    // Only agents with a default environment can be on one; Local needs nothing.
+    const agentFirst = await s.agents.get(run.companyId, run.agentId);
+    if (agentFirst.defaultEnvironmentId) {
+      const envFirst = await s.environments.getWithSecrets(run.companyId, agentFirst.defaultEnvironmentId).catch(() => null);
+      const drvFirst = envFirst ? deps.drivers.get(envFirst.driver) : undefined;
+      if (envFirst && drvFirst?.reach) await drvFirst.reach(envFirst);
+    }
     const start = await transact(async (ts) => {
       const agent = await ts.agents.get(run.companyId, run.agentId);
       const adapter = deps.adapters.get(agent.adapterType);

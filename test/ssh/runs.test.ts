@@ -186,6 +186,26 @@ describe('runs on an SSH environment', () => {
     expect(acts.items.map((a) => a.action)).not.toContain('environment.lease_acquired');
   });
 
+  it('a host that never answers does not hold the database while the run waits for it (PGlite has one session)', async () => {
+    // Accepts TCP connections and never speaks SSH: the connect hangs until its timeout.
+    const silent = createServer(() => {});
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    try {
+      const env = await sshEnvironment({ port: (silent.address() as { port: number }).port });
+      const run = await invoke((await agentOn(env.id, 'true', [])).id);
+      await waitFor('the run to be claimed', async () => (await t.services.runs.get(companyId, run.id)).status === 'running');
+      await new Promise((r) => setTimeout(r, 300)); // well into the connect
+      const started = performance.now();
+      await t.services.companies.list();
+      expect(performance.now() - started).toBeLessThan(1000);
+      const done = await finished(run.id, 30_000);
+      expect(done).toMatchObject({ status: 'failed', leaseId: null });
+      expect(done.errorCode).toMatch(/^ssh_/);
+    } finally {
+      silent.close();
+    }
+  });
+
   it('a changed host key is refused (strict), naming host:port and the fingerprint; no lease', async () => {
     const env = await sshEnvironment({ knownHosts: sshd.wrongKnownHosts });
     const run = await finished((await invoke((await agentOn(env.id, 'true', [])).id)).id);
