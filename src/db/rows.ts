@@ -8,7 +8,7 @@ import {
   LEASE_STATUSES,
   readEnum,
 } from '../domain/enums.js';
-import type { ActivityEntry, Agent, Company, Environment, HeartbeatRun, Lease, RunLogChunk } from '../domain/types.js';
+import type { ActivityEntry, Agent, ApiKeyRecord, Company, Environment, HeartbeatRun, Lease, RunLogChunk } from '../domain/types.js';
 
 type Row = Record<string, unknown>;
 
@@ -27,6 +27,18 @@ export function redactConfig(config: Record<string, unknown>): Record<string, un
   if (!('privateKey' in config)) return config;
   const { privateKey, ...rest } = config;
   return { ...rest, hasPrivateKey: privateKey !== undefined && privateKey !== null };
+}
+
+export function toApiKey(r: Row): ApiKeyRecord {
+  return {
+    id: str(r.id),
+    companyId: str(r.company_id),
+    name: str(r.name),
+    prefix: str(r.prefix),
+    createdAt: date(r.created_at),
+    lastUsedAt: dateOrNull(r.last_used_at),
+    revokedAt: dateOrNull(r.revoked_at),
+  };
 }
 
 export function toCompany(r: Row): Company {

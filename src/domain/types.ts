@@ -138,3 +138,15 @@ export interface RunLogChunk {
   stream: 'stdout' | 'stderr' | 'system';
   chunk: string;
 }
+
+/** A company API key as listed: never the key itself. */
+export interface ApiKeyRecord {
+  id: string;
+  companyId: string;
+  name: string;
+  /** The key's first characters, to tell keys apart; never enough to use it. */
+  prefix: string;
+  createdAt: Date;
+  lastUsedAt: Date | null;
+  revokedAt: Date | null;
+}

@@ -3,24 +3,14 @@ import { createHash, randomBytes } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { z } from 'zod';
 import { queryRows, type Db } from '../db/client.js';
+import { toApiKey } from '../db/rows.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION } from '../db/errors.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
-import { SYSTEM_ACTOR, type Actor } from '../domain/types.js';
+import { SYSTEM_ACTOR, type Actor, type ApiKeyRecord } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
 import { activityFrom } from './activity.js';
 
 export const COMPANY_KEY_PREFIX = 'bk_';
-
-export interface ApiKeyRecord {
-  id: string;
-  companyId: string;
-  name: string;
-  /** The key's first characters, to tell keys apart; never enough to use it. */
-  prefix: string;
-  createdAt: Date;
-  lastUsedAt: Date | null;
-  revokedAt: Date | null;
-}
 
 export const createApiKeySchema = z.strictObject({
   name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters').default('default'),
@@ -28,19 +18,6 @@ export const createApiKeySchema = z.strictObject({
 
 export function hashApiKey(key: string): string {
   return createHash('sha256').update(key).digest('hex');
-}
-
-function toApiKey(r: Record<string, unknown>): ApiKeyRecord {
-  const d = (v: unknown) => (v === null || v === undefined ? null : new Date(v as string));
-  return {
-    id: String(r.id),
-    companyId: String(r.company_id),
-    name: String(r.name),
-    prefix: String(r.prefix),
-    createdAt: new Date(r.created_at as string),
-    lastUsedAt: d(r.last_used_at),
-    revokedAt: d(r.revoked_at),
-  };
 }
 
 export function apiKeyService(db: Db) {
