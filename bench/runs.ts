@@ -1,65 +1,28 @@
 // Overhead of one heartbeat run of a trivial process (`true`) against spawning the
 // same process directly, both measured in this run, on PGlite and PostgreSQL; then
 // runs per second with 8 runs in flight.
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openDatabase, type Database } from '../src/db/client.js';
 import { localDriver } from '../src/drivers/local.js';
-import type { HeartbeatRun } from '../src/domain/types.js';
-import { startRuntime } from '../src/heartbeat/runtime.js';
 import { createServices } from '../src/services/index.js';
 import { createScratchDatabase } from '../test/support/db.js';
-import { fmt, percentile } from './support.js';
+import { fmt, percentile, spawnTrue, startBenchRuntime } from './support.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 200);
 const workspaceRoot = mkdtempSync(join(tmpdir(), 'berth-bench-ws-'));
 
-function spawnDirect(): Promise<number> {
-  const t = performance.now();
-  return new Promise((resolve, reject) => {
-    const child = spawn('true', [], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    child.once('error', reject);
-    child.once('close', () => resolve(performance.now() - t));
-  });
-}
-
 async function benchBackend(name: string, database: Database): Promise<void> {
   const s = createServices(database.db);
-  // Finished runs arrive through onRunFinished; a waiter may register before or after.
-  const finished = new Map<string, HeartbeatRun>();
-  const waiting = new Map<string, (run: HeartbeatRun) => void>();
-  const runtime = await startRuntime({
-    services: s,
-    db: database.db,
-    drivers: new Map([['local', localDriver({ workspaceRoot })]]),
-    maxConcurrentRuns: 16,
-    onRunFinished: (run) => {
-      const w = waiting.get(run.id);
-      if (w) w(run);
-      else finished.set(run.id, run);
-    },
-    onError: (where, err) => console.error(where, err),
-  });
+  const bench = await startBenchRuntime({ services: s, db: database.db, drivers: new Map([['local', localDriver({ workspaceRoot })]]) });
+  const { runtime } = bench;
   const company = await s.companies.create({ name: `bench ${name}` });
   const agent = await s.agents.create(company.id, { name: 'true', adapterType: 'process', adapterConfig: { command: 'true', args: [] } });
-  const runOnce = async (agentId: string): Promise<{ ms: number; run: HeartbeatRun }> => {
-    const t = performance.now();
-    const run = await s.runs.invoke(company.id, agentId);
-    runtime.poke();
-    const done =
-      finished.get(run.id) ??
-      (await new Promise<HeartbeatRun>((resolve) => {
-        waiting.set(run.id, resolve);
-      }));
-    finished.delete(run.id);
-    waiting.delete(run.id);
-    return { ms: performance.now() - t, run: done };
-  };
+  const runOnce = (agentId: string) => bench.runOnce(company.id, agentId);
   for (let i = 0; i < 10; i++) {
     await runOnce(agent.id);
-    await spawnDirect();
+    await spawnTrue();
   }
   const berth: number[] = [];
   const direct: number[] = [];
@@ -68,7 +31,7 @@ async function benchBackend(name: string, database: Database): Promise<void> {
     const r = await runOnce(agent.id);
     if (r.run.status !== 'succeeded') throw new Error(`run ${r.run.id} ${r.run.status}: ${r.run.error}`);
     berth.push(r.ms);
-    direct.push(await spawnDirect());
+    direct.push(await spawnTrue());
   }
   berth.sort((a, b) => a - b);
   direct.sort((a, b) => a - b);

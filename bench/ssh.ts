@@ -5,7 +5,6 @@
 // (what the remote sshd and login shell cost, whoever asks). The sshd is the tests'
 // private one on 127.0.0.1, with a lean login (no ~/.bashrc: this machine's root
 // .bashrc costs ~100 ms per command); BENCH_SSH_SHELL=login keeps the full login.
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,12 +14,10 @@ import { localDriver } from '../src/drivers/local.js';
 import { execCollect, SshPool, type SshTarget } from '../src/drivers/ssh-pool.js';
 import { sshDriver } from '../src/drivers/ssh.js';
 import type { DriverEnvironment, EnvironmentDriver } from '../src/drivers/types.js';
-import type { HeartbeatRun } from '../src/domain/types.js';
-import { startRuntime } from '../src/heartbeat/runtime.js';
 import { createServices } from '../src/services/index.js';
 import { createScratchDatabase } from '../test/support/db.js';
 import { startTestSshd } from '../test/support/sshd.js';
-import { fmt, percentile } from './support.js';
+import { fmt, percentile, spawnTrue, startBenchRuntime } from './support.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 200);
 process.env.BERTH_SECRET_KEY ??= randomBytes(32).toString('hex');
@@ -39,6 +36,7 @@ const sshSwitch: EnvironmentDriver = {
   driver: 'ssh',
   remote: true,
   probe: (env) => pick(env).probe(env),
+  reach: async (env) => pick(env).reach?.(env),
   prepareWorkspace: (env, lease, o) => pick(env).prepareWorkspace(env, lease, o),
   startProcess: (env, spec, onOutput) => pick(env).startProcess(env, spec, onOutput),
   cleanup: (env, lease) => pick(env).cleanup(env, lease),
@@ -46,23 +44,15 @@ const sshSwitch: EnvironmentDriver = {
 
 try {
   const s = createServices(database.db);
-  const finished = new Map<string, HeartbeatRun>();
-  const waiting = new Map<string, (run: HeartbeatRun) => void>();
-  const runtime = await startRuntime({
+  const bench = await startBenchRuntime({
     services: s,
     db: database.db,
     drivers: new Map([
       ['local', localDriver({ workspaceRoot: join(workspaceRoot, 'local') })],
       ['ssh', sshSwitch],
     ]),
-    maxConcurrentRuns: 16,
-    onRunFinished: (run) => {
-      const w = waiting.get(run.id);
-      if (w) w(run);
-      else finished.set(run.id, run);
-    },
-    onError: (where, err) => console.error(where, err),
   });
+  const { runtime } = bench;
   const company = await s.companies.create({ name: 'bench ssh' });
   const target: SshTarget = { host: sshd.host, port: sshd.port, username: sshd.username, privateKey: sshd.privateKey, knownHosts: sshd.knownHosts, strictHostKeyChecking: true };
   const sshEnv = (name: string, metadata: Record<string, unknown>) =>
@@ -73,22 +63,9 @@ try {
   const agents = { local: await agentOn(local.id, 'local'), pooled: await agentOn(sshPooled.id, 'pooled'), unpooled: await agentOn(sshFresh.id, 'unpooled') };
 
   const runOnce = async (agentId: string): Promise<number> => {
-    const t = performance.now();
-    const run = await s.runs.invoke(company.id, agentId);
-    runtime.poke();
-    const done = finished.get(run.id) ?? (await new Promise<HeartbeatRun>((resolve) => waiting.set(run.id, resolve)));
-    finished.delete(run.id);
-    waiting.delete(run.id);
-    if (done.status !== 'succeeded') throw new Error(`run ${done.id} ${done.status}: ${done.error}`);
-    return performance.now() - t;
-  };
-  const spawnLocal = (): Promise<number> => {
-    const t = performance.now();
-    return new Promise((resolve, reject) => {
-      const child = spawn('true', [], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-      child.once('error', reject);
-      child.once('close', () => resolve(performance.now() - t));
-    });
+    const { ms, run } = await bench.runOnce(company.id, agentId);
+    if (run.status !== 'succeeded') throw new Error(`run ${run.id} ${run.status}: ${run.error}`);
+    return ms;
   };
   const rawPool = new SshPool();
   const rawFresh = new SshPool({ pooled: false });
@@ -108,7 +85,7 @@ try {
     'Berth run, Local': () => runOnce(agents.local.id),
     'Berth run, SSH pooled': () => runOnce(agents.pooled.id),
     'Berth run, SSH unpooled': () => runOnce(agents.unpooled.id),
-    'spawn `true` here': spawnLocal,
+    'spawn `true` here': spawnTrue,
     'ssh2 exec, open conn': () => rawExec(rawPool),
     'ssh2 connect + exec': () => rawExec(rawFresh),
   };
