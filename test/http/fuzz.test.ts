@@ -11,33 +11,13 @@ import { queryRows } from '../../src/db/client.js';
 import { allRoutes } from '../../src/http/routes/index.js';
 import type { RouteDef } from '../../src/http/route.js';
 import { openTestDb, type TestDb } from '../support/db.js';
-import { startTestApi, type TestApi } from '../support/http.js';
+import { routePath, seedCompany, startTestApi, type SeededCompany, type TestApi } from '../support/http.js';
 
 let t: TestDb;
 let api: TestApi;
 
-interface Ids {
-  company: string;
-  key: string;
-  env: string;
-  lease: string;
-  agent: string;
-  run: string;
-  apiKey: string;
-}
-let A: Ids;
-let B: Ids;
-
-async function seed(name: string): Promise<Ids> {
-  const co = await api.company(name);
-  const call = (method: string, path: string, body?: unknown) => api.call(method, path, { key: co.key, ...(body !== undefined ? { body } : {}) });
-  const env = (await call('POST', `/api/companies/${co.id}/environments`, { name: 'sandbox', driver: 'sandbox', config: { provider: 'p' } })).body.id;
-  const lease = (await call('POST', `/api/environments/${env}/leases`, { ttlSeconds: 3600 })).body.lease.id;
-  const agent = (await call('POST', `/api/companies/${co.id}/agents`, { name: 'a', adapterType: 'process', adapterConfig: { command: 'true' } })).body.id;
-  const run = (await call('POST', `/api/agents/${agent}/wakeup`, {})).body.id; // stays queued: no scheduler here
-  const apiKey = (await call('GET', `/api/companies/${co.id}/api-keys`)).body[0].id;
-  return { company: co.id, key: co.key, env, lease, agent, run, apiKey };
-}
+let A: SeededCompany;
+let B: SeededCompany;
 
 /** Every table, every row: a checksum and a count each. */
 async function databaseState(): Promise<Record<string, string>> {
@@ -51,16 +31,6 @@ async function databaseState(): Promise<Record<string, string>> {
     out[table] = `${row!.n}:${row!.sum}`;
   }
   return out;
-}
-
-function pathWith(route: RouteDef, ids: Ids, override?: { param: string; value: string }): string {
-  return route.path.replace(/:(\w+)/g, (_, p: string) => {
-    if (override && override.param === p) return encodeURIComponent(override.value);
-    if (p === 'companyId') return ids.company;
-    if (p === 'leaseId') return ids.lease;
-    const kind = route.owner?.kind;
-    return kind === 'environment' ? ids.env : kind === 'agent' ? ids.agent : kind === 'run' ? ids.run : kind === 'apiKey' ? ids.apiKey : ids.lease;
-  });
 }
 
 /** A body the route accepts, and how to tell whether a changed body would still be accepted. */
@@ -136,7 +106,7 @@ function arbitraryRequest(routes: RouteDef[]) {
       const raw = JSON.stringify(body);
       // Only requests that are wrong: the route's own schema must refuse this body (or it is over 1 MiB).
       if (raw.length <= 1024 * 1024 && accepts(body) && kind !== 'nul' && kind !== 'surrogate' && kind !== 'deep_value') return null;
-      return { method: route.method, path: pathWith(route, A), key: keyFor(route), raw } satisfies Req;
+      return { method: route.method, path: routePath(route, A), key: keyFor(route), raw } satisfies Req;
     });
 
   const malformedJson = fc
@@ -146,26 +116,26 @@ function arbitraryRequest(routes: RouteDef[]) {
       const raw =
         kind === 'truncated' ? whole.slice(0, Math.max(1, cut % whole.length)) : kind === 'junk' ? `{${junk}` : kind === 'array' ? '[1,2,3]' : kind === 'scalar' ? '42' : kind === 'deep' ? `{"a":${deep(5000)}}` : kind === 'form' ? 'a=1&b=2' : '';
       if (kind === 'no_body' && !route.bodyRequired) return null;
-      return { method: route.method, path: pathWith(route, A), key: keyFor(route), raw, ...(kind === 'form' ? { contentType: 'application/x-www-form-urlencoded' } : {}) } satisfies Req;
+      return { method: route.method, path: routePath(route, A), key: keyFor(route), raw, ...(kind === 'form' ? { contentType: 'application/x-www-form-urlencoded' } : {}) } satisfies Req;
     });
 
   const malformedId = fc.record({ route: fc.constantFrom(...withParams), value: badId, which: fc.nat() }).map(({ route, value, which }) => {
     const params = [...route.path.matchAll(/:(\w+)/g)].map((m) => m[1]!);
     const param = params[which % params.length]!;
     const base = bodyOf(route)?.base;
-    return { method: route.method, path: pathWith(route, A, { param, value }), key: keyFor(route), ...(base ? { raw: JSON.stringify(base) } : {}) } satisfies Req;
+    return { method: route.method, path: routePath(route, A, { param, value }), key: keyFor(route), ...(base ? { raw: JSON.stringify(base) } : {}) } satisfies Req;
   });
 
   // Company A's key on company B's objects, with a body that would otherwise be accepted.
   const foreignIds = fc.constantFrom(...withParams.filter((r) => r.access !== 'admin')).map((route) => {
     const base = bodyOf(route)?.base;
-    return { method: route.method, path: pathWith(route, B), key: A.key, ...(base ? { raw: JSON.stringify(base) } : {}) } satisfies Req;
+    return { method: route.method, path: routePath(route, B), key: A.key, ...(base ? { raw: JSON.stringify(base) } : {}) } satisfies Req;
   });
 
   // Another company's ids inside the body.
   const foreignBodyIds = fc.constantFrom(
     () => ({ method: 'POST', path: `/api/environments/${A.env}/leases`, key: A.key, raw: JSON.stringify({ ttlSeconds: 60, heartbeatRunId: B.run }) }),
-    () => ({ method: 'POST', path: `/api/companies/${A.company}/agents`, key: A.key, raw: JSON.stringify({ name: 'z', adapterType: 'process', adapterConfig: { command: 'true' }, defaultEnvironmentId: B.env }) }),
+    () => ({ method: 'POST', path: `/api/companies/${A.id}/agents`, key: A.key, raw: JSON.stringify({ name: 'z', adapterType: 'process', adapterConfig: { command: 'true' }, defaultEnvironmentId: B.env }) }),
     () => ({ method: 'PATCH', path: `/api/agents/${A.agent}`, key: A.key, raw: JSON.stringify({ defaultEnvironmentId: B.env }) }),
   ).map((f) => f() satisfies Req);
 
@@ -189,7 +159,7 @@ function arbitraryRequest(routes: RouteDef[]) {
         if (parsed.success) return null;
         q = `${p}=${encodeURIComponent(value)}`;
       }
-      return { method: 'GET', path: `${pathWith(route, A)}?${q}`, key: A.key } satisfies Req;
+      return { method: 'GET', path: `${routePath(route, A)}?${q}`, key: A.key } satisfies Req;
     });
 
   return fc.oneof(
@@ -205,8 +175,8 @@ function arbitraryRequest(routes: RouteDef[]) {
 beforeAll(async () => {
   t = await openTestDb();
   api = await startTestApi(t, { runtime: false });
-  A = await seed('A');
-  B = await seed('B');
+  A = await seedCompany(api, 'A');
+  B = await seedCompany(api, 'B');
 });
 afterAll(async () => {
   await api?.close();

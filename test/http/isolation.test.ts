@@ -10,45 +10,12 @@ import { queryRows } from '../../src/db/client.js';
 import { allRoutes } from '../../src/http/routes/index.js';
 import type { RouteDef } from '../../src/http/route.js';
 import { openTestDb, type TestDb } from '../support/db.js';
-import { startTestApi, type TestApi } from '../support/http.js';
+import { routePath, seedCompany, startTestApi, type SeededCompany, type TestApi } from '../support/http.js';
 import { waitFor } from '../support/wait.js';
 
 let t: TestDb;
 let api: TestApi;
 const dir = mkdtempSync(join(tmpdir(), 'berth-iso-'));
-
-interface World {
-  id: string;
-  key: string;
-  env: string;
-  lease: string;
-  agent: string;
-  run: string;
-  apiKey: string;
-}
-
-/** A company with one of everything, made through the API. */
-async function world(name: string): Promise<World> {
-  const co = await api.company(name);
-  const call = (method: string, path: string, body?: unknown) => api.call(method, path, { key: co.key, ...(body !== undefined ? { body } : {}) });
-  const env = (await call('POST', `/api/companies/${co.id}/environments`, { name: 'sandbox', driver: 'sandbox', config: { provider: 'p' }, envVars: { K: 'v' } })).body.id;
-  const lease = (await call('POST', `/api/environments/${env}/leases`, { ttlSeconds: 600 })).body.lease.id;
-  const agent = (await call('POST', `/api/companies/${co.id}/agents`, { name: 'a', adapterType: 'process', adapterConfig: { command: 'true' } })).body.id;
-  const run = (await call('POST', `/api/agents/${agent}/wakeup`, {})).body.id;
-  await waitFor('the run to finish', async () => (await call('GET', `/api/heartbeat-runs/${run}`)).body.status === 'succeeded');
-  const apiKey = (await call('GET', `/api/companies/${co.id}/api-keys`)).body[0].id;
-  return { ...co, env, lease, agent, run, apiKey };
-}
-
-/** The route's path with w's ids in it. */
-function pathFor(r: RouteDef, w: World): string {
-  return r.path.replace(/:(\w+)/g, (_, p: string) => {
-    if (p === 'companyId') return w.id;
-    if (p === 'leaseId') return w.lease;
-    const kind = r.owner?.kind;
-    return kind === 'environment' ? w.env : kind === 'agent' ? w.agent : kind === 'run' ? w.run : kind === 'apiKey' ? w.apiKey : kind === 'lease' ? w.lease : 'unknown';
-  });
-}
 
 /** A body the route would accept, so that only ownership can refuse it. */
 function validBody(r: RouteDef): unknown {
@@ -82,13 +49,13 @@ async function snapshot(companyId: string, exceptRun = '00000000-0000-4000-8000-
   return rows[0]!.t;
 }
 
-let A: World;
-let B: World;
+let A: SeededCompany;
+let B: SeededCompany;
 beforeAll(async () => {
   t = await openTestDb();
   api = await startTestApi(t, { runtime: true, workspaceRoot: dir });
-  A = await world('A');
-  B = await world('B');
+  A = await seedCompany(api, 'A');
+  B = await seedCompany(api, 'B');
 });
 afterAll(async () => {
   await api?.close();
@@ -110,7 +77,7 @@ describe('tenant isolation', () => {
     expect(routes.length).toBeGreaterThanOrEqual(20);
     for (const r of routes) {
       const body = validBody(r);
-      const res = await api.call(r.method, pathFor(r, B), { key: A.key, ...(body !== undefined ? { body } : {}) });
+      const res = await api.call(r.method, routePath(r, B), { key: A.key, ...(body !== undefined ? { body } : {}) });
       expect(res.status, `${r.method} ${r.path}: ${JSON.stringify(res.body)}`).toBe(404);
       expect(res.body.error.code).toBe('not_found');
       expect(JSON.stringify(res.body)).not.toContain('"name":"sandbox"');
@@ -120,7 +87,7 @@ describe('tenant isolation', () => {
 
   it('the same calls with A\'s own ids succeed (so the 404s above are about ownership)', async () => {
     for (const r of scoped().filter((x) => x.method === 'GET')) {
-      const res = await api.call(r.method, pathFor(r, A), { key: A.key, headers: { accept: 'application/json' }, headersOnly: r.streams === true });
+      const res = await api.call(r.method, routePath(r, A), { key: A.key, headers: { accept: 'application/json' }, headersOnly: r.streams === true });
       expect(res.status, `${r.method} ${r.path}: ${JSON.stringify(res.body)}`).toBe(200);
     }
   });
@@ -129,7 +96,7 @@ describe('tenant isolation', () => {
     const bIds = [B.id, B.env, B.lease, B.agent, B.run, B.apiKey];
     const listings = scoped().filter((r) => r.method === 'GET' && r.path !== '/api/companies/:companyId/events');
     for (const r of listings) {
-      const res = await api.call('GET', pathFor(r, A), { key: A.key });
+      const res = await api.call('GET', routePath(r, A), { key: A.key });
       const text = JSON.stringify(res.body);
       for (const id of bIds) expect(text, `${r.path} leaks ${id}`).not.toContain(id);
     }
@@ -173,12 +140,12 @@ describe('tenant isolation', () => {
     // Another run of the same company (A.run) and its objects: every route.
     for (const r of scoped()) {
       const body = validBody(r);
-      const res = await api.call(r.method, pathFor(r, A), { key: token, ...(body !== undefined ? { body } : {}) });
+      const res = await api.call(r.method, routePath(r, A), { key: token, ...(body !== undefined ? { body } : {}) });
       if (r.access === 'company') {
         expect(res.status, `${r.method} ${r.path}`).toBe(403);
       } else if (r.method === 'POST' && r.path === '/api/environments/:id/leases') {
         // A run may take leases, for itself only: asking for another run's is refused.
-        const other = await api.call('POST', pathFor(r, A), { key: token, body: { ttlSeconds: 60, heartbeatRunId: A.run } });
+        const other = await api.call('POST', routePath(r, A), { key: token, body: { ttlSeconds: 60, heartbeatRunId: A.run } });
         expect(other.status).toBe(422);
         if (res.status === 201) await api.call('POST', `/api/environment-leases/${res.body.lease.id}/release`, { key: token, body: { fence: res.body.lease.fence } });
         expect(res.body.lease?.heartbeatRunId).toBe(run);

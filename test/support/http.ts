@@ -8,7 +8,9 @@ import { localDriver } from '../../src/drivers/local.js';
 import { startRuntime, type Runtime } from '../../src/heartbeat/runtime.js';
 import { createApp } from '../../src/http/app.js';
 import { ADMIN_KEY_PREFIX } from '../../src/http/auth.js';
+import type { RouteDef } from '../../src/http/route.js';
 import type { TestDb } from './db.js';
+import { waitFor } from './wait.js';
 
 export interface Reply<T = any> {
   status: number;
@@ -89,4 +91,39 @@ export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspa
     },
   };
   return api;
+}
+
+/** A company with one of everything, made through the API: an environment, a lease, an agent, a run, its key. */
+export interface SeededCompany {
+  id: string;
+  key: string;
+  env: string;
+  lease: string;
+  agent: string;
+  run: string;
+  apiKey: string;
+}
+
+/** Seed a company; with a scheduler the run is waited for (succeeded), without one it stays queued. */
+export async function seedCompany(api: TestApi, name: string): Promise<SeededCompany> {
+  const co = await api.company(name);
+  const call = (method: string, path: string, body?: unknown) => api.call(method, path, { key: co.key, ...(body !== undefined ? { body } : {}) });
+  const env = (await call('POST', `/api/companies/${co.id}/environments`, { name: 'sandbox', driver: 'sandbox', config: { provider: 'p' }, envVars: { K: 'v' } })).body.id;
+  const lease = (await call('POST', `/api/environments/${env}/leases`, { ttlSeconds: 3600 })).body.lease.id;
+  const agent = (await call('POST', `/api/companies/${co.id}/agents`, { name: 'a', adapterType: 'process', adapterConfig: { command: 'true' } })).body.id;
+  const run = (await call('POST', `/api/agents/${agent}/wakeup`, {})).body.id;
+  if (api.runtime) await waitFor('the run to finish', async () => (await call('GET', `/api/heartbeat-runs/${run}`)).body.status === 'succeeded');
+  const apiKey = (await call('GET', `/api/companies/${co.id}/api-keys`)).body[0].id;
+  return { ...co, env, lease, agent, run, apiKey };
+}
+
+/** The route's path with a seeded company's ids in it (and one parameter replaced, if asked). */
+export function routePath(route: RouteDef, ids: SeededCompany, override?: { param: string; value: string }): string {
+  return route.path.replace(/:(\w+)/g, (_, p: string) => {
+    if (override && override.param === p) return encodeURIComponent(override.value);
+    if (p === 'companyId') return ids.id;
+    if (p === 'leaseId') return ids.lease;
+    const kind = route.owner?.kind;
+    return kind === 'environment' ? ids.env : kind === 'agent' ? ids.agent : kind === 'run' ? ids.run : kind === 'apiKey' ? ids.apiKey : kind === 'lease' ? ids.lease : 'unknown';
+  });
 }
