@@ -112,8 +112,12 @@ export const runRoutes = () =>
         const { deps, companyId, params, query, c } = r;
         const after = lastEventId(c, 2_147_483_647) ?? (query.after as number | undefined) ?? 0;
         const follow = query.follow === 'true' || query.follow === '1' || (query.follow === undefined && (c.req.header('accept') ?? '').includes('text/event-stream'));
-        await deps.services.runs.get(companyId, params.id!); // not found before any stream starts
-        if (follow) return followLog(r, after);
+        if (follow) {
+          await deps.services.runs.get(companyId, params.id!); // not found before any stream starts
+          return followLog(r, after);
+        }
+        // readLog answers not_found for another company's run; the run is read after its log,
+        // so a finished status means the log is complete.
         const chunks = await deps.services.runs.readLog(companyId, params.id!, { afterSeq: after, limit: (query.limit as number | undefined) ?? LOG_PAGE });
         const current = await deps.services.runs.get(companyId, params.id!);
         return { run: current, chunks, lastSeq: chunks.length > 0 ? chunks[chunks.length - 1]!.seq : after };
