@@ -156,17 +156,22 @@ export const listActivitySchema = z.strictObject({
   before: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
 });
 
+/** A zod error as one issue per bad field (each unknown key its own), dotted paths. */
+export function fieldIssues(error: z.ZodError, opts: { unknown?: string; root?: string } = {}): FieldIssue[] {
+  return error.issues.flatMap((issue) => {
+    const at = issue.path.map(String);
+    if (issue.code === 'unrecognized_keys') {
+      return issue.keys.map((key) => ({ path: [...at, key].join('.'), message: opts.unknown ?? 'is not a known field' }));
+    }
+    return [{ path: at.join('.') || (opts.root ?? '(input)'), message: issue.message }];
+  });
+}
+
 /** Parse or throw an `invalid` BerthError whose message and fields name each bad field. */
 export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
   const result = schema.safeParse(input);
   if (result.success) return result.data;
-  const fields: FieldIssue[] = result.error.issues.flatMap((issue) => {
-    const at = issue.path.map(String);
-    if (issue.code === 'unrecognized_keys') {
-      return issue.keys.map((key) => ({ path: [...at, key].join('.'), message: 'is not a known field' }));
-    }
-    return [{ path: at.join('.') || '(input)', message: issue.message }];
-  });
+  const fields = fieldIssues(result.error);
   const text = fields.map((f) => `${f.path}: ${f.message}`).join('; ');
   throw new BerthError('invalid', `invalid ${what}: ${text}`, { fields });
 }

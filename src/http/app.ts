@@ -6,12 +6,13 @@ import type { IncomingMessage } from 'node:http';
 import { Hono, type Context } from 'hono';
 import { z } from 'zod';
 import type { FieldIssue } from '../domain/errors.js';
+import { fieldIssues } from '../domain/validators.js';
 import { actorOf, type AppDeps, type Principal } from './context.js';
 import { createAuthenticator } from './auth.js';
 import { errorBody, expectedError, HttpError, loggableError } from './errors.js';
 import { mountDashboard } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
-import { jsonIssues, type RouteDef, type RouteRequest } from './route.js';
+import { badText, jsonIssues, type RouteDef, type RouteRequest } from './route.js';
 import { allRoutes } from './routes/index.js';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -24,7 +25,8 @@ function queryIssues(schema: z.ZodType | undefined, raw: Record<string, string[]
   for (const [k, vs] of Object.entries(raw)) {
     if (vs.length > 1) issues.push({ path: k, message: 'must be given once' });
     const v = vs[vs.length - 1] ?? '';
-    if (v.includes('\u0000') || k.includes('\u0000')) issues.push({ path: k.replace(/\u0000/g, '\\0'), message: 'must not contain NUL characters' });
+    const why = badText(k) ?? badText(v);
+    if (why) issues.push({ path: k.replace(/\u0000/g, '\\0'), message: why });
     flat[k] = v;
   }
   if (issues.length > 0) return { value: {}, issues };
@@ -33,12 +35,7 @@ function queryIssues(schema: z.ZodType | undefined, raw: Record<string, string[]
   }
   const parsed = schema.safeParse(flat);
   if (parsed.success) return { value: parsed.data as Record<string, unknown>, issues: [] };
-  return {
-    value: {},
-    issues: parsed.error.issues.flatMap((i) =>
-      i.code === 'unrecognized_keys' ? i.keys.map((k) => ({ path: k, message: 'is not a known query parameter' })) : [{ path: i.path.join('.') || '(query)', message: i.message }],
-    ),
-  };
+  return { value: {}, issues: fieldIssues(parsed.error, { unknown: 'is not a known query parameter', root: '(query)' }) };
 }
 
 /**

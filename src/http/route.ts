@@ -83,7 +83,7 @@ export function defineRoutes(routes: RouteDef[]): RouteDef[] {
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 /** Why a string cannot be stored, or null. */
-function badText(v: string): string | null {
+export function badText(v: string): string | null {
   if (v.includes('\u0000')) return 'must not contain NUL characters';
   if (LONE_SURROGATE.test(v)) return 'must not contain unpaired UTF-16 surrogates';
   return null;
