@@ -111,17 +111,13 @@ export function createApp(deps: AppDeps): Hono<Env> {
     else log.debug(line, 'request');
   });
 
-
   async function resolveCompany(route: RouteDef, principal: Principal, params: Record<string, string>): Promise<string> {
     const pathCompany = params.companyId;
-    if (pathCompany !== undefined) {
-      if (principal.kind === 'admin') return (await deps.services.companies.get(pathCompany)).id;
-      if (principal.kind === 'company' || principal.kind === 'run') {
-        if (pathCompany !== principal.companyId) throw new HttpError(404, 'not_found', `company ${pathCompany.slice(0, 100)} not found`);
-        return principal.companyId;
-      }
+    if (principal.kind !== 'admin') {
+      if (pathCompany !== undefined && pathCompany !== principal.companyId) throw new HttpError(404, 'not_found', `company ${pathCompany.slice(0, 100)} not found`);
+      return principal.companyId;
     }
-    if (principal.kind === 'company' || principal.kind === 'run') return principal.companyId;
+    if (pathCompany !== undefined) return (await deps.services.companies.get(pathCompany)).id;
     if (route.owner) {
       const id = params[route.owner.param] ?? '';
       const owner = await deps.services.companies.ownerOf(route.owner.kind, id);
