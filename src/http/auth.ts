@@ -1,7 +1,8 @@
 // Who is calling: `Authorization: Bearer <key>` names the instance admin, a company
 // (its API key) or one run (its PAPERCLIP_API_KEY). Keys are looked up by sha256;
 // a found key is remembered for a few seconds so a busy client costs one lookup.
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
+import { hashBearerSecret } from '../secrets/bearer.js';
 import { COMPANY_KEY_PREFIX } from '../services/api-keys.js';
 import type { Services } from '../services/index.js';
 import type { Principal } from './context.js';
@@ -14,7 +15,6 @@ export const AUTH_CACHE_MS = 5_000;
 const CACHE_MAX = 10_000;
 const RUN_ACTIVE = new Set(['queued', 'running']);
 
-const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
 export function createAuthenticator(services: Services, adminKeyHash: string | null) {
   const cache = new Map<string, { principal: Principal; until: number }>();
@@ -35,7 +35,7 @@ export function createAuthenticator(services: Services, adminKeyHash: string | n
       const m = /^Bearer ([A-Za-z0-9_-]{1,200})$/.exec(header.trim());
       if (!m) throw new HttpError(401, 'unauthorized', 'malformed Authorization header: expected "Bearer <API key>"');
       const key = m[1]!;
-      const hash = sha256(key);
+      const hash = hashBearerSecret(key);
       const hit = cache.get(hash);
       if (hit && hit.until > Date.now()) return hit.principal;
       const startedIn = generation;

@@ -2,7 +2,7 @@
 // talks back to Berth with its run token. Its key is saved for the CLI (0600), so
 // `npx berth run demo` works in a second terminal with nothing to copy.
 import { fileURLToPath } from 'node:url';
-import { hashApiKey } from '../services/api-keys.js';
+import { hashBearerSecret } from '../secrets/bearer.js';
 import type { Services } from '../services/index.js';
 import { readCredentials, saveCredentials, type SavedCredentials } from './home-files.js';
 
@@ -17,7 +17,7 @@ export async function ensureDemo(services: Services, url: string, actor = { type
   const saved = readCredentials();
   if (saved) {
     const company = await services.companies.get(saved.companyId).catch(() => null);
-    const keyOk = company ? await services.apiKeys.authenticate(hashApiKey(saved.apiKey)) : null;
+    const keyOk = company ? await services.apiKeys.authenticate(hashBearerSecret(saved.apiKey)) : null;
     if (company && keyOk) {
       const [agent] = await services.agents.list(company.id, { name: DEMO_AGENT });
       if (!agent) await services.agents.create(company.id, { name: DEMO_AGENT, adapterType: 'process', adapterConfig: demoAdapterConfig() }, actor);

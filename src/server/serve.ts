@@ -2,7 +2,6 @@
 // runtime (scheduler, sweeps, recovery) and the HTTP API in one process. On stop:
 // no new runs are claimed, running runs get a grace period (the API stays up for
 // them), what is left is cancelled and finalized, then the listener closes.
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve, type ServerType } from '@hono/node-server';
@@ -10,6 +9,7 @@ import type { Logger } from 'pino';
 import { openDatabase, type Database } from '../db/client.js';
 import { defaultDrivers, startRuntime, type Runtime } from '../heartbeat/runtime.js';
 import { createApp } from '../http/app.js';
+import { hashBearerSecret } from '../secrets/bearer.js';
 import { loggableError } from '../http/errors.js';
 import { createServices, type Services } from '../services/index.js';
 import { ensureAdminKey, removeServerInfo, writeServerInfo } from './home-files.js';
@@ -58,7 +58,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
     services,
     drivers,
     logger,
-    adminKeyHash: createHash('sha256').update(admin.key).digest('hex'),
+    adminKeyHash: hashBearerSecret(admin.key),
     pokeScheduler: () => pending.poke?.(),
     database: database.kind,
     version: BERTH_VERSION,

@@ -1,5 +1,5 @@
 // Company API keys: random, shown once at creation, kept only as a sha256 hash.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { z } from 'zod';
 import { queryRows, type Db } from '../db/client.js';
@@ -8,6 +8,7 @@ import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION } from '../db/errors.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type ApiKeyRecord } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
+import { hashBearerSecret } from '../secrets/bearer.js';
 import { activityFrom } from './activity.js';
 
 export const COMPANY_KEY_PREFIX = 'bk_';
@@ -16,9 +17,6 @@ export const createApiKeySchema = z.strictObject({
   name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters').default('default'),
 });
 
-export function hashApiKey(key: string): string {
-  return createHash('sha256').update(key).digest('hex');
-}
 
 export function apiKeyService(db: Db) {
   return {
@@ -32,7 +30,7 @@ export function apiKeyService(db: Db) {
           db,
           sql`WITH changed AS (
                 INSERT INTO api_keys (company_id, name, key_hash, prefix)
-                VALUES (${companyId}, ${v.name}, ${hashApiKey(key)}, ${key.slice(0, 10)}) RETURNING *),
+                VALUES (${companyId}, ${v.name}, ${hashBearerSecret(key)}, ${key.slice(0, 10)}) RETURNING *),
               act AS (${activityFrom({
                 source: 'changed', actor, action: 'api_key.created', entityType: 'api_key', entityId: sql`changed.id::text`, runId: sql`NULL`,
                 details: sql`jsonb_build_object('name', changed.name, 'prefix', changed.prefix)`,

@@ -1,7 +1,7 @@
 // Heartbeat runs: queued by invoke, claimed by one server's scheduler, finalized
 // exactly once. The per-agent limit lives in agents.running_count, changed only in
 // the statements that move a run into or out of `running`.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
 import { toLogChunk, toRun } from '../db/rows.js';
@@ -10,6 +10,7 @@ import { RUN_ACTIONS, RUN_STATUSES, type TerminalRunStatus } from '../domain/enu
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type HeartbeatRun, type RunLogChunk } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
+import { hashBearerSecret } from '../secrets/bearer.js';
 import { activityFrom, type ActorSql } from './activity.js';
 
 export const RUN_ENTITY = 'heartbeat_run';
@@ -31,10 +32,6 @@ const finishedDetails = (src: string) => {
   return sql`jsonb_build_object('agentId', ${s}.agent_id, 'status', ${s}.status, 'exitCode', ${s}.exit_code, 'signal', ${s}.signal,
     'errorCode', ${s}.error_code, 'error', left(${s}.error, 500))`;
 };
-
-export function hashRunToken(token: string): string {
-  return createHash('sha256').update(token).digest('hex');
-}
 
 /** A new PAPERCLIP_API_KEY for one run; only its hash is stored. */
 export function newRunToken(): string {
@@ -171,7 +168,7 @@ export function runService(db: Db) {
     async recordStart(runId: string, fields: { environmentId: string; leaseId: string; token: string; paperclipEnvironment: Record<string, unknown> }): Promise<void> {
       await queryRows(
         db,
-        sql`UPDATE heartbeat_runs SET environment_id = ${fields.environmentId}, lease_id = ${fields.leaseId}, token_hash = ${hashRunToken(fields.token)},
+        sql`UPDATE heartbeat_runs SET environment_id = ${fields.environmentId}, lease_id = ${fields.leaseId}, token_hash = ${hashBearerSecret(fields.token)},
               context_snapshot = context_snapshot || jsonb_build_object('paperclipEnvironment', ${JSON.stringify(fields.paperclipEnvironment)}::jsonb),
               updated_at = now()
             WHERE id = ${runId}`,

@@ -1,6 +1,6 @@
 // A real HTTP server over a test database: the app on a free port, optionally
 // with the runtime, and a small client that returns status, JSON and headers.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { serve, type ServerType } from '@hono/node-server';
 import pino from 'pino';
@@ -8,6 +8,7 @@ import { localDriver } from '../../src/drivers/local.js';
 import { startRuntime, type Runtime } from '../../src/heartbeat/runtime.js';
 import { createApp } from '../../src/http/app.js';
 import { ADMIN_KEY_PREFIX } from '../../src/http/auth.js';
+import { hashBearerSecret } from '../../src/secrets/bearer.js';
 import type { RouteDef } from '../../src/http/route.js';
 import type { TestDb } from './db.js';
 import { waitFor } from './wait.js';
@@ -36,7 +37,7 @@ export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspa
     services: t.services,
     drivers,
     logger: pino({ level: process.env.BERTH_TEST_LOG ?? 'silent' }),
-    adminKeyHash: createHash('sha256').update(adminKey).digest('hex'),
+    adminKeyHash: hashBearerSecret(adminKey),
     pokeScheduler: () => runtime?.poke(),
     logPollMs: 50,
     database: t.kind,
