@@ -67,6 +67,29 @@ export function lastEventId(c: Context, max: number): number | undefined {
   return n;
 }
 
+const SSE_PING_MS = 15_000;
+
+/**
+ * Writes server-sent events a batch per packet (a long log arrives in a few packets,
+ * not one per line), and a comment line when the stream has been quiet for 15 s so
+ * proxies keep it open. Event data must be one line (JSON is).
+ */
+export function sseWriter(stream: SSEStreamingApi) {
+  let lastWrite = Date.now();
+  return {
+    async send(events: Array<{ event: string; id?: number | string; data: string }>): Promise<void> {
+      if (events.length === 0) return;
+      await stream.write(events.map((e) => `event: ${e.event}\n${e.id !== undefined ? `id: ${e.id}\n` : ''}data: ${e.data}\n\n`).join(''));
+      lastWrite = Date.now();
+    },
+    async pingIfQuiet(): Promise<void> {
+      if (Date.now() - lastWrite <= SSE_PING_MS) return;
+      await stream.write(': ping\n\n');
+      lastWrite = Date.now();
+    },
+  };
+}
+
 /** What a stream does when a step fails after it started: log it (without values) and tell the client. */
 export function streamFailed(deps: AppDeps, what: string) {
   return async (err: Error, stream: SSEStreamingApi): Promise<void> => {

@@ -1,9 +1,7 @@
 // The audit log of a company, newest first, filtered and paged.
 import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
-import { defineRoutes, lastEventId, streamFailed } from '../route.js';
-
-const PING_MS = 15_000;
+import { defineRoutes, lastEventId, sseWriter, streamFailed } from '../route.js';
 
 export const activityRoutes = () =>
   defineRoutes([
@@ -42,19 +40,13 @@ export const activityRoutes = () =>
         let after = lastEventId(c, Number.MAX_SAFE_INTEGER) ?? (query.after as number | undefined) ?? (await deps.services.activity.latestId(companyId));
         const pollMs = Math.max(deps.logPollMs ?? 150, 250);
         return streamSSE(c, async (stream) => {
-          let lastWrite = Date.now();
-          await stream.writeSSE({ event: 'ready', data: JSON.stringify({ after }) });
+          const out = sseWriter(stream);
+          await out.send([{ event: 'ready', data: JSON.stringify({ after }) }]);
           while (!stream.aborted) {
             const rows = await deps.services.activity.since(companyId, after);
-            for (const row of rows) {
-              await stream.writeSSE({ event: 'activity', id: String(row.id), data: JSON.stringify(row) });
-              after = row.id;
-              lastWrite = Date.now();
-            }
-            if (Date.now() - lastWrite > PING_MS) {
-              await stream.write(': ping\n\n');
-              lastWrite = Date.now();
-            }
+            await out.send(rows.map((row) => ({ event: 'activity', id: row.id, data: JSON.stringify(row) })));
+            if (rows.length > 0) after = rows[rows.length - 1]!.id;
+            await out.pingIfQuiet();
             if (rows.length < 200) await stream.sleep(pollMs);
           }
         }, streamFailed(deps, `events of company ${companyId}`));

@@ -4,31 +4,26 @@ import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import { RUN_STATUSES, TERMINAL_RUN_STATUSES } from '../../domain/enums.js';
 import type { HeartbeatRun } from '../../domain/types.js';
-import { defineRoutes, lastEventId, streamFailed, type RouteRequest } from '../route.js';
+import { defineRoutes, lastEventId, sseWriter, streamFailed, type RouteRequest } from '../route.js';
 
 const run = { param: 'id', kind: 'run' } as const;
 const ownRun = async (r: RouteRequest, runId: string) => r.params.id === runId;
 const isTerminal = (status: string) => (TERMINAL_RUN_STATUSES as readonly string[]).includes(status);
 const LOG_PAGE = 1000;
-const PING_MS = 15_000;
 
 function followLog(r: RouteRequest, startAfter: number): Response {
   const { deps, companyId, params, c } = r;
   const runId = params.id!;
   const pollMs = deps.logPollMs ?? 150;
   return streamSSE(c, async (stream) => {
+    const out = sseWriter(stream);
     let after = startAfter;
     let lastStatus: string | null = null;
-    let lastWrite = Date.now();
     const drain = async () => {
       for (;;) {
         const chunks = await deps.services.runs.readLog(companyId, runId, { afterSeq: after, limit: LOG_PAGE });
-        // One write per page of chunks: a long log arrives in a few packets, not one per line.
-        if (chunks.length > 0) {
-          await stream.write(chunks.map((ch) => `event: log\nid: ${ch.seq}\ndata: ${JSON.stringify(ch)}\n\n`).join(''));
-          after = chunks[chunks.length - 1]!.seq;
-        }
-        if (chunks.length > 0) lastWrite = Date.now();
+        await out.send(chunks.map((ch) => ({ event: 'log', id: ch.seq, data: JSON.stringify(ch) })));
+        if (chunks.length > 0) after = chunks[chunks.length - 1]!.seq;
         if (chunks.length < LOG_PAGE) return;
       }
     };
@@ -37,18 +32,14 @@ function followLog(r: RouteRequest, startAfter: number): Response {
       const current: HeartbeatRun = await deps.services.runs.get(companyId, runId);
       if (current.status !== lastStatus) {
         lastStatus = current.status;
-        await stream.writeSSE({ event: 'status', data: JSON.stringify(current) });
-        lastWrite = Date.now();
+        await out.send([{ event: 'status', data: JSON.stringify(current) }]);
       }
       if (isTerminal(current.status)) {
         await drain(); // the executor writes the last output before it finalizes
-        await stream.writeSSE({ event: 'end', data: JSON.stringify(current) });
+        await out.send([{ event: 'end', data: JSON.stringify(current) }]);
         return;
       }
-      if (Date.now() - lastWrite > PING_MS) {
-        await stream.write(': ping\n\n');
-        lastWrite = Date.now();
-      }
+      await out.pingIfQuiet();
       await stream.sleep(pollMs);
     }
   }, streamFailed(deps, `log of run ${runId}`));
