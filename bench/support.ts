@@ -68,6 +68,7 @@ export async function startBenchRuntime(opts: { services: Services; db: Db; driv
       if (w) w(run);
       else finished.set(run.id, run);
     },
+    apiUrl: 'http://127.0.0.1:9',
     onError: (where, err) => console.error(where, err),
   });
   const runOnce = async (companyId: string, agentId: string): Promise<{ ms: number; run: HeartbeatRun }> => {

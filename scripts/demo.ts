@@ -48,7 +48,12 @@ try {
   say(`expiry sweep  expired ${expired.length} lease(s) not renewed in time (${expired.map((l) => l.id.slice(0, 8)).join(', ')}; held ${held.lease.id.slice(0, 8)})`);
 
   // A heartbeat run: an agent's process executed through a lease on Local.
-  const runtime = await startRuntime({ services: s, db: database.db, onError: () => {} });
+  const runtime = await startRuntime({
+    services: s,
+    db: database.db,
+    apiUrl: 'http://127.0.0.1:9', // the tour's agents never call back
+    onError: (where, err) => console.error(`[tour] runtime ${where}: ${(err as Error).message}`),
+  });
   try {
     const agent = await s.agents.create(company.id, {
       name: 'hello',

@@ -9,8 +9,10 @@ const database = await openDatabase();
 const runtime = await startRuntime({
   services: createServices(database.db),
   db: database.db,
+  heartbeatDb: database.heartbeatDb,
   maxConcurrentRuns: Number(process.env.BERTH_MAX_RUNS ?? 16),
-  ...(process.env.BERTH_API_URL ? { apiUrl: process.env.BERTH_API_URL } : {}),
+  apiUrl: process.env.BERTH_API_URL ?? 'http://127.0.0.1:3710',
+  onError: (where, err) => console.error(`runtime error in ${where}: ${(err as Error).message}`),
 });
 console.log(`ready ${runtime.serverId} pid ${process.pid} database ${database.kind} ${database.location}`);
 

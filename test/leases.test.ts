@@ -52,8 +52,6 @@ describe('acquire', () => {
       heartbeatRunId: runId,
       executionWorkspaceId: 'ws-1',
       issueId: 'ISSUE-7',
-      provider: 'test',
-      providerLeaseId: 'prov-1',
       metadata: { note: 'hello' },
     });
     expect(created).toBe(true);
@@ -65,8 +63,10 @@ describe('acquire', () => {
       heartbeatRunId: runId,
       executionWorkspaceId: 'ws-1',
       issueId: 'ISSUE-7',
-      provider: 'test',
-      providerLeaseId: 'prov-1',
+      provider: null,
+      providerLeaseId: null,
+      driver: null,
+      driverState: null,
       metadata: { note: 'hello' },
       releasedAt: null,
       cleanupStatus: null,
@@ -345,7 +345,8 @@ describe('cleanup', () => {
 
   it('claims due cleanups once: a second claim skips them until the claim lapses', async () => {
     const env = await newEnv();
-    const { lease } = await leases().acquire(companyId, { environmentId: env.id, ttlSeconds: 0.1 });
+    // As the executor takes it: the driver that will make its resources is recorded with it.
+    const { lease } = await leases().acquire(companyId, { environmentId: env.id, ttlSeconds: 0.1 }, undefined, { driver: 'local' });
     await new Promise((r) => setTimeout(r, 200));
     await leases().expireDue();
     const claimed = await leases().claimDueCleanups({ limit: 1000 });
@@ -359,7 +360,9 @@ describe('cleanup', () => {
 describe('expiry sweep', () => {
   it('expires leases past expiresAt with one activity row each, and leaves the others', async () => {
     const env = await newEnv();
-    const due = await Promise.all([1, 2, 3].map(() => leases().acquire(companyId, { environmentId: env.id, ttlSeconds: 0.1 })));
+    const due = await Promise.all([1, 2, 3].map(() => leases().acquire(companyId, { environmentId: env.id, ttlSeconds: 0.1 }, undefined, { driver: 'local' })));
+    // Taken through the API alone: no driver made anything for it, so it owes no cleanup.
+    const bare = await leases().acquire(companyId, { environmentId: env.id, ttlSeconds: 0.1 });
     const live = await leases().acquire(companyId, { environmentId: env.id, ttlSeconds: 60 });
     const forever = await leases().acquire(companyId, { environmentId: env.id });
     await new Promise((r) => setTimeout(r, 250));
@@ -373,6 +376,7 @@ describe('expiry sweep', () => {
       expect(l).toMatchObject({ status: 'expired', cleanupStatus: 'pending' });
       expect(await activityFor(d.lease.id)).toEqual(['environment.lease_acquired', 'environment.lease_expired']);
     }
+    expect(await leases().get(companyId, bare.lease.id)).toMatchObject({ status: 'expired', cleanupStatus: null, nextCleanupAt: null });
     expect((await leases().expireDue()).map((l) => l.id)).not.toContain(due[0]!.lease.id);
   });
 });

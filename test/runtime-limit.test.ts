@@ -2,12 +2,14 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startRuntime, type Runtime } from '../src/heartbeat/runtime.js';
 import { openTestDb, type TestDb } from './support/db.js';
+import { collectRuntimeErrors } from './support/runtime-errors.js';
 
+const runtimeErrors = collectRuntimeErrors();
 let t: TestDb;
 let runtime: Runtime;
 beforeAll(async () => {
   t = await openTestDb();
-  runtime = await startRuntime({ services: t.services, db: t.db, maxConcurrentRuns: 2, pollMs: 20, onError: () => {} });
+  runtime = await startRuntime({ services: t.services, db: t.db, maxConcurrentRuns: 2, pollMs: 20, apiUrl: 'http://127.0.0.1:9', onError: runtimeErrors.onError });
 });
 afterAll(async () => {
   await runtime?.stop({ graceMs: 0 });

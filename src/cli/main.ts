@@ -137,6 +137,8 @@ function showLease(l: Json): string {
     `released     ${l.releasedAt ? ago(l.releasedAt) : '-'}`,
     `failure      ${l.failureReason ?? '-'}`,
     `cleanup      ${l.cleanupStatus ?? '-'}${l.cleanupAttempts ? ` after ${l.cleanupAttempts} attempts` : ''}${l.lastCleanupError ? ` — ${l.lastCleanupError}` : ''}`,
+    `retained to  ${l.retainUntil ? ago(l.retainUntil) : '-'}`,
+    `driver       ${l.driver ?? '-'}${l.driverState ? ` ${JSON.stringify(l.driverState)}` : ''}`,
     `metadata     ${JSON.stringify(l.metadata)}`,
   ].join('\n');
 }
@@ -366,12 +368,19 @@ export function buildProgram(): Command {
     .description('End a lease now, as its holder would (with its current fence)')
     .addOption(new Option('--status <status>', 'final status').choices(['released', 'expired', 'failed']).default('released'))
     .option('--reason <text>', 'failure reason')
+    .option('--no-cleanup', "leave the lease's resources as they are (by default what its driver made is cleaned up)")
     .option('--json', 'print JSON')
-    .action(async (id: string, o: { status: string; reason?: string; json?: boolean }) => {
+    .action(async (id: string, o: { status: string; reason?: string; cleanup: boolean; json?: boolean }) => {
       const client = companyClient();
       const current = await client.get<Json>(`/api/environment-leases/${encodeURIComponent(id)}`);
-      const res = await client.post<Json>(`/api/environment-leases/${current.id}/release`, { fence: current.fence, status: o.status, ...(o.reason ? { failureReason: o.reason } : {}) });
-      print(res, !!o.json, () => (res.changed ? `lease ${current.id} is now ${status(res.lease.status)}` : `lease ${current.id} had already ended: ${status(res.lease.status)}`));
+      const res = await client.post<Json>(`/api/environment-leases/${current.id}/release`, {
+        fence: current.fence,
+        status: o.status,
+        ...(o.reason ? { failureReason: o.reason } : {}),
+        ...(o.cleanup ? {} : { cleanupStatus: 'skipped' }),
+      });
+      const cleanup = res.lease.cleanupStatus ? ` · cleanup ${res.lease.cleanupStatus}` : '';
+      print(res, !!o.json, () => (res.changed ? `lease ${current.id} is now ${status(res.lease.status)}${cleanup}` : `lease ${current.id} had already ended: ${status(res.lease.status)}`));
     });
 
   const agent = program.command('agent').description('Agents: who runs');

@@ -24,6 +24,12 @@ export interface Database {
   kind: 'pglite' | 'postgres';
   /** Where the data lives: a data dir for PGlite, the URL without password for PostgreSQL. */
   location: string;
+  /**
+   * A connection of its own for the server heartbeat (PostgreSQL): a pool busy with run work
+   * must never delay it, or another server would take this one for dead. PGlite has one
+   * session: there it is `db`.
+   */
+  heartbeatDb: Db;
   close(): Promise<void>;
 }
 
@@ -63,6 +69,7 @@ async function openPglite(dataDir: string): Promise<Database> {
     await migratePglite(db, { migrationsFolder });
     return {
       db: db as unknown as Db,
+      heartbeatDb: db as unknown as Db,
       kind: 'pglite',
       location: inMemory ? 'memory' : dataDir,
       async close() {
@@ -76,10 +83,19 @@ async function openPglite(dataDir: string): Promise<Database> {
   }
 }
 
+/**
+ * Every connection's limits: no statement runs past 30 s, and no transaction sits idle for
+ * more than 60 s holding its locks (a bug or a stuck driver call would otherwise hold a row
+ * lock forever); connecting gives up after 10 s.
+ */
+export const POOL_LIMITS = { statement_timeout: 30_000, idle_in_transaction_session_timeout: 60_000, connectionTimeoutMillis: 10_000 } as const;
+
 async function openPostgres(url: string, poolSize: number): Promise<Database> {
-  const pool = new pg.Pool({ connectionString: url, max: poolSize });
+  const pool = new pg.Pool({ connectionString: url, max: poolSize, ...POOL_LIMITS });
   // An idle client that errors (server restart) must not crash the process.
   pool.on('error', () => {});
+  const heartbeatPool = new pg.Pool({ connectionString: url, max: 1, ...POOL_LIMITS, statement_timeout: 5_000 });
+  heartbeatPool.on('error', () => {});
   const db = drizzlePg({ client: pool, schema });
   const conn = await pool.connect();
   try {
@@ -92,15 +108,18 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
   } catch (err) {
     conn.release();
     await pool.end();
+    await heartbeatPool.end();
     throw err;
   }
   conn.release();
   return {
     db: db as unknown as Db,
+    heartbeatDb: drizzlePg({ client: heartbeatPool, schema }) as unknown as Db,
     kind: 'postgres',
     location: redactUrl(url),
     async close() {
       await pool.end();
+      await heartbeatPool.end();
     },
   };
 }

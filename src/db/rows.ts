@@ -95,6 +95,9 @@ export function toLease(r: Row): Lease {
     nextCleanupAt: dateOrNull(r.next_cleanup_at),
     lastCleanupError: strOrNull(r.last_cleanup_error),
     metadata: obj(r.metadata),
+    driver: strOrNull(r.driver),
+    driverState: r.driver_state === null || r.driver_state === undefined ? null : obj(r.driver_state),
+    retainUntil: dateOrNull(r.retain_until),
     createdAt: date(r.created_at),
     updatedAt: date(r.updated_at),
   };
@@ -155,6 +158,7 @@ export function toRun(r: Row): HeartbeatRun {
     serverId: strOrNull(r.server_id),
     hostname: strOrNull(r.hostname),
     pid: intOrNull(r.pid),
+    processIdentity: r.process_identity === null || r.process_identity === undefined ? null : obj(r.process_identity),
     cancelRequestedAt: dateOrNull(r.cancel_requested_at),
     createdAt: date(r.created_at),
     startedAt: dateOrNull(r.started_at),

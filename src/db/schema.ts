@@ -101,7 +101,18 @@ export const environmentLeases = pgTable(
     cleanupAttempts: integer('cleanup_attempts').notNull().default(0),
     nextCleanupAt: timestamp('next_cleanup_at', { withTimezone: true }),
     lastCleanupError: text('last_cleanup_error'),
+    /** The caller's metadata: free-form, never read by the server to decide anything. */
     metadata: jsonObject('metadata'),
+    /**
+     * The driver that owns the lease's resources (written by the server when a run takes the
+     * lease, before any resource exists: the write-ahead record cleanup works from); null for a
+     * lease taken through the API alone, which owes no cleanup. No API route writes it.
+     */
+    driver: text('driver'),
+    /** What that driver made (workspace path, host...): server-written, never from a caller. */
+    driverState: jsonb('driver_state').$type<Record<string, unknown>>(),
+    /** A retained lease's resources are cleaned and the lease ends `expired` at this time. */
+    retainUntil: timestamp('retain_until', { withTimezone: true }),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },
@@ -128,6 +139,7 @@ export const environmentLeases = pgTable(
     // (next_cleanup_at is set only while a cleanup is owed).
     index('environment_leases_expiry_idx').on(t.expiresAt).where(sql`${t.status} = 'active' AND ${t.expiresAt} IS NOT NULL`),
     index('environment_leases_cleanup_due_idx').on(t.nextCleanupAt).where(sql`${t.nextCleanupAt} IS NOT NULL`),
+    index('environment_leases_retention_idx').on(t.retainUntil).where(sql`${t.status} = 'retained' AND ${t.retainUntil} IS NOT NULL`),
     check('environment_leases_fence_ck', sql`${t.fence} > 0`),
   ],
 );
@@ -244,7 +256,12 @@ export const heartbeatRuns = pgTable(
     /** Where the run's process group lives, so a later server on the same host can kill leftovers. */
     hostname: text('hostname'),
     pid: integer('pid'),
-    heartbeatAt: timestamp('heartbeat_at', { withTimezone: true }),
+    /**
+     * Who that pid is: {bootId, pidNamespace, startTime} (the kernel's boot id, the pid
+     * namespace's inode, field 22 of /proc/<pid>/stat). Recovery signals the pid only when
+     * all three still match, so a reused pid (after a reboot, in another container) is never hit.
+     */
+    processIdentity: jsonb('process_identity').$type<Record<string, unknown>>(),
     cancelRequestedAt: timestamp('cancel_requested_at', { withTimezone: true }),
     /** A queued run is not claimed before this (set when it had to wait for its environment's capacity). */
     notBefore: timestamp('not_before', { withTimezone: true }),

@@ -22,7 +22,8 @@ export const LEASE_POLICIES = [
 ] as const;
 export type LeasePolicy = (typeof LEASE_POLICIES)[number];
 
-export const CLEANUP_STATUSES = ['pending', 'success', 'failed'] as const;
+/** pending: owed, the sweep does it; success: done; failed: tried and failed; skipped: resources left as they are, by request. */
+export const CLEANUP_STATUSES = ['pending', 'success', 'failed', 'skipped'] as const;
 export type CleanupStatus = (typeof CLEANUP_STATUSES)[number];
 
 export const RUN_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled', 'timed_out'] as const;

@@ -70,7 +70,14 @@ export interface Lease {
   cleanupAttempts: number;
   nextCleanupAt: Date | null;
   lastCleanupError: string | null;
+  /** The caller's own: free-form, never read by the server to decide anything. */
   metadata: Record<string, unknown>;
+  /** The driver that owns the lease's resources (server-written); null: the lease owes no cleanup. */
+  driver: string | null;
+  /** What that driver made for it (workspace path, host...): server-written, read-only over the API. */
+  driverState: Record<string, unknown> | null;
+  /** A retained lease is cleaned up and ends `expired` at this time. */
+  retainUntil: Date | null;
   createdAt: Date;
   updatedAt: Date;
   unknownValues?: Record<string, string>;
@@ -126,6 +133,8 @@ export interface HeartbeatRun {
   serverId: string | null;
   hostname: string | null;
   pid: number | null;
+  /** Who `pid` is ({bootId, pidNamespace, startTime}): recovery signals it only when all still match. */
+  processIdentity: Record<string, unknown> | null;
   cancelRequestedAt: Date | null;
   createdAt: Date;
   startedAt: Date | null;

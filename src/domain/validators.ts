@@ -108,8 +108,7 @@ export const acquireLeaseSchema = z
     heartbeatRunId: z.uuid('must be a UUID').optional(),
     executionWorkspaceId: opaqueId.optional(),
     issueId: opaqueId.optional(),
-    provider: opaqueId.optional(),
-    providerLeaseId: z.string().max(2000).optional(),
+    // No `provider`/`providerLeaseId`, no driver fields: the server writes those, never a caller.
     metadata: jsonRecord.default({}),
   })
   .superRefine((v, ctx) => {

@@ -1,11 +1,12 @@
 // The `local` driver: runs on this machine, in a workspace under BERTH_HOME.
-import { mkdir, rm } from 'node:fs/promises';
+import { lstat, mkdir, realpath, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { berthHome } from '../db/client.js';
+import { UUID_RE } from '../domain/errors.js';
 import type { Lease } from '../domain/types.js';
 import { startLocalProcess } from './process-tree.js';
-import type { DriverEnvironment, EnvironmentDriver, PreparedWorkspace } from './types.js';
+import type { CleanupReport, DriverEnvironment, EnvironmentDriver, PreparedWorkspace } from './types.js';
 
 export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentDriver {
   const root = () => opts.workspaceRoot ?? join(berthHome(), 'workspaces');
@@ -25,11 +26,35 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
     startProcess(_env, spec, onOutput) {
       return startLocalProcess(spec, onOutput);
     },
-    async cleanup(_env, lease) {
-      // Only a workspace Berth made for this lease is removed; an agent's own cwd is not.
-      if (lease.metadata.workspaceOwned === true && typeof lease.metadata.cwd === 'string' && lease.metadata.cwd.startsWith(root())) {
-        await rm(lease.metadata.cwd, { recursive: true, force: true });
-      }
+    async cleanup(_env, lease): Promise<CleanupReport> {
+      return removeOwnWorkspace(root(), lease.id);
     },
   };
+}
+
+/**
+ * Remove exactly `<root>/<lease id>`: the one directory this driver makes for a lease.
+ * The path comes from the lease id alone (a UUID the database made), resolved against the
+ * real root; a symlink there is removed as a link, never followed. An agent's own cwd is
+ * never under it, so it is never touched.
+ */
+export async function removeOwnWorkspace(rootDir: string, leaseId: string): Promise<CleanupReport> {
+  if (!UUID_RE.test(leaseId)) throw new Error(`refusing to clean up lease ${JSON.stringify(leaseId)}: not a lease id`);
+  let realRoot: string;
+  try {
+    realRoot = await realpath(rootDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { nothing: `no workspace root ${rootDir}` };
+    throw err;
+  }
+  const target = join(realRoot, leaseId);
+  try {
+    await lstat(target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { nothing: `no workspace ${target}` };
+    throw err;
+  }
+  // rm on a symlink removes the link itself; on a directory, the tree below it (links inside unfollowed).
+  await rm(target, { recursive: true, force: true });
+  return { removed: target };
 }

@@ -228,8 +228,9 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
     },
 
     async cleanup(env, lease) {
-      const m = lease.metadata;
-      if (m.workspaceOwned !== true) return; // an agent's own cwd is never removed
+      // The server's own record of what prepareWorkspace made; never the caller's metadata.
+      const m = lease.driverState ?? {};
+      if (m.workspaceOwned !== true) return { nothing: "the run used its agent's own cwd, which is never removed" };
       const root = typeof m.remoteWorkspacePath === 'string' ? m.remoteWorkspacePath : null;
       const cwd = typeof m.cwd === 'string' ? m.cwd : null;
       // Only exactly <remoteWorkspacePath>/<lease id>, as prepareWorkspace made it.
@@ -245,6 +246,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
         const r = await execCollect(b.conn, `rm -rf -- ${shellQuote(cwd)}`, { timeoutMs: 60_000 });
         if (r.code !== 0) throw new SshError('command', `rm -rf ${cwd} on ${where(cfg)} failed (exit ${r.code ?? r.signal}): ${r.stderr.trim().slice(0, 500)}`);
       });
+      return { removed: `${where(cfg)}:${cwd}` };
     },
   };
 

@@ -46,6 +46,12 @@ export interface StartedProcess {
   kill(signal: 'SIGTERM' | 'SIGKILL'): void;
 }
 
+/** What a cleanup did: `removed` names what is gone; `nothing` says why there was nothing to do. */
+export interface CleanupReport {
+  removed?: string;
+  nothing?: string;
+}
+
 export type OutputListener = (stream: 'stdout' | 'stderr', text: string) => void;
 
 export interface EnvironmentDriver {
@@ -66,8 +72,13 @@ export interface EnvironmentDriver {
   /** Make the lease's resources ready (a workspace); called once the lease is granted. */
   prepareWorkspace(env: DriverEnvironment, lease: Lease, opts: { cwd?: string }): Promise<PreparedWorkspace>;
   startProcess(env: DriverEnvironment, spec: ProcessSpec, onOutput: OutputListener): StartedProcess;
-  /** Release the lease's resources. Throws if cleanup failed; it is then retried with backoff. */
-  cleanup(env: DriverEnvironment | null, lease: Lease): Promise<void>;
+  /**
+   * Release the lease's resources: exactly what this driver made for this lease, found from
+   * the lease id and its driverState (server-written), never from the caller's metadata.
+   * Idempotent; says what it did (for the activity row). Throws if cleanup failed; it is
+   * then retried with backoff.
+   */
+  cleanup(env: DriverEnvironment | null, lease: Lease): Promise<CleanupReport>;
 }
 
 export type DriverRegistry = Map<string, EnvironmentDriver>;

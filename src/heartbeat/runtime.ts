@@ -1,11 +1,13 @@
-// A server's heartbeat runtime: it registers the server, claims queued runs up to
-// its limit, executes them, and runs the sweeps every server shares: lease
-// expiry, lost-run recovery, timers and cleanup retries.
+// A server's heartbeat runtime: it registers the server, claims queued runs up to its
+// limit, executes them, and runs the maintenance every server shares as named tasks:
+// lease expiry, lost-run recovery, orphaned runs, timers and cleanup retries.
 //
-// Bounds (with the defaults): a lease past expiresAt is expired within
-// sweepMs (1 s); a server that dies is noticed after staleSeconds (5 s) without a
-// heartbeat, and its runs are finalized by the next sweep of any live server:
-// within staleSeconds + sweepMs + heartbeatMs (7 s) of its last heartbeat.
+// Bounds (with the defaults): a lease past expiresAt is expired within sweepMs (1 s) plus
+// the time to write it (the sweep takes batches of 2,000 until none is due); a server that
+// dies is noticed after staleSeconds (5 s) without a heartbeat, and its runs are finalized
+// by the next sweep of any live server: within staleSeconds + sweepMs + heartbeatMs (7 s)
+// of its last heartbeat. The heartbeat runs on a connection of its own where the database
+// has several (PostgreSQL), so a busy pool cannot make this server look dead.
 import { randomUUID } from 'node:crypto';
 import { hostname as osHostname } from 'node:os';
 import { httpAdapter } from '../adapters/http.js';
@@ -15,30 +17,45 @@ import { localDriver } from '../drivers/local.js';
 import { signalTree } from '../drivers/process-tree.js';
 import { sshDriver } from '../drivers/ssh.js';
 import type { DriverRegistry } from '../drivers/types.js';
-import type { HeartbeatRun } from '../domain/types.js';
+import type { HeartbeatRun, Lease } from '../domain/types.js';
+import { storableText } from '../domain/text.js';
 import { createServices, type Services } from '../services/index.js';
+import { serverRegistry } from '../services/runs.js';
+import { EXPIRE_BATCH } from '../services/leases.js';
 import type { Db } from '../db/client.js';
-import { executeRun } from './executor.js';
+import { executeRun, withDeadline } from './executor.js';
+import { isSameProcess } from './process-identity.js';
+import { every, type Task } from './tasks.js';
 
 export interface RuntimeOptions {
   services: Services;
   /** The database under `services`: lets the executor group a run's steps into few transactions. */
   db?: Db;
+  /** A connection of its own for the server heartbeat (PostgreSQL): never queued behind run work. */
+  heartbeatDb?: Db;
   serverId?: string;
   drivers?: DriverRegistry;
   adapters?: Map<string, AgentAdapter>;
   /** Runs this server executes at once. */
   maxConcurrentRuns?: number;
-  apiUrl?: string;
+  /** PAPERCLIP_API_URL: where runs reach this server. */
+  apiUrl: string;
   pollMs?: number;
   heartbeatMs?: number;
   sweepMs?: number;
   staleSeconds?: number;
   leaseTtlSeconds?: number;
   cleanupMaxAttempts?: number;
+  /** Cleanups run at once by this server's sweep. */
+  cleanupConcurrency?: number;
+  /** One cleanup that takes longer counts as failed (and is retried with backoff). */
+  cleanupTimeoutMs?: number;
+  /** A run held `running` here that this server no longer executes is finalized after this (s). */
+  orphanGraceSeconds?: number;
   /** Characters of output kept per run (default 16 Mi). */
   logLimitBytes?: number;
-  onError?: (where: string, err: unknown) => void;
+  /** Where the runtime reports what went wrong in its own work (not a run's failure). */
+  onError: (where: string, err: unknown) => void;
   /** Called with each run this server finalized. */
   onRunFinished?: (run: HeartbeatRun) => void;
 }
@@ -72,6 +89,17 @@ export function defaultAdapters(): Map<string, AgentAdapter> {
   ]);
 }
 
+/** Expire due leases in batches until none is left (or `budgetMs` is spent): the bound holds under a burst. */
+export async function expireAllDue(s: Services, budgetMs = 5_000): Promise<number> {
+  const until = Date.now() + budgetMs;
+  let total = 0;
+  for (;;) {
+    const n = (await s.leases.expireDue({ limit: EXPIRE_BATCH })).length;
+    total += n;
+    if (n < EXPIRE_BATCH || Date.now() >= until) return total;
+  }
+}
+
 export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const s = opts.services;
   const serverId = opts.serverId ?? `srv_${randomUUID()}`;
@@ -80,7 +108,10 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const adapters = opts.adapters ?? defaultAdapters();
   const maxRuns = opts.maxConcurrentRuns ?? 16;
   const staleSeconds = opts.staleSeconds ?? 5;
-  const onError = opts.onError ?? ((where, err) => console.error(`[berth runtime] ${where}:`, (err as Error).message ?? err));
+  const sweepMs = opts.sweepMs ?? 1000;
+  const cleanupTimeoutMs = opts.cleanupTimeoutMs ?? 120_000;
+  const { onError } = opts;
+  const servers = opts.heartbeatDb ? serverRegistry(opts.heartbeatDb) : s.servers;
   const transact = <T>(f: (ts: Services) => Promise<T>): Promise<T> =>
     opts.db ? opts.db.transaction((tx) => f(createServices(tx as unknown as Db))) : f(s);
   const deps = {
@@ -88,8 +119,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     drivers,
     adapters,
     serverId,
-    apiUrl: opts.apiUrl ?? 'http://127.0.0.1:3100',
+    apiUrl: opts.apiUrl,
     leaseTtlSeconds: opts.leaseTtlSeconds ?? 30,
+    cleanupTimeoutMs,
     ...(opts.logLimitBytes !== undefined ? { logLimitBytes: opts.logLimitBytes } : {}),
     transact,
   };
@@ -98,7 +130,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   let claiming = false;
   let claimAgain = false;
 
-  await s.servers.register(serverId, host, process.pid);
+  await servers.register(serverId, host, process.pid);
 
   async function claimLoop(): Promise<void> {
     if (claiming) {
@@ -139,70 +171,86 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   }
 
   async function heartbeat(): Promise<void> {
-    try {
-      await s.servers.heartbeat(serverId);
-      for (const id of await s.runs.cancelRequested(serverId)) running.get(id)?.abort.abort('cancel');
-    } catch (err) {
-      onError('heartbeat', err);
-    }
+    await servers.heartbeat(serverId);
+    for (const id of await s.runs.cancelRequested(serverId)) running.get(id)?.abort.abort('cancel');
   }
 
-  async function sweep(): Promise<void> {
-    try {
-      await s.leases.expireDue();
-      // A lost run and its leases end in one transaction: nobody sees one without the other.
-      const lostRuns = await transact(async (ts) => {
-        const lost = await ts.runs.finalizeLostRuns({ staleSeconds, exceptServerId: serverId });
-        for (const run of lost) {
-          await ts.leases.releaseForRun(
-            run.companyId,
-            run.id,
-            { status: 'failed', failureReason: `process_lost: ${run.error ?? 'server stopped'}` },
-            { type: 'system', id: serverId },
-            { cleanupPending: true },
-          );
-        }
-        return lost;
-      });
-      // Its server is gone; what it started on this host must not outlive it.
-      for (const lost of lostRuns) if (lost.pid !== null && lost.hostname === host) signalTree(lost.pid, 'SIGKILL');
-      if (!stopping) await s.runs.invokeDueTimers().then((runs) => runs.length > 0 && void claimLoop());
-      await retryCleanups();
-    } catch (err) {
-      onError('sweep', err);
+  /** Runs of servers that died: finalized with their leases in one transaction, and what they left here killed. */
+  async function recoverLostRuns(): Promise<void> {
+    const lostRuns = await transact(async (ts) => {
+      const lost = await ts.runs.finalizeLostRuns({ staleSeconds, exceptServerId: serverId });
+      for (const run of lost) {
+        await ts.leases.releaseForRun(
+          run.companyId,
+          run.id,
+          { status: 'failed', failureReason: `process_lost: ${run.error ?? 'server stopped'}` },
+          { type: 'system', id: serverId },
+        );
+      }
+      return lost;
+    });
+    // Its server is gone; what it started on this machine must not outlive it. Only a pid
+    // that is still the very process recorded (same boot, pid namespace, start time).
+    for (const lost of lostRuns) if (lost.pid !== null && isSameProcess(lost.pid, lost.processIdentity)) signalTree(lost.pid, 'SIGKILL');
+  }
+
+  async function finalizeOrphans(): Promise<void> {
+    const orphans = await s.runs.finalizeOrphans(serverId, [...running.keys()], { graceSeconds: opts.orphanGraceSeconds ?? 30 });
+    for (const run of orphans) {
+      await s.leases.releaseForRun(run.companyId, run.id, { status: 'failed', failureReason: `execution_lost: ${run.error ?? ''}` }, { type: 'system', id: serverId });
+      onError(`run ${run.id}`, new Error(`run ${run.id} was still running here with no execution: finalized failed (execution_lost)`));
     }
   }
 
   async function retryCleanups(): Promise<void> {
-    for (const lease of await s.leases.claimDueCleanups({ limit: 20 })) {
-      let ok = true;
-      let error: string | undefined;
-      try {
-        // Only resources a driver prepared (the executor records which) need its cleanup;
-        // a lease taken through the API alone owes nothing.
-        const preparedBy = typeof lease.metadata.preparedBy === 'string' ? lease.metadata.preparedBy : null;
-        if (preparedBy !== null) {
-          const driver = drivers.get(preparedBy);
-          if (!driver) throw new Error(`no ${preparedBy} driver on server ${serverId}`);
-          const env = lease.environmentId ? await s.environments.getWithSecrets(lease.companyId, lease.environmentId).catch(() => null) : null;
-          await driver.cleanup(env, lease);
-        }
-      } catch (err) {
-        ok = false;
-        error = (err as Error).message;
-      }
-      await s.leases
-        .recordCleanupAttempt(lease.companyId, lease.id, { fence: lease.fence, ok, ...(error ? { error } : {}), ...(opts.cleanupMaxAttempts ? { maxAttempts: opts.cleanupMaxAttempts } : {}) })
-        .catch((err: unknown) => onError('cleanup', err));
-    }
+    // A claim outlasts the cleanup's own deadline: no other sweep takes it while it runs.
+    const due = await s.leases.claimDueCleanups({ limit: 50, claimSeconds: Math.ceil(cleanupTimeoutMs / 1000) + 30 });
+    const queue = [...due];
+    const worker = async () => {
+      for (let lease = queue.shift(); lease; lease = queue.shift()) await cleanOne(lease);
+    };
+    await Promise.all(Array.from({ length: Math.min(opts.cleanupConcurrency ?? 4, queue.length) }, worker));
   }
 
-  const timers = [
-    setInterval(() => void claimLoop(), opts.pollMs ?? 200),
-    setInterval(() => void heartbeat(), opts.heartbeatMs ?? 1000),
-    setInterval(() => void sweep(), opts.sweepMs ?? 1000),
+  async function cleanOne(lease: Lease): Promise<void> {
+    let ok = true;
+    let error: string | undefined;
+    let done: Record<string, unknown> = {};
+    try {
+      // The cleanup is the lease's own driver's (recorded by the server when it granted the
+      // lease): never one a caller named. A lease no driver made resources for owes nothing.
+      if (lease.driver === null) {
+        done = { nothing: 'no driver made resources for this lease' };
+      } else {
+        const driver = drivers.get(lease.driver);
+        if (!driver) throw new Error(`no ${lease.driver} driver on server ${serverId}`);
+        const env = lease.environmentId ? await s.environments.getWithSecrets(lease.companyId, lease.environmentId).catch(() => null) : null;
+        done = { ...(await withDeadline(driver.cleanup(env, lease), cleanupTimeoutMs, 'cleanup_timeout', `cleanup of lease ${lease.id}`)) };
+      }
+    } catch (err) {
+      ok = false;
+      error = storableText((err as Error).message);
+    }
+    await s.leases
+      .recordCleanupAttempt(lease.companyId, lease.id, { fence: lease.fence, ok, done, ...(error ? { error } : {}), ...(opts.cleanupMaxAttempts ? { maxAttempts: opts.cleanupMaxAttempts } : {}) })
+      .catch((err: unknown) => onError('cleanup', err));
+  }
+
+  // Each task skips a tick while its last run is still going: nothing piles up.
+  const report = (name: string) => (err: unknown) => onError(name, err);
+  const tasks: Task[] = [
+    every('claim', opts.pollMs ?? 200, () => claimLoop(), report('claim')),
+    every('heartbeat', opts.heartbeatMs ?? 1000, heartbeat, report('heartbeat')),
+    every('expire-leases', sweepMs, () => expireAllDue(s), report('expire-leases')),
+    every('recover-runs', sweepMs, recoverLostRuns, report('recover-runs')),
+    every('orphaned-runs', Math.max(sweepMs, 5_000), finalizeOrphans, report('orphaned-runs')),
+    every('timers', sweepMs, async () => {
+      if (!stopping && (await s.runs.invokeDueTimers()).length > 0) void claimLoop();
+    }, report('timers')),
+    every('cleanups', sweepMs, retryCleanups, report('cleanups')),
   ];
-  await sweep(); // runs left `running` by a dead server are finalized at start-up
+  // Runs left `running` by a dead server are finalized at start-up.
+  for (const name of ['expire-leases', 'recover-runs'] as const) await tasks.find((t) => t.name === name)!.runNow();
   void claimLoop();
 
   return {
@@ -211,14 +259,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     inFlight: () => running.size,
     async stop({ graceMs = 10_000 } = {}) {
       stopping = true;
-      for (const t of timers) clearInterval(t);
+      for (const t of tasks) t.stop();
       while (claiming) await new Promise((r) => setTimeout(r, 10));
       const all = [...running.values()];
       const grace = new Promise((r) => setTimeout(r, graceMs).unref());
       await Promise.race([Promise.all(all.map((r) => r.done)), grace]);
       for (const r of running.values()) r.abort.abort('cancel');
       await Promise.all([...running.values()].map((r) => r.done));
-      await s.servers.stop(serverId).catch((err: unknown) => onError('stop', err));
+      await Promise.all(tasks.map((t) => t.idle()));
+      await servers.stop(serverId).catch((err: unknown) => onError('stop', err));
       closeDriverPools(drivers);
     },
   };

@@ -85,6 +85,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
     runtime = await startRuntime({
       services,
       db: database.db,
+      heartbeatDb: database.heartbeatDb,
       drivers,
       apiUrl: url,
       ...(opts.maxConcurrentRuns ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),

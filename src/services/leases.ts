@@ -13,7 +13,7 @@ import { sql, type SQL } from 'drizzle-orm';
 import { queryRows, runStatement, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { toLease } from '../db/rows.js';
-import { ACTIONS, type LeasePolicy, type TerminalLeaseStatus } from '../domain/enums.js';
+import { ACTIONS, TERMINAL_RUN_STATUSES, type LeasePolicy, type TerminalLeaseStatus } from '../domain/enums.js';
 import { BerthError, notFound, requireId, UUID_RE } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Lease, type Page } from '../domain/types.js';
 import {
@@ -53,11 +53,56 @@ export interface ReleaseResult {
 
 const REUSE_POLICIES: readonly LeasePolicy[] = ['reuse_by_environment', 'reuse_by_execution_workspace'];
 
-/** Backoff before cleanup retry n (1-based): 2^n seconds, at most 5 minutes. */
-export function cleanupBackoffSeconds(attempt: number): number {
-  return Math.min(2 ** attempt, 300);
+/**
+ * Server-side facts about who owns a lease's resources: given by the executor, never by an
+ * API caller (no route passes it). `driver` is the environment's own driver, written in the
+ * same statement that grants the lease, before the driver makes anything: the write-ahead
+ * record that cleanup and the sweeps work from.
+ */
+export interface LeaseOwner {
+  driver?: string;
+}
+
+/** How long a retained lease keeps its resources unless its environment says otherwise (24 h). */
+export const DEFAULT_RETENTION_SECONDS = 86_400;
+
+/**
+ * The retention deadline of a lease `t` that becomes retained now, as SQL: its environment's
+ * `metadata.retentionSeconds` when that is a positive number, else the default.
+ */
+function retainUntilSql(t: string): SQL {
+  return sql`now() + make_interval(secs => coalesce(
+      (SELECT CASE WHEN jsonb_typeof(e.metadata->'retentionSeconds') = 'number' AND (e.metadata->>'retentionSeconds')::numeric > 0
+                   THEN least((e.metadata->>'retentionSeconds')::numeric, 315360000)::float8 END
+       FROM environments e WHERE e.id = ${sql.raw(t)}.environment_id),
+      ${DEFAULT_RETENTION_SECONDS}))`;
+}
+
+/**
+ * A lease whose holder is gone, as SQL over the lease row `t`: past its expiresAt, or held
+ * for a run of this server's that has ended. Such a holder blocks nobody (SPEC). A run id
+ * Berth does not know (an outside orchestrator's) is taken at its word: held until released
+ * or expired.
+ */
+function holderIsStaleSql(t: string): SQL {
+  const l = sql.raw(t);
+  return sql`((${l}.expires_at IS NOT NULL AND ${l}.expires_at <= now())
+    OR EXISTS (SELECT 1 FROM heartbeat_runs r WHERE r.id = ${l}.heartbeat_run_id
+               AND r.status IN (${sql.raw(TERMINAL_RUN_STATUSES.map((x) => `'${x}'`).join(', '))})))`;
+}
+
+/** What a lease ending now owes: a cleanup when a driver made resources for it (SQL over `t`). */
+function cleanupOwedSql(t: string): SQL {
+  return sql`(${sql.raw(t)}.driver IS NOT NULL)`;
+}
+
+/** Backoff before cleanup retry n (1-based, SQL): 2^n seconds, at most 5 minutes. The one place it is written. */
+function cleanupBackoffSql(attempt: SQL): SQL {
+  return sql`make_interval(secs => least(power(2, ${attempt}), 300))`;
 }
 export const DEFAULT_CLEANUP_MAX_ATTEMPTS = 6;
+/** Leases the expiry sweep ends per statement (of each kind: active past expiresAt, retained past retainUntil). */
+export const EXPIRE_BATCH = 2000;
 
 function leaseActivity(source: string, actor: ActorSql, action: SQL | string, details: SQL): SQL {
   return activityFrom({
@@ -107,6 +152,7 @@ export function leaseService(db: Db) {
     v: ReturnType<typeof acquireLeaseSchema.parse>,
     actor: Actor,
     mode: 'shared' | 'limited',
+    owner: LeaseOwner,
   ): Promise<{ envFound: boolean; envStatus?: string; envCapacity?: number | null; activeCount?: number; lease?: Lease; reacquired?: boolean }> {
     const ttlKind = v.ttlSeconds !== undefined ? 'ttl' : v.expiresAt !== undefined ? 'at' : 'none';
     const reuse = REUSE_POLICIES.includes(v.policy);
@@ -125,7 +171,7 @@ export function leaseService(db: Db) {
                 idempotency_key = coalesce(l.idempotency_key, ${P('key')}),
                 acquired_at = now(), last_used_at = now(), expires_at = ${expiresAt}, max_expires_at = ${maxExpires},
                 renew_count = 0, last_renewed_at = NULL, released_at = NULL, failure_reason = NULL,
-                cleanup_status = NULL, release_status = NULL, metadata = l.metadata || ${P('meta')}::jsonb, updated_at = now()
+                cleanup_status = NULL, release_status = NULL, retain_until = NULL, metadata = l.metadata || ${P('meta')}::jsonb, updated_at = now()
               FROM ok
               WHERE l.id = (SELECT c.id FROM environment_leases c
                             WHERE c.environment_id = ok.id AND c.company_id = ok.company_id AND c.status = 'retained'
@@ -142,9 +188,9 @@ export function leaseService(db: Db) {
           ${reuse ? sql`reused AS (${reused}),` : sql``}
           ins AS (
             INSERT INTO environment_leases (company_id, environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
-              status, lease_policy, provider, provider_lease_id, fence, idempotency_key, expires_at, max_expires_at, metadata)
+              status, lease_policy, driver, fence, idempotency_key, expires_at, max_expires_at, metadata)
             SELECT ok.company_id, ok.id, ${P('wsId')}, ${P('issueId')}, ${P('runId')},
-              'active', ${P('policy')}, ${P('provider')}, ${P('providerLeaseId')}, nextval('environment_lease_fence_seq'),
+              'active', ${P('policy')}, ${P('driver')}::text, nextval('environment_lease_fence_seq'),
               ${P('key')}, ${expiresAt}, ${maxExpires}, ${P('meta')}::jsonb
             FROM ok ${reuse ? sql`WHERE NOT EXISTS (SELECT 1 FROM reused)` : sql``}
             ON CONFLICT DO NOTHING
@@ -171,8 +217,7 @@ export function leaseService(db: Db) {
       issueId: v.issueId ?? null,
       key: v.idempotencyKey ?? null,
       policy: v.policy,
-      provider: v.provider ?? null,
-      providerLeaseId: v.providerLeaseId ?? null,
+      driver: owner.driver ?? null,
       meta: JSON.stringify(v.metadata),
       ttl: v.ttlSeconds,
       expiresAt: v.expiresAt?.toISOString(),
@@ -216,18 +261,28 @@ export function leaseService(db: Db) {
   }
 
   /** Expire active leases whose expiresAt has passed (database clock); `leaseId` narrows to one. */
-  async function expireDue(opts: { limit?: number; leaseId?: string } = {}): Promise<Lease[]> {
+  async function expireDue(opts: { limit?: number } = {}): Promise<Lease[]> {
+    const limit = opts.limit ?? EXPIRE_BATCH;
     const rows = await queryRows(
       db,
-      sql`WITH due AS (
+      sql`WITH due_active AS (
             SELECT id FROM environment_leases
-            WHERE status = 'active' AND expires_at <= now() ${opts.leaseId ? sql`AND id = ${opts.leaseId}` : sql``}
-            ORDER BY expires_at LIMIT ${opts.limit ?? 500}
+            WHERE status = 'active' AND expires_at <= now()
+            ORDER BY expires_at LIMIT ${limit}
             FOR UPDATE SKIP LOCKED),
+          due_retained AS (
+            SELECT id FROM environment_leases
+            WHERE status = 'retained' AND retain_until <= now()
+            ORDER BY retain_until LIMIT ${limit}
+            FOR UPDATE SKIP LOCKED),
+          due AS (SELECT id FROM due_active UNION ALL SELECT id FROM due_retained),
           changed AS (
-            UPDATE environment_leases l SET status = 'expired', released_at = now(), updated_at = now(),
-              failure_reason = coalesce(l.failure_reason, 'lease expired: not renewed before its expiresAt'),
-              cleanup_status = 'pending', next_cleanup_at = now()
+            UPDATE environment_leases l SET
+              failure_reason = coalesce(l.failure_reason, CASE WHEN l.status = 'retained'
+                THEN 'retention ended: its resources are cleaned up' ELSE 'lease expired: not renewed before its expiresAt' END),
+              status = 'expired', released_at = now(), updated_at = now(), retain_until = NULL,
+              cleanup_status = CASE WHEN ${cleanupOwedSql('l')} THEN 'pending' END,
+              next_cleanup_at = CASE WHEN ${cleanupOwedSql('l')} THEN now() END
             FROM due WHERE l.id = due.id
             RETURNING l.*),
           act AS (${leaseActivity(
@@ -235,11 +290,38 @@ export function leaseService(db: Db) {
             SYSTEM_ACTOR,
             ACTIONS.leaseExpired,
             sql`jsonb_build_object('environmentId', changed.environment_id, 'fence', changed.fence, 'status', changed.status,
-                  'expiresAt', changed.expires_at, 'lateByMs', round(extract(epoch FROM now() - changed.expires_at) * 1000))`,
+                  'expiresAt', changed.expires_at, 'lateByMs', round(extract(epoch FROM now() - changed.expires_at) * 1000),
+                  'cleanupStatus', changed.cleanup_status, 'reason', changed.failure_reason)`,
           )})
           SELECT * FROM changed`,
     );
     return rows.map(toLease);
+  }
+
+  /** Expire one active lease whose holder is gone (holderIsStaleSql, re-checked under the row lock). */
+  async function expireStaleHolder(leaseId: string): Promise<void> {
+    await queryRows(
+      db,
+      sql`WITH due AS (
+            SELECT id FROM environment_leases l WHERE l.id = ${leaseId} AND l.status = 'active' AND ${holderIsStaleSql('l')}
+            FOR UPDATE SKIP LOCKED),
+          changed AS (
+            UPDATE environment_leases l SET status = 'expired', released_at = now(), updated_at = now(),
+              failure_reason = coalesce(l.failure_reason, CASE WHEN l.expires_at IS NOT NULL AND l.expires_at <= now()
+                THEN 'lease expired: not renewed before its expiresAt' ELSE 'lease expired: its run has ended' END),
+              cleanup_status = CASE WHEN ${cleanupOwedSql('l')} THEN 'pending' END,
+              next_cleanup_at = CASE WHEN ${cleanupOwedSql('l')} THEN now() END
+            FROM due WHERE l.id = due.id
+            RETURNING l.*),
+          act AS (${leaseActivity(
+            'changed',
+            SYSTEM_ACTOR,
+            ACTIONS.leaseExpired,
+            sql`jsonb_build_object('environmentId', changed.environment_id, 'fence', changed.fence, 'status', changed.status,
+                  'expiresAt', changed.expires_at, 'cleanupStatus', changed.cleanup_status, 'reason', changed.failure_reason)`,
+          )})
+          SELECT id FROM changed`,
+    );
   }
 
   async function getRow(companyId: string, leaseId: string): Promise<Row> {
@@ -267,17 +349,17 @@ export function leaseService(db: Db) {
      * Acquire a lease on an environment. Idempotent per idempotency key; a run that
      * already holds an active lease on the environment gets that lease back.
      */
-    async acquire(companyId: string, input: AcquireLeaseInput, actor: Actor = SYSTEM_ACTOR): Promise<AcquireResult> {
+    async acquire(companyId: string, input: AcquireLeaseInput, actor: Actor = SYSTEM_ACTOR, owner: LeaseOwner = {}): Promise<AcquireResult> {
       requireId(companyId, 'company');
       const v = parseInput(acquireLeaseSchema, input, 'lease acquire');
       for (let attempt = 0; attempt < 10; attempt++) {
         let res: Awaited<ReturnType<typeof grant>>;
         try {
-          res = await grant(db, companyId, v, actor, 'shared');
+          res = await grant(db, companyId, v, actor, 'shared', owner);
           if (res.envFound && !res.lease && res.envStatus === 'active' && res.envCapacity !== null) {
             res = await db.transaction(async (tx) => {
               await queryRows(tx, sql`SELECT 1 FROM environments WHERE id = ${v.environmentId} AND company_id = ${companyId} FOR NO KEY UPDATE`);
-              return grant(tx, companyId, v, actor, 'limited');
+              return grant(tx, companyId, v, actor, 'limited', owner);
             });
           }
         } catch (err) {
@@ -303,12 +385,12 @@ export function leaseService(db: Db) {
         if (v.executionWorkspaceId !== undefined && v.policy === 'ephemeral') {
           const [holder] = await queryRows(
             db,
-            sql`SELECT id, heartbeat_run_id, (expires_at IS NOT NULL AND expires_at <= now()) AS overdue FROM environment_leases
-                WHERE environment_id = ${v.environmentId} AND execution_workspace_id = ${v.executionWorkspaceId}
-                  AND status = 'active' AND lease_policy = 'ephemeral'`,
+            sql`SELECT l.id, l.heartbeat_run_id, ${holderIsStaleSql('l')} AS stale FROM environment_leases l
+                WHERE l.environment_id = ${v.environmentId} AND l.execution_workspace_id = ${v.executionWorkspaceId}
+                  AND l.status = 'active' AND l.lease_policy = 'ephemeral'`,
           );
-          if (holder?.overdue) {
-            await expireDue({ leaseId: String(holder.id) });
+          if (holder?.stale) {
+            await expireStaleHolder(String(holder.id));
             continue;
           }
           if (holder) {
@@ -340,11 +422,10 @@ export function leaseService(db: Db) {
     },
 
     /**
-     * Merge into (or replace) the metadata of a lease that is not terminal. `internal`
-     * is for drivers through the executor, not API callers: the provider's own id of
-     * the resources (an SSH workspace's ssh:// URL).
+     * Merge into (or replace) the caller's metadata of a lease that is not terminal. The
+     * server never reads it to decide anything: what a driver made lives in driverState.
      */
-    async updateMetadata(companyId: string, leaseId: string, input: UpdateLeaseMetadataInput, internal: { providerLeaseId?: string } = {}): Promise<Lease> {
+    async updateMetadata(companyId: string, leaseId: string, input: UpdateLeaseMetadataInput): Promise<Lease> {
       requireId(leaseId, 'lease');
       const v = parseInput(updateLeaseMetadataSchema, input, 'lease metadata');
       const meta = JSON.stringify(v.metadata);
@@ -352,7 +433,6 @@ export function leaseService(db: Db) {
         db,
         sql`UPDATE environment_leases SET
               metadata = ${v.replace ? sql`${meta}::jsonb` : sql`metadata || ${meta}::jsonb`}, updated_at = now()
-              ${internal.providerLeaseId !== undefined ? sql`, provider_lease_id = ${internal.providerLeaseId.slice(0, 2000)}` : sql``}
             WHERE id = ${leaseId} AND company_id = ${companyId} AND fence = ${v.fence}
               AND status IN ('active', 'retained', 'pending_cleanup')
             RETURNING *`,
@@ -362,10 +442,36 @@ export function leaseService(db: Db) {
     },
 
     /**
+     * The executor records what the lease's driver made (its workspace, the provider's own
+     * id of it). Server-only: no route calls this, so no caller can point cleanup elsewhere.
+     */
+    async recordDriverState(
+      companyId: string,
+      leaseId: string,
+      fence: number,
+      state: { driverState: Record<string, unknown>; provider?: string; providerLeaseId?: string },
+    ): Promise<Lease> {
+      requireId(leaseId, 'lease');
+      const [row] = await queryRows(
+        db,
+        sql`UPDATE environment_leases SET driver_state = ${JSON.stringify(state.driverState)}::jsonb,
+              provider = coalesce(${state.provider ?? null}::text, provider),
+              provider_lease_id = coalesce(${state.providerLeaseId?.slice(0, 2000) ?? null}::text, provider_lease_id), updated_at = now()
+            WHERE id = ${leaseId} AND company_id = ${companyId} AND fence = ${fence} AND status = 'active'
+            RETURNING *`,
+      );
+      if (row) return toLease(row);
+      return refusal(companyId, leaseId, fence, ['active']);
+    },
+
+    /**
      * End a lease: released, expired or failed (retained where its policy keeps
-     * resources). `cleanupStatus: 'failed'` means the driver could not clean up:
-     * the lease goes to pending_cleanup and is retried. Releasing a lease that has
-     * already ended changes nothing and returns its final state.
+     * resources, until its retention deadline). `cleanupStatus: 'failed'` means the
+     * driver could not clean up: the lease goes to pending_cleanup and is retried;
+     * `success` that the caller cleaned up; `skipped` that the resources are to be
+     * left as they are. Without one, a lease whose driver made resources owes their
+     * cleanup (pending: the sweep does it), a retained lease's too. Releasing a lease
+     * that has already ended changes nothing and returns its final state.
      */
     async release(companyId: string, leaseId: string, input: ReleaseLeaseInput, actor: Actor = SYSTEM_ACTOR): Promise<ReleaseResult> {
       requireId(leaseId, 'lease');
@@ -373,18 +479,22 @@ export function leaseService(db: Db) {
       const cleanupFailed = v.cleanupStatus === 'failed';
       // No explicit row lock: the UPDATE's WHERE names the statuses it may leave and is
       // re-checked against the newest row version if another release got there first.
-      const cleanupKind = v.cleanupStatus === 'failed' ? 'failed' : v.cleanupStatus === 'pending' ? 'pending' : 'other';
+      const cleanupKind = v.cleanupStatus === 'failed' ? 'failed' : v.cleanupStatus === undefined ? 'owed' : v.cleanupStatus === 'pending' ? 'pending' : 'other';
       const [row] = await runStatement(db, `release:${cleanupKind}`, () => {
         const requested = sql`${P('status')}::text`;
+        const next = releasedStatusSql('l', requested);
+        // Unsaid, cleanup is owed when the lease ends (not when it becomes retained) and a driver made resources.
+        const owed = sql`(${cleanupOwedSql('l')} AND ${next} <> 'retained')`;
         return sql`WITH changed AS (
               UPDATE environment_leases l SET
-                status = ${cleanupFailed ? sql`'pending_cleanup'` : releasedStatusSql('l', requested)},
+                status = ${cleanupFailed ? sql`'pending_cleanup'` : next},
                 release_status = ${cleanupFailed ? requested : sql`NULL`},
-                cleanup_status = ${P('cleanupStatus')},
+                cleanup_status = ${cleanupKind === 'owed' ? sql`CASE WHEN ${owed} THEN 'pending' END` : sql`${P('cleanupStatus')}::text`},
                 cleanup_attempts = ${cleanupFailed ? sql`l.cleanup_attempts + 1` : sql`l.cleanup_attempts`},
                 next_cleanup_at = ${cleanupFailed
-                  ? sql`now() + make_interval(secs => ${cleanupBackoffSeconds(1)})`
-                  : cleanupKind === 'pending' ? sql`now()` : sql`NULL`},
+                  ? sql`now() + ${cleanupBackoffSql(sql`1`)}`
+                  : cleanupKind === 'pending' ? sql`now()` : cleanupKind === 'owed' ? sql`CASE WHEN ${owed} THEN now() END` : sql`NULL`},
+                retain_until = ${cleanupFailed ? sql`NULL` : sql`CASE WHEN ${next} = 'retained' THEN ${retainUntilSql('l')} END`},
                 failure_reason = coalesce(${P('failureReason')}, l.failure_reason),
                 released_at = now(), last_used_at = now(), updated_at = now()
               WHERE l.id = ${P('leaseId')} AND l.company_id = ${P('companyId')} AND l.fence = ${P('fence')}
@@ -412,23 +522,30 @@ export function leaseService(db: Db) {
       return { lease: current, changed: false };
     },
 
-    /** Finalize a run: release every active lease it holds, with one activity row each. */
+    /**
+     * Finalize a run: release every active lease it holds, with one activity row each;
+     * those a driver made resources for owe their cleanup (the sweep does it).
+     */
     async releaseForRun(
       companyId: string,
       runId: string,
       outcome: { status: TerminalLeaseStatus; failureReason?: string },
       actor: Actor = SYSTEM_ACTOR,
-      opts: { cleanupPending?: boolean } = {},
     ): Promise<Lease[]> {
       requireId(runId, 'run');
       const v = parseInput(releaseLeaseSchema.omit({ fence: true, cleanupStatus: true }), outcome, 'run release');
       const requested = sql`${v.status}::text`;
+      const next = releasedStatusSql('l', requested);
+      // What a driver made for the lease is cleaned up by the sweep, unless the lease is retained.
+      const owed = sql`(${cleanupOwedSql('l')} AND ${next} <> 'retained')`;
       const rows = await queryRows(
         db,
         sql`WITH changed AS (
-              UPDATE environment_leases l SET status = ${releasedStatusSql('l', requested)},
+              UPDATE environment_leases l SET status = ${next},
                 failure_reason = coalesce(${v.failureReason ?? null}, l.failure_reason),
-                ${opts.cleanupPending ? sql`cleanup_status = 'pending', next_cleanup_at = now(),` : sql``}
+                cleanup_status = CASE WHEN ${owed} THEN 'pending' END,
+                next_cleanup_at = CASE WHEN ${owed} THEN now() END,
+                retain_until = CASE WHEN ${next} = 'retained' THEN ${retainUntilSql('l')} END,
                 released_at = now(), last_used_at = now(), updated_at = now()
               WHERE l.company_id = ${companyId} AND l.heartbeat_run_id = ${runId} AND l.status = 'active'
               RETURNING l.*),
@@ -466,7 +583,7 @@ export function leaseService(db: Db) {
     async recordCleanupAttempt(
       companyId: string,
       leaseId: string,
-      attempt: { fence: number; ok: boolean; error?: string; maxAttempts?: number },
+      attempt: { fence: number; ok: boolean; error?: string; maxAttempts?: number; done?: Record<string, unknown> },
       actor: Actor = SYSTEM_ACTOR,
     ): Promise<Lease> {
       requireId(leaseId, 'lease');
@@ -487,7 +604,7 @@ export function leaseService(db: Db) {
                 release_status = CASE WHEN ${done} THEN NULL ELSE t.release_status END,
                 cleanup_status = ${ok ? 'success' : 'failed'},
                 next_cleanup_at = CASE WHEN ${done} THEN NULL
-                                       ELSE now() + make_interval(secs => least(power(2, ${n})::int, 300)) END,
+                                       ELSE now() + ${cleanupBackoffSql(n)} END,
                 last_cleanup_error = ${ok ? sql`t.last_cleanup_error` : sql`${error}`},
                 failure_reason = ${ok ? sql`t.failure_reason` : sql`CASE WHEN ${done}
                   THEN concat_ws('; ', t.failure_reason, 'cleanup gave up after ' || ${n} || ' attempts: ' || ${error}::text)
@@ -502,7 +619,8 @@ export function leaseService(db: Db) {
               ok ? ACTIONS.leaseCleanupSucceeded : ACTIONS.leaseCleanupFailed,
               sql`jsonb_build_object('environmentId', changed.environment_id, 'fence', changed.fence, 'status', changed.status,
                     'attempt', changed.cleanup_attempts, 'error', changed.last_cleanup_error,
-                    'gaveUp', ${ok ? sql`false` : sql`changed.gave_up_or_done`}, 'nextCleanupAt', changed.next_cleanup_at)`,
+                    'gaveUp', ${ok ? sql`false` : sql`changed.gave_up_or_done`}, 'nextCleanupAt', changed.next_cleanup_at,
+                    'driver', changed.driver, 'done', ${JSON.stringify(attempt.done ?? {})}::jsonb)`,
             )})
             SELECT true AS changed, changed.* FROM changed
             UNION ALL

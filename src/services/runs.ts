@@ -8,6 +8,7 @@ import { toLogChunk, toRun } from '../db/rows.js';
 import { invokeSchema, type InvokeInput } from '../domain/agents.js';
 import { RUN_ACTIONS, RUN_STATUSES, type TerminalRunStatus } from '../domain/enums.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
+import { storableText } from '../domain/text.js';
 import { SYSTEM_ACTOR, type Actor, type HeartbeatRun, type RunLogChunk } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
 import { hashBearerSecret } from '../secrets/bearer.js';
@@ -156,7 +157,7 @@ export function runService(db: Db) {
               WHERE a.id = cand.agent_id AND a.running_count < a.max_concurrent_runs RETURNING a.id),
             claimed AS (
               UPDATE heartbeat_runs r SET status = 'running', server_id = ${serverId}, hostname = ${hostname},
-                started_at = now(), heartbeat_at = now(), updated_at = now()
+                started_at = now(), updated_at = now()
               FROM cand, slot WHERE r.id = cand.id RETURNING r.*)
             SELECT (SELECT agent_id FROM cand) AS cand_agent_id, claimed.* FROM (SELECT 1) one LEFT JOIN claimed ON true`,
       );
@@ -165,23 +166,39 @@ export function runService(db: Db) {
       return null;
     },
 
-    async recordStart(runId: string, fields: { environmentId: string; leaseId: string; token: string; paperclipEnvironment: Record<string, unknown> }): Promise<void> {
-      await queryRows(
+    /**
+     * Record the start of a run this server holds. False (nothing written) when the run is no
+     * longer running here: another server finalized it meanwhile, and it must not start.
+     */
+    async recordStart(
+      runId: string,
+      serverId: string,
+      fields: { environmentId: string; leaseId: string; token: string; paperclipEnvironment: Record<string, unknown> },
+    ): Promise<boolean> {
+      const rows = await queryRows(
         db,
         sql`UPDATE heartbeat_runs SET environment_id = ${fields.environmentId}, lease_id = ${fields.leaseId}, token_hash = ${hashBearerSecret(fields.token)},
               context_snapshot = context_snapshot || jsonb_build_object('paperclipEnvironment', ${JSON.stringify(fields.paperclipEnvironment)}::jsonb),
               updated_at = now()
-            WHERE id = ${runId}`,
+            WHERE id = ${runId} AND status = 'running' AND server_id = ${serverId}
+            RETURNING id`,
       );
+      return rows.length > 0;
     },
 
-    async recordPid(runId: string, pid: number): Promise<void> {
-      await queryRows(db, sql`UPDATE heartbeat_runs SET pid = ${pid}, updated_at = now() WHERE id = ${runId}`);
+    /** The run's local process and who it is (see process-identity.ts). False when the run is no longer running here. */
+    async recordPid(runId: string, serverId: string, pid: number, identity: Record<string, unknown> | object | null): Promise<boolean> {
+      const rows = await queryRows(
+        db,
+        sql`UPDATE heartbeat_runs SET pid = ${pid}, process_identity = ${identity ? JSON.stringify(identity) : null}::jsonb, updated_at = now()
+            WHERE id = ${runId} AND status = 'running' AND server_id = ${serverId} RETURNING id`,
+      );
+      return rows.length > 0;
     },
 
     async appendLog(runId: string, chunks: RunLogChunk[]): Promise<void> {
       if (chunks.length === 0) return;
-      const json = JSON.stringify(chunks.map((c) => ({ seq: c.seq, ts: c.ts.toISOString(), stream: c.stream, chunk: c.chunk })));
+      const json = JSON.stringify(chunks.map((c) => ({ seq: c.seq, ts: c.ts.toISOString(), stream: c.stream, chunk: storableText(c.chunk) })));
       await queryRows(
         db,
         sql`WITH ins AS (
@@ -203,7 +220,7 @@ export function runService(db: Db) {
         db,
         sql`WITH prev AS (SELECT not_before FROM heartbeat_runs WHERE id = ${runId}),
             back AS (
-              UPDATE heartbeat_runs r SET status = 'queued', server_id = NULL, hostname = NULL, started_at = NULL, heartbeat_at = NULL,
+              UPDATE heartbeat_runs r SET status = 'queued', server_id = NULL, hostname = NULL, started_at = NULL,
                 not_before = now() + make_interval(secs => ${opts.delaySeconds}), updated_at = now()
               WHERE r.id = ${runId} AND r.status = 'running' AND r.server_id = ${serverId}
               RETURNING r.*),
@@ -231,7 +248,7 @@ export function runService(db: Db) {
         db,
         sql`WITH fin AS (
               UPDATE heartbeat_runs r SET status = ${outcome.status}, exit_code = ${outcome.exitCode ?? null}, signal = ${outcome.signal ?? null},
-                error = ${outcome.error ?? null}, error_code = ${outcome.errorCode ?? null}, finished_at = now(), updated_at = now()
+                error = ${outcome.error == null ? null : storableText(outcome.error)}, error_code = ${outcome.errorCode ?? null}, finished_at = now(), updated_at = now()
               WHERE r.id = ${runId} AND r.status = 'running' ${opts.serverId ? sql`AND r.server_id = ${opts.serverId}` : sql``}
               RETURNING r.*),
             slot AS (UPDATE agents a SET running_count = a.running_count - 1 FROM fin WHERE a.id = fin.agent_id RETURNING a.id),
@@ -268,6 +285,35 @@ export function runService(db: Db) {
       return rows.map(toRun);
     },
 
+    /**
+     * Runs this live server holds as running but no longer executes (its execution ended
+     * without its finalization landing, say): finalized failed, so they neither hold their
+     * agent's slot nor ignore cancel forever. `liveRunIds` are those it does execute; runs
+     * claimed within `graceSeconds` are left alone (their execution is just starting).
+     */
+    async finalizeOrphans(serverId: string, liveRunIds: string[], opts: { graceSeconds?: number } = {}): Promise<HeartbeatRun[]> {
+      const rows = await queryRows(
+        db,
+        sql`WITH orphan AS (
+              SELECT r.id FROM heartbeat_runs r
+              WHERE r.status = 'running' AND r.server_id = ${serverId}
+                AND r.started_at < now() - make_interval(secs => ${opts.graceSeconds ?? 30})
+                AND NOT (r.id = ANY (${`{${liveRunIds.join(',')}}`}::uuid[]))
+              FOR UPDATE OF r SKIP LOCKED),
+            fin AS (
+              UPDATE heartbeat_runs r SET status = 'failed', error_code = 'execution_lost',
+                error = 'the run''s execution ended on server ' || r.server_id || ' without its result being recorded',
+                finished_at = now(), updated_at = now()
+              FROM orphan WHERE r.id = orphan.id AND r.status = 'running' RETURNING r.*),
+            slot AS (
+              UPDATE agents a SET running_count = a.running_count - f.n
+              FROM (SELECT agent_id, count(*)::int AS n FROM fin GROUP BY agent_id) f WHERE a.id = f.agent_id RETURNING a.id),
+            act AS (${runActivity('fin', SYSTEM_ACTOR, RUN_ACTIONS.finished, finishedDetails('fin'))})
+            SELECT * FROM fin`,
+      );
+      return rows.map(toRun);
+    },
+
     /** Timer: invoke every due agent with an interval once (one server wins each agent's tick). */
     async invokeDueTimers(): Promise<HeartbeatRun[]> {
       const due = await queryRows<{ id: string; company_id: string }>(
@@ -292,12 +338,9 @@ export function serverRegistry(db: Db) {
     async register(id: string, hostname: string, pid: number): Promise<void> {
       await queryRows(db, sql`INSERT INTO berth_servers (id, hostname, pid) VALUES (${id}, ${hostname}, ${pid})`);
     },
+    /** The server is alive: what recovery reads (one row; runs carry no heartbeat of their own). */
     async heartbeat(id: string): Promise<void> {
-      await queryRows(
-        db,
-        sql`WITH s AS (UPDATE berth_servers SET heartbeat_at = now() WHERE id = ${id} RETURNING id)
-            UPDATE heartbeat_runs SET heartbeat_at = now() WHERE server_id = ${id} AND status = 'running'`,
-      );
+      await queryRows(db, sql`UPDATE berth_servers SET heartbeat_at = now() WHERE id = ${id}`);
     },
     async stop(id: string): Promise<void> {
       await queryRows(db, sql`UPDATE berth_servers SET stopped_at = now() WHERE id = ${id}`);

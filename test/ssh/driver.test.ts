@@ -54,7 +54,9 @@ function env(config: Record<string, unknown> = {}): DriverEnvironment {
     },
   };
 }
-const lease = (id: string, metadata: Record<string, unknown> = {}) => ({ id, metadata }) as unknown as Lease;
+/** A lease as the server recorded it: `driverState` is what prepareWorkspace returned (the caller's metadata is never read). */
+const lease = (id: string, driverState: Record<string, unknown> | null = null, metadata: Record<string, unknown> = {}) =>
+  ({ id, metadata, driver: 'ssh', driverState }) as unknown as Lease;
 
 async function run(e: DriverEnvironment, command: string, args: string[], envVars: Record<string, string> = {}, cwd = root) {
   let stdout = '';
@@ -231,6 +233,9 @@ describe('workspaces', () => {
     await drv.cleanup(e, lease(id, own.details));
     expect(existsSync(ws.cwd)).toBe(true);
     expect(existsSync(root)).toBe(true);
+    // What a caller wrote into the lease's metadata is never read: with no driver state, nothing goes.
+    expect(await drv.cleanup(e, lease(id, null, { ...ws.details }))).toMatchObject({ nothing: expect.any(String) });
+    expect(existsSync(ws.cwd)).toBe(true);
   });
 
   it('prepareWorkspace fails with a clear error when it cannot connect', async () => {

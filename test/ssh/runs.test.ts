@@ -13,6 +13,7 @@ import { sshDriver, type SshDriver } from '../../src/drivers/ssh.js';
 import type { HeartbeatRun } from '../../src/domain/types.js';
 import { startRuntime, type Runtime } from '../../src/heartbeat/runtime.js';
 import { openTestDb, type TestDb } from '../support/db.js';
+import { collectRuntimeErrors } from '../support/runtime-errors.js';
 import { parentOf, startTestSshd, type TestSshd } from '../support/sshd.js';
 import { isAlive, waitFor } from '../support/wait.js';
 
@@ -32,6 +33,7 @@ let n = 0;
 const execCommands: string[] = [];
 const realExec = Client.prototype.exec;
 
+const runtimeErrors = collectRuntimeErrors();
 beforeAll(async () => {
   Client.prototype.exec = function (this: Client, command: string, ...rest: unknown[]) {
     execCommands.push(command);
@@ -52,7 +54,8 @@ beforeAll(async () => {
     sweepMs: 200,
     heartbeatMs: 100,
     leaseTtlSeconds: 5,
-    onError: () => {},
+    apiUrl: 'http://127.0.0.1:9',
+    onError: runtimeErrors.onError,
   });
 });
 afterAll(async () => {
@@ -132,7 +135,7 @@ describe('runs on an SSH environment', () => {
     expect(await logText(run.id, 'stderr')).toBe('warn\n');
     const details = { host: '127.0.0.1', port: sshd.port, username: 'root', cwd, workspaceOwned: true, providerLeaseId: `ssh://root@127.0.0.1:${sshd.port}${cwd}` };
     expect(run.contextSnapshot.paperclipEnvironment).toMatchObject({ id: env.id, driver: 'ssh', leaseId: lease.id, fence: lease.fence, ...details });
-    expect(lease).toMatchObject({ status: 'failed', cleanupStatus: 'success', providerLeaseId: details.providerLeaseId, metadata: { ...details, preparedBy: 'ssh' } });
+    expect(lease).toMatchObject({ status: 'failed', cleanupStatus: 'success', providerLeaseId: details.providerLeaseId, metadata: {}, driver: 'ssh', driverState: details });
     expect(existsSync(cwd)).toBe(false);
 
     const ok = await finished((await invoke((await agentOn(env.id, 'sh', ['-c', 'touch made-here; ls'])).id)).id);

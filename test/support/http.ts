@@ -26,6 +26,8 @@ export interface TestApi {
   call<T = any>(method: string, path: string, opts?: { key?: string | null; body?: unknown; raw?: string; headers?: Record<string, string>; headersOnly?: boolean }): Promise<Reply<T>>;
   /** A company with its API key, made through the API. */
   company(name: string): Promise<{ id: string; key: string }>;
+  /** The runtime's own errors so far (`where: message`); close() fails if any is left. */
+  runtimeErrors: string[];
   close(): Promise<void>;
 }
 
@@ -33,6 +35,7 @@ export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspa
   const adminKey = `${ADMIN_KEY_PREFIX}${randomBytes(16).toString('hex')}`;
   const drivers = new Map([['local', localDriver(opts.workspaceRoot ? { workspaceRoot: opts.workspaceRoot } : {})]]);
   let runtime: Runtime | null = null;
+  const runtimeErrors: string[] = [];
   const app = createApp({
     services: t.services,
     drivers,
@@ -48,7 +51,7 @@ export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspa
   });
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   if (opts.runtime) {
-    runtime = await startRuntime({ services: t.services, db: t.db, drivers, apiUrl: url, pollMs: 50, sweepMs: 200, heartbeatMs: 100, onError: () => {} });
+    runtime = await startRuntime({ services: t.services, db: t.db, drivers, apiUrl: url, pollMs: 50, sweepMs: 200, heartbeatMs: 100, onError: (where, err) => void runtimeErrors.push(`${where}: ${(err as Error).message}`) });
   }
   const api: TestApi = {
     url,
@@ -83,12 +86,14 @@ export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspa
       if (r.status !== 201) throw new Error(`company create: ${r.status} ${JSON.stringify(r.body)}`);
       return { id: r.body.company.id, key: r.body.apiKey };
     },
+    runtimeErrors,
     async close() {
       await runtime?.stop({ graceMs: 0 });
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         (server as { closeAllConnections?: () => void }).closeAllConnections?.();
       });
+      if (runtimeErrors.length > 0) throw new Error(`the runtime reported errors no test provoked:\n${runtimeErrors.join('\n')}`);
     },
   };
   return api;
