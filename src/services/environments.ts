@@ -237,9 +237,10 @@ export function environmentService(db: Db) {
     },
 
     /**
-     * Delete, or refuse with every reason: the company's Local environment, or
-     * leases that are not terminal. Terminal leases keep their history (their
-     * environment_id becomes null).
+     * Delete, or refuse with every reason: the company's Local environment, leases
+     * that are not terminal (active, retained, pending_cleanup), or ended leases whose
+     * cleanup is still due. Terminal leases keep their history (their environment_id
+     * becomes null).
      */
     async delete(companyId: string, id: string, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
       requireId(id, 'environment');
@@ -248,14 +249,20 @@ export function environmentService(db: Db) {
         if (!current) throw notFound('environment', id);
         const reasons: string[] = [];
         if (current.driver === 'local') reasons.push("it is the company's Local environment");
-        const open = await queryRows<{ status: string; n: number }>(
+        // A lease that still owes cleanup needs its environment (the driver's cleanup reads
+        // its config): once deleted, the cleanup could only fail. Terminal leases whose
+        // cleanup is still due (next_cleanup_at set) count as well as the non-terminal ones.
+        const open = await queryRows<{ status: string; n: number; terminal: boolean }>(
           tx,
-          sql`SELECT status, count(*)::int AS n FROM environment_leases
-              WHERE environment_id = ${id} AND status NOT IN ('released', 'expired', 'failed') GROUP BY status ORDER BY status`,
+          sql`SELECT status, status IN ('released', 'expired', 'failed') AS terminal, count(*)::int AS n FROM environment_leases
+              WHERE environment_id = ${id} AND (status NOT IN ('released', 'expired', 'failed') OR next_cleanup_at IS NOT NULL)
+              GROUP BY status ORDER BY status`,
         );
-        if (open.length > 0) {
-          reasons.push(`it has leases that are not terminal (${open.map((o) => `${o.n} ${o.status}`).join(', ')})`);
-        }
+        const listed = (rows: typeof open) => rows.map((o) => `${o.n} ${o.status}`).join(', ');
+        const live = open.filter((o) => !o.terminal);
+        const owing = open.filter((o) => o.terminal);
+        if (live.length > 0) reasons.push(`it has leases that are not terminal (${listed(live)})`);
+        if (owing.length > 0) reasons.push(`it has ended leases that still owe cleanup (${listed(owing)}): wait for their cleanup to finish`);
         if (reasons.length > 0) {
           throw new BerthError('conflict', `environment ${id} cannot be deleted: ${reasons.join('; ')}`, { details: { reasons } });
         }
