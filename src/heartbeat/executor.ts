@@ -70,7 +70,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       if (envFirst && drvFirst?.reach) await drvFirst.reach(envFirst);
     }
     const start = await transact(async (ts) => {
-      const agent = await ts.agents.get(run.companyId, run.agentId);
+      const agent = await ts.agents.getWithSecrets(run.companyId, run.agentId);
       const adapter = deps.adapters.get(agent.adapterType);
       if (!adapter) throw Object.assign(new Error(`no adapter for type "${agent.adapterType}"`), { code: 'no_adapter' });
       const envId = agent.defaultEnvironmentId ?? (await ts.environments.ensureLocalEnvironment(run.companyId, actor)).id;
