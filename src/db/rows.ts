@@ -8,6 +8,7 @@ import {
   LEASE_STATUSES,
   readEnum,
 } from '../domain/enums.js';
+import { agentSecretPaths, environmentSecretPaths, redactSecrets } from '../secrets/config.js';
 import type { ActivityEntry, Agent, ApiKeyRecord, Company, Environment, HeartbeatRun, Lease, RunLogChunk } from '../domain/types.js';
 
 type Row = Record<string, unknown>;
@@ -23,10 +24,18 @@ function noteUnknown(target: { unknownValues?: Record<string, string> }, field: 
   if (known === 'unknown' && raw !== 'unknown') (target.unknownValues ??= {})[field] = raw;
 }
 
-export function redactConfig(config: Record<string, unknown>): Record<string, unknown> {
-  if (!('privateKey' in config)) return config;
-  const { privateKey, ...rest } = config;
-  return { ...rest, hasPrivateKey: privateKey !== undefined && privateKey !== null };
+/**
+ * An environment's stored secrets ({config, envVars}) as reads show them, by its driver's
+ * secret paths: envVars by name, config secrets by name or as `has...: true`.
+ */
+function shownEnvironmentSecrets(r: Row): { config: Record<string, unknown>; envVarNames: string[] } {
+  const shown = redactSecrets({ config: obj(r.config), envVars: obj(r.env_vars) }, environmentSecretPaths(str(r.driver)));
+  return { config: obj(shown.config), envVarNames: Array.isArray(shown.envVarNames) ? (shown.envVarNames as string[]) : [] };
+}
+
+/** The stored document of an environment's secrets, for sealing and opening (services/environments.ts). */
+export function environmentSecretDoc(r: Row): { config: Record<string, unknown>; envVars: Record<string, unknown> } {
+  return { config: obj(r.config), envVars: obj(r.env_vars) };
 }
 
 export function toApiKey(r: Row): ApiKeyRecord {
@@ -53,8 +62,7 @@ export function toEnvironment(r: Row): Environment {
     description: strOrNull(r.description),
     driver: readEnum(ENVIRONMENT_DRIVERS, str(r.driver)),
     status: readEnum(ENVIRONMENT_STATUSES, str(r.status)),
-    config: redactConfig(obj(r.config)),
-    envVars: obj<Record<string, string>>(r.env_vars),
+    ...shownEnvironmentSecrets(r),
     metadata: obj(r.metadata),
     capacity: r.capacity === null || r.capacity === undefined ? null : num(r.capacity),
     lastProbe: r.last_probe === null || r.last_probe === undefined ? null : obj(r.last_probe),
@@ -124,7 +132,14 @@ export function toActivity(r: Row): ActivityEntry {
 
 const intOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
 
+/** An agent as reads show it: its adapter's secrets (env, headers) by name only. */
 export function toAgent(r: Row): Agent {
+  const shown = redactSecrets({ adapterConfig: obj(r.adapter_config) }, agentSecretPaths(str(r.adapter_type)));
+  return { ...toAgentStored(r), adapterConfig: obj(shown.adapterConfig) };
+}
+
+/** The agent with its adapter config as stored (secrets sealed): only for opening them. */
+export function toAgentStored(r: Row): Agent {
   return {
     id: str(r.id),
     companyId: str(r.company_id),

@@ -4,6 +4,7 @@
 import { sql } from 'drizzle-orm';
 import {
   bigint,
+  boolean,
   check,
   index,
   integer,
@@ -219,6 +220,21 @@ export const apiKeys = pgTable(
     revokedAt: timestamp('revoked_at', { withTimezone: true }),
   },
   (t) => [uniqueIndex('api_keys_hash_uq').on(t.keyHash), index('api_keys_company_idx').on(t.companyId)],
+);
+
+/**
+ * The id of the key the database's secrets are sealed with (one row): a server whose key
+ * differs refuses to start, instead of failing later on each secret it cannot open.
+ */
+export const berthSecretKey = pgTable(
+  'berth_secret_key',
+  {
+    singleton: boolean('singleton').primaryKey().default(true),
+    /** cipher.ts's key id: 8 hex characters of SHA-256 of the key, never the key. */
+    keyId: text('key_id').notNull(),
+    recordedAt: timestamp('recorded_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [check('berth_secret_key_singleton_ck', sql`${t.singleton}`)],
 );
 
 /** One row per Berth server process: what recovery reads to find runs whose server died. */

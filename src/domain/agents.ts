@@ -26,11 +26,20 @@ export type HttpAdapterConfig = z.output<typeof httpAdapterSchema>;
 
 export const adapterSchemas = { process: processAdapterSchema, http: httpAdapterSchema } as const;
 
-const agentCommon = {
+// Field schemas without defaults: create adds its defaults; an update must not, or a
+// field it does not name would be reset to its default (zod applies a default under .optional()).
+const agentFields = {
   name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters'),
-  defaultEnvironmentId: z.uuid('must be a UUID').nullable().default(null),
-  maxConcurrentRuns: z.number().int('must be an integer').min(1, 'must be at least 1').max(1000).default(1),
-  intervalSec: z.number().int('must be an integer').min(1, 'must be at least 1').max(30 * 24 * 3600).nullable().default(null),
+  defaultEnvironmentId: z.uuid('must be a UUID').nullable(),
+  maxConcurrentRuns: z.number().int('must be an integer').min(1, 'must be at least 1').max(1000),
+  intervalSec: z.number().int('must be an integer').min(1, 'must be at least 1').max(30 * 24 * 3600).nullable(),
+};
+
+const agentCommon = {
+  name: agentFields.name,
+  defaultEnvironmentId: agentFields.defaultEnvironmentId.default(null),
+  maxConcurrentRuns: agentFields.maxConcurrentRuns.default(1),
+  intervalSec: agentFields.intervalSec.default(null),
 };
 
 export const createAgentSchema = z.discriminatedUnion(
@@ -48,11 +57,11 @@ export const AGENT_STATUSES = ['active', 'paused'] as const;
 /** A partial update; `adapterConfig` replaces the whole config and is validated against the agent's adapter. */
 export const updateAgentSchema = z
   .strictObject({
-    name: agentCommon.name.optional(),
+    name: agentFields.name.optional(),
     adapterConfig: z.record(z.string(), z.unknown()).optional(),
-    defaultEnvironmentId: z.uuid('must be a UUID').nullable().optional(),
-    maxConcurrentRuns: agentCommon.maxConcurrentRuns.optional(),
-    intervalSec: agentCommon.intervalSec.optional(),
+    defaultEnvironmentId: agentFields.defaultEnvironmentId.optional(),
+    maxConcurrentRuns: agentFields.maxConcurrentRuns.optional(),
+    intervalSec: agentFields.intervalSec.optional(),
     /** A paused agent takes no new runs (invoke and timers refuse it). */
     status: z.enum(AGENT_STATUSES).optional(),
   })

@@ -30,9 +30,13 @@ export interface Environment {
   description: string | null;
   driver: Known<EnvironmentDriver>;
   status: Known<EnvironmentStatus>;
-  /** Driver config with secrets removed: `privateKey` becomes `hasPrivateKey: true`. */
+  /**
+   * Driver config with its secrets (src/secrets/config.ts) shown by name only:
+   * `privateKey` becomes `hasPrivateKey: true`, a sandbox's `options` become `optionNames`.
+   */
   config: Record<string, unknown>;
-  envVars: Record<string, string>;
+  /** The names of the environment's variables; their values are secrets, never read back. */
+  envVarNames: string[];
   metadata: Record<string, unknown>;
   capacity: number | null;
   /** The last probe's result ({ok, latencyMs, details, error, at}); null until probed. */
@@ -107,6 +111,7 @@ export interface Agent {
   companyId: string;
   name: string;
   adapterType: string;
+  /** As reads show it, secrets by name only (env → envNames, headers → headerNames); agents.getWithSecrets gives the clear config. */
   adapterConfig: Record<string, unknown>;
   defaultEnvironmentId: string | null;
   status: string;

@@ -3,9 +3,11 @@
 // never needs to know which driver it talks to.
 import type { Environment, Lease } from '../domain/types.js';
 
-export interface DriverEnvironment extends Environment {
+export interface DriverEnvironment extends Omit<Environment, 'envVarNames'> {
   /** Full config, secrets included. */
   secretConfig: Record<string, unknown>;
+  /** The environment's variables in clear, for the run's process only. */
+  envVars: Record<string, string>;
 }
 
 export interface ProbeResult {

@@ -85,7 +85,8 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
     // Step 1: choose the environment and take the lease. The environment is reached first
     // (a pooled SSH connection), outside any transaction: a slow or unreachable host fails
     // the run without holding the database.
-    const agent = await s.agents.get(run.companyId, run.agentId);
+    // Its clear env and headers: the adapter hands them to the run (they are sealed at rest).
+    const agent = await s.agents.getWithSecrets(run.companyId, run.agentId);
     const adapter = deps.adapters.get(agent.adapterType);
     if (!adapter) throw Object.assign(new Error(`no adapter for type "${agent.adapterType}"`), { code: 'no_adapter' });
     const envId = agent.defaultEnvironmentId ?? (await s.environments.ensureLocalEnvironment(run.companyId, actor)).id;

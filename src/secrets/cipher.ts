@@ -1,4 +1,4 @@
-// Secrets at rest: AES-256-GCM encryption of short strings (an SSH private key) under
+// Secrets at rest: AES-256-GCM encryption of short strings (the fields config.ts lists) under
 // one server key, from BERTH_SECRET_KEY or a key file created on first use.
 //
 // Format: `enc:v1:<key id>:<iv b64>:<tag b64>:<ciphertext b64>`. The key id (8 hex

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { openDatabase, type Database } from '../db/client.js';
 import { defaultDrivers, startRuntime, type Runtime } from '../heartbeat/runtime.js';
 import { createApp } from '../http/app.js';
+import { prepareSecretsAtRest } from '../secrets/at-rest.js';
 import { hashBearerSecret } from '../secrets/bearer.js';
 import { loggableError } from '../http/errors.js';
 import { createServices, type Services } from '../services/index.js';
@@ -49,6 +50,11 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
   const logger = opts.logger ?? createLogger();
   const admin = ensureAdminKey();
   const database = await openDatabase(opts.databaseUrl ? { databaseUrl: opts.databaseUrl } : {});
+  // Refuses a secret key other than the database's; seals secrets older versions stored in clear.
+  await prepareSecretsAtRest(database.db).catch(async (err: unknown) => {
+    await database.close();
+    throw err;
+  });
   const services = createServices(database.db);
   const drivers = defaultDrivers();
   let runtime: Runtime | null = null;

@@ -2,12 +2,13 @@
 import { sql, type SQL } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
-import { toAgent } from '../db/rows.js';
+import { toAgent, toAgentStored } from '../db/rows.js';
 import { adapterSchemas, createAgentSchema, updateAgentSchema, type CreateAgentInput, type UpdateAgentInput } from '../domain/agents.js';
 import { ADAPTER_DRIVERS, type AdapterType, type EnvironmentDriver } from '../domain/enums.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Agent } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
+import { agentSecretPaths, openSecrets, sealSecrets } from '../secrets/config.js';
 import { activityFrom } from './activity.js';
 
 function agentActivity(actor: Actor, action: string, details: SQL): SQL {
@@ -21,6 +22,11 @@ function mapWriteError(err: unknown, companyId: string, name: string | undefined
   }
   if (e?.code === PG_FOREIGN_KEY_VIOLATION) throw notFound('company', companyId);
   throw err;
+}
+
+/** The adapter config as stored: its secrets (env, headers values) sealed. */
+function sealAdapterConfig(adapterType: string, config: Record<string, unknown>): Record<string, unknown> {
+  return sealSecrets({ adapterConfig: config }, agentSecretPaths(adapterType)).adapterConfig as Record<string, unknown>;
 }
 
 export function agentService(db: Db) {
@@ -50,7 +56,7 @@ export function agentService(db: Db) {
           db,
           sql`WITH changed AS (
                 INSERT INTO agents (company_id, name, adapter_type, adapter_config, default_environment_id, max_concurrent_runs, interval_sec)
-                VALUES (${companyId}, ${v.name}, ${v.adapterType}, ${JSON.stringify(v.adapterConfig)}::jsonb, ${v.defaultEnvironmentId},
+                VALUES (${companyId}, ${v.name}, ${v.adapterType}, ${JSON.stringify(sealAdapterConfig(v.adapterType, v.adapterConfig))}::jsonb, ${v.defaultEnvironmentId},
                         ${v.maxConcurrentRuns}, ${v.intervalSec})
                 RETURNING *),
               act AS (${agentActivity(actor, 'agent.created', sql`jsonb_build_object('name', changed.name, 'adapterType', changed.adapter_type)`)})
@@ -69,6 +75,16 @@ export function agentService(db: Db) {
       return toAgent(row);
     },
 
+    /** For the executor: the agent with its adapter config in clear (env, headers values), never for responses. */
+    async getWithSecrets(companyId: string, id: string): Promise<Agent> {
+      requireId(id, 'agent');
+      const [row] = await queryRows(db, sql`SELECT * FROM agents WHERE id = ${id} AND company_id = ${companyId}`);
+      if (!row) throw notFound('agent', id);
+      const stored = toAgentStored(row);
+      const open = openSecrets({ adapterConfig: stored.adapterConfig }, agentSecretPaths(stored.adapterType), `agent ${stored.id}`);
+      return { ...stored, adapterConfig: open.adapterConfig as Record<string, unknown> };
+    },
+
     async list(companyId: string, filter: { name?: string } = {}): Promise<Agent[]> {
       const byName = typeof filter.name === 'string' ? sql`AND name = ${filter.name}` : sql``;
       return (await queryRows(db, sql`SELECT * FROM agents WHERE company_id = ${companyId} ${byName} ORDER BY name`)).map(toAgent);
@@ -83,7 +99,7 @@ export function agentService(db: Db) {
         const schema = adapterSchemas[current.adapterType as AdapterType];
         if (!schema) throw new BerthError('invalid', `agent ${id} has adapter "${current.adapterType}", which this version cannot configure`);
         const config = parseInput(schema, v.adapterConfig, `${current.adapterType} adapter config`);
-        sets.push(sql`adapter_config = ${JSON.stringify(config)}::jsonb`);
+        sets.push(sql`adapter_config = ${JSON.stringify(sealAdapterConfig(current.adapterType, config))}::jsonb`);
       }
       if (v.defaultEnvironmentId !== undefined) {
         if (v.defaultEnvironmentId !== null) await checkDefaultEnvironment(companyId, v.defaultEnvironmentId, current.adapterType);

@@ -3,7 +3,7 @@
 import { sql, type SQL } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
-import { toEnvironment } from '../db/rows.js';
+import { environmentSecretDoc, toEnvironment } from '../db/rows.js';
 import { ACTIONS, type EnvironmentDriver } from '../domain/enums.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Environment } from '../domain/types.js';
@@ -16,7 +16,7 @@ import {
   type CreateEnvironmentInput,
   type UpdateEnvironmentInput,
 } from '../domain/validators.js';
-import { decryptSecret, encryptSecret, isEncryptedSecret } from '../secrets/cipher.js';
+import { environmentSecretPaths, keepUnnamedSecrets, openSecrets, sealSecrets } from '../secrets/config.js';
 import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
 
 export const LOCAL_ENVIRONMENT_DEFAULTS = {
@@ -45,41 +45,11 @@ function environmentActivity(actor: Actor, action: string, details: SQL): SQL {
   return activityFrom({ source: 'changed', actor, action, entityType: ENVIRONMENT_ENTITY, entityId: sql`changed.id::text`, runId: sql`NULL`, details });
 }
 
-/** Config fields that are secrets: stored encrypted, returned by no read but getWithSecrets. */
-const SECRET_CONFIG_FIELDS = ['privateKey'] as const;
-
-/**
- * The config as it is stored: every secret field a caller sent, encrypted. Whatever a
- * caller sent is encrypted, even text that looks encrypted: only Berth's own
- * ciphertexts (carried over in update) are stored as they are.
- */
-function sealConfig(config: Record<string, unknown>): Record<string, unknown> {
-  const out = { ...config };
-  for (const f of SECRET_CONFIG_FIELDS) {
-    const v = out[f];
-    if (typeof v === 'string') out[f] = encryptSecret(v);
-  }
-  return out;
-}
-
-/** The config with its secrets decrypted, for drivers. A wrong key is an error, never garbage. */
-function openConfig(config: Record<string, unknown>, envId: string): Record<string, unknown> {
-  const out = { ...config };
-  for (const f of SECRET_CONFIG_FIELDS) {
-    const v = out[f];
-    if (!isEncryptedSecret(v)) continue;
-    try {
-      out[f] = decryptSecret(v);
-    } catch (err) {
-      throw Object.assign(new Error(`environment ${envId}: cannot decrypt config.${f}: ${(err as Error).message}`), { code: 'secret_key' });
-    }
-  }
-  return out;
-}
-
 export interface EnvironmentWithSecrets extends Environment {
   /** The full driver config, secrets included: for drivers only, never for responses. */
   secretConfig: Record<string, unknown>;
+  /** The environment's variables in clear: for the run's process only. */
+  envVars: Record<string, string>;
 }
 
 export function environmentService(db: Db) {
@@ -128,14 +98,16 @@ export function environmentService(db: Db) {
     /** For drivers: the environment with its full config, secrets included. */
     async getWithSecrets(companyId: string, id: string): Promise<EnvironmentWithSecrets> {
       const row = await getRow(companyId, id);
-      return { ...toEnvironment(row), secretConfig: openConfig((row.config ?? {}) as Record<string, unknown>, String(row.id)) };
+      const open = openSecrets(environmentSecretDoc(row), environmentSecretPaths(String(row.driver)), `environment ${String(row.id)}`);
+      return { ...toEnvironment(row), secretConfig: open.config as Record<string, unknown>, envVars: open.envVars as Record<string, string> };
     },
 
     async create(companyId: string, input: CreateEnvironmentInput, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
       requireId(companyId, 'company');
       const v = parseInput(createEnvironmentSchema, input, 'environment');
       try {
-        const env = await insertEnvironment(companyId, { ...v, config: sealConfig(v.config), description: v.description ?? null }, actor, false);
+        const sealed = sealSecrets({ config: v.config, envVars: v.envVars }, environmentSecretPaths(v.driver));
+        const env = await insertEnvironment(companyId, { ...v, config: sealed.config as object, envVars: sealed.envVars as object, description: v.description ?? null }, actor, false);
         return env!;
       } catch (err) {
         mapWriteError(err, companyId, v.name);
@@ -184,18 +156,16 @@ export function environmentService(db: Db) {
           if (v.name !== undefined) sets.push(sql`name = ${v.name}`);
           if (v.description !== undefined) sets.push(sql`description = ${v.description}`);
           if (v.status !== undefined) sets.push(sql`status = ${v.status}`);
-          if (v.envVars !== undefined) sets.push(sql`env_vars = ${JSON.stringify(v.envVars)}::jsonb`);
+          const secretPaths = environmentSecretPaths(driver);
+          if (v.envVars !== undefined) sets.push(sql`env_vars = ${JSON.stringify(sealSecrets({ envVars: v.envVars }, secretPaths).envVars)}::jsonb`);
           if (v.metadata !== undefined) sets.push(sql`metadata = ${JSON.stringify(v.metadata)}::jsonb`);
           if (v.config !== undefined) {
             const schema = driverConfigSchemas[driver];
             if (!schema) throw new BerthError('invalid', `environment ${id} has driver "${driver}", which this version cannot configure`);
-            const config = sealConfig(parseInput(schema, v.config, `${driver} config`) as Record<string, unknown>);
-            // A key that is set stays set unless the update names a new one (one stored in
-            // plaintext by a Berth that predates encryption is encrypted now).
-            const currentKey = (current.config as Record<string, unknown> | null)?.privateKey;
-            if (driver === 'ssh' && config.privateKey === undefined && typeof currentKey === 'string') {
-              config.privateKey = isEncryptedSecret(currentKey) ? currentKey : encryptSecret(currentKey);
-            }
+            const given = sealSecrets({ config: parseInput(schema, v.config, `${driver} config`) }, secretPaths);
+            // A secret field that is set (an SSH key) stays set unless the update names a new
+            // one: a caller cannot read it back to resend it.
+            const { config } = keepUnnamedSecrets(given, environmentSecretDoc(current), secretPaths);
             sets.push(sql`config = ${JSON.stringify(config)}::jsonb`);
           }
           if (v.capacity !== undefined) {
@@ -237,9 +207,10 @@ export function environmentService(db: Db) {
     },
 
     /**
-     * Delete, or refuse with every reason: the company's Local environment, or
-     * leases that are not terminal. Terminal leases keep their history (their
-     * environment_id becomes null).
+     * Delete, or refuse with every reason: the company's Local environment, leases
+     * that are not terminal (active, retained, pending_cleanup), or ended leases whose
+     * cleanup is still due. Terminal leases keep their history (their environment_id
+     * becomes null).
      */
     async delete(companyId: string, id: string, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
       requireId(id, 'environment');
@@ -248,14 +219,20 @@ export function environmentService(db: Db) {
         if (!current) throw notFound('environment', id);
         const reasons: string[] = [];
         if (current.driver === 'local') reasons.push("it is the company's Local environment");
-        const open = await queryRows<{ status: string; n: number }>(
+        // A lease that still owes cleanup needs its environment (the driver's cleanup reads
+        // its config): once deleted, the cleanup could only fail. Terminal leases whose
+        // cleanup is still due (next_cleanup_at set) count as well as the non-terminal ones.
+        const open = await queryRows<{ status: string; n: number; terminal: boolean }>(
           tx,
-          sql`SELECT status, count(*)::int AS n FROM environment_leases
-              WHERE environment_id = ${id} AND status NOT IN ('released', 'expired', 'failed') GROUP BY status ORDER BY status`,
+          sql`SELECT status, status IN ('released', 'expired', 'failed') AS terminal, count(*)::int AS n FROM environment_leases
+              WHERE environment_id = ${id} AND (status NOT IN ('released', 'expired', 'failed') OR next_cleanup_at IS NOT NULL)
+              GROUP BY status ORDER BY status`,
         );
-        if (open.length > 0) {
-          reasons.push(`it has leases that are not terminal (${open.map((o) => `${o.n} ${o.status}`).join(', ')})`);
-        }
+        const listed = (rows: typeof open) => rows.map((o) => `${o.n} ${o.status}`).join(', ');
+        const live = open.filter((o) => !o.terminal);
+        const owing = open.filter((o) => o.terminal);
+        if (live.length > 0) reasons.push(`it has leases that are not terminal (${listed(live)})`);
+        if (owing.length > 0) reasons.push(`it has ended leases that still owe cleanup (${listed(owing)}): wait for their cleanup to finish`);
         if (reasons.length > 0) {
           throw new BerthError('conflict', `environment ${id} cannot be deleted: ${reasons.join('; ')}`, { details: { reasons } });
         }

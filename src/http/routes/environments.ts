@@ -78,7 +78,7 @@ export const environmentRoutes = () =>
     {
       method: 'DELETE',
       path: '/api/environments/:id',
-      summary: "Delete; refused (409, with every reason) for the company's Local or while leases are not terminal",
+      summary: "Delete; refused (409, with every reason) for the company's Local, while leases are not terminal, or while ended leases still owe cleanup",
       tag: 'environments',
       access: 'company',
       owner: env,
