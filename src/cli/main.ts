@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { berthHome } from '../db/client.js';
 import { readAdminKey, readCredentials, readServerInfo } from '../server/home-files.js';
-import { ApiError, BerthClient, NoServerError } from './client.js';
+import { ApiError, BerthClient, checkServerUrl, NoServerError } from './client.js';
 import { ago, paint, status, table } from './format.js';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -16,7 +16,8 @@ const DEFAULT_URL = 'http://127.0.0.1:3710';
 class UsageError extends Error {}
 
 function serverUrl(): string {
-  return process.env.BERTH_URL || readServerInfo()?.url || readCredentials()?.url || DEFAULT_URL;
+  if (process.env.BERTH_URL) return checkServerUrl(process.env.BERTH_URL, 'BERTH_URL');
+  return readServerInfo()?.url || readCredentials()?.url || DEFAULT_URL;
 }
 
 function companyClient(): BerthClient {

@@ -5,7 +5,7 @@ import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queryRows } from '../../src/db/client.js';
 import { openTestDb, type TestDb } from '../support/db.js';
-import { startTestApi, type TestApi } from '../support/http.js';
+import { startTestApi, type Reply, type TestApi } from '../support/http.js';
 
 let t: TestDb;
 let api: TestApi;
@@ -36,7 +36,7 @@ async function allPages(query: string): Promise<{ ids: string[]; pages: number[]
   const pages: number[] = [];
   let cursor: string | null = null;
   for (let guard = 0; guard < 1000; guard++) {
-    const r = await api.call('GET', `/api/companies/${co.id}/heartbeat-runs?${query}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, { key: co.key });
+    const r: Reply = await api.call('GET', `/api/companies/${co.id}/heartbeat-runs?${query}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, { key: co.key });
     expect(r.status).toBe(200);
     ids.push(...r.body.map((x: { id: string }) => x.id));
     pages.push(r.body.length);
