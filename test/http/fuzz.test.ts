@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { z } from 'zod';
 import { queryRows } from '../../src/db/client.js';
+import { acquireLeaseSchema } from '../../src/domain/validators.js';
 import { allRoutes } from '../../src/http/routes/index.js';
 import { MAX_BODY_BYTES } from '../../src/http/app.js';
 import { jsonIssues, type RouteDef } from '../../src/http/route.js';
@@ -54,8 +55,11 @@ function bodyOf(route: RouteDef): { base: Record<string, unknown>; accepts: (b: 
   };
   const base = bases[key];
   if (!base) throw new Error(`the fuzz test has no base body for ${key}: add one`);
-  // The acquire route takes its environment from the path.
-  const accepts = key === 'POST /api/environments/:id/leases' ? (b: unknown) => schema.safeParse({ ...(b as object), environmentId: randomUUID() }).success && !('environmentId' in (b as object)) : (b: unknown) => schema.safeParse(b).success;
+  // The acquire route takes its environment from the path, and the service checks the rest (ttlSeconds or expiresAt, not both).
+  const accepts =
+    key === 'POST /api/environments/:id/leases'
+      ? (b: unknown) => acquireLeaseSchema.safeParse({ ...(b as object), environmentId: randomUUID() }).success && !('environmentId' in (b as object))
+      : (b: unknown) => schema.safeParse(b).success;
   return { base, accepts };
 }
 
