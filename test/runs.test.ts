@@ -351,7 +351,10 @@ describe('http runs', () => {
   let server: Server;
   let url: string;
   const received: Array<Record<string, unknown>> = [];
+  // The agents' server is on loopback, which the http adapter refuses unless allowed.
+  const allowBefore = process.env.BERTH_HTTP_ALLOW_NETWORKS;
   beforeAll(async () => {
+    process.env.BERTH_HTTP_ALLOW_NETWORKS = '127.0.0.1/32';
     server = createServer((req, res) => {
       let body = '';
       req.on('data', (d) => (body += d));
@@ -365,7 +368,11 @@ describe('http runs', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
   });
-  afterAll(() => server?.close());
+  afterAll(() => {
+    if (allowBefore === undefined) delete process.env.BERTH_HTTP_ALLOW_NETWORKS;
+    else process.env.BERTH_HTTP_ALLOW_NETWORKS = allowBefore;
+    server?.close();
+  });
 
   async function httpAgent(path: string, timeoutMs = 5000) {
     return t.services.agents.create(companyId, { name: `http-${++agentCount}`, adapterType: 'http', adapterConfig: { url: `${url}${path}`, timeoutMs, payload: { task: 'triage' } } });

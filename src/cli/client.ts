@@ -14,6 +14,23 @@ export class ApiError extends Error {
 /** No server answered at all. */
 export class NoServerError extends Error {}
 
+/**
+ * The server address from `source` (a variable's name), or an error naming it. The value
+ * is not repeated: an address may carry credentials.
+ */
+export function checkServerUrl(value: string, source: string): string {
+  let u: URL | null = null;
+  try {
+    u = new URL(value);
+  } catch {
+    /* refused below */
+  }
+  if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:') || !u.hostname) {
+    throw new Error(`${source} is not an http(s) URL of a Berth server (e.g. http://127.0.0.1:3710)`);
+  }
+  return value;
+}
+
 export interface SseEvent {
   event: string;
   data: string;

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { berthHome } from '../db/client.js';
 import { readAdminKey, readCredentials, readServerInfo } from '../server/home-files.js';
-import { ApiError, BerthClient, NoServerError } from './client.js';
+import { ApiError, BerthClient, checkServerUrl, NoServerError } from './client.js';
 import { ago, paint, status, table } from './format.js';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -16,7 +16,8 @@ const DEFAULT_URL = 'http://127.0.0.1:3710';
 class UsageError extends Error {}
 
 function serverUrl(): string {
-  return process.env.BERTH_URL || readServerInfo()?.url || readCredentials()?.url || DEFAULT_URL;
+  if (process.env.BERTH_URL) return checkServerUrl(process.env.BERTH_URL, 'BERTH_URL');
+  return readServerInfo()?.url || readCredentials()?.url || DEFAULT_URL;
 }
 
 function companyClient(): BerthClient {
@@ -481,20 +482,29 @@ export function buildProgram(): Command {
     .command('list')
     .option('--agent <agent>', 'only this agent (name or id)')
     .option('--status <status>')
-    .option('--limit <n>', 'how many (default 50)')
+    .option('--limit <n>', 'how many per page (default 50, at most 500)')
+    .option('--cursor <cursor>', 'the next page (the cursor printed after a full page)')
+    .option('--all', 'every page, to the end')
     .option('--json', 'print JSON')
-    .action(async (o: { agent?: string; status?: string; limit?: string; json?: boolean }) => {
+    .action(async (o: { agent?: string; status?: string; limit?: string; cursor?: string; all?: boolean; json?: boolean }) => {
       const client = companyClient();
       const cid = await companyId(client);
       const agents = await client.get<Json[]>(`/api/companies/${cid}/agents`);
       const agentId = o.agent ? (await agentByRef(client, o.agent)).id : undefined;
-      const list = await client.get<Json[]>(`/api/companies/${cid}/heartbeat-runs`, { agentId, status: o.status, limit: o.limit });
+      const list: Json[] = [];
+      let cursor: string | undefined = o.cursor;
+      for (;;) {
+        const res = await client.request<Json[]>('GET', `/api/companies/${cid}/heartbeat-runs`, { query: { agentId, status: o.status, limit: o.limit, cursor } });
+        list.push(...res.data);
+        cursor = res.headers.get('x-next-cursor') ?? undefined;
+        if (!o.all || !cursor) break;
+      }
       const names = new Map(agents.map((a) => [a.id, a.name]));
       print(list, !!o.json, () =>
         table(
           ['ID', 'AGENT', 'STATUS', 'SOURCE', 'CREATED', 'DURATION', 'RESULT'],
           list.map((r) => [r.id, names.get(r.agentId) ?? r.agentId, status(r.status), r.invocationSource, ago(r.createdAt), duration(r), r.error ?? (r.exitCode !== null ? `exit ${r.exitCode}` : '')]),
-        ),
+        ) + (cursor ? `\nmore: berth runs list --cursor ${cursor}${o.agent ? ` --agent ${o.agent}` : ''}${o.status ? ` --status ${o.status}` : ''} (or --all)` : ''),
       );
     });
   runs

@@ -2,7 +2,7 @@
 // services. Strict objects: an unknown field is an error that names it.
 import { z } from 'zod';
 import { BerthError, type FieldIssue } from './errors.js';
-import { CLEANUP_STATUSES, ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
+import { CLEANUP_STATUSES, ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, RUN_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
 
 export const MAX_LEASE_TTL_SECONDS = 7 * 24 * 3600;
 
@@ -144,6 +144,17 @@ export const listLeasesSchema = z.strictObject({
   /** Opaque cursor from a previous page. */
   cursor: z.string().max(200).optional(),
 });
+
+export const RUN_PAGE_MAX = 500;
+
+export const listRunsSchema = z.strictObject({
+  agentId: z.uuid('must be a UUID').optional(),
+  status: z.enum(RUN_STATUSES).optional(),
+  limit: z.number().int('must be an integer').min(1, `must be 1-${RUN_PAGE_MAX}`).max(RUN_PAGE_MAX, `must be 1-${RUN_PAGE_MAX}`).default(50),
+  /** Opaque cursor from a previous page (its X-Next-Cursor). */
+  cursor: z.string().max(200).optional(),
+});
+export type ListRunsInput = z.input<typeof listRunsSchema>;
 
 export const listActivitySchema = z.strictObject({
   entityType: z.string().max(100).optional(),

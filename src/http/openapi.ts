@@ -1,12 +1,17 @@
 // The OpenAPI 3.1 document, written from the route table and its zod schemas.
 import { z } from 'zod';
+import { RESPONSES, STREAM_ONLY } from './responses.js';
 import type { RouteDef } from './route.js';
 
-function schemaOf(s: z.ZodType): Record<string, unknown> {
-  const json = z.toJSONSchema(s, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+/** A request schema describes what may be sent (defaults make a field optional); a response what is received. */
+function schemaOf(s: z.ZodType, io: 'input' | 'output' = 'input'): Record<string, unknown> {
+  const json = z.toJSONSchema(s, { io, unrepresentable: 'any' }) as Record<string, unknown>;
   delete json.$schema;
   return json;
 }
+
+/** The route's key in RESPONSES: its method and path as the table writes them. */
+export const routeKey = (r: RouteDef): string => `${r.method} ${r.path}`;
 
 const ERROR_REF = { $ref: '#/components/schemas/Error' };
 
@@ -22,10 +27,13 @@ export function buildOpenApi(routes: RouteDef[], version: string): Record<string
       }
     }
     const errors: Record<string, unknown> = {};
-    const errorStatuses = r.access === 'public' ? ['500'] : ['400', '401', '403', '404', '409', '413', '422'];
+    const errorStatuses = r.access === 'public' ? ['500', '503'] : ['400', '401', '403', '404', '409', '413', '422', '503'];
     for (const s of errorStatuses) errors[s] = { description: 'error', content: { 'application/json': { schema: ERROR_REF } } };
-    const content: Record<string, unknown> = { 'application/json': { schema: {} } };
+    const response = RESPONSES[routeKey(r)];
+    if (!response && !STREAM_ONLY.has(routeKey(r))) throw new Error(`no response schema for ${routeKey(r)} in src/http/responses.ts`);
+    const content: Record<string, unknown> = response ? { 'application/json': { schema: schemaOf(response, 'output') } } : {};
     if (r.streams) content['text/event-stream'] = { schema: { type: 'string' } };
+    const successes = Object.fromEntries([r.status ?? 200, ...(r.alsoStatus ?? [])].map((s) => [String(s), { description: r.returns, content }]));
     (paths[path] ??= {})[r.method.toLowerCase()] = {
       summary: r.summary,
       tags: [r.tag],
@@ -34,7 +42,7 @@ export function buildOpenApi(routes: RouteDef[], version: string): Record<string
       ...(r.access === 'run' ? { description: "A run's own token (PAPERCLIP_API_KEY) may call this for its own run and leases." } : {}),
       parameters,
       ...(r.body ? { requestBody: { required: r.bodyRequired ?? false, content: { 'application/json': { schema: schemaOf(r.body) } } } } : {}),
-      responses: { [String(r.status ?? 200)]: { description: r.returns, content }, ...errors },
+      responses: { ...successes, ...errors },
     };
   }
   return {

@@ -42,11 +42,16 @@ export interface RouteDef {
   owner?: { param: string; kind: OwnedKind };
   /** Query parameters (strings, coerced by the schema). Unknown parameters are refused. */
   query?: z.ZodType;
-  /** The request body, for the document; the services validate it. */
+  /**
+   * The request body exactly as this route takes it (fields the path gives are not in
+   * it), for the document; the services validate it. The contract test holds the two together.
+   */
   body?: z.ZodType;
   bodyRequired?: boolean;
   /** Status of a success (default 200). */
   status?: number;
+  /** Other statuses a success may answer with (an idempotent repeat, say). */
+  alsoStatus?: number[];
   /** Description of the success response, for the document. */
   returns: string;
   /** Answers with server-sent events when asked to. */

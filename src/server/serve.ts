@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve, type ServerType } from '@hono/node-server';
 import type { Logger } from 'pino';
+import { egressPolicy } from '../adapters/egress.js';
 import { openDatabase, type Database } from '../db/client.js';
 import { defaultDrivers, startRuntime, type Runtime } from '../heartbeat/runtime.js';
 import { createApp } from '../http/app.js';
@@ -19,6 +20,44 @@ import { createLogger } from './logger.js';
 export const DEFAULT_PORT = 3710;
 
 export const BERTH_VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+/**
+ * Where DATABASE_URL points, as `host:port/database`: never the URL itself, which holds
+ * the password. Throws one line naming the variable when it is not a PostgreSQL URL.
+ */
+export function databaseTarget(url: string): string {
+  let u: URL | null = null;
+  try {
+    u = new URL(url);
+  } catch {
+    /* refused below */
+  }
+  const host = u ? u.hostname || u.searchParams.get('host') || '' : '';
+  if (!u || !/^postgres(ql)?:$/.test(u.protocol) || !host || (u.port !== '' && !/^\d+$/.test(u.port))) {
+    throw new Error('DATABASE_URL is not a PostgreSQL URL (postgres://user:password@host:port/database); its value is not shown, it may hold a password');
+  }
+  return `${host}:${u.port || 5432}${u.pathname.length > 1 ? u.pathname : ''}`;
+}
+
+const DATABASE_CAUSES: Record<string, string> = {
+  ECONNREFUSED: 'nothing listens there',
+  ENOTFOUND: 'the host name does not resolve',
+  EAI_AGAIN: 'the host name does not resolve',
+  ETIMEDOUT: 'no answer',
+  EHOSTUNREACH: 'the host is unreachable',
+  '28P01': 'password authentication failed',
+  '28000': 'the server refused this user',
+  '3D000': 'the database does not exist',
+  '57P03': 'the server is starting or shutting down',
+};
+
+/** One line: which database (no password) and what failed. */
+function databaseFailure(url: string, err: unknown): string {
+  const e = err as { code?: string; message?: string };
+  const code = typeof e?.code === 'string' ? e.code : '';
+  const why = DATABASE_CAUSES[code] ?? (e?.message ?? String(err)).split('\n')[0]!.slice(0, 200);
+  return `cannot use the PostgreSQL database at ${databaseTarget(url)} (DATABASE_URL): ${why}${code ? ` (${code})` : ''}`;
+}
 
 export interface ServeOptions {
   port?: number;
@@ -49,7 +88,12 @@ export interface BerthServer {
 export async function startServer(opts: ServeOptions = {}): Promise<BerthServer> {
   const logger = opts.logger ?? createLogger();
   const admin = ensureAdminKey();
-  const database = await openDatabase(opts.databaseUrl ? { databaseUrl: opts.databaseUrl } : {});
+  egressPolicy(); // a malformed BERTH_HTTP_ALLOW_NETWORKS stops the start, not each http run
+  const databaseUrl = opts.databaseUrl || process.env.DATABASE_URL || undefined;
+  if (databaseUrl) databaseTarget(databaseUrl); // a malformed URL is refused before anything tries it
+  const database = await openDatabase(databaseUrl ? { databaseUrl } : {}).catch((err: unknown) => {
+    throw databaseUrl ? new Error(databaseFailure(databaseUrl, err)) : err;
+  });
   // Refuses a secret key other than the database's; seals secrets older versions stored in clear.
   await prepareSecretsAtRest(database.db).catch(async (err: unknown) => {
     await database.close();

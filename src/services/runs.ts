@@ -2,17 +2,18 @@
 // exactly once. The per-agent limit lives in agents.running_count, changed only in
 // the statements that move a run into or out of `running`.
 import { randomBytes } from 'node:crypto';
-import { sql } from 'drizzle-orm';
+import { sql, type SQL } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
 import { toLogChunk, toRun } from '../db/rows.js';
 import { invokeSchema, type InvokeInput } from '../domain/agents.js';
-import { RUN_ACTIONS, RUN_STATUSES, type TerminalRunStatus } from '../domain/enums.js';
+import { RUN_ACTIONS, type TerminalRunStatus } from '../domain/enums.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { storableText } from '../domain/text.js';
-import { SYSTEM_ACTOR, type Actor, type HeartbeatRun, type RunLogChunk } from '../domain/types.js';
-import { parseInput } from '../domain/validators.js';
+import { SYSTEM_ACTOR, type Actor, type HeartbeatRun, type Page, type RunLogChunk } from '../domain/types.js';
+import { listRunsSchema, parseInput, type ListRunsInput } from '../domain/validators.js';
 import { hashBearerSecret } from '../secrets/bearer.js';
 import { activityFrom, type ActorSql } from './activity.js';
+import { cursorTimestamp, decodeCursor, encodeCursor } from './cursor.js';
 
 export const RUN_ENTITY = 'heartbeat_run';
 
@@ -79,20 +80,32 @@ export function runService(db: Db) {
       return toRun(row);
     },
 
-    async list(companyId: string, filter: { agentId?: string; status?: string; limit?: number } = {}): Promise<HeartbeatRun[]> {
-      if (filter.status !== undefined && !(RUN_STATUSES as readonly string[]).includes(filter.status)) {
-        throw new BerthError('invalid', `invalid run filter: status: must be one of ${RUN_STATUSES.join(', ')}`, { fields: [{ path: 'status', message: 'unknown status' }] });
+    /** Runs of a company, newest first; `list` is its first page. */
+    async list(companyId: string, filter: ListRunsInput = {}): Promise<HeartbeatRun[]> {
+      return (await service.listPage(companyId, filter)).items;
+    },
+
+    /** Runs of a company, newest first, keyset-paged: pass nextCursor back as `cursor` for the next page. */
+    async listPage(companyId: string, filter: ListRunsInput = {}): Promise<Page<HeartbeatRun>> {
+      const f = parseInput(listRunsSchema, filter, 'run filter');
+      const conds: SQL[] = [sql`company_id = ${companyId}`];
+      if (f.agentId) conds.push(sql`agent_id = ${f.agentId}`);
+      if (f.status) conds.push(sql`status = ${f.status}`);
+      if (f.cursor) {
+        const [ts, id] = decodeCursor(f.cursor, 'run filter');
+        conds.push(sql`(created_at, id) < (${ts}::timestamptz, ${id}::uuid)`);
       }
-      if (filter.agentId !== undefined) requireId(filter.agentId, 'agent');
-      const limit = Math.min(Math.max(filter.limit ?? 50, 1), 500);
       const rows = await queryRows(
         db,
-        sql`SELECT * FROM heartbeat_runs WHERE company_id = ${companyId}
-            ${filter.agentId ? sql`AND agent_id = ${filter.agentId}` : sql``}
-            ${filter.status ? sql`AND status = ${filter.status}` : sql``}
-            ORDER BY created_at DESC, id DESC LIMIT ${limit}`,
+        sql`SELECT *, ${cursorTimestamp('created_at')} AS cursor_ts FROM heartbeat_runs WHERE ${sql.join(conds, sql` AND `)}
+            ORDER BY created_at DESC, id DESC LIMIT ${f.limit + 1}`,
       );
-      return rows.map(toRun);
+      const page = rows.slice(0, f.limit);
+      const last = page[page.length - 1];
+      return {
+        items: page.map(toRun),
+        nextCursor: rows.length > f.limit && last ? encodeCursor(String(last.cursor_ts), String(last.id)) : null,
+      };
     },
 
     /**

@@ -8,8 +8,10 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { z } from 'zod';
 import { queryRows } from '../../src/db/client.js';
+import { acquireLeaseSchema } from '../../src/domain/validators.js';
 import { allRoutes } from '../../src/http/routes/index.js';
-import type { RouteDef } from '../../src/http/route.js';
+import { MAX_BODY_BYTES } from '../../src/http/app.js';
+import { jsonIssues, type RouteDef } from '../../src/http/route.js';
 import { openTestDb, type TestDb } from '../support/db.js';
 import { routePath, seedCompany, startTestApi, type SeededCompany, type TestApi } from '../support/http.js';
 
@@ -53,12 +55,32 @@ function bodyOf(route: RouteDef): { base: Record<string, unknown>; accepts: (b: 
   };
   const base = bases[key];
   if (!base) throw new Error(`the fuzz test has no base body for ${key}: add one`);
-  // The acquire route takes its environment from the path.
-  const accepts = key === 'POST /api/environments/:id/leases' ? (b: unknown) => schema.safeParse({ ...(b as object), environmentId: randomUUID() }).success && !('environmentId' in (b as object)) : (b: unknown) => schema.safeParse(b).success;
+  // The acquire route takes its environment from the path, and the service checks the rest (ttlSeconds or expiresAt, not both).
+  const accepts =
+    key === 'POST /api/environments/:id/leases'
+      ? (b: unknown) => acquireLeaseSchema.safeParse({ ...(b as object), environmentId: randomUUID() }).success && !('environmentId' in (b as object))
+      : (b: unknown) => schema.safeParse(b).success;
   return { base, accepts };
 }
 
 type Req = { method: string; path: string; key: string; raw?: string; contentType?: string };
+
+/**
+ * Would the route take this body text, as the app reads it (size, emptiness, JSON, an
+ * object, storable text, then the route's own schema)? The fuzz sends only bodies it refuses.
+ */
+function bodyAccepted(route: RouteDef, raw: string | undefined, contentType = 'application/json'): boolean {
+  if (raw === undefined || raw.trim() === '') return !route.bodyRequired;
+  if (Buffer.byteLength(raw) > MAX_BODY_BYTES || !/^application\/(.+\+)?json\b/i.test(contentType)) return false;
+  let body: unknown;
+  try {
+    body = JSON.parse(raw);
+  } catch {
+    return false;
+  }
+  if (body === null || typeof body !== 'object' || Array.isArray(body) || jsonIssues(body).length > 0) return false;
+  return bodyOf(route)!.accepts(body);
+}
 
 const wrongValue = fc.oneof(
   fc.integer(),
@@ -92,7 +114,7 @@ function arbitraryRequest(routes: RouteDef[]) {
       huge: fc.integer({ min: 70_000, max: 1_200_000 }),
     })
     .map(({ route, kind, pick, value, extraKey, huge }) => {
-      const { base, accepts } = bodyOf(route)!;
+      const { base } = bodyOf(route)!;
       const body: Record<string, unknown> = structuredClone(base);
       const keys = Object.keys(body);
       const field = keys[pick % keys.length]!;
@@ -104,19 +126,26 @@ function arbitraryRequest(routes: RouteDef[]) {
       else if (kind === 'surrogate') body[field] = { nested: `half a pair \ud800 ${extraKey}` };
       else body[field] = JSON.parse(deep(40));
       const raw = JSON.stringify(body);
-      // Only requests that are wrong: the route's own schema must refuse this body (or it is over 1 MiB).
-      if (raw.length <= 1024 * 1024 && accepts(body) && kind !== 'nul' && kind !== 'surrogate' && kind !== 'deep_value') return null;
+      // Only requests that are wrong: the route must refuse this body.
+      if (bodyAccepted(route, raw)) return null;
       return { method: route.method, path: routePath(route, A), key: keyFor(route), raw } satisfies Req;
     });
 
   const malformedJson = fc
-    .record({ route: fc.constantFrom(...withBody), cut: fc.nat(), junk: fc.string({ maxLength: 30 }), kind: fc.constantFrom('truncated', 'junk', 'array', 'scalar', 'deep', 'no_body', 'form') })
+    .record({
+      route: fc.constantFrom(...withBody),
+      cut: fc.nat(),
+      // Junk that closes the object makes valid JSON: `{` + `}` is a body wakeup accepts.
+      junk: fc.oneof(fc.string({ maxLength: 30 }), fc.constantFrom('}', ' } ', '"x":1}', '"source":"on_demand"}')),
+      kind: fc.constantFrom('truncated', 'junk', 'array', 'scalar', 'deep', 'no_body', 'form') })
     .map(({ route, cut, junk, kind }) => {
       const whole = JSON.stringify(bodyOf(route)!.base);
       const raw =
         kind === 'truncated' ? whole.slice(0, Math.max(1, cut % whole.length)) : kind === 'junk' ? `{${junk}` : kind === 'array' ? '[1,2,3]' : kind === 'scalar' ? '42' : kind === 'deep' ? `{"a":${deep(5000)}}` : kind === 'form' ? 'a=1&b=2' : '';
-      if (kind === 'no_body' && !route.bodyRequired) return null;
-      return { method: route.method, path: routePath(route, A), key: keyFor(route), raw, ...(kind === 'form' ? { contentType: 'application/x-www-form-urlencoded' } : {}) } satisfies Req;
+      const contentType = kind === 'form' ? 'application/x-www-form-urlencoded' : 'application/json';
+      // Only what the route refuses: junk can still close into a valid object, and no body is fine where none is required.
+      if (bodyAccepted(route, raw, contentType)) return null;
+      return { method: route.method, path: routePath(route, A), key: keyFor(route), raw, ...(kind === 'form' ? { contentType } : {}) } satisfies Req;
     });
 
   const malformedId = fc.record({ route: fc.constantFrom(...withParams), value: badId, which: fc.nat() }).map(({ route, value, which }) => {
@@ -184,6 +213,25 @@ afterAll(async () => {
 });
 
 describe('fuzz', () => {
+  it('generates no body its route would accept (a valid body answered 2xx is not a finding)', () => {
+    const routes = allRoutes();
+    const byKey = new Map(routes.map((r) => [`${r.method} ${r.path}`, r]));
+    expect(bodyAccepted(byKey.get('POST /api/agents/:id/wakeup')!, '{}')).toBe(true);
+    expect(bodyAccepted(byKey.get('POST /api/agents/:id/wakeup')!, '{"source":"on_demand"}')).toBe(true);
+    expect(bodyAccepted(byKey.get('POST /api/agents/:id/wakeup')!, '{')).toBe(false);
+    expect(bodyAccepted(byKey.get('POST /api/environments/:id/leases')!, JSON.stringify({ environmentId: randomUUID() }))).toBe(false);
+    let checked = 0;
+    for (const req of fc.sample(arbitraryRequest(routes), { numRuns: 3000, seed: 42 }) as Array<Req | null>) {
+      if (req === null || req.raw === undefined || req.key !== A.key && req.key !== api.adminKey) continue;
+      const route = routes.find((r) => r.method === req.method && r.body && routePath(r, A) === req.path);
+      if (!route) continue; // a malformed or foreign id: refused for its path, whatever the body
+      if (req.raw.includes(B.env) || req.raw.includes(B.run)) continue; // another company's ids: refused for them
+      checked++;
+      expect(bodyAccepted(route, req.raw, req.contentType), `${req.method} ${req.path} ${req.raw.slice(0, 200)}`).toBe(false);
+    }
+    expect(checked).toBeGreaterThan(500);
+  });
+
   it('2,000+ bad requests: all 4xx, none 5xx, the database unchanged', async () => {
     const before = await databaseState();
     const statuses = new Map<number, number>();

@@ -53,7 +53,7 @@ export const agentRoutes = () =>
       tag: 'agents',
       access: 'company',
       owner: agent,
-      body: updateAgentSchema,
+      body: updateAgentSchema.meta({ minProperties: 1 }),
       bodyRequired: true,
       returns: 'Agent',
       async handle({ deps, companyId, params, body, actor }) {

@@ -56,7 +56,7 @@ export const environmentRoutes = () =>
       tag: 'environments',
       access: 'company',
       owner: env,
-      body: updateEnvironmentSchema,
+      body: updateEnvironmentSchema.meta({ minProperties: 1 }),
       bodyRequired: true,
       returns: 'Environment',
       async handle({ deps, companyId, params, body, actor }) {

@@ -17,6 +17,10 @@ import { defineRoutes, type RouteRequest } from '../route.js';
 
 const lease = { param: 'leaseId', kind: 'lease' } as const;
 
+/** What the acquire route takes: the acquire input but the environment, which is the path's. */
+const { environmentId: _fromPath, ...acquireBodyFields } = acquireLeaseSchema.shape;
+const acquireBodySchema = z.strictObject(acquireBodyFields).meta({ not: { required: ['ttlSeconds', 'expiresAt'] }, description: 'ttlSeconds or expiresAt, not both' });
+
 async function leaseOfRun(r: RouteRequest, runId: string): Promise<boolean> {
   const found = await r.deps.services.leases.get(r.companyId, r.params.leaseId!).catch(() => null);
   return found?.heartbeatRunId === runId;
@@ -55,8 +59,9 @@ export const leaseRoutes = () =>
       tag: 'leases',
       access: 'run',
       owner: { param: 'id', kind: 'environment' },
-      body: acquireLeaseSchema,
+      body: acquireBodySchema,
       status: 201,
+      alsoStatus: [200],
       returns: '{lease, created, reacquired}',
       runOwns: async () => true, // the run's own id is forced into the lease below
       async handle({ deps, companyId, params, body, actor, principal, c }) {

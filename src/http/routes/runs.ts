@@ -4,6 +4,7 @@ import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import { RUN_STATUSES, TERMINAL_RUN_STATUSES } from '../../domain/enums.js';
 import type { HeartbeatRun } from '../../domain/types.js';
+import { RUN_PAGE_MAX } from '../../domain/validators.js';
 import { defineRoutes, lastEventId, sseWriter, streamFailed, type RouteRequest } from '../route.js';
 
 const run = { param: 'id', kind: 'run' } as const;
@@ -50,16 +51,21 @@ export const runRoutes = () =>
     {
       method: 'GET',
       path: '/api/companies/:companyId/heartbeat-runs',
-      summary: 'Runs of a company, newest first',
+      summary: 'Runs of a company, newest first (next page: the X-Next-Cursor header as ?cursor=)',
       tag: 'runs',
       access: 'company',
       query: z.strictObject({
         agentId: z.uuid('must be a UUID').optional(),
         status: z.enum(RUN_STATUSES).optional(),
-        limit: z.coerce.number().int('must be an integer').min(1, 'must be 1-500').max(500, 'must be 1-500').optional(),
+        limit: z.coerce.number().int('must be an integer').min(1, `must be 1-${RUN_PAGE_MAX}`).max(RUN_PAGE_MAX, `must be 1-${RUN_PAGE_MAX}`).optional(),
+        cursor: z.string().max(200).optional(),
       }),
       returns: 'HeartbeatRun[]',
-      handle: ({ deps, companyId, query }) => deps.services.runs.list(companyId, query),
+      async handle({ deps, companyId, query, c }) {
+        const page = await deps.services.runs.listPage(companyId, query);
+        if (page.nextCursor) c.header('x-next-cursor', page.nextCursor);
+        return page.items;
+      },
     },
     {
       method: 'GET',
