@@ -48,7 +48,8 @@ async function cleanUp(leaseId: string): Promise<void> {
 describe('DELETE /api/environments/:id', () => {
   it('is refused while an expired lease still owes cleanup, and works once the cleanup succeeded', async () => {
     const env = await newEnv('expired-pending');
-    const lease = await acquire(env, { ttlSeconds: 0.1 });
+    // Taken as a run's executor takes it: a driver will make resources for it, so it owes cleanup.
+    const { lease } = await t.services.leases.acquire(co.id, { environmentId: env, ttlSeconds: 0.1 }, undefined, { driver: 'sandbox' });
     await waitFor('the lease to expire', async () => (await t.services.leases.expireDue()).some((l) => l.id === lease.id) || (await t.services.leases.get(co.id, lease.id)).status === 'expired');
     const expired = await t.services.leases.get(co.id, lease.id);
     expect(expired).toMatchObject({ status: 'expired', cleanupStatus: 'pending' });

@@ -123,8 +123,6 @@ describe('PATCH /api/environment-leases/:leaseId/metadata', () => {
       maxLifetimeSeconds: 7200,
       executionWorkspaceId: 'ws-1',
       issueId: 'issue-1',
-      provider: 'prov',
-      providerLeaseId: 'pl-1',
       idempotencyKey: 'idem-1',
       metadata: { a: 1 },
     });

@@ -76,7 +76,8 @@ beforeAll(async () => {
     req.on('end', () => res.end('ok'));
   });
   await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
-  const env: Record<string, string> & { BERTH_HOME: string } = { BERTH_HOME: home };
+  // The http agent posts to this test's own loopback server: the operator allows it.
+  const env: Record<string, string> & { BERTH_HOME: string } = { BERTH_HOME: home, BERTH_HTTP_ALLOW_NETWORKS: '127.0.0.1/32' };
   if (testBackend() === 'postgres') {
     scratch = await createScratchDatabase();
     env.DATABASE_URL = scratch.url;

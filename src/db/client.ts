@@ -14,6 +14,7 @@ import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import { fillPlaceholders, type SQL } from 'drizzle-orm';
 import pg from 'pg';
 import * as schema from './schema.js';
+import { isBerthError } from '../domain/errors.js';
 import { lockDataDir } from './lock.js';
 import { pgErrorOf, PG_FEATURE_NOT_SUPPORTED } from './errors.js';
 
@@ -92,11 +93,15 @@ export const POOL_LIMITS = { statement_timeout: 30_000, idle_in_transaction_sess
 
 async function openPostgres(url: string, poolSize: number): Promise<Database> {
   const pool = new pg.Pool({ connectionString: url, max: poolSize, ...POOL_LIMITS });
-  // An idle client that errors (server restart) must not crash the process.
-  pool.on('error', () => {});
   const heartbeatPool = new pg.Pool({ connectionString: url, max: 1, ...POOL_LIMITS, statement_timeout: 5_000 });
-  heartbeatPool.on('error', () => {});
+  for (const p of [pool, heartbeatPool]) {
+    // A client whose connection is cut (the database restarts) must not crash the process:
+    // idle ones report on the pool, checked-out ones on themselves (their query fails anyway).
+    p.on('error', () => {});
+    p.on('connect', (client) => client.on('error', () => {}));
+  }
   const db = drizzlePg({ client: pool, schema });
+  db.transaction = pooledTransaction(pool) as typeof db.transaction;
   const conn = await pool.connect();
   try {
     await conn.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);
@@ -121,6 +126,29 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
       await pool.end();
       await heartbeatPool.end();
     },
+  };
+}
+
+/**
+ * Transactions on a pool that always give their connection back. drizzle's own (0.45) checks
+ * a client out and sends BEGIN before its try/finally, so a BEGIN that fails (the database
+ * restarting) leaks the connection for good, and the pool shrinks with every outage. Here
+ * the client is released in any case, and destroyed when it failed for another reason than
+ * an SQL error (a cut connection must not go back to the pool).
+ */
+function pooledTransaction(pool: pg.Pool) {
+  return async (work: (tx: unknown) => Promise<unknown>, config?: unknown): Promise<unknown> => {
+    const client = await pool.connect();
+    let broken: Error | undefined;
+    try {
+      const one = drizzlePg({ client, schema });
+      return await one.transaction(work as Parameters<typeof one.transaction>[0], config as Parameters<typeof one.transaction>[1]);
+    } catch (err) {
+      if (!pgErrorOf(err) && !isBerthError(err)) broken = err as Error;
+      throw err;
+    } finally {
+      client.release(broken);
+    }
   };
 }
 

@@ -1,59 +1,28 @@
 // The database going away is said plainly: /health answers 503 with the reason
 // while PostgreSQL (a throwaway cluster of this test's own) is down, and 200 again
 // once it is back; the rest of the server keeps running.
-import { execFileSync } from 'node:child_process';
-import { chownSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase, type Database } from '../../src/db/client.js';
 import { createServices } from '../../src/services/index.js';
 import { startTestApi, type TestApi } from '../support/http.js';
+import { startPgCluster, type PgCluster } from '../support/pg-cluster.js';
 import { waitFor } from '../support/wait.js';
 
-const binDir = (() => {
-  const versions = readdirSync('/usr/lib/postgresql').sort((a, b) => Number(b) - Number(a));
-  if (versions.length === 0) throw new Error('no PostgreSQL under /usr/lib/postgresql: this test needs initdb and pg_ctl');
-  return `/usr/lib/postgresql/${versions[0]}/bin`;
-})();
-const dir = mkdtempSync(join(tmpdir(), 'berth-outage-'));
-let port = 0;
+let cluster: PgCluster;
 let database: Database;
 let api: TestApi;
-
-/** initdb and pg_ctl refuse to run as root: as user postgres when we are root. */
-function pg(tool: string, args: string[]): void {
-  const asRoot = process.getuid?.() === 0;
-  const [cmd, argv] = asRoot ? ['runuser', ['-u', 'postgres', '--', `${binDir}/${tool}`, ...args]] : [`${binDir}/${tool}`, args];
-  execFileSync(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
-}
-const start = () =>
-  pg('pg_ctl', ['-D', `${dir}/data`, '-l', `${dir}/server.log`, '-w', '-t', '60', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`, 'start']);
-const stop = () => pg('pg_ctl', ['-D', `${dir}/data`, '-m', 'fast', '-w', 'stop']);
+const stop = () => cluster.stop();
+const start = () => cluster.start();
 
 beforeAll(async () => {
-  port = await new Promise<number>((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-  if (process.getuid?.() === 0) chownSync(dir, Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim()), 0);
-  pg('initdb', ['-D', `${dir}/data`, '-A', 'trust', '-U', 'postgres', '--no-sync']);
-  start();
-  database = await openDatabase({ databaseUrl: `postgres://postgres@127.0.0.1:${port}/postgres`, poolSize: 4 });
+  cluster = await startPgCluster('berth-outage-');
+  database = await openDatabase({ databaseUrl: cluster.url, poolSize: 4 });
   api = await startTestApi({ ...database, services: createServices(database.db) }, { runtime: false });
 });
 afterAll(async () => {
   await api?.close();
   await database?.close();
-  try {
-    stop();
-  } catch {
-    /* already stopped by a failed test */
-  }
-  rmSync(dir, { recursive: true, force: true });
+  cluster?.destroy();
 });
 
 describe('database outage', () => {
