@@ -5,7 +5,8 @@
 import { createHash } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { isIP, Socket } from 'node:net';
-import { Client, type ClientChannel } from 'ssh2';
+import { Client, utils, type ClientChannel } from 'ssh2';
+import { storableText } from '../domain/text.js';
 import { fingerprintSha256, verifyHostKey } from './ssh-known-hosts.js';
 
 export type SshStep = 'resolve' | 'connect' | 'host_key' | 'auth' | 'command';
@@ -15,7 +16,8 @@ export class SshError extends Error {
   /** For the executor's run errorCode: `ssh_<step>`. */
   readonly code: string;
   constructor(step: SshStep, message: string) {
-    super(message);
+    // Messages carry text from the remote and from ssh2: made storable here, once, since they end up in runs, probes and logs.
+    super(storableText(message));
     this.name = 'SshError';
     this.step = step;
     this.code = `ssh_${step}`;
@@ -99,6 +101,27 @@ class PooledConnection implements SshConnection {
     // A peer that does not answer our disconnect must not hold the socket.
     setTimeout(() => this.sock.destroy(), 2000).unref();
   }
+}
+
+/**
+ * Why ssh2 cannot use `key` as a private key, or null when it can. Never ssh2's own
+ * message: some of those quote bytes decoded from the key (a mangled key's "magic", its
+ * cipher or type name), and a key's bytes must not reach a response, a log or a row.
+ */
+export function privateKeyProblem(key: string): string | null {
+  let parsed: ReturnType<typeof utils.parseKey>;
+  try {
+    parsed = utils.parseKey(key);
+  } catch {
+    parsed = new Error('unparseable');
+  }
+  const first = Array.isArray(parsed) ? (parsed[0] as unknown) : parsed;
+  if (first instanceof Error || !first) {
+    if (first instanceof Error && first.message.startsWith('Encrypted')) return 'is encrypted with a passphrase, which Berth cannot supply: give an unencrypted key';
+    return 'is not a private key Berth can read: give a whole OpenSSH or PEM private key file, its BEGIN and END lines included';
+  }
+  if ((first as { getPrivatePEM(): string | null }).getPrivatePEM() === null) return 'is a public key: give the private key';
+  return null;
 }
 
 /** Pool key: the environment and everything that decides where and as whom we connect. */
@@ -266,9 +289,10 @@ async function connectSsh(target: SshTarget, timeoutMs: number, keepaliveMs: num
           return verdict.ok;
         },
       });
-    } catch (err) {
-      // ssh2 parses the private key synchronously; its message names the problem, never the key.
-      fail(new SshError('auth', `cannot use the private key for ${target.username}@${where}: ${(err as Error).message}`));
+    } catch {
+      // ssh2 parses the private key here, synchronously; its message may quote the key's bytes, so it is never passed on.
+      const why = target.privateKey ? privateKeyProblem(target.privateKey) : null;
+      fail(new SshError('auth', `cannot use config.privateKey for ${target.username}@${where}: ${why ?? 'ssh2 refused it'}`));
     }
   });
 }

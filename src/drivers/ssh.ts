@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { ClientChannel } from 'ssh2';
+import { storableText } from '../domain/text.js';
 import type { Lease } from '../domain/types.js';
 import { sshConfigSchema } from '../domain/validators.js';
 import { execCollect, poolKey, SshError, SshPool, type Borrowed, type SshPoolOptions, type SshTarget } from './ssh-pool.js';
@@ -83,7 +84,8 @@ interface SshEnvConfig extends SshTarget {
 
 function configOf(env: DriverEnvironment): SshEnvConfig {
   const parsed = sshConfigSchema.safeParse(env.secretConfig);
-  if (!parsed.success) throw new Error(`environment ${env.id} has an invalid ssh config: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  // Issue messages only, never values: a stored key that no longer parses must not be quoted.
+  if (!parsed.success) throw Object.assign(new Error(`environment ${env.id} has an invalid ssh config: ${parsed.error.issues.map((i) => `config.${i.path.join('.')}: ${i.message}`).join('; ')}`), { code: 'ssh_config' });
   const c = parsed.data;
   return {
     host: c.host,
@@ -159,7 +161,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
       try {
         cfg = configOf(env);
       } catch (err) {
-        return { ok: false, latencyMs: 0, error: (err as Error).message, details: { step: 'config' } };
+        return { ok: false, latencyMs: 0, error: storableText((err as Error).message), details: { step: 'config' } };
       }
       const base = { host: cfg.host, port: cfg.port, username: cfg.username };
       // A fresh connection, never a pooled one: the probe answers whether a run could connect now.
@@ -180,7 +182,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
           latencyMs: performance.now() - started,
           details: {
             ...base,
-            system: lines.slice(0, -1).join('\n'),
+            system: storableText(lines.slice(0, -1).join('\n')),
             hostKeyFingerprint: b.conn.hostKeyFingerprint,
             hostKeyKnown: b.conn.hostKeyKnown,
             connectMs: Math.round(connectedMs * 10) / 10,
@@ -189,7 +191,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
         };
       } catch (err) {
         const step = err instanceof SshError ? err.step : 'connect';
-        return { ok: false, latencyMs: performance.now() - started, error: (err as Error).message, details: { ...base, step } };
+        return { ok: false, latencyMs: performance.now() - started, error: storableText((err as Error).message), details: { ...base, step } };
       } finally {
         b?.release();
       }
@@ -305,7 +307,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
                 if (rest) onOutput('stderr', rest);
                 return;
               }
-              if (line.startsWith(`${marker} spawn-error=`)) spawnError = line.slice(marker.length + 13);
+              if (line.startsWith(`${marker} spawn-error=`)) spawnError = storableText(line.slice(marker.length + 13));
               else onOutput('stderr', `${line}\n`);
               preamble = rest;
             }
