@@ -4,12 +4,12 @@
 // dropped when they close, closed after idling.
 import { createHash } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
-import { isIP, Socket } from 'node:net';
+import { connect as tcpConnect, isIP, Socket } from 'node:net';
 import { Client, utils, type ClientChannel } from 'ssh2';
 import { storableText } from '../domain/text.js';
 import { fingerprintSha256, verifyHostKey } from './ssh-known-hosts.js';
 
-export type SshStep = 'resolve' | 'connect' | 'host_key' | 'auth' | 'command';
+export type SshStep = 'resolve' | 'connect' | 'host_key' | 'auth' | 'command' | 'forward';
 
 export class SshError extends Error {
   readonly step: SshStep;
@@ -56,6 +56,19 @@ export interface SshConnection {
   /** Resolves when the connection has closed, with why when it was not our doing. */
   readonly closed: Promise<string | null>;
   isOpen(): boolean;
+  /**
+   * Listen on the remote's 127.0.0.1 (a port sshd picks) and carry each connection made
+   * to it back over this connection to `to` on this side. Lives until closed or until
+   * the connection does.
+   */
+  forwardBack(to: { host: string; port: number }): Promise<RemoteForward>;
+}
+
+export interface RemoteForward {
+  /** The port on the remote's 127.0.0.1. */
+  remotePort: number;
+  /** Stop listening and end the connections it carries; never throws. */
+  close(): Promise<void>;
 }
 
 /** One use of a connection: give it back with release(). */
@@ -69,6 +82,9 @@ class PooledConnection implements SshConnection {
   open = true;
   idleTimer: NodeJS.Timeout | undefined;
   endedByUs = false;
+  /** Remote port → where its connections go, and the ends of those open now. */
+  private readonly forwards = new Map<number, { to: { host: string; port: number }; open: Set<() => void> }>();
+  private forwarding = false;
   readonly closed: Promise<string | null>;
   private resolveClosed!: (why: string | null) => void;
 
@@ -92,6 +108,66 @@ class PooledConnection implements SshConnection {
   /** Open as far as we can tell: not closed, and its socket still writable (a half-closed one is not). */
   isOpen(): boolean {
     return this.open && this.sock.writable && !this.sock.destroyed;
+  }
+
+  forwardBack(to: { host: string; port: number }): Promise<RemoteForward> {
+    const where = `${this.target.host}:${this.target.port}`;
+    if (!this.forwarding) {
+      this.forwarding = true;
+      this.client.on('tcp connection', (info, accept, reject) => {
+        const f = this.forwards.get(info.destPort);
+        if (!f) return reject();
+        const ch = accept();
+        const sock = tcpConnect({ host: f.to.host, port: f.to.port });
+        const end = () => {
+          sock.destroy();
+          ch.close();
+        };
+        f.open.add(end);
+        sock.once('error', end);
+        ch.once('error', end);
+        sock.once('close', () => ch.end());
+        ch.once('close', () => {
+          f.open.delete(end);
+          sock.destroy();
+        });
+        ch.pipe(sock).pipe(ch);
+      });
+    }
+    return new Promise<RemoteForward>((resolve, reject) => {
+      const refused = (why: string) =>
+        new SshError('forward', `cannot forward a port on ${where} back to Berth for the run's PAPERCLIP_API_URL (sshd needs AllowTcpForwarding yes or remote): ${why}`);
+      try {
+        this.client.forwardIn('127.0.0.1', 0, (err, remotePort) => {
+          if (err) return reject(refused(err.message));
+          // Registered here, synchronously: a connection to the port may arrive in the same packet batch.
+          const entry = { to, open: new Set<() => void>() };
+          this.forwards.set(remotePort, entry);
+          let closed = false;
+          resolve({
+            remotePort,
+            close: async () => {
+              if (closed) return;
+              closed = true;
+              this.forwards.delete(remotePort);
+              for (const end of [...entry.open]) end();
+              if (!this.isOpen()) return;
+              await new Promise<void>((r) => {
+                const timer = setTimeout(r, 5000); // a peer that does not answer must not hold the run's end
+                try {
+                  this.client.unforwardIn('127.0.0.1', remotePort, () => (clearTimeout(timer), r()));
+                } catch {
+                  clearTimeout(timer);
+                  r();
+                }
+              });
+            },
+          });
+        });
+      } catch (err) {
+        reject(refused((err as Error).message));
+      }
+    });
   }
 
   end(): void {
@@ -147,13 +223,28 @@ export class SshPool {
     this.keepaliveMs = opts.keepaliveMs ?? 5_000;
   }
 
-  /** A connection for one use (one or more channels in sequence), pooled or fresh. */
-  async borrow(key: string, target: SshTarget): Promise<Borrowed> {
+  /**
+   * A connection for one use (one or more channels in sequence), pooled or fresh.
+   * `prefer`: this connection if it is still open and has room (a run's process goes on
+   * the connection that carries its callback forward, so the two live and die together).
+   */
+  async borrow(key: string, target: SshTarget, prefer?: SshConnection): Promise<Borrowed> {
+    const preferred = prefer instanceof PooledConnection && prefer.isOpen() ? prefer : null;
     if (!this.pooled) {
-      const conn = await connectSsh(target, this.connectTimeoutMs, this.keepaliveMs);
-      conn.channels = 1;
-      return { conn, release: () => conn.end() };
+      // Unpooled, a connection is ended when its last use is given back.
+      const conn = preferred ?? (await connectSsh(target, this.connectTimeoutMs, this.keepaliveMs));
+      conn.channels++;
+      let released = false;
+      return {
+        conn,
+        release: () => {
+          if (released) return;
+          released = true;
+          if (--conn.channels === 0) conn.end();
+        },
+      };
     }
+    if (preferred && preferred.channels < this.maxChannels && (this.conns.get(key) ?? []).includes(preferred)) return this.lend(preferred);
     for (;;) {
       const live = (this.conns.get(key) ?? []).filter((c) => c.isOpen());
       const free = live.find((c) => c.channels < this.maxChannels);

@@ -6,7 +6,7 @@ import { leaseStatusForRunOutcome } from '../domain/enums.js';
 import { isBerthError } from '../domain/errors.js';
 import type { Actor, HeartbeatRun, Lease } from '../domain/types.js';
 import type { AgentAdapter } from '../adapters/types.js';
-import type { DriverEnvironment, DriverRegistry, EnvironmentDriver } from '../drivers/types.js';
+import type { CallbackRoute, DriverEnvironment, DriverRegistry, EnvironmentDriver } from '../drivers/types.js';
 import type { Services } from '../services/index.js';
 import { newRunToken, type RunOutcome } from '../services/runs.js';
 import { RunLogWriter } from './log-writer.js';
@@ -16,7 +16,10 @@ export interface ExecutorDeps {
   drivers: DriverRegistry;
   adapters: Map<string, AgentAdapter>;
   serverId: string;
+  /** The server's public URL; a driver's callbackUrl may give a run another way to it. */
   apiUrl: string;
+  /** Where this process reaches the API itself (the end of a driver's tunnel). */
+  localUrl?: string;
   /** Lease ttl; the executor renews every ttl/3 while the run lives. */
   leaseTtlSeconds: number;
   /** Characters of output kept per run (default 16 Mi). */
@@ -49,6 +52,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   let environment: DriverEnvironment | null = null;
   let driver: EnvironmentDriver | undefined;
   let renewer: NodeJS.Timeout | undefined;
+  let callback: CallbackRoute | null = null;
   let cleanupError: string | null = null;
   let retained = false;
   /** Set when the run cannot start yet: why it waits. */
@@ -107,6 +111,8 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       });
     }, (deps.leaseTtlSeconds * 1000) / 3);
 
+    // The run's way back to the server, per driver (a reverse tunnel for SSH), undone in the finally.
+    if (driver.callbackUrl) callback = await driver.callbackUrl(environment, { publicUrl: deps.apiUrl, ...(deps.localUrl ? { localUrl: deps.localUrl } : {}) });
     const started = { ...run, contextSnapshot: { ...run.contextSnapshot, paperclipEnvironment } };
     outcome = await adapter.execute({
       run: started,
@@ -115,7 +121,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       driver,
       lease,
       workspace: { ...workspace, details: paperclipEnvironment },
-      apiUrl: deps.apiUrl,
+      apiUrl: callback?.url ?? deps.apiUrl,
       token,
       log: (stream, text) => log.write(stream, text),
       abort: abort.signal,
@@ -131,6 +137,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
     }
   } finally {
     clearInterval(renewer);
+    await callback?.close();
     // retain_on_failure keeps a failed run's resources for inspection: no cleanup now
     // (the lease ends `retained`; releasing it later with cleanupStatus pending cleans up).
     retained = lease !== null && lease.leasePolicy === 'retain_on_failure' && leaseStatusForRunOutcome(outcome.status) === 'failed';

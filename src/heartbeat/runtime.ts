@@ -29,7 +29,14 @@ export interface RuntimeOptions {
   adapters?: Map<string, AgentAdapter>;
   /** Runs this server executes at once. */
   maxConcurrentRuns?: number;
+  /**
+   * The server's public URL (BERTH_PUBLIC_URL, else its bound address): what runs call
+   * back to, through their driver's callbackUrl. Without one (a runtime embedded with no
+   * API, as in tests) PAPERCLIP_API_URL is empty: never a guessed address.
+   */
   apiUrl?: string;
+  /** Where this process itself reaches the API (serve's bound address), for a driver's tunnel to end at; default apiUrl. */
+  localUrl?: string;
   pollMs?: number;
   heartbeatMs?: number;
   sweepMs?: number;
@@ -88,7 +95,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     drivers,
     adapters,
     serverId,
-    apiUrl: opts.apiUrl ?? 'http://127.0.0.1:3100',
+    apiUrl: opts.apiUrl ?? '',
+    ...(opts.localUrl !== undefined ? { localUrl: opts.localUrl } : {}),
     leaseTtlSeconds: opts.leaseTtlSeconds ?? 30,
     ...(opts.logLimitBytes !== undefined ? { logLimitBytes: opts.logLimitBytes } : {}),
     transact,

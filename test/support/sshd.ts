@@ -72,6 +72,11 @@ export interface TestSshdOptions {
    * Berth rather than this machine's root .bashrc (pyenv init here: ~100 ms per command).
    */
   leanShell?: boolean;
+  /**
+   * Let clients forward ports from this server back to them (default true), as runs'
+   * callback tunnels need: `remote` only (all Berth asks for), on loopback only.
+   */
+  allowTcpForwarding?: boolean;
 }
 
 export async function startTestSshd(opts: TestSshdOptions = {}): Promise<TestSshd> {
@@ -103,7 +108,8 @@ export async function startTestSshd(opts: TestSshdOptions = {}): Promise<TestSsh
       'KbdInteractiveAuthentication no',
       'UsePAM no',
       'StrictModes no',
-      'AllowTcpForwarding no',
+      `AllowTcpForwarding ${opts.allowTcpForwarding === false ? 'no' : 'remote'}`,
+      'GatewayPorts no',
       'X11Forwarding no',
       'PrintMotd no',
       // Benchmarks open connections back to back, and runs many channels on one.
