@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { connect as tcpConnect, isIP, Socket } from 'node:net';
-import { Client, utils, type ClientChannel } from 'ssh2';
+import ssh2, { Client, type ClientChannel } from 'ssh2';
 import { storableText } from '../domain/text.js';
 import { fingerprintSha256, verifyHostKey } from './ssh-known-hosts.js';
 
@@ -185,9 +185,10 @@ class PooledConnection implements SshConnection {
  * cipher or type name), and a key's bytes must not reach a response, a log or a row.
  */
 export function privateKeyProblem(key: string): string | null {
-  let parsed: ReturnType<typeof utils.parseKey>;
+  let parsed: ReturnType<typeof ssh2.utils.parseKey>;
   try {
-    parsed = utils.parseKey(key);
+    // Through the default export: node's ESM loader does not see `utils` among ssh2's named exports.
+    parsed = ssh2.utils.parseKey(key);
   } catch {
     parsed = new Error('unparseable');
   }

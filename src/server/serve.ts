@@ -26,15 +26,23 @@ export const BERTH_VERSION: string = (JSON.parse(readFileSync(new URL('../../pac
  * agents append `/api/...` to it. `source` names where it came from, for the error.
  */
 export function parsePublicUrl(text: string, source: string): string {
-  const bad = (why: string) => new Error(`${source} ${JSON.stringify(text)} is not a URL agents can reach this server at: ${why}`);
+  let shown = text;
+  const bad = (why: string) => new Error(`${source} ${JSON.stringify(shown)} is not a URL agents can reach this server at: ${why}`);
   let u: URL;
   try {
     u = new URL(text.trim());
   } catch {
     throw bad('give an http(s) URL such as http://berth.internal:3710');
   }
+  if (u.username || u.password) {
+    // Quoted without them: an error is no place for a password.
+    const masked = new URL(u.toString());
+    masked.username = '***';
+    masked.password = '';
+    shown = masked.toString();
+    throw bad('it must not carry credentials (agents authenticate with PAPERCLIP_API_KEY)');
+  }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw bad(`it must be http or https, not ${u.protocol.replace(/:$/, '')}`);
-  if (u.username || u.password) throw bad('it must not carry credentials (agents authenticate with PAPERCLIP_API_KEY)');
   if (u.search || u.hash) throw bad('it must not have a query or fragment');
   if (WILDCARD_HOSTS.has(u.hostname)) throw bad(`${u.hostname} is an address to listen on, not one to connect to`);
   return u.toString().replace(/\/+$/, '');
