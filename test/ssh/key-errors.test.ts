@@ -9,7 +9,6 @@ import { Writable } from 'node:stream';
 import { serve, type ServerType } from '@hono/node-server';
 import pino from 'pino';
 import { sql } from 'drizzle-orm';
-import { utils } from 'ssh2';
 import { queryRows } from '../../src/db/client.js';
 import { sshDriver, type SshDriver } from '../../src/drivers/ssh.js';
 import { SshPool } from '../../src/drivers/ssh-pool.js';
@@ -19,17 +18,17 @@ import { hashBearerSecret } from '../../src/secrets/bearer.js';
 import { encryptSecret } from '../../src/secrets/cipher.js';
 import { storableText } from '../../src/domain/text.js';
 import { openTestDb, type TestDb } from '../support/db.js';
-import { startTestSshd, type TestSshd } from '../support/sshd.js';
+import { newKeyPair, newPrivateKey, startTestSshd, type TestSshd } from '../support/sshd.js';
 
 process.env.BERTH_SECRET_KEY = randomBytes(32).toString('hex');
 
-const lines = utils.generateKeyPairSync('ed25519').private.trim().split('\n');
+const lines = newPrivateKey().trim().split('\n');
 /** The pasted key missing the first line of its body: ssh2 decodes the rest and quotes its first 15 bytes as the "magic". */
 const missingBodyLine = [lines[0], ...lines.slice(2)].join('\n');
 /** The pasted key missing its BEGIN line. */
 const missingBegin = lines.slice(1).join('\n');
 /** A public key where the private one belongs. */
-const publicKey = utils.generateKeyPairSync('ed25519').public;
+const publicKey = newKeyPair().publicKey;
 const broken: Array<[string, string]> = [
   ['missing its first body line', missingBodyLine],
   ['missing its BEGIN line', missingBegin],

@@ -7,14 +7,14 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { sql } from 'drizzle-orm';
-import { utils } from 'ssh2';
+import { newPrivateKey } from '../support/sshd.js';
 import { queryRows } from '../../src/db/client.js';
 import { decryptSecret, encryptSecret, isEncryptedSecret, parseSecretKey, secretKey, SecretKeyError } from '../../src/secrets/cipher.js';
 import { openTestDb, type TestDb } from '../support/db.js';
 
 const home = mkdtempSync(join(tmpdir(), 'berth-secrets-'));
 // A real key: keys are checked to parse at create and update.
-const PRIVATE_KEY = utils.generateKeyPairSync('ed25519').private;
+const PRIVATE_KEY = newPrivateKey();
 const keyBody = PRIVATE_KEY.split('\n')[2]!;
 const sshConfig = { host: 'build-1.internal', username: 'agent', remoteWorkspacePath: '/srv/berth', privateKey: PRIVATE_KEY, knownHosts: 'build-1.internal ssh-ed25519 AAAA' };
 
@@ -59,7 +59,7 @@ describe('the SSH private key at rest', () => {
   it('is encrypted on update, and an update without a key keeps the encrypted one', async () => {
     const env = await t.services.environments.create(companyId, { name: 'enc-update', driver: 'ssh', config: { ...sshConfig, privateKey: undefined } });
     expect(env.config).not.toHaveProperty('hasPrivateKey');
-    const newKey = utils.generateKeyPairSync('ed25519').private;
+    const newKey = newPrivateKey();
     await t.services.environments.update(companyId, env.id, { config: { ...sshConfig, privateKey: newKey } });
     const first = await rawConfig(env.id);
     expect(isEncryptedSecret(first.privateKey)).toBe(true);
