@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
+import { newPrivateKey } from './support/sshd.js';
 import { queryRows } from '../src/db/client.js';
 import { isBerthError } from '../src/domain/errors.js';
 import { openTestDb, type TestDb } from './support/db.js';
@@ -27,7 +28,7 @@ const sshConfig = {
   host: 'build-1.internal',
   username: 'agent',
   remoteWorkspacePath: '/srv/berth',
-  privateKey: '-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n-----END OPENSSH PRIVATE KEY-----',
+  privateKey: newPrivateKey(), // keys are checked to parse
   knownHosts: 'build-1.internal ssh-ed25519 AAAA',
 };
 

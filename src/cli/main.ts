@@ -209,14 +209,16 @@ export function buildProgram(): Command {
     .description('Run the server: HTTP API, scheduler and sweeps (PGlite in BERTH_HOME, or DATABASE_URL)')
     .option('--port <port>', 'port to listen on (BERTH_PORT, default 3710; 0 picks a free one)')
     .option('--host <host>', 'address to listen on (BERTH_HOST, default 127.0.0.1)')
+    .option('--public-url <url>', 'the http(s) URL agents reach this server at, their PAPERCLIP_API_URL (BERTH_PUBLIC_URL; default the bound address)')
     .option('--max-runs <n>', 'runs this server executes at once (default 16)')
     .option('--grace <seconds>', 'on SIGTERM, how long running runs get before they are cancelled (default 10)')
     .option('--demo', 'make sure a Demo company and a "demo" agent exist, save the CLI credentials, and run the demo once')
-    .action(async (o: { port?: string; host?: string; maxRuns?: string; grace?: string; demo?: boolean }) => {
+    .action(async (o: { port?: string; host?: string; publicUrl?: string; maxRuns?: string; grace?: string; demo?: boolean }) => {
       const { runServe } = await import('./serve-command.js');
       await runServe({
         port: intOption(o.port ?? process.env.BERTH_PORT ?? '3710', '--port'),
         host: o.host ?? process.env.BERTH_HOST ?? '127.0.0.1',
+        ...(o.publicUrl !== undefined ? { publicUrl: o.publicUrl } : {}),
         ...(o.maxRuns ? { maxRuns: intOption(o.maxRuns, '--max-runs') } : {}),
         graceMs: Number(o.grace ?? process.env.BERTH_STOP_GRACE ?? 10) * 1000,
         demo: o.demo === true,

@@ -2,7 +2,7 @@
 // cleanly on SIGTERM or Ctrl-C (a second signal exits at once).
 import { berthHome } from '../db/client.js';
 import { DEMO_AGENT, ensureDemo } from '../server/demo.js';
-import { startServer, type BerthServer } from '../server/serve.js';
+import { parsePublicUrl, startServer, type BerthServer } from '../server/serve.js';
 import { paint } from './format.js';
 
 /** Run the demo agent once, so the first start shows a run going through a lease. */
@@ -26,8 +26,11 @@ async function demoRun(server: BerthServer, companyId: string): Promise<string> 
   }
 }
 
-export async function runServe(o: { port: number; host: string; maxRuns?: number; graceMs: number; demo: boolean }): Promise<void> {
-  const server = await startServer({ port: o.port, host: o.host, ...(o.maxRuns ? { maxConcurrentRuns: o.maxRuns } : {}) });
+export async function runServe(o: { port: number; host: string; publicUrl?: string; maxRuns?: number; graceMs: number; demo: boolean }): Promise<void> {
+  // --public-url, else BERTH_PUBLIC_URL, named as such if it is wrong.
+  const given = o.publicUrl !== undefined ? { text: o.publicUrl, source: '--public-url' } : process.env.BERTH_PUBLIC_URL ? { text: process.env.BERTH_PUBLIC_URL, source: 'BERTH_PUBLIC_URL' } : null;
+  const publicUrl = given ? parsePublicUrl(given.text, given.source) : undefined;
+  const server = await startServer({ port: o.port, host: o.host, ...(publicUrl ? { publicUrl } : {}), ...(o.maxRuns ? { maxConcurrentRuns: o.maxRuns } : {}) });
   let signals = 0;
   const stop = (sig: string) => {
     signals++;
@@ -49,6 +52,7 @@ export async function runServe(o: { port: number; host: string; maxRuns?: number
   out();
   out(`  ${paint('bold', 'Berth')} is serving at ${paint('cyan', server.url)}  (${server.database.kind}: ${server.database.location})`);
   out(`  dashboard: ${server.url}/  (sign in with a company API key)`);
+  if (server.publicUrl !== server.url) out(`  agents call back at ${server.publicUrl}  (--public-url)`);
   out(`  admin key: ${server.adminKeyPath}${server.adminKeyCreated ? ' (new)' : ''}`);
   if (o.demo) {
     try {

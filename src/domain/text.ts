@@ -1,9 +1,10 @@
-// Text from outside (a driver's error, a process's output) made storable: PostgreSQL's
-// text refuses NUL, and an unpaired UTF-16 surrogate cannot be encoded as UTF-8.
+// Text from outside Berth (a driver's error, a remote's stderr) made safe to store:
+// PostgreSQL refuses NUL in text and jsonb, and an unpaired UTF-16 surrogate cannot be
+// encoded as UTF-8, so either one would make the statement that stores it fail.
 
-/** The text with NUL characters and unpaired surrogates replaced by U+FFFD; the rest unchanged. */
+const UNSTORABLE = /\0|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/** `text` without NUL characters and unpaired surrogates (each replaced by U+FFFD, so a reader sees something was there). */
 export function storableText(text: string): string {
-  // Fast path: most text has neither.
-  if (!/[\u0000\ud800-\udfff]/.test(text)) return text;
-  return text.replace(/\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
+  return text.replace(UNSTORABLE, '\uFFFD');
 }

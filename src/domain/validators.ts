@@ -1,6 +1,7 @@
 // zod validators for everything a caller may send to the environment and lease
 // services. Strict objects: an unknown field is an error that names it.
 import { z } from 'zod';
+import { privateKeyProblem } from '../drivers/ssh-pool.js';
 import { BerthError, type FieldIssue } from './errors.js';
 import { CLEANUP_STATUSES, ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, RUN_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
 
@@ -24,7 +25,16 @@ export const sshConfigSchema = z
       .string()
       .regex(/^\//, 'must be an absolute path')
       .refine((p) => !p.split('/').includes('..'), 'must not contain ..'),
-    privateKey: z.string().min(1, 'must not be empty').max(65536).optional(),
+    // Checked here, at create and update, so a key ssh2 cannot read is a 422 naming the field, not a failed run later.
+    privateKey: z
+      .string()
+      .min(1, 'must not be empty')
+      .max(65536)
+      .superRefine((key, ctx) => {
+        const problem = privateKeyProblem(key);
+        if (problem) ctx.addIssue({ code: 'custom', message: problem });
+      })
+      .optional(),
     knownHosts: z.string().min(1, 'must not be empty').max(65536).optional(),
     strictHostKeyChecking: z.boolean().default(true),
   })

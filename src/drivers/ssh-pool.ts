@@ -4,18 +4,20 @@
 // dropped when they close, closed after idling.
 import { createHash } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
-import { isIP, Socket } from 'node:net';
-import { Client, type ClientChannel } from 'ssh2';
+import { connect as tcpConnect, isIP, Socket } from 'node:net';
+import ssh2, { Client, type ClientChannel } from 'ssh2';
+import { storableText } from '../domain/text.js';
 import { fingerprintSha256, verifyHostKey } from './ssh-known-hosts.js';
 
-export type SshStep = 'resolve' | 'connect' | 'host_key' | 'auth' | 'command';
+export type SshStep = 'resolve' | 'connect' | 'host_key' | 'auth' | 'command' | 'forward';
 
 export class SshError extends Error {
   readonly step: SshStep;
   /** For the executor's run errorCode: `ssh_<step>`. */
   readonly code: string;
   constructor(step: SshStep, message: string) {
-    super(message);
+    // Messages carry text from the remote and from ssh2: made storable here, once, since they end up in runs, probes and logs.
+    super(storableText(message));
     this.name = 'SshError';
     this.step = step;
     this.code = `ssh_${step}`;
@@ -54,6 +56,19 @@ export interface SshConnection {
   /** Resolves when the connection has closed, with why when it was not our doing. */
   readonly closed: Promise<string | null>;
   isOpen(): boolean;
+  /**
+   * Listen on the remote's 127.0.0.1 (a port sshd picks) and carry each connection made
+   * to it back over this connection to `to` on this side. Lives until closed or until
+   * the connection does.
+   */
+  forwardBack(to: { host: string; port: number }): Promise<RemoteForward>;
+}
+
+export interface RemoteForward {
+  /** The port on the remote's 127.0.0.1. */
+  remotePort: number;
+  /** Stop listening and end the connections it carries; never throws. */
+  close(): Promise<void>;
 }
 
 /** One use of a connection: give it back with release(). */
@@ -67,6 +82,9 @@ class PooledConnection implements SshConnection {
   open = true;
   idleTimer: NodeJS.Timeout | undefined;
   endedByUs = false;
+  /** Remote port → where its connections go, and the ends of those open now. */
+  private readonly forwards = new Map<number, { to: { host: string; port: number }; open: Set<() => void> }>();
+  private forwarding = false;
   readonly closed: Promise<string | null>;
   private resolveClosed!: (why: string | null) => void;
 
@@ -92,6 +110,66 @@ class PooledConnection implements SshConnection {
     return this.open && this.sock.writable && !this.sock.destroyed;
   }
 
+  forwardBack(to: { host: string; port: number }): Promise<RemoteForward> {
+    const where = `${this.target.host}:${this.target.port}`;
+    if (!this.forwarding) {
+      this.forwarding = true;
+      this.client.on('tcp connection', (info, accept, reject) => {
+        const f = this.forwards.get(info.destPort);
+        if (!f) return reject();
+        const ch = accept();
+        const sock = tcpConnect({ host: f.to.host, port: f.to.port });
+        const end = () => {
+          sock.destroy();
+          ch.close();
+        };
+        f.open.add(end);
+        sock.once('error', end);
+        ch.once('error', end);
+        sock.once('close', () => ch.end());
+        ch.once('close', () => {
+          f.open.delete(end);
+          sock.destroy();
+        });
+        ch.pipe(sock).pipe(ch);
+      });
+    }
+    return new Promise<RemoteForward>((resolve, reject) => {
+      const refused = (why: string) =>
+        new SshError('forward', `cannot forward a port on ${where} back to Berth for the run's PAPERCLIP_API_URL (sshd needs AllowTcpForwarding yes or remote): ${why}`);
+      try {
+        this.client.forwardIn('127.0.0.1', 0, (err, remotePort) => {
+          if (err) return reject(refused(err.message));
+          // Registered here, synchronously: a connection to the port may arrive in the same packet batch.
+          const entry = { to, open: new Set<() => void>() };
+          this.forwards.set(remotePort, entry);
+          let closed = false;
+          resolve({
+            remotePort,
+            close: async () => {
+              if (closed) return;
+              closed = true;
+              this.forwards.delete(remotePort);
+              for (const end of [...entry.open]) end();
+              if (!this.isOpen()) return;
+              await new Promise<void>((r) => {
+                const timer = setTimeout(r, 5000); // a peer that does not answer must not hold the run's end
+                try {
+                  this.client.unforwardIn('127.0.0.1', remotePort, () => (clearTimeout(timer), r()));
+                } catch {
+                  clearTimeout(timer);
+                  r();
+                }
+              });
+            },
+          });
+        });
+      } catch (err) {
+        reject(refused((err as Error).message));
+      }
+    });
+  }
+
   end(): void {
     if (!this.open) return;
     this.endedByUs = true;
@@ -99,6 +177,28 @@ class PooledConnection implements SshConnection {
     // A peer that does not answer our disconnect must not hold the socket.
     setTimeout(() => this.sock.destroy(), 2000).unref();
   }
+}
+
+/**
+ * Why ssh2 cannot use `key` as a private key, or null when it can. Never ssh2's own
+ * message: some of those quote bytes decoded from the key (a mangled key's "magic", its
+ * cipher or type name), and a key's bytes must not reach a response, a log or a row.
+ */
+export function privateKeyProblem(key: string): string | null {
+  let parsed: ReturnType<typeof ssh2.utils.parseKey>;
+  try {
+    // Through the default export: node's ESM loader does not see `utils` among ssh2's named exports.
+    parsed = ssh2.utils.parseKey(key);
+  } catch {
+    parsed = new Error('unparseable');
+  }
+  const first = Array.isArray(parsed) ? (parsed[0] as unknown) : parsed;
+  if (first instanceof Error || !first) {
+    if (first instanceof Error && first.message.startsWith('Encrypted')) return 'is encrypted with a passphrase, which Berth cannot supply: give an unencrypted key';
+    return 'is not a private key Berth can read: give a whole OpenSSH or PEM private key file, its BEGIN and END lines included';
+  }
+  if ((first as { getPrivatePEM(): string | null }).getPrivatePEM() === null) return 'is a public key: give the private key';
+  return null;
 }
 
 /** Pool key: the environment and everything that decides where and as whom we connect. */
@@ -124,13 +224,28 @@ export class SshPool {
     this.keepaliveMs = opts.keepaliveMs ?? 5_000;
   }
 
-  /** A connection for one use (one or more channels in sequence), pooled or fresh. */
-  async borrow(key: string, target: SshTarget): Promise<Borrowed> {
+  /**
+   * A connection for one use (one or more channels in sequence), pooled or fresh.
+   * `prefer`: this connection if it is still open and has room (a run's process goes on
+   * the connection that carries its callback forward, so the two live and die together).
+   */
+  async borrow(key: string, target: SshTarget, prefer?: SshConnection): Promise<Borrowed> {
+    const preferred = prefer instanceof PooledConnection && prefer.isOpen() ? prefer : null;
     if (!this.pooled) {
-      const conn = await connectSsh(target, this.connectTimeoutMs, this.keepaliveMs);
-      conn.channels = 1;
-      return { conn, release: () => conn.end() };
+      // Unpooled, a connection is ended when its last use is given back.
+      const conn = preferred ?? (await connectSsh(target, this.connectTimeoutMs, this.keepaliveMs));
+      conn.channels++;
+      let released = false;
+      return {
+        conn,
+        release: () => {
+          if (released) return;
+          released = true;
+          if (--conn.channels === 0) conn.end();
+        },
+      };
     }
+    if (preferred && preferred.channels < this.maxChannels && (this.conns.get(key) ?? []).includes(preferred)) return this.lend(preferred);
     for (;;) {
       const live = (this.conns.get(key) ?? []).filter((c) => c.isOpen());
       const free = live.find((c) => c.channels < this.maxChannels);
@@ -266,9 +381,10 @@ async function connectSsh(target: SshTarget, timeoutMs: number, keepaliveMs: num
           return verdict.ok;
         },
       });
-    } catch (err) {
-      // ssh2 parses the private key synchronously; its message names the problem, never the key.
-      fail(new SshError('auth', `cannot use the private key for ${target.username}@${where}: ${(err as Error).message}`));
+    } catch {
+      // ssh2 parses the private key here, synchronously; its message may quote the key's bytes, so it is never passed on.
+      const why = target.privateKey ? privateKeyProblem(target.privateKey) : null;
+      fail(new SshError('auth', `cannot use config.privateKey for ${target.username}@${where}: ${why ?? 'ssh2 refused it'}`));
     }
   });
 }

@@ -15,10 +15,11 @@ import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { ClientChannel } from 'ssh2';
+import { storableText } from '../domain/text.js';
 import type { Lease } from '../domain/types.js';
 import { sshConfigSchema } from '../domain/validators.js';
-import { execCollect, poolKey, SshError, SshPool, type Borrowed, type SshPoolOptions, type SshTarget } from './ssh-pool.js';
-import type { DriverEnvironment, EnvironmentDriver, OutputListener, PreparedWorkspace, ProbeResult, ProcessSpec, StartedProcess } from './types.js';
+import { execCollect, poolKey, SshError, SshPool, type Borrowed, type RemoteForward, type SshConnection, type SshPoolOptions, type SshTarget } from './ssh-pool.js';
+import type { CallbackRoute, DriverEnvironment, EnvironmentDriver, OutputListener, PreparedWorkspace, ProbeResult, ProcessSpec, StartedProcess } from './types.js';
 
 /** Quote for a POSIX shell: one single-quoted word. */
 export function shellQuote(s: string): string {
@@ -83,7 +84,8 @@ interface SshEnvConfig extends SshTarget {
 
 function configOf(env: DriverEnvironment): SshEnvConfig {
   const parsed = sshConfigSchema.safeParse(env.secretConfig);
-  if (!parsed.success) throw new Error(`environment ${env.id} has an invalid ssh config: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  // Issue messages only, never values: a stored key that no longer parses must not be quoted.
+  if (!parsed.success) throw Object.assign(new Error(`environment ${env.id} has an invalid ssh config: ${parsed.error.issues.map((i) => `config.${i.path.join('.')}: ${i.message}`).join('; ')}`), { code: 'ssh_config' });
   const c = parsed.data;
   return {
     host: c.host,
@@ -110,7 +112,9 @@ export interface SshDriver extends EnvironmentDriver {
 export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
   const pool = new SshPool(opts);
   const drainMs = opts.drainMs ?? 2000;
-  const borrow = (env: DriverEnvironment, cfg: SshEnvConfig) => pool.borrow(poolKey(env.id, cfg), cfg);
+  const borrow = (env: DriverEnvironment, cfg: SshEnvConfig, prefer?: SshConnection) => pool.borrow(poolKey(env.id, cfg), cfg, prefer);
+  /** The connection carrying each open callback forward, by pool key and the URL it gave the run. */
+  const forwardedOn = new Map<string, SshConnection>();
   const where = (c: SshEnvConfig) => `${c.username}@${c.host}:${c.port}`;
 
   /**
@@ -132,9 +136,9 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
   }
 
   /** A channel running `command`, with the same one retry when the pooled connection was dead (no channel opened: nothing ran). */
-  async function openChannel(env: DriverEnvironment, cfg: SshEnvConfig, command: string): Promise<{ b: Borrowed; ch: ClientChannel }> {
+  async function openChannel(env: DriverEnvironment, cfg: SshEnvConfig, command: string, prefer?: SshConnection): Promise<{ b: Borrowed; ch: ClientChannel }> {
     for (let attempt = 1; ; attempt++) {
-      const b = await borrow(env, cfg);
+      const b = await borrow(env, cfg, attempt === 1 ? prefer : undefined);
       try {
         const ch = await new Promise<ClientChannel>((resolve, reject) =>
           b.conn.client.exec(command, (err: Error | undefined, ch: ClientChannel) => (err ? reject(err) : resolve(ch))),
@@ -159,7 +163,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
       try {
         cfg = configOf(env);
       } catch (err) {
-        return { ok: false, latencyMs: 0, error: (err as Error).message, details: { step: 'config' } };
+        return { ok: false, latencyMs: 0, error: storableText((err as Error).message), details: { step: 'config' } };
       }
       const base = { host: cfg.host, port: cfg.port, username: cfg.username };
       // A fresh connection, never a pooled one: the probe answers whether a run could connect now.
@@ -180,7 +184,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
           latencyMs: performance.now() - started,
           details: {
             ...base,
-            system: lines.slice(0, -1).join('\n'),
+            system: storableText(lines.slice(0, -1).join('\n')),
             hostKeyFingerprint: b.conn.hostKeyFingerprint,
             hostKeyKnown: b.conn.hostKeyKnown,
             connectMs: Math.round(connectedMs * 10) / 10,
@@ -189,7 +193,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
         };
       } catch (err) {
         const step = err instanceof SshError ? err.step : 'connect';
-        return { ok: false, latencyMs: performance.now() - started, error: (err as Error).message, details: { ...base, step } };
+        return { ok: false, latencyMs: performance.now() - started, error: storableText((err as Error).message), details: { ...base, step } };
       } finally {
         b?.release();
       }
@@ -220,6 +224,49 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
       return {
         cwd,
         details: { ...base, cwd, workspaceOwned: owned, providerLeaseId: `ssh://${cfg.username}@${cfg.host}:${cfg.port}${cwd}` },
+      };
+    },
+
+    /**
+     * A port on the remote's 127.0.0.1 forwarded back over the environment's connection
+     * to this server's own address: the run's PAPERCLIP_API_URL is http://127.0.0.1:<that
+     * port>, which works wherever the host sits (a private network, behind NAT). Only
+     * the remote's loopback listens (sshd's GatewayPorts no), for this run alone; it is
+     * removed when the run ends.
+     */
+    async callbackUrl(env, server): Promise<CallbackRoute> {
+      const target = server.localUrl || server.publicUrl;
+      const direct = { url: server.publicUrl, close: async () => {} };
+      if (!target) return direct; // no API to reach
+      const t = new URL(target);
+      // TLS names a host: re-addressed as 127.0.0.1 its certificate would not match, so such a URL is given as it is.
+      if (t.protocol !== 'http:') return direct;
+      const cfg = configOf(env);
+      const to = { host: t.hostname.replace(/^\[|\]$/g, ''), port: Number(t.port || 80) };
+      let b: Borrowed;
+      let fwd: RemoteForward;
+      for (let attempt = 1; ; attempt++) {
+        b = await borrow(env, cfg);
+        try {
+          fwd = await b.conn.forwardBack(to);
+          break;
+        } catch (err) {
+          b.release();
+          // As in onConnection: a pooled connection that died unnoticed gets one more try on a fresh one.
+          if (attempt > 1 || b.conn.isOpen() || !pool.pooled) throw err;
+        }
+      }
+      const url = `http://127.0.0.1:${fwd.remotePort}${t.pathname.replace(/\/+$/, '')}`;
+      const key = `${poolKey(env.id, cfg)} ${url}`;
+      forwardedOn.set(key, b.conn);
+      const held = b;
+      return {
+        url,
+        close: async () => {
+          if (forwardedOn.get(key) === held.conn) forwardedOn.delete(key);
+          await fwd.close();
+          held.release();
+        },
       };
     },
 
@@ -274,7 +321,9 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
       try {
         cfg = configOf(env);
         stdin = encodeEnvironment(spec.env);
-        opened = await openChannel(env, cfg, shCommand(REMOTE_WRAPPER, [marker, spec.cwd, spec.command, ...spec.args]));
+        // On the connection carrying the run's callback forward, if it has one.
+        const via = spec.env.PAPERCLIP_API_URL ? forwardedOn.get(`${poolKey(env.id, cfg)} ${spec.env.PAPERCLIP_API_URL}`) : undefined;
+        opened = await openChannel(env, cfg, shCommand(REMOTE_WRAPPER, [marker, spec.cwd, spec.command, ...spec.args]), via);
       } catch (err) {
         resolveSpawned(null);
         return { exitCode: null, signal: null, spawnError: (err as Error).message };
@@ -307,7 +356,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
                 if (rest) onOutput('stderr', rest);
                 return;
               }
-              if (line.startsWith(`${marker} spawn-error=`)) spawnError = line.slice(marker.length + 13);
+              if (line.startsWith(`${marker} spawn-error=`)) spawnError = storableText(line.slice(marker.length + 13));
               else onOutput('stderr', `${line}\n`);
               preamble = rest;
             }

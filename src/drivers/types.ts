@@ -56,6 +56,21 @@ export interface CleanupReport {
 
 export type OutputListener = (stream: 'stdout' | 'stderr', text: string) => void;
 
+/** Where this server's API is, for a run to call back (PAPERCLIP_API_URL). */
+export interface CallbackServer {
+  /** What agents are told by default: BERTH_PUBLIC_URL / --public-url, else the bound address. Empty when there is no API. */
+  publicUrl: string;
+  /** Where this process reaches the API itself (serve's bound address): where a tunnel ends. Absent in a worker, which serves no API. */
+  localUrl?: string;
+}
+
+/** A run's way back to the server: the URL it is given, and what undoes the way (a tunnel) when the run ends. */
+export interface CallbackRoute {
+  url: string;
+  /** Called once when the run ends; never throws. */
+  close(): Promise<void>;
+}
+
 export interface EnvironmentDriver {
   readonly driver: string;
   /**
@@ -73,6 +88,12 @@ export interface EnvironmentDriver {
   reach?(env: DriverEnvironment): Promise<void>;
   /** Make the lease's resources ready (a workspace); called once the lease is granted. */
   prepareWorkspace(env: DriverEnvironment, lease: Lease, opts: { cwd?: string }): Promise<PreparedWorkspace>;
+  /**
+   * Optional: the URL a run in `env` reaches the server at, set up for this run (the SSH
+   * driver forwards a port back over its connection). Without it a run gets
+   * `server.publicUrl`, as the local driver's runs do.
+   */
+  callbackUrl?(env: DriverEnvironment, server: CallbackServer): Promise<CallbackRoute>;
   startProcess(env: DriverEnvironment, spec: ProcessSpec, onOutput: OutputListener): StartedProcess;
   /**
    * Release the lease's resources: exactly what this driver made for this lease, found from

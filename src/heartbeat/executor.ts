@@ -9,7 +9,7 @@ import { BerthError, isBerthError } from '../domain/errors.js';
 import { storableText } from '../domain/text.js';
 import type { Actor, HeartbeatRun, Lease } from '../domain/types.js';
 import type { AgentAdapter } from '../adapters/types.js';
-import type { DriverEnvironment, DriverRegistry, EnvironmentDriver, PreparedWorkspace } from '../drivers/types.js';
+import type { CallbackRoute, DriverEnvironment, DriverRegistry, EnvironmentDriver, PreparedWorkspace } from '../drivers/types.js';
 import type { Services } from '../services/index.js';
 import { newRunToken, type RunOutcome } from '../services/runs.js';
 import { keepLeaseAlive, type KeepAlive } from './keepalive.js';
@@ -21,7 +21,10 @@ export interface ExecutorDeps {
   drivers: DriverRegistry;
   adapters: Map<string, AgentAdapter>;
   serverId: string;
+  /** The server's public URL; a driver's callbackUrl may give a run another way to it. */
   apiUrl: string;
+  /** Where this process reaches the API itself (the end of a driver's tunnel). */
+  localUrl?: string;
   /** Lease ttl; the executor renews every ttl/3 while the run lives. */
   leaseTtlSeconds: number;
   /** Characters of output kept per run (default 16 Mi). */
@@ -76,6 +79,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   let environment: DriverEnvironment | null = null;
   let driver: EnvironmentDriver | undefined;
   let keepalive: KeepAlive | undefined;
+  let callback: CallbackRoute | null = null;
   let cleanupError: string | null = null;
   let retained = false;
   /** Set when the run cannot start yet: why it waits. */
@@ -142,6 +146,12 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       return withState;
     });
 
+    // The run's way back to the server, per driver (a reverse tunnel for SSH), undone in the
+    // finally. Only a process runs inside the environment; an http call leaves from here.
+    if (drv.callbackUrl && adapter.type === 'process') {
+      callback = await drv.callbackUrl(env, { publicUrl: deps.apiUrl, ...(deps.localUrl ? { localUrl: deps.localUrl } : {}) });
+    }
+
     // Step 4: the adapter, unless the run was cancelled (or lost its lease) while it got ready.
     const started = { ...run, contextSnapshot: { ...run.contextSnapshot, paperclipEnvironment } };
     if (abort.signal.aborted) {
@@ -155,7 +165,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       driver: drv,
       lease,
       workspace: { ...workspace, details: paperclipEnvironment },
-      apiUrl: deps.apiUrl,
+      apiUrl: callback?.url ?? deps.apiUrl,
       token,
       log: (stream, text) => log.write(stream, text),
       abort: abort.signal,
@@ -186,6 +196,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
       log.write('system', `run failed before it finished: ${message}\n`);
     }
   } finally {
+    await callback?.close().catch(() => {});
     // retain_on_failure keeps a failed run's resources for inspection until the lease's
     // retention deadline: no cleanup now.
     retained = !taken && lease !== null && lease.leasePolicy === 'retain_on_failure' && leaseStatusForRunOutcome(outcome.status) === 'failed';

@@ -40,6 +40,8 @@ export interface RuntimeOptions {
   maxConcurrentRuns?: number;
   /** PAPERCLIP_API_URL: where runs reach this server. */
   apiUrl: string;
+  /** Where this process itself reaches the API (serve's bound address), for a driver's tunnel to end at; default apiUrl. */
+  localUrl?: string;
   pollMs?: number;
   heartbeatMs?: number;
   sweepMs?: number;
@@ -120,6 +122,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     adapters,
     serverId,
     apiUrl: opts.apiUrl,
+    ...(opts.localUrl !== undefined ? { localUrl: opts.localUrl } : {}),
     leaseTtlSeconds: opts.leaseTtlSeconds ?? 30,
     cleanupTimeoutMs,
     ...(opts.logLimitBytes !== undefined ? { logLimitBytes: opts.logLimitBytes } : {}),

@@ -59,9 +59,49 @@ function databaseFailure(url: string, err: unknown): string {
   return `cannot use the PostgreSQL database at ${databaseTarget(url)} (DATABASE_URL): ${why}${code ? ` (${code})` : ''}`;
 }
 
+/**
+ * The URL agents are given to reach this server (PAPERCLIP_API_URL), as an operator
+ * wrote it (--public-url, BERTH_PUBLIC_URL): an http(s) URL of a host one can connect
+ * to, with no credentials, query or fragment. Returned without a trailing slash, since
+ * agents append `/api/...` to it. `source` names where it came from, for the error.
+ */
+export function parsePublicUrl(text: string, source: string): string {
+  let shown = text;
+  const bad = (why: string) => new Error(`${source} ${JSON.stringify(shown)} is not a URL agents can reach this server at: ${why}`);
+  let u: URL;
+  try {
+    u = new URL(text.trim());
+  } catch {
+    throw bad('give an http(s) URL such as http://berth.internal:3710');
+  }
+  if (u.username || u.password) {
+    // Quoted without them: an error is no place for a password.
+    const masked = new URL(u.toString());
+    masked.username = '***';
+    masked.password = '';
+    shown = masked.toString();
+    throw bad('it must not carry credentials (agents authenticate with PAPERCLIP_API_KEY)');
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw bad(`it must be http or https, not ${u.protocol.replace(/:$/, '')}`);
+  if (u.search || u.hash) throw bad('it must not have a query or fragment');
+  if (WILDCARD_HOSTS.has(u.hostname)) throw bad(`${u.hostname} is an address to listen on, not one to connect to`);
+  return u.toString().replace(/\/+$/, '');
+}
+
+/** Listen on every interface: not an address a client can connect to. */
+const WILDCARD_HOSTS = new Set(['0.0.0.0', '[::]', '::', '']);
+
+/** A URL for host:port that this machine can connect to: loopback for a wildcard bind. */
+function connectableUrl(host: string, port: number): string {
+  const h = WILDCARD_HOSTS.has(host) ? '127.0.0.1' : host;
+  return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
+}
+
 export interface ServeOptions {
   port?: number;
   host?: string;
+  /** What agents are told to reach this server at (PAPERCLIP_API_URL); default: the bound address (see parsePublicUrl). */
+  publicUrl?: string;
   databaseUrl?: string;
   maxConcurrentRuns?: number;
   logger?: Logger;
@@ -72,7 +112,10 @@ export interface ServeOptions {
 }
 
 export interface BerthServer {
+  /** Where this machine reaches the server: the bound address, loopback when bound to every interface. */
   url: string;
+  /** What runs are told to reach it at: --public-url / BERTH_PUBLIC_URL, else `url`. */
+  publicUrl: string;
   port: number;
   services: Services;
   database: Database;
@@ -86,6 +129,8 @@ export interface BerthServer {
 }
 
 export async function startServer(opts: ServeOptions = {}): Promise<BerthServer> {
+  // Checked before anything starts: a bad URL changes nothing.
+  const givenPublicUrl = opts.publicUrl !== undefined ? parsePublicUrl(opts.publicUrl, 'the public URL') : null;
   const logger = opts.logger ?? createLogger();
   const admin = ensureAdminKey();
   egressPolicy(); // a malformed BERTH_HTTP_ALLOW_NETWORKS stops the start, not each http run
@@ -124,7 +169,8 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
     throw err;
   });
   const port = (server.address() as AddressInfo).port;
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const url = connectableUrl(host, port);
+  const publicUrl = givenPublicUrl ?? url;
 
   const closeListener = () =>
     new Promise<void>((resolve) => {
@@ -137,7 +183,8 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
       db: database.db,
       heartbeatDb: database.heartbeatDb,
       drivers,
-      apiUrl: url,
+      apiUrl: publicUrl,
+      localUrl: url,
       ...(opts.maxConcurrentRuns ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),
       onError: (where, err) => logger.error({ where, err: loggableError(err) }, 'runtime error'),
       onRunFinished: (run) => logger.info({ runId: run.id, agentId: run.agentId, status: run.status, exitCode: run.exitCode, errorCode: run.errorCode }, 'run finished'),
@@ -149,11 +196,12 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
     pending.poke = runtime.poke;
   }
   if (opts.announce !== false) writeServerInfo({ url, pid: process.pid, startedAt: new Date().toISOString() });
-  logger.info({ url, database: database.kind, location: database.location, serverId: runtime?.serverId, version: BERTH_VERSION }, 'berth serving');
+  logger.info({ url, publicUrl, listen: `${host}:${port}`, database: database.kind, location: database.location, serverId: runtime?.serverId, version: BERTH_VERSION }, 'berth serving');
 
   let stopped: Promise<void> | null = null;
   return {
     url,
+    publicUrl,
     port,
     services,
     database,

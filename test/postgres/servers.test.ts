@@ -33,7 +33,8 @@ afterAll(async () => {
 
 function startServer(extraEnv: Record<string, string> = {}): Promise<{ child: ChildProcess; serverId: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/worker.ts'], {
-    env: { ...process.env, DATABASE_URL: scratch.url, BERTH_HOME: home, ...extraEnv },
+    // These runs never call back: any public URL will do (a worker refuses to start without one).
+    env: { ...process.env, DATABASE_URL: scratch.url, BERTH_HOME: home, BERTH_PUBLIC_URL: 'http://127.0.0.1:3710', ...extraEnv },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   children.push(child);

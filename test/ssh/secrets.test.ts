@@ -7,13 +7,15 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { sql } from 'drizzle-orm';
+import { newPrivateKey } from '../support/sshd.js';
 import { queryRows } from '../../src/db/client.js';
 import { decryptSecret, encryptSecret, isEncryptedSecret, parseSecretKey, secretKey, SecretKeyError } from '../../src/secrets/cipher.js';
 import { openTestDb, type TestDb } from '../support/db.js';
 
 const home = mkdtempSync(join(tmpdir(), 'berth-secrets-'));
-const PRIVATE_KEY = `-----BEGIN OPENSSH PRIVATE KEY-----\n${randomBytes(48).toString('base64')}\n-----END OPENSSH PRIVATE KEY-----\n`;
-const keyBody = PRIVATE_KEY.split('\n')[1]!;
+// A real key: keys are checked to parse at create and update.
+const PRIVATE_KEY = newPrivateKey();
+const keyBody = PRIVATE_KEY.split('\n')[2]!;
 const sshConfig = { host: 'build-1.internal', username: 'agent', remoteWorkspacePath: '/srv/berth', privateKey: PRIVATE_KEY, knownHosts: 'build-1.internal ssh-ed25519 AAAA' };
 
 let t: TestDb;
@@ -57,7 +59,7 @@ describe('the SSH private key at rest', () => {
   it('is encrypted on update, and an update without a key keeps the encrypted one', async () => {
     const env = await t.services.environments.create(companyId, { name: 'enc-update', driver: 'ssh', config: { ...sshConfig, privateKey: undefined } });
     expect(env.config).not.toHaveProperty('hasPrivateKey');
-    const newKey = `${PRIVATE_KEY}# rotated\n`;
+    const newKey = newPrivateKey();
     await t.services.environments.update(companyId, env.id, { config: { ...sshConfig, privateKey: newKey } });
     const first = await rawConfig(env.id);
     expect(isEncryptedSecret(first.privateKey)).toBe(true);
@@ -68,11 +70,11 @@ describe('the SSH private key at rest', () => {
     expect((await t.services.environments.getWithSecrets(companyId, env.id)).secretConfig.privateKey).toBe(newKey);
   });
 
-  it('a value that merely looks encrypted is still encrypted as given, never trusted as ciphertext', async () => {
+  it('a value that merely looks encrypted is never trusted as ciphertext: it is refused as a key', async () => {
     const fake = 'enc:v1:00000000:AAAA:AAAA:AAAA';
-    const env = await t.services.environments.create(companyId, { name: 'enc-fake', driver: 'ssh', config: { ...sshConfig, privateKey: fake } });
-    expect((await rawConfig(env.id)).privateKey).not.toBe(fake);
-    expect((await t.services.environments.getWithSecrets(companyId, env.id)).secretConfig.privateKey).toBe(fake);
+    const err = await t.services.environments.create(companyId, { name: 'enc-fake', driver: 'ssh', config: { ...sshConfig, privateKey: fake } }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'invalid', fields: [{ path: 'config.privateKey' }] });
+    expect((await t.services.environments.list(companyId)).map((e) => e.name)).not.toContain('enc-fake');
   });
 
   it('under another key, getWithSecrets fails with an error naming both keys, never garbage', async () => {

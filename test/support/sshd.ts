@@ -42,6 +42,23 @@ export interface TestSshd {
   stop(): Promise<void>;
 }
 
+/**
+ * A fresh OpenSSH ed25519 private key from ssh-keygen. Not ssh2's generateKeyPairSync:
+ * about 1 key in 200 it makes has a 31-byte public key (a leading zero byte dropped),
+ * which ssh2 itself then cannot parse.
+ */
+export function newKeyPair(): { privateKey: string; publicKey: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-key-'));
+  try {
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'berth-test', '-f', join(dir, 'k')], { stdio: 'ignore' });
+    return { privateKey: readFileSync(join(dir, 'k'), 'utf8'), publicKey: readFileSync(join(dir, 'k.pub'), 'utf8') };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export const newPrivateKey = (): string => newKeyPair().privateKey;
+
 /** A TCP port nobody listens on now (for a server to take, or for a refused connection). */
 export async function freePort(): Promise<number> {
   const srv = createServer();
@@ -72,6 +89,11 @@ export interface TestSshdOptions {
    * Berth rather than this machine's root .bashrc (pyenv init here: ~100 ms per command).
    */
   leanShell?: boolean;
+  /**
+   * Let clients forward ports from this server back to them (default true), as runs'
+   * callback tunnels need: `remote` only (all Berth asks for), on loopback only.
+   */
+  allowTcpForwarding?: boolean;
 }
 
 export async function startTestSshd(opts: TestSshdOptions = {}): Promise<TestSshd> {
@@ -103,7 +125,8 @@ export async function startTestSshd(opts: TestSshdOptions = {}): Promise<TestSsh
       'KbdInteractiveAuthentication no',
       'UsePAM no',
       'StrictModes no',
-      'AllowTcpForwarding no',
+      `AllowTcpForwarding ${opts.allowTcpForwarding === false ? 'no' : 'remote'}`,
+      'GatewayPorts no',
       'X11Forwarding no',
       'PrintMotd no',
       // Benchmarks open connections back to back, and runs many channels on one.
