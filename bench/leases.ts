@@ -11,6 +11,7 @@ import { createServices, type Services } from '../src/services/index.js';
 import { createScratchDatabase } from '../test/support/db.js';
 import { fmt, percentile, runConcurrent, type RunStats } from './support.js';
 import { withCpu } from './cpu.js';
+import { expiryBench } from './expiry.js';
 
 const CYCLES = Number(process.env.BENCH_CYCLES ?? 4000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -196,6 +197,7 @@ async function main() {
   for (const r of rows) {
     console.log(`  ${r.backend.padEnd(8)} ${String(r.clients).padStart(2)} clients ${r.env.padEnd(18)} berth p50 ${fmt(r.berth.p50, 2)} p99 ${fmt(r.berth.p99, 2)} | floor p50 ${fmt(r.floor.p50, 2)} p99 ${fmt(r.floor.p99, 2)}`);
   }
+  await expiryBench();
 }
 
 await main();
