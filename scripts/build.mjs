@@ -2,11 +2,14 @@
 // to dist/ with tsc and copies the files the code reads at run time (migrations, the
 // dashboard, the driver helper scripts) beside the compiled modules, which find them
 // by the same relative paths as in src/. The new dist/ replaces the old in one rename.
+// With --if-stale it does nothing when dist/ was built from the sources as they are.
 import { spawnSync } from 'node:child_process';
 import { cpSync, renameSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { distDir, root, sourceFiles, stampPath } from '../bin/dist-state.mjs';
+import { distDir, distState, root, sourceFiles, stampPath } from '../bin/dist-state.mjs';
+
+if (process.argv.includes('--if-stale') && distState().current) process.exit(0);
 
 // Taken before reading any source, so an edit made during the build makes it stale.
 const started = new Date();
