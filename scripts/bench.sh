@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs a benchmark from bench/ with PostgreSQL provided as for the tests
 # (TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster), and sshd or
-# Chromium for the benchmarks that need them.
+# Chromium for the benchmarks that need them (`cli` needs none of them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-env.sh
 trap berth_cleanup EXIT
-berth_ensure_postgres || exit 1
+[ "$1" = cli ] || berth_ensure_postgres || exit 1
 case "$1" in
   ssh) berth_ensure_sshd || exit 1 ;;
   dashboard) berth_ensure_chromium || exit 1 ;;

@@ -3,7 +3,7 @@
 // BERTH_HOME records). Listings print tables, or JSON with --json.
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { berthHome } from '../db/client.js';
+import { berthHome } from '../home.js';
 import { readAdminKey, readCredentials, readServerInfo } from '../server/home-files.js';
 import { ApiError, BerthClient, checkServerUrl, NoServerError } from './client.js';
 import { ago, paint, status, table } from './format.js';

@@ -2,7 +2,6 @@
 // DATABASE_URL is set. Migrations apply on open, on both.
 import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PGlite } from '@electric-sql/pglite';
@@ -16,6 +15,7 @@ import pg from 'pg';
 import * as schema from './schema.js';
 import { isBerthError } from '../domain/errors.js';
 import { lockDataDir } from './lock.js';
+import { berthHome } from '../home.js';
 import { pgErrorOf, PG_FEATURE_NOT_SUPPORTED } from './errors.js';
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
@@ -39,9 +39,7 @@ export const migrationsFolder = fileURLToPath(new URL('./migrations', import.met
 /** Serializes migrations of several servers starting at once on one PostgreSQL. */
 const MIGRATION_LOCK_KEY = 0x62657274; // 'bert'
 
-export function berthHome(): string {
-  return process.env.BERTH_HOME || join(homedir(), '.berth');
-}
+export { berthHome };
 
 export interface OpenOptions {
   /** PostgreSQL URL; default `process.env.DATABASE_URL`. */

@@ -2,13 +2,13 @@
 // (its API key) or one run (its PAPERCLIP_API_KEY). Keys are looked up by sha256;
 // a found key is remembered for a few seconds so a busy client costs one lookup.
 import { timingSafeEqual } from 'node:crypto';
-import { hashBearerSecret } from '../secrets/bearer.js';
+import { ADMIN_KEY_PREFIX, hashBearerSecret } from '../secrets/bearer.js';
 import { COMPANY_KEY_PREFIX } from '../services/api-keys.js';
 import type { Services } from '../services/index.js';
 import type { Principal } from './context.js';
 import { HttpError } from './errors.js';
 
-export const ADMIN_KEY_PREFIX = 'badm_';
+export { ADMIN_KEY_PREFIX };
 export const RUN_TOKEN_PREFIX = 'brt_';
 /** How long a company or admin key, once found, is trusted without looking again (revocation takes this long to reach other servers). Run tokens are looked up every time. */
 export const AUTH_CACHE_MS = 5_000;

@@ -3,6 +3,8 @@
 // nothing to brute-force; whoever stores one and whoever checks one use this.
 import { createHash } from 'node:crypto';
 
+export const ADMIN_KEY_PREFIX = 'badm_';
+
 export function hashBearerSecret(secret: string): string {
   return createHash('sha256').update(secret).digest('hex');
 }

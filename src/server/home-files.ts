@@ -4,8 +4,8 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { berthHome } from '../db/client.js';
-import { ADMIN_KEY_PREFIX } from '../http/auth.js';
+import { berthHome } from '../home.js';
+import { ADMIN_KEY_PREFIX } from '../secrets/bearer.js';
 
 export const homePath = (name: string, home = berthHome()) => join(home, name);
 

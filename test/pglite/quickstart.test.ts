@@ -1,11 +1,13 @@
 // The README's quick start, end to end with the real processes: `npm start` (the
-// server on the embedded database with the demo), then the real CLI: `npx berth
-// run demo`, listings, a bad request, SIGTERM mid-run, and the CLI with no server.
+// server on the embedded database with the demo), then the real CLI (`npx berth`,
+// called here as the compiled bin it runs, without npx's own start-up): `berth run demo`,
+// listings, a bad request, SIGTERM mid-run, and the CLI with no server.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { distState } from '../../bin/dist-state.mjs';
 import { openDatabase } from '../../src/db/client.js';
 import { createServices } from '../../src/services/index.js';
 import { waitFor } from '../support/wait.js';
@@ -17,12 +19,22 @@ delete (env as Record<string, string | undefined>).TEST_DATABASE_URL;
 let server: ChildProcess;
 let out = '';
 
+const bin = join(repo, 'bin/berth.mjs');
+
 function berth(...args: string[]) {
-  const r = spawnSync('npx', ['berth', ...args], { cwd: repo, env, encoding: 'utf8', timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr.split('\n').filter((l) => !l.includes('npm warn')).join('\n') };
+  const r = spawnSync(process.execPath, [bin, ...args], { cwd: repo, env, encoding: 'utf8', timeout: 30_000 });
+  if (r.error) throw r.error;
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
 beforeAll(async () => {
+  // What the README's user runs: the build `npm ci` made. Built here when the sources
+  // are newer (a direct vitest run after an edit), so the test never runs a stale one.
+  if (!distState().current) {
+    const built = spawnSync(process.execPath, ['scripts/build.mjs'], { cwd: repo, encoding: 'utf8' });
+    if (built.status !== 0) throw new Error(`npm run build failed: ${built.stdout}${built.stderr}`);
+  }
+  expect(distState()).toEqual({ current: true });
   server = spawn('npm', ['start', '--', '--port', '0', '--grace', '1'], { cwd: repo, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   server.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   server.stderr!.on('data', (d: Buffer) => (out += d.toString()));
@@ -81,7 +93,7 @@ describe('quick start', () => {
     expect(made.code, made.stderr).toBe(0);
     const other = JSON.parse(made.stdout) as { company: { id: string }; apiKey: string };
     expect(other.apiKey).toMatch(/^bk_/);
-    const asOther = spawnSync('npx', ['berth', 'env', 'list', '--json'], { cwd: repo, env: { ...env, BERTH_API_KEY: other.apiKey }, encoding: 'utf8' });
+    const asOther = spawnSync(process.execPath, [bin, 'env', 'list', '--json'], { cwd: repo, env: { ...env, BERTH_API_KEY: other.apiKey }, encoding: 'utf8' });
     expect(JSON.parse(asOther.stdout)).toEqual([]); // the new company sees nothing of Demo
     expect(berth('company', 'list').stdout).toContain('Other Co');
 
@@ -117,7 +129,7 @@ describe('quick start', () => {
   it('on SIGTERM the server cancels what still runs after the grace period and leaves no lease active', async () => {
     expect(berth('agent', 'create', 'sleeper', '--grace', '0', '--', 'sh', '-c', 'echo sleeping; sleep 60').code).toBe(0);
     // A user follows it with `berth run` in another terminal.
-    const follower = spawn('npx', ['berth', 'run', 'sleeper'], { cwd: repo, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const follower = spawn(process.execPath, [bin, 'run', 'sleeper'], { cwd: repo, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let followed = '';
     follower.stdout!.on('data', (d: Buffer) => (followed += d.toString()));
     follower.stderr!.on('data', (d: Buffer) => (followed += d.toString()));
