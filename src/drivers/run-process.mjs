@@ -273,11 +273,38 @@ export function runProcess(spec, io, opts = {}) {
     io.onSpawned(pid, cg);
     let discarded = 0;
     let discarding = false;
+    const drainers = []; // resolve with the bytes each counted
+    const drainerProcs = [];
+    const streams = [['stdout', child.stdout], ['stderr', child.stderr]];
+    // The log is full: hand each pipe to `wc -c`, which drains it at C speed and counts,
+    // so the rest of the output costs this process neither memory nor CPU. Where wc
+    // cannot start, this process reads and drops it.
+    const stopRelaying = () => {
+      if (discarding) return;
+      discarding = true;
+      for (const [, stream] of streams) {
+        if (stream.destroyed) continue;
+        stream.pause();
+        discarded += stream.readableLength;
+        let drainer;
+        try {
+          drainer = spawn('wc', ['-c'], { stdio: [stream, 'pipe', 'ignore'] });
+        } catch {
+          stream.resume();
+          continue;
+        }
+        let counted = '';
+        drainer.stdout.on('data', (d) => (counted += d));
+        drainer.once('error', () => {});
+        drainers.push(new Promise((done) => drainer.once('close', () => done(Number(counted.trim()) || 0))));
+        drainerProcs.push(drainer);
+        stream.destroy();
+      }
+    };
     const drained = [];
-    for (const [name, stream] of [['stdout', child.stdout], ['stderr', child.stderr]]) {
+    for (const [name, stream] of streams) {
       const decoder = new StringDecoder('utf8');
       stream.on('data', (buf) => {
-        // The log is full: count and drop, no decoding, nothing relayed.
         if (discarding) return void (discarded += buf.length);
         const text = decoder.write(buf);
         if (!text) return;
@@ -286,10 +313,7 @@ export function runProcess(spec, io, opts = {}) {
           // Backpressure: the child's pipe fills and it blocks until the chunk is taken.
           stream.pause();
           answer.then(
-            (v) => {
-              if (v === 'stop') discarding = true;
-              stream.resume();
-            },
+            (v) => (v === 'stop' ? stopRelaying() : stream.resume()),
             () => stream.resume(),
           );
         }
@@ -317,12 +341,17 @@ export function runProcess(spec, io, opts = {}) {
         }
       }
       const timeout = new Promise((r) => setTimeout(r, 2000).unref());
-      Promise.race([Promise.all(drained), timeout])
+      let drainedBytes = 0;
+      const drainersDone = Promise.all(drainers).then((counts) => void (drainedBytes = counts.reduce((a, b) => a + b, 0)));
+      Promise.race([Promise.all([...drained, drainersDone]), timeout])
         .then(() => cgDone())
         .then(() => {
           child.stdout.destroy();
           child.stderr.destroy();
-          resolve({ exitCode: code, signal, ...(discarded > 0 ? { discardedBytes: discarded } : {}) });
+          // A drainer still reading has a writer outside the run's cgroup (the fallback): stop it.
+          for (const d of drainerProcs) d.kill('SIGKILL');
+          const dropped = discarded + drainedBytes;
+          resolve({ exitCode: code, signal, ...(dropped > 0 ? { discardedBytes: dropped } : {}) });
         });
     });
   });
