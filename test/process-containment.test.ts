@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { localDriver } from '../src/drivers/local.js';
-import { sharedSpawner } from '../src/drivers/spawner.js';
+import { sharedSpawner, Spawner } from '../src/drivers/spawner.js';
 import type { HeartbeatRun } from '../src/domain/types.js';
 import { startRuntime, type Runtime } from '../src/heartbeat/runtime.js';
 import { openTestDb, type TestDb } from './support/db.js';
@@ -159,5 +159,28 @@ describe('nothing a run started outlives it', () => {
       delete process.env.BERTH_SPAWNER;
     }
     expect(survivors(m)).toEqual([]);
+  });
+
+  it('fallback without cgroups (BERTH_CONTAINMENT=group): when the helper dies, the trees it reported are killed and their runs end process_lost', async () => {
+    const m = markers();
+    process.env.BERTH_CONTAINMENT = 'group'; // read by the helper this Spawner forks
+    const spawner = new Spawner();
+    try {
+      let started: { pid: number | null; cgroup: string | null } | null = null;
+      const cwd = mkdtempSync(join(workspaceRoot, 'fallback-'));
+      const exited = spawner.start(
+        { command: 'sh', args: ['-c', `setsid sleep ${m.setsid} >/dev/null 2>&1 </dev/null & sleep ${m.nohup}`], cwd, env: { PATH: process.env.PATH! } },
+        () => {},
+        (run) => (started = run),
+      );
+      const sleeps = () => survivors(m).filter((l) => /^\s*\d+\s+\S+\s+sleep /.test(l)).length;
+      await waitFor('both sleeps to run', async () => started !== null && sleeps() === 2);
+      expect(started!.cgroup).toBeNull();
+      process.kill(spawner.helperPid!, 'SIGKILL');
+      expect(await exited).toMatchObject({ exitCode: null, errorCode: 'process_lost' });
+      expect(survivors(m)).toEqual([]);
+    } finally {
+      delete process.env.BERTH_CONTAINMENT;
+    }
   });
 });
