@@ -35,7 +35,11 @@ export const processAdapter: AgentAdapter = {
       (stream, text) => ctx.log(stream, text),
     );
     // A remote pid means nothing on this host: recovery must never signal it here.
-    void proc.spawned.then((pid) => pid !== null && (ctx.driver.remote ? ctx.log('system', `started: remote pid ${pid}\n`) : ctx.onPid(pid)));
+    void proc.spawned.then((pid) => {
+      if (pid === null) return;
+      if (ctx.driver.remote) void ctx.log('system', `started: remote pid ${pid}\n`);
+      else ctx.onPid(pid);
+    });
     let stoppedFor: 'timeout' | 'cancel' | 'lease_lost' | null = null;
     let killTimer: NodeJS.Timeout | undefined;
     const stop = (why: 'timeout' | 'cancel' | 'lease_lost') => {

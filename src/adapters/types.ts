@@ -13,7 +13,8 @@ export interface AdapterContext {
   /** Where the run's process reaches Berth, and the token it acts with (this run only). */
   apiUrl: string;
   token: string;
-  log(stream: 'stdout' | 'stderr' | 'system', text: string): void;
+  /** Resolves once the log has taken the text ('stop': it is full, send no more output). */
+  log(stream: 'stdout' | 'stderr' | 'system', text: string): void | Promise<void | 'stop'>;
   /** Aborted when the run is cancelled (reason 'cancel') or loses its lease (reason 'lease_lost'). */
   abort: AbortSignal;
   onPid(pid: number): void;

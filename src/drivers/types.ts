@@ -40,6 +40,8 @@ export interface StartedProcess {
     exitCode: number | null;
     signal: string | null;
     spawnError?: string;
+    /** Bytes of output dropped unread by anyone after the listener said 'stop'. */
+    discardedBytes?: number;
     /** How the process ended is unknown (its host's connection was lost, say): the run fails with this. */
     error?: string;
     errorCode?: string;
@@ -54,7 +56,12 @@ export interface CleanupReport {
   nothing?: string;
 }
 
-export type OutputListener = (stream: 'stdout' | 'stderr', text: string) => void;
+/**
+ * Takes a run's output. A promise makes the stream wait for it (backpressure, child
+ * included); resolving to 'stop' says no more is wanted (the run's log is full): the
+ * rest is counted and dropped where it is read, never relayed.
+ */
+export type OutputListener = ((stream: 'stdout' | 'stderr', text: string) => Promise<void | 'stop'>) | ((stream: 'stdout' | 'stderr', text: string) => void);
 
 /** Where this server's API is, for a run to call back (PAPERCLIP_API_URL). */
 export interface CallbackServer {

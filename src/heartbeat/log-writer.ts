@@ -1,9 +1,14 @@
 // Buffers a run's output and writes it as ordered chunks {ts, stream, chunk, seq},
-// at most every flushMs or maxBytes, so a chatty process costs few statements.
+// at most every flushMs or maxBytes, so a chatty process costs few statements. A
+// write answers when the text is taken, so a producer that waits holds at most one
+// batch in memory here, and answers 'stop' once the log is full.
 import type { RunLogChunk } from '../domain/types.js';
 import type { RunService } from '../services/runs.js';
 
 export const DEFAULT_RUN_LOG_LIMIT_BYTES = 16 * 1024 * 1024;
+
+const STOP: Promise<'stop'> = Promise.resolve('stop');
+const TAKEN: Promise<void> = Promise.resolve();
 
 export class RunLogWriter {
   private seq = 0;
@@ -20,10 +25,14 @@ export class RunLogWriter {
     private readonly opts: { flushMs?: number; maxBytes?: number; limitBytes?: number } = {},
   ) {}
 
-  /** A run's log is capped (default 16 MiB): a runaway process must not fill the database. */
-  write(stream: RunLogChunk['stream'], chunk: string): void {
+  /**
+   * A run's log is capped (default 16 Mi characters): a runaway process must not fill the
+   * database. Resolves when the chunk is taken (at once, or when the batch it filled is
+   * written), to 'stop' once the cap is reached: output past it is dropped.
+   */
+  write(stream: RunLogChunk['stream'], chunk: string): Promise<void | 'stop'> {
     // Berth's own lines (stopping, cleanup) are few and always kept.
-    if (this.truncated && stream !== 'system') return;
+    if (this.truncated && stream !== 'system') return STOP;
     const limit = this.opts.limitBytes ?? DEFAULT_RUN_LOG_LIMIT_BYTES;
     if (stream !== 'system' && this.total + chunk.length > limit) {
       const room = Math.max(0, limit - this.total);
@@ -32,13 +41,14 @@ export class RunLogWriter {
       this.truncated = true;
       this.total = limit;
       void this.flush();
-      return;
+      return STOP;
     }
     if (stream !== 'system') this.total += chunk.length;
     this.pending.push({ seq: ++this.seq, ts: new Date(), stream, chunk });
     this.bytes += chunk.length;
-    if (this.bytes >= (this.opts.maxBytes ?? 64 * 1024)) void this.flush();
-    else this.timer ??= setTimeout(() => void this.flush(), this.opts.flushMs ?? 100);
+    if (this.bytes >= (this.opts.maxBytes ?? 64 * 1024)) return this.flush().then(() => undefined);
+    this.timer ??= setTimeout(() => void this.flush(), this.opts.flushMs ?? 100);
+    return TAKEN;
   }
 
   /** Write what is buffered; chunks go out in seq order. */
