@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queryRows } from '../src/db/client.js';
 import { openTestDb, type TestDb } from './support/db.js';
 import { startTestApi, type TestApi } from './support/http.js';
+import { newPrivateKey } from './support/sshd.js';
 
 let t: TestDb;
 let api: TestApi;
@@ -84,7 +85,7 @@ describe('PATCH /api/environments/:id', () => {
       name: 'envy',
       description: 'first',
       driver: 'ssh',
-      config: { host: 'h.internal', port: 2200, username: 'u', remoteWorkspacePath: '/srv', privateKey: 'KEY', strictHostKeyChecking: false },
+      config: { host: 'h.internal', port: 2200, username: 'u', remoteWorkspacePath: '/srv', privateKey: newPrivateKey(), strictHostKeyChecking: false },
       envVars: { A: '1' },
       metadata: { team: 'x' },
       capacity: 5,

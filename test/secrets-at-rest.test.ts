@@ -17,10 +17,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase, queryRows } from '../src/db/client.js';
 import { createScratchDatabase, testBackend } from './support/db.js';
 import { startServeProcess, type ServeProcess } from './support/serve-process.js';
+import { newPrivateKey } from './support/sshd.js';
 import { waitFor } from './support/wait.js';
 
 const MARK = `zqm${randomBytes(6).toString('hex')}`;
 const secret = (kind: string) => `${MARK}-${kind}`;
+/** A real key (Berth refuses one it cannot read); one of its base64 lines is looked for like MARK. */
+const SSH_KEY = newPrivateKey();
+const KEY_MARK = SSH_KEY.split('\n')[2]!;
 /** Not a secret (an environment's description): must be found where the secrets must not, or the search proves nothing. */
 const CONTROL = `ctl${randomBytes(6).toString('hex')}`;
 const hex = (s: string) => Buffer.from(s).toString('hex');
@@ -93,7 +97,7 @@ beforeAll(async () => {
     name: 'ssh',
     description: CONTROL,
     driver: 'ssh',
-    config: { host: 'build.invalid', username: 'agent', remoteWorkspacePath: '/srv', strictHostKeyChecking: false, privateKey: `-----BEGIN OPENSSH PRIVATE KEY-----\n${secret('sshkey')}\n-----END OPENSSH PRIVATE KEY-----\n` },
+    config: { host: 'build.invalid', username: 'agent', remoteWorkspacePath: '/srv', strictHostKeyChecking: false, privateKey: SSH_KEY },
     envVars: { SSH_SIDE: secret('ssh-envvar') },
   });
   const sandbox = await call('POST', envs, k, { name: 'sbx', driver: 'sandbox', config: { provider: 'e2b', options: { apiKey: secret('sandbox-apikey'), template: 'base', nested: { token: secret('sandbox-nested') } } } });
@@ -167,6 +171,7 @@ describe('secrets at rest', () => {
     expect(answers.length).toBeGreaterThan(20);
     for (const a of answers) {
       expect(a).not.toContain(MARK);
+      expect(a).not.toContain(KEY_MARK);
       expect(a).not.toContain('enc:v1:');
     }
     expect(answers.join('\n')).toContain(CONTROL);
@@ -176,6 +181,7 @@ describe('secrets at rest', () => {
     const log = server.output();
     expect(log).toContain('"msg":"request"');
     expect(log).not.toContain(MARK);
+    expect(log).not.toContain(KEY_MARK);
     expect(await server.stop()).toBe(0);
 
     if (scratch) {
@@ -184,10 +190,12 @@ describe('secrets at rest', () => {
       expect(dump.stdout).toContain(CONTROL);
       expect(dump.stdout).toContain('enc:v1:');
       expect(dump.stdout).not.toContain(MARK);
+      expect(dump.stdout).not.toContain(KEY_MARK);
     } else {
       expect(filesContaining(home, CONTROL).length, 'the description is in the PGlite files').toBeGreaterThan(0);
     }
     expect(filesContaining(home, MARK)).toEqual([]);
+    expect(filesContaining(home, KEY_MARK)).toEqual([]);
 
     // Every value the lists name is a ciphertext in the row, and the activity holds no secret.
     const database = await openDatabase(scratch ? { databaseUrl: scratch.url } : { dataDir: join(home, 'db') });
@@ -195,6 +203,7 @@ describe('secrets at rest', () => {
       const [acts] = await queryRows<{ all: string; n: number }>(database.db, sql`SELECT coalesce(string_agg(row_to_json(a)::text, ''), '') AS all, count(*)::int AS n FROM activity_log a`);
       expect(acts!.n).toBeGreaterThan(5);
       expect(acts!.all).not.toContain(MARK);
+      expect(acts!.all).not.toContain(KEY_MARK);
       const envRows = await queryRows<{ name: string; config: any; env_vars: Record<string, string> }>(database.db, sql`SELECT name, config, env_vars FROM environments WHERE company_id = ${company.id}`);
       const byName = Object.fromEntries(envRows.map((r) => [r.name, r]));
       const sealed = (v: unknown) => expect(String(v)).toMatch(/^enc:v1:[0-9a-f]{8}:/);
@@ -230,7 +239,9 @@ describe('rows written in clear by an older Berth', () => {
     const shown = await server.call('GET', `/api/environments/${ids.ssh}`, { key: company.key });
     expect(shown.body.envVarNames).toEqual(['OLD']);
     expect(shown.text).not.toContain(MARK);
+    expect(shown.text).not.toContain(KEY_MARK);
     expect((await server.call('GET', `/api/agents/${ids.processAgent}`, { key: company.key })).text).not.toContain(MARK);
+    expect((await server.call('GET', `/api/agents/${ids.processAgent}`, { key: company.key })).text).not.toContain(KEY_MARK);
     await server.stop();
     const after = await openDatabase(scratch ? { databaseUrl: scratch.url } : { dataDir: join(home, 'db') });
     try {
