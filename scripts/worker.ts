@@ -2,6 +2,7 @@
 // database until SIGTERM or SIGINT, then stops claiming, gives running runs a grace
 // period and finalizes what is left. It serves no API: its runs call back to a
 // `berth serve` that BERTH_PUBLIC_URL names.
+import { retentionFromEnv } from '../src/services/retention.js';
 import { openDatabase } from '../src/db/client.js';
 import { startRuntime } from '../src/heartbeat/runtime.js';
 import { parsePublicUrl } from '../src/server/serve.js';
@@ -34,6 +35,7 @@ const runtime = await startRuntime({
   services: createServices(database.db),
   db: database.db,
   heartbeatDb: database.heartbeatDb,
+  retention: retentionFromEnv(),
   maxConcurrentRuns: Number(process.env.BERTH_MAX_RUNS ?? 16),
   apiUrl,
   onError: (where, err) => console.error(`runtime error in ${where}: ${(err as Error).message}`),

@@ -22,6 +22,7 @@ import { storableText } from '../domain/text.js';
 import { createServices, type Services } from '../services/index.js';
 import { serverRegistry } from '../services/runs.js';
 import { EXPIRE_BATCH } from '../services/leases.js';
+import type { RetentionPolicy } from '../services/retention.js';
 import type { Db } from '../db/client.js';
 import { executeRun, withDeadline } from './executor.js';
 import { isSameProcess } from './process-identity.js';
@@ -56,6 +57,8 @@ export interface RuntimeOptions {
   orphanGraceSeconds?: number;
   /** Characters of output kept per run (default 16 Mi). */
   logLimitBytes?: number;
+  /** Old rows pruned every minute (servers gone a day; run logs and activity only when set). */
+  retention?: RetentionPolicy;
   /** Where the runtime reports what went wrong in its own work (not a run's failure). */
   onError: (where: string, err: unknown) => void;
   /** Called with each run this server finalized. */
@@ -251,6 +254,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       if (!stopping && (await s.runs.invokeDueTimers()).length > 0) void claimLoop();
     }, report('timers')),
     every('cleanups', sweepMs, retryCleanups, report('cleanups')),
+    every('retention', 60_000, () => s.retention.prune(opts.retention ?? {}), report('retention')),
   ];
   // Runs left `running` by a dead server are finalized at start-up.
   for (const name of ['expire-leases', 'recover-runs'] as const) await tasks.find((t) => t.name === name)!.runNow();

@@ -2,6 +2,7 @@
 // runtime (scheduler, sweeps, recovery) and the HTTP API in one process. On stop:
 // no new runs are claimed, running runs get a grace period (the API stays up for
 // them), what is left is cancelled and finalized, then the listener closes.
+import { retentionFromEnv } from '../services/retention.js';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { serve, type ServerType } from '@hono/node-server';
@@ -134,6 +135,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
   const logger = opts.logger ?? createLogger();
   const admin = ensureAdminKey();
   egressPolicy(); // a malformed BERTH_HTTP_ALLOW_NETWORKS stops the start, not each http run
+  const retention = retentionFromEnv(); // so does a malformed BERTH_*_RETENTION_DAYS
   const databaseUrl = opts.databaseUrl || process.env.DATABASE_URL || undefined;
   if (databaseUrl) databaseTarget(databaseUrl); // a malformed URL is refused before anything tries it
   const database = await openDatabase(databaseUrl ? { databaseUrl } : {}).catch((err: unknown) => {
@@ -183,6 +185,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
       db: database.db,
       heartbeatDb: database.heartbeatDb,
       drivers,
+      retention,
       apiUrl: publicUrl,
       localUrl: url,
       ...(opts.maxConcurrentRuns ? { maxConcurrentRuns: opts.maxConcurrentRuns } : {}),

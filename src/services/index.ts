@@ -8,6 +8,7 @@ import { agentService } from './agents.js';
 import { runService, serverRegistry } from './runs.js';
 import { apiKeyService } from './api-keys.js';
 import { probeService } from './probes.js';
+import { retentionService } from './retention.js';
 
 export function createServices(db: Db) {
   return {
@@ -20,6 +21,7 @@ export function createServices(db: Db) {
     servers: serverRegistry(db),
     apiKeys: apiKeyService(db),
     probes: probeService(db),
+    retention: retentionService(db),
   };
 }
 export type Services = ReturnType<typeof createServices>;
