@@ -1,5 +1,44 @@
-// The CLI's way to the server: fetch with the key, one error type carrying the
-// server's {error: {code, message, fields}}, and server-sent events for a log.
+// The CLI's way to the server: HTTP with the key, one error type carrying the
+// server's {error: {code, message, fields}}, and server-sent events for a log. It uses
+// node:http rather than fetch: Node 20 loads fetch's implementation on first use, which
+// costs a short-lived CLI process about 170 ms (measured: a GET took 0.25-0.33 s with
+// fetch, 0.10-0.13 s with node:http, against 0.08-0.10 s for `node -e 0`).
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+
+/** What the CLI reads of an answer. */
+export interface Reply {
+  status: number;
+  ok: boolean;
+  headers: { get(name: string): string | null };
+  text(): Promise<string>;
+  body: AsyncIterable<Uint8Array>;
+}
+
+function send(url: URL, method: string, headers: Record<string, string>, body: string | undefined, signal: AbortSignal | undefined): Promise<Reply> {
+  return new Promise<Reply>((resolve, reject) => {
+    const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, { method, headers, ...(signal ? { signal } : {}) }, (res: IncomingMessage) => {
+      const status = res.statusCode ?? 0;
+      resolve({
+        status,
+        ok: status >= 200 && status < 300,
+        headers: { get: (name) => {
+          const v = res.headers[name.toLowerCase()];
+          return v === undefined ? null : Array.isArray(v) ? v.join(', ') : v;
+        } },
+        async text() {
+          const parts: Buffer[] = [];
+          for await (const p of res) parts.push(p as Buffer);
+          return Buffer.concat(parts).toString('utf8');
+        },
+        body: res,
+      });
+    });
+    req.on('error', reject);
+    if (body !== undefined) req.end(body);
+    else req.end();
+  });
+}
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -48,23 +87,23 @@ export class BerthClient {
     return url === this.url ? this : new BerthClient(url, this.key);
   }
 
-  private async send(method: string, path: string, opts: { body?: unknown; query?: Record<string, unknown>; accept?: string; signal?: AbortSignal } = {}): Promise<Response> {
+  private async send(method: string, path: string, opts: { body?: unknown; query?: Record<string, unknown>; accept?: string; signal?: AbortSignal } = {}): Promise<Reply> {
     const u = new URL(path, this.url);
     for (const [k, v] of Object.entries(opts.query ?? {})) if (v !== undefined && v !== null && v !== '') u.searchParams.set(k, String(v));
     const headers: Record<string, string> = { accept: opts.accept ?? 'application/json' };
     if (this.key) headers.authorization = `Bearer ${this.key}`;
     if (opts.body !== undefined) headers['content-type'] = 'application/json';
     try {
-      return await fetch(u, { method, headers, ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}), ...(opts.signal ? { signal: opts.signal } : {}) });
+      return await send(u, method, headers, opts.body !== undefined ? JSON.stringify(opts.body) : undefined, opts.signal);
     } catch (err) {
       if ((err as Error).name === 'AbortError') throw err;
-      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      const why = cause?.code === 'ECONNREFUSED' ? 'no Berth server answers' : `cannot reach a Berth server (${cause?.code ?? cause?.message ?? (err as Error).message})`;
+      const cause = err as { code?: string; message?: string };
+      const why = cause.code === 'ECONNREFUSED' ? 'no Berth server answers' : `cannot reach a Berth server (${cause.code ?? cause.message})`;
       throw new NoServerError(`${why} at ${this.url} (start one with \`npx berth serve\` or \`npm start\`, or set BERTH_URL)`);
     }
   }
 
-  async request<T = unknown>(method: string, path: string, opts: { body?: unknown; query?: Record<string, unknown> } = {}): Promise<{ data: T; headers: Headers; status: number }> {
+  async request<T = unknown>(method: string, path: string, opts: { body?: unknown; query?: Record<string, unknown> } = {}): Promise<{ data: T; headers: Reply['headers']; status: number }> {
     const res = await this.send(method, path, opts);
     const text = await res.text();
     let data: unknown = undefined;
@@ -96,7 +135,7 @@ export class BerthClient {
   /** Server-sent events of one request, until the server ends the stream. */
   async *events(path: string, query: Record<string, unknown> = {}, signal?: AbortSignal): AsyncGenerator<SseEvent> {
     const res = await this.send('GET', path, { query, accept: 'text/event-stream', ...(signal ? { signal } : {}) });
-    if (!res.ok || !res.body) {
+    if (!res.ok) {
       const text = await res.text();
       const e = (() => {
         try {
@@ -109,7 +148,7 @@ export class BerthClient {
     }
     const decoder = new TextDecoder();
     let buffer = '';
-    for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+    for await (const part of res.body) {
       buffer += decoder.decode(part, { stream: true });
       let end: number;
       while ((end = buffer.indexOf('\n\n')) >= 0) {

@@ -67,7 +67,14 @@ export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspa
         headers['content-type'] ??= 'application/json';
       }
       const abort = new AbortController();
-      const res = await fetch(`${url}${path}`, { method, headers, signal: abort.signal, ...(body !== undefined ? { body } : {}) });
+      const send = () => fetch(`${url}${path}`, { method, headers, signal: abort.signal, ...(body !== undefined ? { body } : {}) });
+      // A kept-alive socket the server closed as idle (its keepAliveTimeout) just as it was
+      // reused resets the request: a read is sent again on a fresh one, as a browser does.
+      const res = await send().catch((err: unknown) => {
+        const reset = (err as { cause?: { code?: string } }).cause?.code === 'ECONNRESET';
+        if (reset && (method === 'GET' || method === 'HEAD')) return send();
+        throw err;
+      });
       if (o.headersOnly && res.ok) {
         abort.abort(); // a stream: its status and headers are the answer
         return { status: res.status, body: null as never, headers: res.headers };
