@@ -47,8 +47,10 @@ for (const sig of ['SIGTERM', 'SIGINT'] as const) {
   process.on(sig, async () => {
     if (stopping) return;
     stopping = true;
-    console.log(`${sig}: stopping (grace ${process.env.BERTH_STOP_GRACE_MS ?? 10000} ms)`);
-    await runtime.stop({ graceMs: Number(process.env.BERTH_STOP_GRACE_MS ?? 10_000) });
+    // Seconds, as for berth serve's --grace.
+    const graceSec = Number(process.env.BERTH_STOP_GRACE ?? 10);
+    console.log(`${sig}: stopping (grace ${graceSec} s)`);
+    await runtime.stop({ graceMs: graceSec * 1000 });
     await database.close();
     process.exit(0);
   });

@@ -42,7 +42,7 @@ beforeAll(async () => {
     pollMs: 50,
     sweepMs: 200,
     heartbeatMs: 100,
-    logLimitBytes: CAP,
+    logLimitChars: CAP,
     apiUrl: 'http://127.0.0.1:9',
     onError: (where, err) => runtimeErrors.push({ where, err }),
   });

@@ -44,7 +44,7 @@ beforeAll(async () => {
     sweepMs: 200,
     heartbeatMs: 100,
     leaseTtlSeconds: 2,
-    logLimitBytes: 100_000,
+    logLimitChars: 100_000,
     apiUrl: 'http://127.0.0.1:9',
     onError: runtimeErrors.onError,
   });

@@ -6,6 +6,7 @@ import { Command, Option } from 'commander';
 import { berthHome } from '../home.js';
 import { readAdminKey, readCredentials, readServerInfo } from '../server/home-files.js';
 import { ApiError, BerthClient, checkServerUrl, NoServerError } from './client.js';
+import { TERMINAL_LEASE_STATUSES } from '../domain/enums.js';
 import { ago, paint, status, table } from './format.js';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -369,7 +370,7 @@ export function buildProgram(): Command {
   lease
     .command('release <lease>')
     .description('End a lease now, as its holder would (with its current fence)')
-    .addOption(new Option('--status <status>', 'final status').choices(['released', 'expired', 'failed']).default('released'))
+    .addOption(new Option('--status <status>', 'final status').choices([...TERMINAL_LEASE_STATUSES]).default('released'))
     .option('--reason <text>', 'failure reason')
     .option('--no-cleanup', "leave the lease's resources as they are (by default what its driver made is cleaned up)")
     .option('--json', 'print JSON')

@@ -1,8 +1,8 @@
 // Validators for agents and their adapters.
 import { z } from 'zod';
-import { ADAPTER_TYPES, INVOCATION_SOURCES } from './enums.js';
+import { ADAPTER_TYPES, ENV_VAR_NAME_RE, INVOCATION_SOURCES } from './enums.js';
 
-const envVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a valid environment variable name');
+const envVarName = z.string().regex(ENV_VAR_NAME_RE, 'must be a valid environment variable name');
 
 export const processAdapterSchema = z.strictObject({
   command: z.string().min(1, 'must not be empty').max(4096),

@@ -2,13 +2,17 @@
 // tolerates values written by a newer Berth (it must never break a listing).
 
 export const ENVIRONMENT_DRIVERS = ['local', 'ssh', 'sandbox'] as const;
-export type EnvironmentDriver = (typeof ENVIRONMENT_DRIVERS)[number];
+/** The kind of place an environment is (its `driver` column); the code behind it is drivers/types.ts `EnvironmentDriver`. */
+export type EnvironmentDriverKind = (typeof ENVIRONMENT_DRIVERS)[number];
 
 export const ENVIRONMENT_STATUSES = ['active', 'archived'] as const;
 export type EnvironmentStatus = (typeof ENVIRONMENT_STATUSES)[number];
 
 export const LEASE_STATUSES = ['active', 'released', 'expired', 'failed', 'retained', 'pending_cleanup'] as const;
 export type LeaseStatus = (typeof LEASE_STATUSES)[number];
+
+/** What an environment variable's name may be, wherever one is given (envVars, an agent's env, the SSH wrapper). */
+export const ENV_VAR_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /** A terminal lease never changes status again (SPEC guarantee 1). */
 export const TERMINAL_LEASE_STATUSES = ['released', 'expired', 'failed'] as const;
@@ -65,7 +69,7 @@ export const ADAPTER_TYPES = ['process', 'http'] as const;
 export type AdapterType = (typeof ADAPTER_TYPES)[number];
 
 /** Which environment drivers each adapter can run through (a driver that executes processes, for `process`). */
-export const ADAPTER_DRIVERS: Record<AdapterType, readonly EnvironmentDriver[]> = {
+export const ADAPTER_DRIVERS: Record<AdapterType, readonly EnvironmentDriverKind[]> = {
   process: ['local', 'ssh'],
   http: ['local'],
 };

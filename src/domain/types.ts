@@ -2,7 +2,7 @@
 import type {
   ActorType,
   CleanupStatus,
-  EnvironmentDriver,
+  EnvironmentDriverKind,
   EnvironmentStatus,
   Known,
   LeasePolicy,
@@ -28,7 +28,7 @@ export interface Environment {
   companyId: string;
   name: string;
   description: string | null;
-  driver: Known<EnvironmentDriver>;
+  driver: Known<EnvironmentDriverKind>;
   status: Known<EnvironmentStatus>;
   /**
    * Driver config with its secrets (src/secrets/config.ts) shown by name only:

@@ -3,14 +3,14 @@
 import { z } from 'zod';
 import { privateKeyProblem } from '../drivers/ssh-pool.js';
 import { BerthError, type FieldIssue } from './errors.js';
-import { CLEANUP_STATUSES, ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, RUN_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
+import { CLEANUP_STATUSES, ENV_VAR_NAME_RE, ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, RUN_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
 
 export const MAX_LEASE_TTL_SECONDS = 7 * 24 * 3600;
 
 const name = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
 const description = z.string().max(2000, 'must be at most 2000 characters').nullable();
 const jsonRecord = z.record(z.string(), z.unknown());
-const envVarName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a valid environment variable name');
+const envVarName = z.string().regex(ENV_VAR_NAME_RE, 'must be a valid environment variable name');
 const envVars = z.record(envVarName, z.string().max(65536, 'must be at most 65536 characters'));
 const capacity = z.number().int('must be an integer').min(0, 'must be 0 or more').max(1_000_000).nullable();
 

@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { ClientChannel } from 'ssh2';
+import { ENV_VAR_NAME_RE } from '../domain/enums.js';
 import { storableText } from '../domain/text.js';
 import type { Lease } from '../domain/types.js';
 import { sshConfigSchema } from '../domain/validators.js';
@@ -26,7 +27,7 @@ export function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const ENV_NAME = ENV_VAR_NAME_RE;
 
 /**
  * The environment as the wrapper reads it from stdin: a line count, then that many

@@ -28,7 +28,7 @@ export interface ExecutorDeps {
   /** Lease ttl; the executor renews every ttl/3 while the run lives. */
   leaseTtlSeconds: number;
   /** Characters of output kept per run (default 16 Mi). */
-  logLimitBytes?: number;
+  logLimitChars?: number;
   /** How long a run waits in the queue when its environment is full. */
   requeueDelaySeconds?: number;
   /** A driver's prepareWorkspace that takes longer fails the run (default 300 s). */
@@ -73,7 +73,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   const { services: s, transact } = deps;
   const token = newRunToken();
   const actor: Actor = { type: 'run', id: run.id };
-  const log = new RunLogWriter(s.runs, run.id, deps.logLimitBytes !== undefined ? { limitBytes: deps.logLimitBytes } : {});
+  const log = new RunLogWriter(s.runs, run.id, deps.logLimitChars !== undefined ? { limitChars: deps.logLimitChars } : {});
   let outcome: RunOutcome = { status: 'failed', error: 'the executor stopped before the run finished', errorCode: 'internal' };
   let lease: Lease | null = null;
   let environment: DriverEnvironment | null = null;

@@ -5,7 +5,7 @@
 import type { RunLogChunk } from '../domain/types.js';
 import type { RunService } from '../services/runs.js';
 
-export const DEFAULT_RUN_LOG_LIMIT_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_RUN_LOG_LIMIT_CHARS = 16 * 1024 * 1024;
 
 const STOP: Promise<'stop'> = Promise.resolve('stop');
 const TAKEN: Promise<void> = Promise.resolve();
@@ -22,7 +22,7 @@ export class RunLogWriter {
   constructor(
     private readonly runs: RunService,
     private readonly runId: string,
-    private readonly opts: { flushMs?: number; maxBytes?: number; limitBytes?: number } = {},
+    private readonly opts: { flushMs?: number; maxBytes?: number; limitChars?: number } = {},
   ) {}
 
   /**
@@ -33,7 +33,7 @@ export class RunLogWriter {
   write(stream: RunLogChunk['stream'], chunk: string): Promise<void | 'stop'> {
     // Berth's own lines (stopping, cleanup) are few and always kept.
     if (this.truncated && stream !== 'system') return STOP;
-    const limit = this.opts.limitBytes ?? DEFAULT_RUN_LOG_LIMIT_BYTES;
+    const limit = this.opts.limitChars ?? DEFAULT_RUN_LOG_LIMIT_CHARS;
     if (stream !== 'system' && this.total + chunk.length > limit) {
       const room = Math.max(0, limit - this.total);
       if (room > 0) this.pending.push({ seq: ++this.seq, ts: new Date(), stream, chunk: chunk.slice(0, room) });

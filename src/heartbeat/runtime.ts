@@ -56,7 +56,7 @@ export interface RuntimeOptions {
   /** A run held `running` here that this server no longer executes is finalized after this (s). */
   orphanGraceSeconds?: number;
   /** Characters of output kept per run (default 16 Mi). */
-  logLimitBytes?: number;
+  logLimitChars?: number;
   /** Old rows pruned every minute (servers gone a day; run logs and activity only when set). */
   retention?: RetentionPolicy;
   /** Where the runtime reports what went wrong in its own work (not a run's failure). */
@@ -128,7 +128,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     ...(opts.localUrl !== undefined ? { localUrl: opts.localUrl } : {}),
     leaseTtlSeconds: opts.leaseTtlSeconds ?? 30,
     cleanupTimeoutMs,
-    ...(opts.logLimitBytes !== undefined ? { logLimitBytes: opts.logLimitBytes } : {}),
+    ...(opts.logLimitChars !== undefined ? { logLimitChars: opts.logLimitChars } : {}),
     transact,
   };
   const running = new Map<string, { abort: AbortController; done: Promise<void> }>();

@@ -4,7 +4,7 @@ import { queryRows, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { toAgent, toAgentStored } from '../db/rows.js';
 import { adapterSchemas, createAgentSchema, updateAgentSchema, type CreateAgentInput, type UpdateAgentInput } from '../domain/agents.js';
-import { ADAPTER_DRIVERS, type AdapterType, type EnvironmentDriver } from '../domain/enums.js';
+import { ADAPTER_DRIVERS, type AdapterType, type EnvironmentDriverKind } from '../domain/enums.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Agent } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
@@ -41,7 +41,7 @@ export function agentService(db: Db) {
     if (!env) throw field('no such environment in this company');
     if (env.status !== 'active') throw field(`environment is ${env.status}`);
     const usable = ADAPTER_DRIVERS[adapterType as AdapterType] ?? [];
-    if (!usable.includes(env.driver as EnvironmentDriver)) {
+    if (!usable.includes(env.driver as EnvironmentDriverKind)) {
       throw field(`the ${adapterType} adapter cannot run on a ${env.driver} environment (usable: ${usable.join(', ')})`);
     }
   }

@@ -4,7 +4,10 @@ import { sql, type SQL } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { environmentSecretDoc, toEnvironment } from '../db/rows.js';
-import { ACTIONS, type EnvironmentDriver } from '../domain/enums.js';
+import { ACTIONS, TERMINAL_LEASE_STATUSES, type EnvironmentDriverKind } from '../domain/enums.js';
+
+/** The terminal lease statuses as an SQL list, from the one place they are named. */
+const TERMINAL = sql.raw(`(${TERMINAL_LEASE_STATUSES.map((s) => `'${s}'`).join(', ')})`);
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Environment } from '../domain/types.js';
 import {
@@ -55,7 +58,7 @@ export interface EnvironmentWithSecrets extends Environment {
 export function environmentService(db: Db) {
   async function insertEnvironment(
     companyId: string,
-    v: { name: string; description: string | null; driver: EnvironmentDriver; config: object; envVars: object; metadata: object; capacity: number | null },
+    v: { name: string; description: string | null; driver: EnvironmentDriverKind; config: object; envVars: object; metadata: object; capacity: number | null },
     actor: Actor,
     onConflictDoNothing: boolean,
   ): Promise<Environment | null> {
@@ -151,7 +154,7 @@ export function environmentService(db: Db) {
           // change and the acquires around it are ordered: none decides on a stale capacity.
           const [current] = await queryRows(tx, sql`SELECT * FROM environments WHERE id = ${id} AND company_id = ${companyId} FOR UPDATE`);
           if (!current) throw notFound('environment', id);
-          const driver = String(current.driver) as EnvironmentDriver;
+          const driver = String(current.driver) as EnvironmentDriverKind;
           const sets: SQL[] = [];
           if (v.name !== undefined) sets.push(sql`name = ${v.name}`);
           if (v.description !== undefined) sets.push(sql`description = ${v.description}`);
@@ -224,8 +227,8 @@ export function environmentService(db: Db) {
         // cleanup is still due (next_cleanup_at set) count as well as the non-terminal ones.
         const open = await queryRows<{ status: string; n: number; terminal: boolean }>(
           tx,
-          sql`SELECT status, status IN ('released', 'expired', 'failed') AS terminal, count(*)::int AS n FROM environment_leases
-              WHERE environment_id = ${id} AND (status NOT IN ('released', 'expired', 'failed') OR next_cleanup_at IS NOT NULL)
+          sql`SELECT status, status IN ${TERMINAL} AS terminal, count(*)::int AS n FROM environment_leases
+              WHERE environment_id = ${id} AND (status NOT IN ${TERMINAL} OR next_cleanup_at IS NOT NULL)
               GROUP BY status ORDER BY status`,
         );
         const listed = (rows: typeof open) => rows.map((o) => `${o.n} ${o.status}`).join(', ');
