@@ -176,8 +176,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     running.set(run.id, { abort, done });
   }
 
-  async function heartbeat(): Promise<void> {
-    await servers.heartbeat(serverId);
+  /** Cancels asked for (by any server) of runs executing here. */
+  async function checkCancels(): Promise<void> {
+    if (running.size === 0) return;
     for (const id of await s.runs.cancelRequested(serverId)) running.get(id)?.abort.abort('cancel');
   }
 
@@ -246,7 +247,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const report = (name: string) => (err: unknown) => onError(name, err);
   const tasks: Task[] = [
     every('claim', opts.pollMs ?? 200, () => claimLoop(), report('claim')),
-    every('heartbeat', opts.heartbeatMs ?? 1000, heartbeat, report('heartbeat')),
+    // Its own task (and connection): nothing that waits for the pool may delay it.
+    every('heartbeat', opts.heartbeatMs ?? 1000, () => servers.heartbeat(serverId), report('heartbeat')),
+    every('cancels', opts.heartbeatMs ?? 1000, checkCancels, report('cancels')),
     every('expire-leases', sweepMs, () => expireAllDue(s), report('expire-leases')),
     every('recover-runs', sweepMs, recoverLostRuns, report('recover-runs')),
     every('orphaned-runs', Math.max(sweepMs, 5_000), finalizeOrphans, report('orphaned-runs')),
