@@ -36,7 +36,7 @@ const sshSwitch: EnvironmentDriver = {
   driver: 'ssh',
   remote: true,
   probe: (env) => pick(env).probe(env),
-  reach: async (env) => pick(env).reach?.(env),
+  connect: async (env) => pick(env).connect?.(env),
   prepareWorkspace: (env, lease, o) => pick(env).prepareWorkspace(env, lease, o),
   startProcess: (env, spec, onOutput) => pick(env).startProcess(env, spec, onOutput),
   cleanup: (env, lease) => pick(env).cleanup(env, lease),

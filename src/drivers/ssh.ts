@@ -200,7 +200,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
       }
     },
 
-    async reach(env) {
+    async connect(env) {
       // Unpooled, a connection opened now would be closed again before it could be used.
       if (!pool.pooled) return;
       const b = await borrow(env, configOf(env));

@@ -88,11 +88,10 @@ export interface EnvironmentDriver {
   readonly remote?: boolean;
   probe(env: DriverEnvironment): Promise<ProbeResult>;
   /**
-   * Optional: get ready to reach the environment (open a pooled connection) before the
-   * run's start transaction, so a slow or unreachable host fails the run without holding
-   * the database meanwhile (PGlite has a single session).
+   * Optional: open (or check) the connection to the environment before the run takes its
+   * lease, so a host that is slow or down fails the run before any lease or workspace.
    */
-  reach?(env: DriverEnvironment): Promise<void>;
+  connect?(env: DriverEnvironment): Promise<void>;
   /** Make the lease's resources ready (a workspace); called once the lease is granted. */
   prepareWorkspace(env: DriverEnvironment, lease: Lease, opts: { cwd?: string }): Promise<PreparedWorkspace>;
   /**

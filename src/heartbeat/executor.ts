@@ -99,7 +99,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
     if (!drv) throw Object.assign(new Error(`no driver for environment driver "${env.driver}"`), { code: 'no_driver' });
     environment = env;
     driver = drv;
-    if (drv.reach) await drv.reach(env);
+    if (drv.connect) await drv.connect(env);
     // The lease row names its driver before the driver makes anything: a crash from here on
     // leaves a lease the sweep cleans up, never a workspace no row knows about.
     const { lease: granted } = await s.leases.acquire(

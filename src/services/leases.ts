@@ -143,7 +143,7 @@ function staleFence(leaseId: string, currentFence: number, presented: number, st
 export function leaseService(db: Db) {
   /**
    * One attempt to grant a lease: reactivate a retained lease (reuse policies) or
-   * insert a new one. `limited` mode runs inside a transaction that already holds
+   * insert a new one. `capacity_checked` mode runs inside a transaction that already holds
    * the environment row lock, so its count of active leases is exact.
    */
   async function grant(
@@ -151,7 +151,7 @@ export function leaseService(db: Db) {
     companyId: string,
     v: ReturnType<typeof acquireLeaseSchema.parse>,
     actor: Actor,
-    mode: 'shared' | 'limited',
+    mode: 'unlimited' | 'capacity_checked',
     owner: LeaseOwner,
   ): Promise<{ envFound: boolean; envStatus?: string; envCapacity?: number | null; activeCount?: number; lease?: Lease; reacquired?: boolean }> {
     const ttlKind = v.ttlSeconds !== undefined ? 'ttl' : v.expiresAt !== undefined ? 'at' : 'none';
@@ -163,7 +163,7 @@ export function leaseService(db: Db) {
         : ttlKind === 'at' ? sql`${P('expiresAt')}::timestamptz` : sql`NULL::timestamptz`;
       const maxExpires = v.maxLifetimeSeconds !== undefined ? sql`now() + make_interval(secs => ${P('maxLifetime')})` : sql`NULL::timestamptz`;
       const expiresAt = sql`LEAST(${expires}, ${maxExpires})`;
-      const guard = mode === 'shared'
+      const guard = mode === 'unlimited'
         ? sql`env.capacity IS NULL`
         : sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active') < env.capacity`;
       const reused = sql`UPDATE environment_leases l SET status = 'active', fence = nextval('environment_lease_fence_seq'),
@@ -183,7 +183,7 @@ export function leaseService(db: Db) {
       return sql`WITH env AS (
             SELECT id, company_id, status, capacity FROM environments
             WHERE id = ${P('envId')} AND company_id = ${P('companyId')}
-            ${mode === 'shared' ? sql`FOR KEY SHARE` : sql``}),
+            ${mode === 'unlimited' ? sql`FOR KEY SHARE` : sql``}),
           ok AS (SELECT env.* FROM env WHERE env.status = 'active' AND ${guard}),
           ${reuse ? sql`reused AS (${reused}),` : sql``}
           ins AS (
@@ -206,7 +206,7 @@ export function leaseService(db: Db) {
                   'issueId', granted.issue_id, 'idempotencyKey', granted.idempotency_key)`,
           )})
           SELECT env.status AS env_status, env.capacity AS env_capacity,
-                 ${mode === 'limited' ? sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active')` : sql`NULL`} AS env_active_count,
+                 ${mode === 'capacity_checked' ? sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active')` : sql`NULL`} AS env_active_count,
                  granted.*
           FROM env LEFT JOIN granted ON true`;
     }, {
@@ -355,11 +355,11 @@ export function leaseService(db: Db) {
       for (let attempt = 0; attempt < 10; attempt++) {
         let res: Awaited<ReturnType<typeof grant>>;
         try {
-          res = await grant(db, companyId, v, actor, 'shared', owner);
+          res = await grant(db, companyId, v, actor, 'unlimited', owner);
           if (res.envFound && !res.lease && res.envStatus === 'active' && res.envCapacity !== null) {
             res = await db.transaction(async (tx) => {
               await queryRows(tx, sql`SELECT 1 FROM environments WHERE id = ${v.environmentId} AND company_id = ${companyId} FOR NO KEY UPDATE`);
-              return grant(tx, companyId, v, actor, 'limited', owner);
+              return grant(tx, companyId, v, actor, 'capacity_checked', owner);
             });
           }
         } catch (err) {
