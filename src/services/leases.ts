@@ -260,26 +260,21 @@ export function leaseService(db: Db) {
     return lease;
   }
 
-  /** Expire active leases whose expiresAt has passed (database clock); `leaseId` narrows to one. */
-  async function expireDue(opts: { limit?: number } = {}): Promise<Lease[]> {
-    const limit = opts.limit ?? EXPIRE_BATCH;
+  /**
+   * End the leases `due` selects (a CTE of ids, locked) as expired, with one activity row
+   * each: past expiresAt, past retainUntil (retained), or held for a run that has ended.
+   * What a driver made for them is owed its cleanup.
+   */
+  async function expire(due: SQL): Promise<Lease[]> {
     const rows = await queryRows(
       db,
-      sql`WITH due_active AS (
-            SELECT id FROM environment_leases
-            WHERE status = 'active' AND expires_at <= now()
-            ORDER BY expires_at LIMIT ${limit}
-            FOR UPDATE SKIP LOCKED),
-          due_retained AS (
-            SELECT id FROM environment_leases
-            WHERE status = 'retained' AND retain_until <= now()
-            ORDER BY retain_until LIMIT ${limit}
-            FOR UPDATE SKIP LOCKED),
-          due AS (SELECT id FROM due_active UNION ALL SELECT id FROM due_retained),
+      sql`WITH ${due},
           changed AS (
             UPDATE environment_leases l SET
-              failure_reason = coalesce(l.failure_reason, CASE WHEN l.status = 'retained'
-                THEN 'retention ended: its resources are cleaned up' ELSE 'lease expired: not renewed before its expiresAt' END),
+              failure_reason = coalesce(l.failure_reason, CASE
+                WHEN l.status = 'retained' THEN 'retention ended: its resources are cleaned up'
+                WHEN l.expires_at IS NOT NULL AND l.expires_at <= now() THEN 'lease expired: not renewed before its expiresAt'
+                ELSE 'lease expired: its run has ended' END),
               status = 'expired', released_at = now(), updated_at = now(), retain_until = NULL,
               cleanup_status = CASE WHEN ${cleanupOwedSql('l')} THEN 'pending' END,
               next_cleanup_at = CASE WHEN ${cleanupOwedSql('l')} THEN now() END
@@ -298,30 +293,27 @@ export function leaseService(db: Db) {
     return rows.map(toLease);
   }
 
+  /** The sweep: active leases past expiresAt and retained ones past retainUntil, oldest first, `limit` of each. */
+  function expireDue(opts: { limit?: number } = {}): Promise<Lease[]> {
+    const limit = opts.limit ?? EXPIRE_BATCH;
+    return expire(sql`due_active AS (
+            SELECT id FROM environment_leases
+            WHERE status = 'active' AND expires_at <= now()
+            ORDER BY expires_at LIMIT ${limit}
+            FOR UPDATE SKIP LOCKED),
+          due_retained AS (
+            SELECT id FROM environment_leases
+            WHERE status = 'retained' AND retain_until <= now()
+            ORDER BY retain_until LIMIT ${limit}
+            FOR UPDATE SKIP LOCKED),
+          due AS (SELECT id FROM due_active UNION ALL SELECT id FROM due_retained)`);
+  }
+
   /** Expire one active lease whose holder is gone (holderIsStaleSql, re-checked under the row lock). */
   async function expireStaleHolder(leaseId: string): Promise<void> {
-    await queryRows(
-      db,
-      sql`WITH due AS (
+    await expire(sql`due AS (
             SELECT id FROM environment_leases l WHERE l.id = ${leaseId} AND l.status = 'active' AND ${holderIsStaleSql('l')}
-            FOR UPDATE SKIP LOCKED),
-          changed AS (
-            UPDATE environment_leases l SET status = 'expired', released_at = now(), updated_at = now(),
-              failure_reason = coalesce(l.failure_reason, CASE WHEN l.expires_at IS NOT NULL AND l.expires_at <= now()
-                THEN 'lease expired: not renewed before its expiresAt' ELSE 'lease expired: its run has ended' END),
-              cleanup_status = CASE WHEN ${cleanupOwedSql('l')} THEN 'pending' END,
-              next_cleanup_at = CASE WHEN ${cleanupOwedSql('l')} THEN now() END
-            FROM due WHERE l.id = due.id
-            RETURNING l.*),
-          act AS (${leaseActivity(
-            'changed',
-            SYSTEM_ACTOR,
-            ACTIONS.leaseExpired,
-            sql`jsonb_build_object('environmentId', changed.environment_id, 'fence', changed.fence, 'status', changed.status,
-                  'expiresAt', changed.expires_at, 'cleanupStatus', changed.cleanup_status, 'reason', changed.failure_reason)`,
-          )})
-          SELECT id FROM changed`,
-    );
+            FOR UPDATE SKIP LOCKED)`);
   }
 
   async function getRow(companyId: string, leaseId: string): Promise<Row> {

@@ -284,16 +284,7 @@ export function runService(db: Db) {
                 AND NOT EXISTS (SELECT 1 FROM berth_servers s WHERE s.id = r.server_id AND s.stopped_at IS NULL
                                 AND s.heartbeat_at > now() - make_interval(secs => ${opts.staleSeconds}))
               FOR UPDATE OF r SKIP LOCKED),
-            fin AS (
-              UPDATE heartbeat_runs r SET status = 'failed', error_code = 'process_lost',
-                error = 'server ' || coalesce(r.server_id, '(none)') || ' stopped while the run was in progress',
-                finished_at = now(), updated_at = now()
-              FROM lost WHERE r.id = lost.id AND r.status = 'running' RETURNING r.*),
-            slot AS (
-              UPDATE agents a SET running_count = a.running_count - f.n
-              FROM (SELECT agent_id, count(*)::int AS n FROM fin GROUP BY agent_id) f WHERE a.id = f.agent_id RETURNING a.id),
-            act AS (${runActivity('fin', SYSTEM_ACTOR, RUN_ACTIONS.finished, finishedDetails('fin'))})
-            SELECT * FROM fin`,
+            ${failRunsSql('lost', 'process_lost', sql`'server ' || coalesce(r.server_id, '(none)') || ' stopped while the run was in progress'`)}`,
       );
       return rows.map(toRun);
     },
@@ -313,16 +304,7 @@ export function runService(db: Db) {
                 AND r.started_at < now() - make_interval(secs => ${opts.graceSeconds ?? 30})
                 AND NOT (r.id = ANY (${`{${liveRunIds.join(',')}}`}::uuid[]))
               FOR UPDATE OF r SKIP LOCKED),
-            fin AS (
-              UPDATE heartbeat_runs r SET status = 'failed', error_code = 'execution_lost',
-                error = 'the run''s execution ended on server ' || r.server_id || ' without its result being recorded',
-                finished_at = now(), updated_at = now()
-              FROM orphan WHERE r.id = orphan.id AND r.status = 'running' RETURNING r.*),
-            slot AS (
-              UPDATE agents a SET running_count = a.running_count - f.n
-              FROM (SELECT agent_id, count(*)::int AS n FROM fin GROUP BY agent_id) f WHERE a.id = f.agent_id RETURNING a.id),
-            act AS (${runActivity('fin', SYSTEM_ACTOR, RUN_ACTIONS.finished, finishedDetails('fin'))})
-            SELECT * FROM fin`,
+            ${failRunsSql('orphan', 'execution_lost', sql`'the run''s execution ended on server ' || r.server_id || ' without its result being recorded'`)}`,
       );
       return rows.map(toRun);
     },
@@ -345,6 +327,23 @@ export function runService(db: Db) {
   return service;
 }
 export type RunService = ReturnType<typeof runService>;
+
+/**
+ * The rest of a statement that fails the running runs of the CTE `ids` (locked): each
+ * failed with `code` and the error `error` (SQL over the run row `r`), its agent's slot
+ * freed, one activity row each. Returns the runs.
+ */
+function failRunsSql(ids: string, code: string, error: SQL): SQL {
+  const from = sql.raw(ids);
+  return sql`fin AS (
+              UPDATE heartbeat_runs r SET status = 'failed', error_code = ${code}, error = ${error}, finished_at = now(), updated_at = now()
+              FROM ${from} WHERE r.id = ${from}.id AND r.status = 'running' RETURNING r.*),
+            slot AS (
+              UPDATE agents a SET running_count = a.running_count - f.n
+              FROM (SELECT agent_id, count(*)::int AS n FROM fin GROUP BY agent_id) f WHERE a.id = f.agent_id RETURNING a.id),
+            act AS (${runActivity('fin', SYSTEM_ACTOR, RUN_ACTIONS.finished, finishedDetails('fin'))})
+            SELECT * FROM fin`;
+}
 
 export function serverRegistry(db: Db) {
   return {
