@@ -224,14 +224,28 @@ export function signalTree(pid, signal) {
 
 let nextName = 1;
 
-/** Spawn with the child born in `cg` (when given): fork copies the parent's cgroup. */
+/**
+ * Spawn with the child born in `cg` (when given: fork copies the parent's cgroup); the
+ * cgroup it is really in, null if this process could not enter it (then it is uncontained
+ * but for its process group, as in the fallback).
+ */
 function spawnInto(cg, spec) {
+  // detached: its own session and process group too (SIGTERM reaches the group at once).
+  const start = () => spawn(spec.command, spec.args, { cwd: spec.cwd, env: spec.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   const own = cgroups?.own;
-  if (!cg || !own) return spawn(spec.command, spec.args, { cwd: spec.cwd, env: spec.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-  writeFileSync(`${cg}/cgroup.procs`, '0');
+  if (!cg || !own) return { child: start(), cg: null };
   try {
-    // detached: its own session and process group too (SIGTERM reaches the group at once).
-    return spawn(spec.command, spec.args, { cwd: spec.cwd, env: spec.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    writeFileSync(`${cg}/cgroup.procs`, '0');
+  } catch {
+    try {
+      rmdirSync(cg);
+    } catch {
+      /* left for the owner's reclaim */
+    }
+    return { child: start(), cg: null };
+  }
+  try {
+    return { child: start(), cg };
   } finally {
     // Back to our own cgroup before anything else runs: the run's cgroup.kill must never reach us.
     writeFileSync(`${own}/cgroup.procs`, '0');
@@ -258,7 +272,7 @@ export function runProcess(spec, io, opts = {}) {
     const cgDone = () => (cg ? removeWhenEmpty(cg, 5000) : Promise.resolve(true));
     let child;
     try {
-      child = spawnInto(cg, spec);
+      ({ child, cg } = spawnInto(cg, spec));
     } catch (err) {
       void cgDone().then(() => resolve({ exitCode: null, signal: null, spawnError: err.message }));
       return;
