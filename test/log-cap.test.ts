@@ -1,7 +1,7 @@
 // Output cannot exhaust the server: a run's output flows with backpressure (a child
 // whose output is not taken blocks), and once its log is capped the output stops
 // crossing to the server (the stored log ends with the truncation line).
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,13 +10,14 @@ import type { DriverEnvironment, EnvironmentDriver } from '../src/drivers/types.
 import { startRuntime, type Runtime } from '../src/heartbeat/runtime.js';
 import { openTestDb, type TestDb } from './support/db.js';
 import { waitFor } from './support/wait.js';
+import { collectRuntimeErrors } from './support/runtime-errors.js';
 
 const CAP = 50_000;
 let t: TestDb;
 let runtime: Runtime;
 let companyId: string;
 const workspaceRoot = mkdtempSync(join(tmpdir(), 'berth-logcap-'));
-const runtimeErrors: unknown[] = [];
+const runtimeErrors = collectRuntimeErrors();
 /** Characters of run output that reached the server's listener, over all runs. */
 let delivered = 0;
 
@@ -44,11 +45,8 @@ beforeAll(async () => {
     heartbeatMs: 100,
     logLimitChars: CAP,
     apiUrl: 'http://127.0.0.1:9',
-    onError: (where, err) => runtimeErrors.push({ where, err }),
+    onError: runtimeErrors.onError,
   });
-});
-afterEach(() => {
-  expect(runtimeErrors).toEqual([]);
 });
 afterAll(async () => {
   await runtime?.stop({ graceMs: 0 });

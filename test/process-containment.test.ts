@@ -1,7 +1,7 @@
 // Nothing a run started outlives it: daemons (setsid, double fork, nohup) and a
 // process that ignores SIGTERM are gone when the run ends, however it ends, and when
 // the spawner helper dies mid-run (the run then ends process_lost).
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,12 +12,13 @@ import type { HeartbeatRun } from '../src/domain/types.js';
 import { startRuntime, type Runtime } from '../src/heartbeat/runtime.js';
 import { openTestDb, type TestDb } from './support/db.js';
 import { waitFor } from './support/wait.js';
+import { collectRuntimeErrors } from './support/runtime-errors.js';
 
 let t: TestDb;
 let runtime: Runtime;
 let companyId: string;
 const workspaceRoot = mkdtempSync(join(tmpdir(), 'berth-contain-'));
-const runtimeErrors: unknown[] = [];
+const runtimeErrors = collectRuntimeErrors();
 
 beforeAll(async () => {
   t = await openTestDb();
@@ -30,11 +31,8 @@ beforeAll(async () => {
     sweepMs: 200,
     heartbeatMs: 100,
     apiUrl: 'http://127.0.0.1:9',
-    onError: (where, err) => runtimeErrors.push({ where, err }),
+    onError: runtimeErrors.onError,
   });
-});
-afterEach(() => {
-  expect(runtimeErrors).toEqual([]);
 });
 afterAll(async () => {
   await runtime?.stop({ graceMs: 0 });
