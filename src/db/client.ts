@@ -10,7 +10,7 @@ import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
 import { migrate as migratePg } from 'drizzle-orm/node-postgres/migrator';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
-import { fillPlaceholders, type SQL } from 'drizzle-orm';
+import { fillPlaceholders, sql, type SQL } from 'drizzle-orm';
 import pg from 'pg';
 import * as schema from './schema.js';
 import { isBerthError } from '../domain/errors.js';
@@ -148,6 +148,15 @@ function pooledTransaction(pool: pg.Pool) {
       client.release(broken);
     }
   };
+}
+
+/**
+ * A parenthesised SQL list of constant words (the project's own status vocabularies, never
+ * input), inlined so the statement's text, and its plan, stays the same.
+ */
+export function sqlWordList(words: readonly string[]): SQL {
+  for (const w of words) if (!/^[a-z_]+$/.test(w)) throw new Error(`not a word for an SQL list: ${JSON.stringify(w)}`);
+  return sql.raw(`(${words.map((w) => `'${w}'`).join(', ')})`);
 }
 
 export function redactUrl(url: string): string {

@@ -1,13 +1,13 @@
 // Environments: where runs execute. Every operation is scoped by company; every
 // change writes its activity row in the same transaction.
 import { sql, type SQL } from 'drizzle-orm';
-import { queryRows, type Db } from '../db/client.js';
+import { queryRows, sqlWordList, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { environmentSecretDoc, toEnvironment } from '../db/rows.js';
 import { ACTIONS, TERMINAL_LEASE_STATUSES, type EnvironmentDriverKind } from '../domain/enums.js';
 
 /** The terminal lease statuses as an SQL list, from the one place they are named. */
-const TERMINAL = sql.raw(`(${TERMINAL_LEASE_STATUSES.map((s) => `'${s}'`).join(', ')})`);
+const TERMINAL = sqlWordList(TERMINAL_LEASE_STATUSES);
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Environment } from '../domain/types.js';
 import {

@@ -10,7 +10,7 @@
 //  - fencing: every grant takes nextval of one sequence;
 //  - audit: the activity row is written by the same statement as the change.
 import { sql, type SQL } from 'drizzle-orm';
-import { queryRows, runStatement, type Db } from '../db/client.js';
+import { queryRows, runStatement, sqlWordList, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { toLease } from '../db/rows.js';
 import { ACTIONS, TERMINAL_RUN_STATUSES, type LeasePolicy, type TerminalLeaseStatus } from '../domain/enums.js';
@@ -88,7 +88,7 @@ function holderIsStaleSql(t: string): SQL {
   const l = sql.raw(t);
   return sql`((${l}.expires_at IS NOT NULL AND ${l}.expires_at <= now())
     OR EXISTS (SELECT 1 FROM heartbeat_runs r WHERE r.id = ${l}.heartbeat_run_id
-               AND r.status IN (${sql.raw(TERMINAL_RUN_STATUSES.map((x) => `'${x}'`).join(', '))})))`;
+               AND r.status IN ${sqlWordList(TERMINAL_RUN_STATUSES)}))`;
 }
 
 /** What a lease ending now owes: a cleanup when a driver made resources for it (SQL over `t`). */
