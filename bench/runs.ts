@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openDatabase, type Database } from '../src/db/client.js';
-import { localDriver } from '../src/drivers/local.js';
+import { localDriver } from '../src/drivers/local/driver.js';
 import { createServices } from '../src/services/index.js';
 import { createScratchDatabase } from '../test/support/db.js';
 import { fmt, percentile, spawnTrue, startBenchRuntime } from './support.js';

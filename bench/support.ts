@@ -3,7 +3,7 @@
 import { spawn } from 'node:child_process';
 import type { Db } from '../src/db/client.js';
 import type { HeartbeatRun } from '../src/domain/types.js';
-import type { DriverRegistry } from '../src/drivers/types.js';
+import type { DriverRegistry } from '../src/drivers/contract.js';
 import { startRuntime } from '../src/heartbeat/runtime.js';
 import type { Services } from '../src/services/index.js';
 

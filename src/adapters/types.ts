@@ -1,5 +1,5 @@
 // An adapter turns an agent's configuration into one execution inside a leased environment.
-import type { EnvironmentDriver, DriverEnvironment, PreparedWorkspace } from '../drivers/types.js';
+import type { EnvironmentDriver, DriverEnvironment, PreparedWorkspace } from '../drivers/contract.js';
 import type { Agent, HeartbeatRun, Lease } from '../domain/types.js';
 import type { RunOutcome } from '../services/runs.js';
 

@@ -1,7 +1,7 @@
 // zod validators for everything a caller may send to the environment and lease
 // services. Strict objects: an unknown field is an error that names it.
 import { z } from 'zod';
-import { privateKeyProblem } from '../drivers/ssh-pool.js';
+import { privateKeyProblem } from '../drivers/ssh/pool.js';
 import { BerthError, type FieldIssue } from './errors.js';
 import { CLEANUP_STATUSES, ENV_VAR_NAME_RE, ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, RUN_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
 

@@ -9,7 +9,7 @@ import { BerthError, isBerthError } from '../domain/errors.js';
 import { storableText } from '../domain/text.js';
 import type { Actor, HeartbeatRun, Lease } from '../domain/types.js';
 import type { AgentAdapter } from '../adapters/types.js';
-import type { CallbackRoute, DriverEnvironment, DriverRegistry, EnvironmentDriver, PreparedWorkspace } from '../drivers/types.js';
+import type { CallbackRoute, DriverEnvironment, DriverRegistry, EnvironmentDriver, PreparedWorkspace } from '../drivers/contract.js';
 import type { Services } from '../services/index.js';
 import { newRunToken, type RunOutcome } from '../services/runs.js';
 import { keepLeaseAlive, type KeepAlive } from './keepalive.js';

@@ -1,7 +1,7 @@
 // What every route handler gets: the services, who is calling, and the server's parts.
 import type { Logger } from 'pino';
 import type { Actor } from '../domain/types.js';
-import type { DriverRegistry } from '../drivers/types.js';
+import type { DriverRegistry } from '../drivers/contract.js';
 import type { Services } from '../services/index.js';
 
 export type Principal =

@@ -1,7 +1,7 @@
 // Host key checking against OpenSSH known_hosts text, without a server.
 import { describe, expect, it } from 'vitest';
 import { createHmac, randomBytes } from 'node:crypto';
-import { fingerprintSha256, keyTypeOf, knownHostsName, verifyHostKey } from '../../src/drivers/ssh-known-hosts.js';
+import { fingerprintSha256, keyTypeOf, knownHostsName, verifyHostKey } from '../../src/drivers/ssh/known-hosts.js';
 
 /** A fake ssh-ed25519 public key blob: string "ssh-ed25519", string <32 bytes>. */
 function blob(): Buffer {

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { serve, type ServerType } from '@hono/node-server';
 import pino from 'pino';
-import { localDriver } from '../../src/drivers/local.js';
+import { localDriver } from '../../src/drivers/local/driver.js';
 import { startRuntime, type Runtime } from '../../src/heartbeat/runtime.js';
 import { createApp } from '../../src/http/app.js';
 import { ADMIN_KEY_PREFIX } from '../../src/http/auth.js';

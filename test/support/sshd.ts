@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { descendantsOf } from '../../src/drivers/process-tree.js';
+import { descendantsOf } from '../../src/drivers/local/process-tree.js';
 import { waitFor } from './wait.js';
 
 export const SSHD_BIN = '/usr/sbin/sshd';

@@ -4,7 +4,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { reclaimOwnerDir, signalRun, type RunHandle, type RunProcessExit } from './run-process.mjs';
-import type { OutputListener, ProcessSpec } from './types.js';
+import type { OutputListener, ProcessSpec } from '../contract.js';
 
 export type SpawnerExit = RunProcessExit & { error?: string; errorCode?: string };
 

@@ -2,11 +2,11 @@
 import { lstat, mkdir, realpath, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { berthHome } from '../db/client.js';
-import { UUID_RE } from '../domain/errors.js';
-import type { Lease } from '../domain/types.js';
+import { berthHome } from '../../db/client.js';
+import { UUID_RE } from '../../domain/errors.js';
+import type { Lease } from '../../domain/types.js';
 import { startLocalProcess } from './process-tree.js';
-import type { CleanupReport, DriverEnvironment, EnvironmentDriver, PreparedWorkspace } from './types.js';
+import type { CleanupReport, DriverEnvironment, EnvironmentDriver, PreparedWorkspace } from '../contract.js';
 
 export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentDriver {
   const root = () => opts.workspaceRoot ?? join(berthHome(), 'workspaces');

@@ -2,7 +2,7 @@
 // else its own process group) and signalling everything it started.
 import { runProcess, signalRun, type RunHandle } from './run-process.mjs';
 import { sharedSpawner, type SpawnerExit } from './spawner.js';
-import type { OutputListener, ProcessSpec, StartedProcess } from './types.js';
+import type { OutputListener, ProcessSpec, StartedProcess } from '../contract.js';
 
 export { descendantsOf, signalTree } from './run-process.mjs';
 

@@ -15,12 +15,12 @@ import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import type { ClientChannel } from 'ssh2';
-import { ENV_VAR_NAME_RE } from '../domain/enums.js';
-import { storableText } from '../domain/text.js';
-import type { Lease } from '../domain/types.js';
-import { sshConfigSchema } from '../domain/validators.js';
-import { execCollect, poolKey, SshError, SshPool, type Borrowed, type RemoteForward, type SshConnection, type SshPoolOptions, type SshTarget } from './ssh-pool.js';
-import type { CallbackRoute, DriverEnvironment, EnvironmentDriver, OutputListener, PreparedWorkspace, ProbeResult, ProcessSpec, StartedProcess } from './types.js';
+import { ENV_VAR_NAME_RE } from '../../domain/enums.js';
+import { storableText } from '../../domain/text.js';
+import type { Lease } from '../../domain/types.js';
+import { sshConfigSchema } from '../../domain/validators.js';
+import { execCollect, poolKey, SshError, SshPool, type Borrowed, type RemoteForward, type SshConnection, type SshPoolOptions, type SshTarget } from './pool.js';
+import type { CallbackRoute, DriverEnvironment, EnvironmentDriver, OutputListener, PreparedWorkspace, ProbeResult, ProcessSpec, StartedProcess } from '../contract.js';
 
 /** Quote for a POSIX shell: one single-quoted word. */
 export function shellQuote(s: string): string {

@@ -6,8 +6,8 @@ import { createHash } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { connect as tcpConnect, isIP, Socket } from 'node:net';
 import ssh2, { Client, type ClientChannel } from 'ssh2';
-import { storableText } from '../domain/text.js';
-import { fingerprintSha256, verifyHostKey } from './ssh-known-hosts.js';
+import { storableText } from '../../domain/text.js';
+import { fingerprintSha256, verifyHostKey } from './known-hosts.js';
 
 export type SshStep = 'resolve' | 'connect' | 'host_key' | 'auth' | 'command' | 'forward';
 
