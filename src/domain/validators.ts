@@ -1,7 +1,6 @@
 // zod validators for everything a caller may send to the environment and lease
 // services. Strict objects: an unknown field is an error that names it.
 import { z } from 'zod';
-import { privateKeyProblem } from '../drivers/ssh/pool.js';
 import { BerthError, type FieldIssue } from './errors.js';
 import { CLEANUP_STATUSES, ENV_VAR_NAME_RE, ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, RUN_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
 
@@ -14,70 +13,14 @@ const envVarName = z.string().regex(ENV_VAR_NAME_RE, 'must be a valid environmen
 const envVars = z.record(envVarName, z.string().max(65536, 'must be at most 65536 characters'));
 const capacity = z.number().int('must be an integer').min(0, 'must be 0 or more').max(1_000_000).nullable();
 
-export const localConfigSchema = z.strictObject({});
-
-export const sshConfigSchema = z
-  .strictObject({
-    host: z.string().trim().min(1, 'must not be empty').max(255),
-    port: z.number().int('must be an integer').min(1, 'must be 1–65535').max(65535, 'must be 1–65535').default(22),
-    username: z.string().trim().min(1, 'must not be empty').max(64),
-    remoteWorkspacePath: z
-      .string()
-      .regex(/^\//, 'must be an absolute path')
-      .refine((p) => !p.split('/').includes('..'), 'must not contain ..'),
-    // Checked here, at create and update, so a key ssh2 cannot read is a 422 naming the field, not a failed run later.
-    privateKey: z
-      .string()
-      .min(1, 'must not be empty')
-      .max(65536)
-      .superRefine((key, ctx) => {
-        const problem = privateKeyProblem(key);
-        if (problem) ctx.addIssue({ code: 'custom', message: problem });
-      })
-      .optional(),
-    knownHosts: z.string().min(1, 'must not be empty').max(65536).optional(),
-    strictHostKeyChecking: z.boolean().default(true),
-  })
-  .superRefine((cfg, ctx) => {
-    if (cfg.strictHostKeyChecking && !cfg.knownHosts) {
-      ctx.addIssue({ code: 'custom', path: ['knownHosts'], message: 'is required while strictHostKeyChecking is true' });
-    }
-  });
-
-export const sandboxConfigSchema = z.strictObject({
-  provider: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'must match ^[a-z0-9][a-z0-9._-]*$').max(100),
-  options: jsonRecord.default({}),
-});
-
-export const driverConfigSchemas = {
-  local: localConfigSchema,
-  ssh: sshConfigSchema,
-  sandbox: sandboxConfigSchema,
-} as const;
-
-export type LocalConfig = z.infer<typeof localConfigSchema>;
-export type SshConfig = z.infer<typeof sshConfigSchema>;
-export type SandboxConfig = z.infer<typeof sandboxConfigSchema>;
-
-const envCommon = {
+/** The fields every environment has, whatever its driver (its config is the driver's: see drivers/descriptors.ts). */
+export const envCommon = {
   name,
   description: description.optional(),
   envVars: envVars.default({}),
   metadata: jsonRecord.default({}),
   capacity: capacity.default(null),
 };
-
-export const createEnvironmentSchema = z.discriminatedUnion(
-  'driver',
-  [
-    z.strictObject({ ...envCommon, driver: z.literal('local'), config: localConfigSchema.default({}) }),
-    z.strictObject({ ...envCommon, driver: z.literal('ssh'), config: sshConfigSchema }),
-    z.strictObject({ ...envCommon, driver: z.literal('sandbox'), config: sandboxConfigSchema }),
-  ],
-  { error: 'must be one of local, ssh, sandbox' },
-);
-export type CreateEnvironmentInput = z.input<typeof createEnvironmentSchema>;
-export type CreateEnvironment = z.output<typeof createEnvironmentSchema>;
 
 /** A partial update; `config` is validated against the environment's own driver by the service. */
 export const updateEnvironmentSchema = z

@@ -1,13 +1,52 @@
-// The contract between the executor and a place runs execute. A driver prepares
-// the lease's resources, starts processes there, and cleans up; the executor
-// never needs to know which driver it talks to.
-import type { Environment, Lease } from '../domain/types.js';
+// The contract between Berth and a place runs execute (an engine). Every engine (this
+// machine, an SSH host, a container engine, a cluster, a provider's sandbox) is a driver:
+// a descriptor (what its environments' config looks like, which of it is secret, what it
+// can do) and six operations over two records the server keeps for it:
+//
+//   provision(resource) -> ResourceHandle       stored in provider_resources (state, providerId)
+//   exec(resource, spec) -> ExecutionHandle      stored in run_executions (handle)
+//   watch(execution, sink, from?) -> ExitResult  output with backpressure; resumable where reattach
+//   signal(execution, TERM | KILL)
+//   destroy(resource)                            idempotent: "no such resource" is success
+//   list()                                       what the provider holds under Berth's labels
+//
+// The server calls none of them inside a database transaction. Each gets an AbortSignal
+// and the server's deadline; handles are plain JSON so another server can pick them up.
+import type { z } from 'zod';
+import type { Environment } from '../domain/types.js';
+import type { SecretPath } from '../secrets/config.js';
 
 export interface DriverEnvironment extends Omit<Environment, 'envVarNames'> {
   /** Full config, secrets included. */
   secretConfig: Record<string, unknown>;
   /** The environment's variables in clear, for the run's process only. */
   envVars: Record<string, string>;
+}
+
+export interface DriverCapabilities {
+  /** An execution outlives this server: another server can `watch` it from its handle (and offset). */
+  reattach: boolean;
+  /** Resources can be provisioned ahead of any lease (warm pools). */
+  pool: boolean;
+  /** `list` is implemented: reconciliation can find what the provider holds with no record. */
+  list: boolean;
+  /** `watch` delivers output while the process runs (not only at its end). */
+  streamOutput: boolean;
+  /** Executions run on this server's host: this server's PATH, HOME... are theirs, and its pids are theirs. */
+  hostLocal: boolean;
+}
+
+/** Pure data about a driver: what the environment service validates and seals with. No I/O. */
+export interface DriverDescriptor {
+  /** The environment `driver` value this driver serves. */
+  readonly kind: string;
+  /** The environment's `config` (the environment service validates with it). */
+  readonly configSchema: z.ZodType;
+  /** What `config` is when a create names none (absent: config is required). */
+  readonly configDefault?: Record<string, unknown>;
+  /** Fields of `config` that are secret (paths relative to config): sealed at rest, shown only as `shownAs`. */
+  readonly secretPaths: readonly SecretPath[];
+  readonly capabilities: DriverCapabilities;
 }
 
 export interface ProbeResult {
@@ -18,10 +57,34 @@ export interface ProbeResult {
   error?: string;
 }
 
-export interface PreparedWorkspace {
+/** Labels every provider object carries (where the provider has labels): what reconciliation matches on. */
+export const LABEL_RESOURCE = 'berth.resource';
+export const LABEL_LEASE = 'berth.lease';
+export const LABEL_ENVIRONMENT = 'berth.environment';
+export const LABEL_COMPANY = 'berth.company';
+
+export interface ProvisionRequest {
+  /** The resource record's id (made by the server before this call): provisioning twice with it gives the same resource. */
+  resourceId: string;
+  /** The lease it is made for; null for a pool's ready resource. */
+  leaseId: string | null;
+  labels: Record<string, string>;
+  /** A working directory the agent names for itself (not the driver's to make or remove). */
+  cwd?: string;
+}
+
+/** What a driver made, as the server stores it (provider_resources.provider_id / state): plain JSON. */
+export interface ResourceHandle {
+  resourceId: string;
+  /** The provider's own id (a container id, a remote directory, a job id); null when the driver has none. */
+  providerId: string | null;
+  state: Record<string, unknown>;
+}
+
+export interface ProvisionedResource extends ResourceHandle {
   /** Where the run's process starts. */
   cwd: string;
-  /** Driver details written into the run's paperclipEnvironment and the lease metadata. */
+  /** What a run is told about where it runs (paperclipEnvironment); no secrets. */
   details: Record<string, unknown>;
 }
 
@@ -32,22 +95,40 @@ export interface ProcessSpec {
   env: Record<string, string>;
 }
 
-export interface StartedProcess {
-  /** The process id once it has started (its process group id too); null if it could not start. */
-  spawned: Promise<number | null>;
-  /** Resolves when the process has exited and its output is drained. */
-  exited: Promise<{
-    exitCode: number | null;
-    signal: string | null;
-    spawnError?: string;
-    /** Bytes of output dropped unread by anyone after the listener said 'stop'. */
-    discardedBytes?: number;
-    /** How the process ended is unknown (its host's connection was lost, say): the run fails with this. */
-    error?: string;
-    errorCode?: string;
-  }>;
-  /** Signal the whole process tree (once it has started). */
-  kill(signal: 'SIGTERM' | 'SIGKILL'): void;
+/** A running execution, as the server stores it (run_executions.handle): plain JSON, meaningful to its driver only. */
+export interface ExecutionHandle {
+  driver: string;
+  /** Where it lives (a host identity): recovery uses it to tell whether this server can act on it. */
+  host: string | null;
+  ref: Record<string, unknown>;
+}
+
+export interface ExitResult {
+  exitCode: number | null;
+  signal: string | null;
+  /** The process could not start (no such command, no such directory). */
+  spawnError?: string;
+  /** Bytes of output dropped unread after the sink said 'stop'. */
+  discardedBytes?: number;
+  /** How it ended is unknown (its host's connection was lost, say): the run fails with this. */
+  error?: string;
+  errorCode?: string;
+}
+
+/**
+ * Takes a run's output. A promise makes the stream wait for it (backpressure, reaching the
+ * process); 'stop' says no more is wanted (the log is full): the rest is counted and dropped
+ * where it is read, never relayed.
+ */
+export type OutputListener = (stream: 'stdout' | 'stderr', text: string) => Promise<void | 'stop'> | void | 'stop';
+
+export interface WatchOptions {
+  /** Resume from here (a value an earlier watch reported through onOffset); absent: from the start. */
+  from?: string;
+  /** Called as output is taken, with where a later watch would resume. */
+  onOffset?: (offset: string) => void;
+  /** Aborting stops watching (the execution keeps running); the promise then rejects. */
+  signal?: AbortSignal;
 }
 
 /** What a cleanup did: `removed` names what is gone; `nothing` says why there was nothing to do. */
@@ -56,18 +137,18 @@ export interface CleanupReport {
   nothing?: string;
 }
 
-/**
- * Takes a run's output. A promise makes the stream wait for it (backpressure, child
- * included); resolving to 'stop' says no more is wanted (the run's log is full): the
- * rest is counted and dropped where it is read, never relayed.
- */
-export type OutputListener = ((stream: 'stdout' | 'stderr', text: string) => Promise<void | 'stop'>) | ((stream: 'stdout' | 'stderr', text: string) => void);
+/** One object the provider holds under Berth's labels. */
+export interface ListedResource {
+  providerId: string;
+  labels: Record<string, string>;
+  createdAt: Date | null;
+}
 
 /** Where this server's API is, for a run to call back (PAPERCLIP_API_URL). */
 export interface CallbackServer {
   /** What agents are told by default: BERTH_PUBLIC_URL / --public-url, else the bound address. Empty when there is no API. */
   publicUrl: string;
-  /** Where this process reaches the API itself (serve's bound address): where a tunnel ends. Absent in a worker, which serves no API. */
+  /** Where this process reaches the API itself (serve's bound address): where a tunnel ends. Absent in a worker. */
   localUrl?: string;
 }
 
@@ -78,36 +159,40 @@ export interface CallbackRoute {
   close(): Promise<void>;
 }
 
-export interface EnvironmentDriver {
-  readonly driver: string;
+export interface EnvironmentDriver extends DriverDescriptor {
+  probe(env: DriverEnvironment, signal?: AbortSignal): Promise<ProbeResult>;
   /**
-   * Its processes run on another host: their pids mean nothing on this one (never
-   * recorded for local recovery to signal), and this server's own environment
-   * variables (PATH, HOME...) are not theirs.
+   * Optional: open (or check) the connection before the run reserves its lease, so a host
+   * that is slow or down fails the run before any lease or resource exists.
    */
-  readonly remote?: boolean;
-  probe(env: DriverEnvironment): Promise<ProbeResult>;
+  connect?(env: DriverEnvironment, signal?: AbortSignal): Promise<void>;
   /**
-   * Optional: open (or check) the connection to the environment before the run takes its
-   * lease, so a host that is slow or down fails the run before any lease or workspace.
+   * Make the resource (a workspace, a container...) and label it with Berth's ids.
+   * Idempotent on `req.resourceId`; never called inside a transaction.
    */
-  connect?(env: DriverEnvironment): Promise<void>;
-  /** Make the lease's resources ready (a workspace); called once the lease is granted. */
-  prepareWorkspace(env: DriverEnvironment, lease: Lease, opts: { cwd?: string }): Promise<PreparedWorkspace>;
+  provision(env: DriverEnvironment, req: ProvisionRequest, signal: AbortSignal): Promise<ProvisionedResource>;
+  /** Start a process in the resource; resolves once it has started (or failed to: then `watch` reports spawnError). */
+  exec(env: DriverEnvironment, resource: ResourceHandle, spec: ProcessSpec, signal: AbortSignal): Promise<ExecutionHandle>;
+  /** Stream the execution's output into `sink` and resolve with how it ended. */
+  watch(env: DriverEnvironment, execution: ExecutionHandle, sink: OutputListener, opts?: WatchOptions): Promise<ExitResult>;
+  /** Signal everything the execution started. An execution that has ended is no error. */
+  signal(env: DriverEnvironment, execution: ExecutionHandle, sig: 'TERM' | 'KILL'): Promise<void>;
   /**
-   * Optional: the URL a run in `env` reaches the server at, set up for this run (the SSH
-   * driver forwards a port back over its connection). Without it a run gets
-   * `server.publicUrl`, as the local driver's runs do.
+   * Remove the resource: exactly what `provision` made for `resource.resourceId`, found from
+   * the handle the server stored (never from a caller's metadata). Idempotent: a resource
+   * that is already gone is success. Throws when it could not; the server retries with backoff.
+   * `env` is the environment as it was when the resource was made (its config snapshot).
+   */
+  destroy(env: DriverEnvironment, resource: ResourceHandle, signal: AbortSignal): Promise<CleanupReport>;
+  /** What the provider holds under Berth's labels in `env` (capabilities.list). */
+  list?(env: DriverEnvironment, signal: AbortSignal): AsyncIterable<ListedResource>;
+  /**
+   * Optional: the URL a run in `env` reaches the server at, set up for this run (SSH forwards
+   * a port back over its connection). Without it a run gets `server.publicUrl`.
    */
   callbackUrl?(env: DriverEnvironment, server: CallbackServer): Promise<CallbackRoute>;
-  startProcess(env: DriverEnvironment, spec: ProcessSpec, onOutput: OutputListener): StartedProcess;
-  /**
-   * Release the lease's resources: exactly what this driver made for this lease, found from
-   * the lease id and its driverState (server-written), never from the caller's metadata.
-   * Idempotent; says what it did (for the activity row). Throws if cleanup failed; it is
-   * then retried with backoff.
-   */
-  cleanup(env: DriverEnvironment | null, lease: Lease): Promise<CleanupReport>;
+  /** Close what the driver holds open between runs (pooled connections). */
+  close?(): void;
 }
 
 export type DriverRegistry = Map<string, EnvironmentDriver>;

@@ -6,6 +6,7 @@
 // object (its keys stay readable: they are what a read shows). Sealed values are
 // cipher.ts ciphertexts; a value in clear (written by a Berth older than this list) still
 // opens as itself and is sealed in place when a server starts (sealStoredSecrets).
+import { DRIVER_DESCRIPTORS } from '../drivers/descriptors.js';
 import { decryptSecret, encryptSecret, isEncryptedSecret, type SecretKey } from './cipher.js';
 
 export interface SecretPath {
@@ -24,17 +25,10 @@ type Doc = Record<string, unknown>;
 
 const ENV_VARS: SecretPath = { path: 'envVars.*', shownAs: 'envVarNames' };
 
-/**
- * Secrets of each environment driver. A sandbox provider's options are sealed whole:
- * Berth has no sandbox driver yet, so it cannot know which of a provider's options hold
- * its API key (`apiKey`, `token`, `E2B_KEY`, `auth: {...}`...); a name guess would leak the
- * ones it misses. Reads show the option names.
- */
-export const ENVIRONMENT_SECRET_PATHS: Readonly<Record<string, readonly SecretPath[]>> = {
-  local: [ENV_VARS],
-  ssh: [ENV_VARS, { path: 'config.privateKey', shownAs: 'hasPrivateKey' }],
-  sandbox: [ENV_VARS, { path: 'config.options.*', shownAs: 'optionNames', json: true }],
-};
+/** Secrets of each environment driver: its variables, and the config paths its descriptor names. */
+export const ENVIRONMENT_SECRET_PATHS: Readonly<Record<string, readonly SecretPath[]>> = Object.fromEntries(
+  Object.values(DRIVER_DESCRIPTORS).map((d) => [d.kind, [ENV_VARS, ...d.secretPaths.map((p) => ({ ...p, path: `config.${p.path}` }))]]),
+);
 
 /** Secrets of each agent adapter: values of a process's env, of an http agent's headers. */
 export const AGENT_SECRET_PATHS: Readonly<Record<string, readonly SecretPath[]>> = {

@@ -11,14 +11,13 @@ const TERMINAL = sqlWordList(TERMINAL_LEASE_STATUSES);
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Environment } from '../domain/types.js';
 import {
-  createEnvironmentSchema,
-  driverConfigSchemas,
   listEnvironmentsSchema,
   parseInput,
   updateEnvironmentSchema,
   type CreateEnvironmentInput,
   type UpdateEnvironmentInput,
 } from '../domain/validators.js';
+import { configSchemaOf, createEnvironmentSchema, type CreateEnvironmentInput } from './environment-input.js';
 import { environmentSecretPaths, keepUnnamedSecrets, openSecrets, sealSecrets } from '../secrets/config.js';
 import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
 
@@ -163,7 +162,7 @@ export function environmentService(db: Db) {
           if (v.envVars !== undefined) sets.push(sql`env_vars = ${JSON.stringify(sealSecrets({ envVars: v.envVars }, secretPaths).envVars)}::jsonb`);
           if (v.metadata !== undefined) sets.push(sql`metadata = ${JSON.stringify(v.metadata)}::jsonb`);
           if (v.config !== undefined) {
-            const schema = driverConfigSchemas[driver];
+            const schema = configSchemaOf(driver);
             if (!schema) throw new BerthError('invalid', `environment ${id} has driver "${driver}", which this version cannot configure`);
             const given = sealSecrets({ config: parseInput(schema, v.config, `${driver} config`) }, secretPaths);
             // A secret field that is set (an SSH key) stays set unless the update names a new

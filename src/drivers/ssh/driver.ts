@@ -18,7 +18,7 @@ import type { ClientChannel } from 'ssh2';
 import { ENV_VAR_NAME_RE } from '../../domain/enums.js';
 import { storableText } from '../../domain/text.js';
 import type { Lease } from '../../domain/types.js';
-import { sshConfigSchema } from '../../domain/validators.js';
+import { sshConfigSchema } from './descriptor.js';
 import { execCollect, poolKey, SshError, SshPool, type Borrowed, type RemoteForward, type SshConnection, type SshPoolOptions, type SshTarget } from './pool.js';
 import type { CallbackRoute, DriverEnvironment, EnvironmentDriver, OutputListener, PreparedWorkspace, ProbeResult, ProcessSpec, StartedProcess } from '../contract.js';
 

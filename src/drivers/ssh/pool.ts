@@ -7,6 +7,7 @@ import { lookup } from 'node:dns/promises';
 import { connect as tcpConnect, isIP, Socket } from 'node:net';
 import ssh2, { Client, type ClientChannel } from 'ssh2';
 import { storableText } from '../../domain/text.js';
+import { privateKeyProblem } from './descriptor.js';
 import { fingerprintSha256, verifyHostKey } from './known-hosts.js';
 
 export type SshStep = 'resolve' | 'connect' | 'host_key' | 'auth' | 'command' | 'forward';
@@ -179,27 +180,6 @@ class PooledConnection implements SshConnection {
   }
 }
 
-/**
- * Why ssh2 cannot use `key` as a private key, or null when it can. Never ssh2's own
- * message: some of those quote bytes decoded from the key (a mangled key's "magic", its
- * cipher or type name), and a key's bytes must not reach a response, a log or a row.
- */
-export function privateKeyProblem(key: string): string | null {
-  let parsed: ReturnType<typeof ssh2.utils.parseKey>;
-  try {
-    // Through the default export: node's ESM loader does not see `utils` among ssh2's named exports.
-    parsed = ssh2.utils.parseKey(key);
-  } catch {
-    parsed = new Error('unparseable');
-  }
-  const first = Array.isArray(parsed) ? (parsed[0] as unknown) : parsed;
-  if (first instanceof Error || !first) {
-    if (first instanceof Error && first.message.startsWith('Encrypted')) return 'is encrypted with a passphrase, which Berth cannot supply: give an unencrypted key';
-    return 'is not a private key Berth can read: give a whole OpenSSH or PEM private key file, its BEGIN and END lines included';
-  }
-  if ((first as { getPrivatePEM(): string | null }).getPrivatePEM() === null) return 'is a public key: give the private key';
-  return null;
-}
 
 /** Pool key: the environment and everything that decides where and as whom we connect. */
 export function poolKey(envId: string, target: SshTarget): string {

@@ -1,7 +1,8 @@
 // Environments: list, create, show, change, archive, delete, probe.
 import { z } from 'zod';
 import { ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES } from '../../domain/enums.js';
-import { createEnvironmentSchema, updateEnvironmentSchema, type CreateEnvironmentInput, type UpdateEnvironmentInput } from '../../domain/validators.js';
+import { updateEnvironmentSchema, type UpdateEnvironmentInput } from '../../domain/validators.js';
+import { createEnvironmentSchema, type CreateEnvironmentInput } from '../../services/environment-input.js';
 import { presentEnvironment } from '../present.js';
 import { defineRoutes } from '../route.js';
 

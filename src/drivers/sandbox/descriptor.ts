@@ -1,0 +1,19 @@
+// What a `sandbox` environment is: a provider's sandbox (E2B, Daytona, a plugin), named by
+// `provider`, with the provider's own options. No driver serves it yet: environments can be
+// made and their options are sealed, but runs are refused on them.
+import { z } from 'zod';
+import type { DriverDescriptor } from '../contract.js';
+
+export const sandboxConfigSchema = z.strictObject({
+  provider: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'must match ^[a-z0-9][a-z0-9._-]*$').max(100),
+  options: z.record(z.string(), z.unknown()).default({}),
+});
+
+export const sandboxDescriptor: DriverDescriptor = {
+  kind: 'sandbox',
+  configSchema: sandboxConfigSchema,
+  // Sealed whole: Berth cannot know which of a provider's options hold its key (apiKey,
+  // token, auth: {...}); a name guess would leak the ones it misses. Reads show the names.
+  secretPaths: [{ path: 'options.*', shownAs: 'optionNames', json: true }],
+  capabilities: { reattach: false, pool: false, list: false, streamOutput: false, hostLocal: false },
+};

@@ -1,0 +1,32 @@
+// What a caller sends to create an environment: the fields every environment has, and a
+// config its driver's descriptor validates (so a new engine brings its own schema).
+import { z } from 'zod';
+import type { DriverDescriptor } from '../drivers/contract.js';
+import { DRIVER_DESCRIPTORS } from '../drivers/descriptors.js';
+import type { EnvironmentDriverKind } from '../domain/enums.js';
+import { envCommon } from '../domain/validators.js';
+
+const common = z.strictObject(envCommon);
+
+function createBranch(d: DriverDescriptor) {
+  return z.strictObject({
+    ...envCommon,
+    driver: z.literal(d.kind),
+    config: d.configDefault ? d.configSchema.default(d.configDefault) : d.configSchema,
+  });
+}
+
+const kinds = Object.keys(DRIVER_DESCRIPTORS);
+const branches = Object.values(DRIVER_DESCRIPTORS).map(createBranch);
+
+export const createEnvironmentSchema = z.discriminatedUnion('driver', branches as [ReturnType<typeof createBranch>, ...ReturnType<typeof createBranch>[]], {
+  error: `must be one of ${kinds.join(', ')}`,
+});
+
+export type CreateEnvironmentInput = z.input<typeof common> & { driver: EnvironmentDriverKind; config?: Record<string, unknown> };
+export type CreateEnvironment = z.output<typeof common> & { driver: EnvironmentDriverKind; config: Record<string, unknown> };
+
+/** The config schema of a driver this version knows; undefined for any other. */
+export function configSchemaOf(driver: string): z.ZodType | undefined {
+  return Object.hasOwn(DRIVER_DESCRIPTORS, driver) ? DRIVER_DESCRIPTORS[driver]!.configSchema : undefined;
+}
