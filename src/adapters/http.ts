@@ -8,7 +8,7 @@ import { isIP } from 'node:net';
 import { httpAdapterSchema, type HttpAdapterConfig } from '../domain/agents.js';
 import type { RunOutcome } from '../services/runs.js';
 import { checkAddress, checkedLookup, EgressDenied, egressPolicy, type EgressPolicy } from './egress.js';
-import type { AgentAdapter } from './types.js';
+import type { CallAdapter } from './types.js';
 
 /** How much of an answer is read (and logged); the connection is closed past it. */
 export const RESPONSE_LIMIT_BYTES = 64 * 1024;
@@ -65,8 +65,9 @@ function send(cfg: HttpAdapterConfig, payload: string, policy: EgressPolicy, sig
   });
 }
 
-export const httpAdapter: AgentAdapter = {
+export const httpAdapter: CallAdapter = {
   type: 'http',
+  kind: 'call',
   async execute(ctx): Promise<RunOutcome> {
     const cfg = httpAdapterSchema.parse(ctx.agent.adapterConfig);
     let policy: EgressPolicy;

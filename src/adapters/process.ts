@@ -1,17 +1,17 @@
-// The `process` adapter: runs the agent's command through the environment's driver,
-// with the PAPERCLIP_* contract, a timeout, and cancel: SIGTERM to the whole tree,
-// SIGKILL after graceSec.
+// The `process` adapter: the agent's command, args and env with the PAPERCLIP_* contract,
+// and its limits (timeoutSec; graceSec between SIGTERM and SIGKILL). The executor starts it
+// through the environment's driver and enforces the limits (heartbeat/run/watch.ts).
 import { processAdapterSchema } from '../domain/agents.js';
-import type { RunOutcome } from '../services/runs.js';
-import type { AdapterContext, AgentAdapter } from './types.js';
+import type { Agent } from '../domain/types.js';
+import type { AdapterContext, ProcessAdapter } from './types.js';
 
 /** Only these variables pass from the server's own environment: never its secrets. */
 const INHERITED = ['PATH', 'HOME', 'USER', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'SHELL'];
 
-export function runEnvironment(ctx: AdapterContext, agentEnv: Record<string, string>): Record<string, string> {
+export function runEnvironment(ctx: Omit<AdapterContext, 'log' | 'abort'>, agentEnv: Record<string, string>): Record<string, string> {
   const env: Record<string, string> = {};
-  // A remote host has its own PATH, HOME...: this server's would be wrong there.
-  if (!ctx.driver.remote) for (const k of INHERITED) if (process.env[k] !== undefined) env[k] = process.env[k]!;
+  // Another host (or a container) has its own PATH, HOME...: this server's would be wrong there.
+  if (ctx.driver.capabilities.hostLocal) for (const k of INHERITED) if (process.env[k] !== undefined) env[k] = process.env[k]!;
   Object.assign(env, ctx.environment.envVars, agentEnv, {
     PAPERCLIP_AGENT_ID: ctx.agent.id,
     PAPERCLIP_COMPANY_ID: ctx.agent.companyId,
@@ -25,47 +25,21 @@ export function runEnvironment(ctx: AdapterContext, agentEnv: Record<string, str
   return env;
 }
 
-export const processAdapter: AgentAdapter = {
-  type: 'process',
-  async execute(ctx): Promise<RunOutcome> {
-    const cfg = processAdapterSchema.parse(ctx.agent.adapterConfig);
-    const proc = ctx.driver.startProcess(
-      ctx.environment,
-      { command: cfg.command, args: cfg.args, cwd: ctx.workspace.cwd, env: runEnvironment(ctx, cfg.env) },
-      (stream, text) => ctx.log(stream, text),
-    );
-    // A remote pid means nothing on this host: recovery must never signal it here.
-    void proc.spawned.then((pid) => {
-      if (pid === null) return;
-      if (ctx.driver.remote) void ctx.log('system', `started: remote pid ${pid}\n`);
-      else ctx.onPid(pid);
-    });
-    let stoppedFor: 'timeout' | 'cancel' | 'lease_lost' | null = null;
-    let killTimer: NodeJS.Timeout | undefined;
-    const stop = (why: 'timeout' | 'cancel' | 'lease_lost') => {
-      if (stoppedFor) return;
-      stoppedFor = why;
-      ctx.log('system', `stopping (${why}): SIGTERM to the process tree, SIGKILL in ${cfg.graceSec}s\n`);
-      proc.kill('SIGTERM');
-      killTimer = setTimeout(() => proc.kill('SIGKILL'), cfg.graceSec * 1000);
-    };
-    const timeout = setTimeout(() => stop('timeout'), cfg.timeoutSec * 1000);
-    const onAbort = () => stop(ctx.abort.reason === 'lease_lost' ? 'lease_lost' : 'cancel');
-    if (ctx.abort.aborted) onAbort();
-    else ctx.abort.addEventListener('abort', onAbort, { once: true });
-    const exit = await proc.exited;
-    clearTimeout(timeout);
-    clearTimeout(killTimer);
-    ctx.abort.removeEventListener('abort', onAbort);
+function limitsOf(agent: Agent): { timeoutSec: number; graceSec: number } {
+  const cfg = processAdapterSchema.parse(agent.adapterConfig);
+  return { timeoutSec: cfg.timeoutSec, graceSec: cfg.graceSec };
+}
 
-    const base = { exitCode: exit.exitCode, signal: exit.signal };
-    if (exit.error && !stoppedFor) return { status: 'failed', ...base, error: exit.error, errorCode: exit.errorCode ?? 'process_lost' };
-    if (exit.spawnError) return { status: 'failed', ...base, error: `could not start ${cfg.command}: ${exit.spawnError}`, errorCode: 'spawn_failed' };
-    if (stoppedFor === 'timeout') return { status: 'timed_out', ...base, error: `timed out after ${cfg.timeoutSec}s`, errorCode: 'timeout' };
-    if (stoppedFor === 'cancel') return { status: 'cancelled', ...base, error: 'cancelled', errorCode: 'cancelled' };
-    if (stoppedFor === 'lease_lost') return { status: 'failed', ...base, error: 'the run lost its environment lease', errorCode: 'lease_lost' };
-    if (exit.exitCode === 0) return { status: 'succeeded', ...base };
-    const why = exit.signal ? `killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
-    return { status: 'failed', ...base, error: `${cfg.command} ${why}`, errorCode: 'process_failed' };
+export const processAdapter: ProcessAdapter = {
+  type: 'process',
+  kind: 'process',
+  plan(ctx) {
+    const cfg = processAdapterSchema.parse(ctx.agent.adapterConfig);
+    return {
+      spec: { command: cfg.command, args: cfg.args, cwd: ctx.workspace.cwd, env: runEnvironment(ctx, cfg.env) },
+      timeoutSec: cfg.timeoutSec,
+      graceSec: cfg.graceSec,
+    };
   },
+  limits: limitsOf,
 };

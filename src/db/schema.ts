@@ -114,6 +114,8 @@ export const environmentLeases = pgTable(
     driverState: jsonb('driver_state').$type<Record<string, unknown>>(),
     /** A retained lease's resources are cleaned and the lease ends `expired` at this time. */
     retainUntil: timestamp('retain_until', { withTimezone: true }),
+    /** The provider resource (provider_resources) its driver made for it, reserved in the statement that granted it. */
+    resourceId: uuid('resource_id'),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },
@@ -310,3 +312,72 @@ export const heartbeatRunLogs = pgTable(
   },
   (t) => [primaryKey({ columns: [t.runId, t.seq] })],
 );
+
+export const RESOURCE_STATUSES_SQL = sql`('provisioning', 'ready', 'leased', 'draining', 'destroying', 'destroyed', 'lost')`;
+
+/**
+ * What a driver made on a provider (a workspace directory, a container, a job, a pod): the
+ * record is written before the driver is asked to make it (the write-ahead record), so a
+ * crash at any point leaves a row a sweep finds. Only the server writes it: no API caller
+ * can name what cleanup destroys.
+ *   provisioning -> ready (a pool's, no lease) -> leased -> draining (its lease is retained)
+ *   -> destroying (owed a destroy; retried with backoff) -> destroyed | lost (gave up)
+ */
+export const providerResources = pgTable(
+  'provider_resources',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    companyId: uuid('company_id').notNull(),
+    // Deleting an environment is refused while any of its resources is not destroyed (the
+    // environment service checks in its delete statement); destroyed ones keep their history.
+    environmentId: uuid('environment_id').references(() => environments.id, { onDelete: 'set null' }),
+    driver: text('driver').notNull(),
+    /** The provider's own id (a directory, a container id); null until provision returned. */
+    providerId: text('provider_id'),
+    labels: jsonb('labels').$type<Record<string, string>>().notNull().default({}),
+    /** The driver's handle state (ResourceHandle.state). */
+    state: jsonObject('state'),
+    status: text('status').notNull(),
+    leaseId: uuid('lease_id'),
+    /** The environment's driver and sealed config when the resource was made: destroy works after the environment changed or went. */
+    configSnapshot: jsonObject('config_snapshot'),
+    attempts: integer('attempts').notNull().default(0),
+    nextAttemptAt: timestamp('next_attempt_at', { withTimezone: true }),
+    lastError: text('last_error'),
+    createdAt: createdAt(),
+    readyAt: timestamp('ready_at', { withTimezone: true }),
+    /** A draining resource is destroyed at this time (its lease's retention). */
+    destroyAfter: timestamp('destroy_after', { withTimezone: true }),
+    destroyedAt: timestamp('destroyed_at', { withTimezone: true }),
+    updatedAt: updatedAt(),
+  },
+  (t) => [
+    uniqueIndex('provider_resources_lease_uq').on(t.leaseId).where(sql`${t.leaseId} IS NOT NULL`),
+    // Resource GC reads only what is owed a destroy, due first.
+    index('provider_resources_due_idx').on(t.nextAttemptAt).where(sql`${t.status} = 'destroying'`),
+    index('provider_resources_draining_idx').on(t.destroyAfter).where(sql`${t.status} = 'draining'`),
+    // What an environment still holds (environment delete, reconciliation, pools).
+    index('provider_resources_env_live_idx').on(t.environmentId, t.status).where(sql`${t.status} NOT IN ('destroyed', 'lost')`),
+    check('provider_resources_status_ck', sql`${t.status} IN ${RESOURCE_STATUSES_SQL}`),
+  ],
+);
+
+/**
+ * A run's execution as its driver described it (ExecutionHandle): where it lives and how far
+ * its output was logged, so recovery can signal it through the driver, and a driver with
+ * reattach lets another server resume watching it from that offset.
+ */
+export const runExecutions = pgTable('run_executions', {
+  runId: uuid('run_id')
+    .primaryKey()
+    .references(() => heartbeatRuns.id, { onDelete: 'cascade' }),
+  resourceId: uuid('resource_id'),
+  driver: text('driver').notNull(),
+  handle: jsonObject('handle'),
+  /** Where it runs (ExecutionHandle.host): a boot id for this machine, user@host:port for SSH. */
+  host: text('host'),
+  /** The driver's output offset up to which the run's log holds the output (written with each log batch). */
+  outputOffset: text('output_offset'),
+  createdAt: createdAt(),
+  updatedAt: updatedAt(),
+});

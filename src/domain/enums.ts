@@ -63,6 +63,10 @@ export const ACTIONS = {
   leaseExpired: 'environment.lease_expired',
   leaseCleanupFailed: 'environment.lease_cleanup_failed',
   leaseCleanupSucceeded: 'environment.lease_cleanup_succeeded',
+  /** The lease's resource is provisioned: its TTL counts from here. */
+  leaseActivated: 'environment.lease_activated',
+  /** Reconciliation destroyed what a provider held under Berth's labels with no record. */
+  resourceOrphanDestroyed: 'environment.resource_orphan_destroyed',
 } as const;
 
 export const ADAPTER_TYPES = ['process', 'http'] as const;

@@ -18,12 +18,27 @@ export class RunLogWriter {
   private flushing: Promise<void> = Promise.resolve();
   private total = 0;
   private truncated = false;
+  /** The driver's output offset reached by what is buffered (written with the next batch). */
+  private offset: string | null = null;
+  private offsetWritten: string | null = null;
 
   constructor(
-    private readonly runs: RunService,
+    private readonly runs: Pick<RunService, 'appendLog'>,
     private readonly runId: string,
-    private readonly opts: { flushMs?: number; maxBytes?: number; limitChars?: number } = {},
-  ) {}
+    private readonly opts: { flushMs?: number; maxBytes?: number; limitChars?: number; startSeq?: number } = {},
+  ) {
+    // A resumed run's log continues after what its first server wrote.
+    this.seq = opts.startSeq ?? 0;
+  }
+
+  /**
+   * Where the driver's output stands once what was written so far is taken: stored with the
+   * batch that holds that output, so a server that resumes the run reads on from there.
+   */
+  setOffset(offset: string): void {
+    this.offset = offset;
+    this.timer ??= setTimeout(() => void this.flush(), this.opts.flushMs ?? 100);
+  }
 
   /**
    * A run's log is capped (default 16 Mi characters): a runaway process must not fill the
@@ -58,8 +73,10 @@ export class RunLogWriter {
     const batch = this.pending;
     this.pending = [];
     this.bytes = 0;
-    if (batch.length > 0) {
-      this.flushing = this.flushing.then(() => this.runs.appendLog(this.runId, batch)).catch(() => {
+    const offset = this.offset !== this.offsetWritten ? this.offset : null;
+    this.offsetWritten = this.offset;
+    if (batch.length > 0 || offset !== null) {
+      this.flushing = this.flushing.then(() => this.runs.appendLog(this.runId, batch, offset)).catch(() => {
         // A lost log batch must not kill the run; the run's outcome is what matters.
       });
     }

@@ -209,8 +209,9 @@ export function runService(db: Db) {
       return rows.length > 0;
     },
 
-    async appendLog(runId: string, chunks: RunLogChunk[]): Promise<void> {
-      if (chunks.length === 0) return;
+    /** Append log chunks; `outputOffset`, when given, is where the driver's output stands with them (for a resume). */
+    async appendLog(runId: string, chunks: RunLogChunk[], outputOffset: string | null = null): Promise<void> {
+      if (chunks.length === 0 && outputOffset === null) return;
       const json = JSON.stringify(chunks.map((c) => ({ seq: c.seq, ts: c.ts.toISOString(), stream: c.stream, chunk: storableText(c.chunk) })));
       await queryRows(
         db,
@@ -218,9 +219,71 @@ export function runService(db: Db) {
               INSERT INTO heartbeat_run_logs (run_id, seq, ts, stream, chunk)
               SELECT ${runId}, x.seq, x.ts, x.stream, x.chunk
               FROM jsonb_to_recordset(${json}::jsonb) AS x(seq int, ts timestamptz, stream text, chunk text)
-              RETURNING seq)
-            UPDATE heartbeat_runs SET log_seq = greatest(log_seq, (SELECT max(seq) FROM ins)) WHERE id = ${runId}`,
+              RETURNING seq),
+            off AS (UPDATE run_executions SET output_offset = ${outputOffset}::text, updated_at = now()
+                    WHERE run_id = ${runId} AND ${outputOffset}::text IS NOT NULL RETURNING run_id)
+            UPDATE heartbeat_runs SET log_seq = greatest(log_seq, (SELECT max(seq) FROM ins)) WHERE id = ${runId} AND EXISTS (SELECT 1 FROM ins)`,
       );
+    },
+
+    /**
+     * The run's execution as its driver described it (where it lives, its handle), with the
+     * local pid for display and recovery. False (nothing written) when the run is no longer
+     * running here.
+     */
+    async recordExecution(
+      runId: string,
+      serverId: string,
+      e: { resourceId: string | null; driver: string; handle: { host: string | null } & Record<string, unknown>; pid?: number; identity?: Record<string, unknown> | null },
+    ): Promise<boolean> {
+      const rows = await queryRows(
+        db,
+        sql`WITH run AS (
+              UPDATE heartbeat_runs SET pid = ${e.pid ?? null}::int, process_identity = ${e.identity ? JSON.stringify(e.identity) : null}::jsonb, updated_at = now()
+              WHERE id = ${runId} AND status = 'running' AND server_id = ${serverId} RETURNING id)
+            INSERT INTO run_executions (run_id, resource_id, driver, handle, host)
+            SELECT run.id, ${e.resourceId}::uuid, ${e.driver}, ${JSON.stringify(e.handle)}::jsonb, ${e.handle.host} FROM run
+            ON CONFLICT (run_id) DO UPDATE SET handle = excluded.handle, host = excluded.host, updated_at = now()
+            RETURNING run_id`,
+      );
+      return rows.length > 0;
+    },
+
+    /**
+     * Recovery, first half: running runs whose server is gone and whose execution a driver
+     * of this server can reattach to (`drivers`) are taken over by `serverId`, with what
+     * resuming them needs. Locked and moved in one statement: one server adopts each.
+     */
+    async adoptLostRuns(serverId: string, drivers: readonly string[], opts: { staleSeconds: number }): Promise<Array<{ run: HeartbeatRun; handle: Record<string, unknown>; resourceId: string | null; outputOffset: string | null; logSeq: number }>> {
+      if (drivers.length === 0) return [];
+      const list = `{${drivers.map((d) => `"${d.replace(/["\\]/g, '')}"`).join(',')}}`;
+      const rows = await queryRows(
+        db,
+        sql`WITH lost AS (
+              SELECT r.id FROM heartbeat_runs r JOIN run_executions e ON e.run_id = r.id
+              WHERE r.status = 'running' AND r.server_id IS DISTINCT FROM ${serverId} AND e.driver = ANY (${list}::text[])
+                AND NOT EXISTS (SELECT 1 FROM berth_servers s WHERE s.id = r.server_id AND s.stopped_at IS NULL
+                                AND s.heartbeat_at > now() - make_interval(secs => ${opts.staleSeconds}))
+              FOR UPDATE OF r SKIP LOCKED),
+            moved AS (
+              UPDATE heartbeat_runs r SET server_id = ${serverId}, updated_at = now() FROM lost WHERE r.id = lost.id RETURNING r.*)
+            SELECT moved.*, e.handle AS exe_handle, e.resource_id AS exe_resource_id, e.output_offset AS exe_offset
+            FROM moved JOIN run_executions e ON e.run_id = moved.id`,
+      );
+      return rows.map((r) => ({
+        run: toRun(r),
+        handle: (typeof r.exe_handle === 'string' ? JSON.parse(r.exe_handle) : r.exe_handle) as Record<string, unknown>,
+        resourceId: r.exe_resource_id == null ? null : String(r.exe_resource_id),
+        outputOffset: r.exe_offset == null ? null : String(r.exe_offset),
+        logSeq: Number(r.log_seq),
+      }));
+    },
+
+    /** The executions of runs that were finalized lost (their server gone): for recovery to signal through their driver. */
+    async executionsOf(runIds: string[]): Promise<Array<{ runId: string; driver: string; handle: Record<string, unknown> }>> {
+      if (runIds.length === 0) return [];
+      const rows = await queryRows(db, sql`SELECT run_id, driver, handle FROM run_executions WHERE run_id = ANY (${`{${runIds.join(',')}}`}::uuid[])`);
+      return rows.map((r) => ({ runId: String(r.run_id), driver: String(r.driver), handle: (typeof r.handle === 'string' ? JSON.parse(r.handle) : r.handle) as Record<string, unknown> }));
     },
 
     /**

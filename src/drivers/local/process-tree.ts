@@ -2,7 +2,17 @@
 // else its own process group) and signalling everything it started.
 import { runProcess, signalRun, type RunHandle } from './run-process.mjs';
 import { sharedSpawner, type SpawnerExit } from './spawner.js';
-import type { OutputListener, ProcessSpec, StartedProcess } from '../contract.js';
+import type { ExitResult, OutputListener, ProcessSpec } from '../contract.js';
+
+/** A process this server started, while this server lives. */
+export interface StartedProcess {
+  /** The process id once it has started (its process group id too); null if it could not start. */
+  spawned: Promise<number | null>;
+  /** Resolves when the process has exited and its output is drained. */
+  exited: Promise<ExitResult>;
+  /** Signal the whole process tree (once it has started). */
+  kill(signal: 'SIGTERM' | 'SIGKILL'): void;
+}
 
 export { descendantsOf, signalTree } from './run-process.mjs';
 

@@ -12,7 +12,8 @@ export interface ProcessIdentity {
   startTime: string;
 }
 
-function bootId(): string | null {
+/** This boot of this machine (null where /proc cannot tell). */
+export function bootId(): string | null {
   try {
     return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
   } catch {

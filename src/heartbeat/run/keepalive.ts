@@ -2,7 +2,7 @@
 // cleanup is done. A renewal that fails for a passing reason (a connection reset, a busy
 // pool, the database restarting) is retried; only the database's word that the lease is no
 // longer this run's (stale fence, not active, expired, gone) stops the run.
-import { isBerthError } from '../domain/errors.js';
+import { isBerthError } from '../../domain/errors.js';
 
 /** The refusals that mean the lease is lost for good; anything else is worth another try. */
 export const LEASE_LOST_CODES = ['stale_fence', 'lease_not_active', 'lease_expired', 'not_found'] as const;

@@ -1,0 +1,76 @@
+// Step `finish`: what the run made is destroyed (unless its lease keeps it: retain on
+// failure), and then, in one transaction retried until the database takes it, its lease
+// released per its outcome (pending_cleanup when the destroy failed: resource GC retries
+// it), any other lease it took released too, the destroy attempt recorded on the resource,
+// and the run's own status written. A run never stays `running` because one commit failed.
+import { leaseStatusForRunOutcome } from '../../domain/enums.js';
+import { BerthError } from '../../domain/errors.js';
+import { storableText } from '../../domain/text.js';
+import type { HeartbeatRun } from '../../domain/types.js';
+import type { Services } from '../../services/index.js';
+import { sleep, withDeadline, type RunState } from './context.js';
+
+/** Destroy what the run's driver made, now, with a deadline; returns what happened (never throws). */
+async function destroyNow(st: RunState): Promise<{ ok: boolean; error?: string; done?: Record<string, unknown> } | null> {
+  if (!st.lease || !st.driver || !st.resource || !st.environment) return null;
+  const stop = new AbortController();
+  try {
+    const done = await withDeadline(st.driver.destroy(st.environment, st.resource, stop.signal), st.deps.cleanupTimeoutMs ?? 120_000, 'cleanup_timeout', 'cleanup', stop);
+    return { ok: true, done: { ...done } };
+  } catch (err) {
+    const error = storableText((err as Error).message);
+    void st.log.write('system', `environment cleanup failed (will be retried): ${error}\n`);
+    return { ok: false, error };
+  }
+}
+
+export async function finish(st: RunState): Promise<HeartbeatRun | null> {
+  const { deps, run, outcome } = st;
+  await st.callback?.close().catch(() => {});
+  st.callback = null;
+  const lease = st.lease;
+  // retain_on_failure keeps a failed run's resources for inspection until the lease's
+  // retention deadline: no destroy now.
+  const retained = !st.taken && lease !== null && lease.leasePolicy === 'retain_on_failure' && leaseStatusForRunOutcome(outcome.status) === 'failed';
+  // A lease with no resource record (reserved before its resource existed? never) owes nothing.
+  const destroyed = retained ? null : await destroyNow(st);
+  st.keepalive?.stop();
+  await st.log.flush();
+
+  if (st.waitFor !== null) {
+    // The environment is full (or the workspace busy): the run goes back to the queue
+    // and is tried again, instead of failing for want of a slot.
+    await deps.services.runs.requeue(run.id, deps.serverId, { delaySeconds: deps.requeueDelaySeconds ?? 2, reason: st.waitFor });
+    return null;
+  }
+
+  const leaseStatus = leaseStatusForRunOutcome(outcome.status);
+  const failureReason = outcome.error ? { failureReason: storableText(outcome.error).slice(0, 4000) } : {};
+  const cleanupStatus = retained || destroyed === null ? {} : { cleanupStatus: destroyed.ok ? ('success' as const) : ('failed' as const) };
+  const resourceId = st.resource?.resourceId ?? lease?.resourceId ?? null;
+  const steps = (ts: Services): Array<() => Promise<unknown> | null> => [
+    () => lease && ts.leases.release(run.companyId, lease.id, { fence: lease.fence, status: leaseStatus, ...failureReason, ...cleanupStatus }, st.actor),
+    () => ts.leases.releaseForRun(run.companyId, run.id, { status: leaseStatus, ...failureReason }, st.actor),
+    () => destroyed && resourceId && ts.resources.recordDestroyAttempt(resourceId, destroyed),
+  ];
+  const deadline = Date.now() + (deps.finalizeRetryMs ?? 600_000);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      try {
+        return await deps.transact(async (ts) => {
+          for (const step of steps(ts)) await step();
+          return ts.runs.finalize(run.id, outcome, { serverId: deps.serverId });
+        });
+      } catch (err) {
+        // A step the database refused for good (the lease moved on, say): take each on its
+        // own, so the run still ends. Anything else (the database is away) is tried again.
+        if (!(err instanceof BerthError)) throw err;
+        for (const step of steps(deps.services)) await Promise.resolve().then(() => step()).catch(() => {});
+        return await deps.services.runs.finalize(run.id, outcome, { serverId: deps.serverId });
+      }
+    } catch (err) {
+      if (Date.now() >= deadline) throw err;
+      await sleep(Math.min(250 * 2 ** attempt, 5_000));
+    }
+  }
+}

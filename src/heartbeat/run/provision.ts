@@ -1,0 +1,44 @@
+// Step `provision`: the driver makes the reserved resource, outside any transaction, with a
+// deadline and an AbortSignal (cancel, a lost lease, or the deadline stop it), while the
+// lease is kept alive. Idempotent on the resource id: a retry gets the same resource.
+import { LABEL_COMPANY, LABEL_ENVIRONMENT, LABEL_LEASE, LABEL_RESOURCE, type ProvisionedResource } from '../../drivers/contract.js';
+import { withDeadline, type RunState } from './context.js';
+
+export function resourceLabels(r: { resourceId: string; leaseId: string | null; environmentId: string; companyId: string }): Record<string, string> {
+  return {
+    [LABEL_RESOURCE]: r.resourceId,
+    ...(r.leaseId ? { [LABEL_LEASE]: r.leaseId } : {}),
+    [LABEL_ENVIRONMENT]: r.environmentId,
+    [LABEL_COMPANY]: r.companyId,
+  };
+}
+
+export async function provision(st: RunState): Promise<ProvisionedResource> {
+  const { deps, run } = st;
+  const env = st.environment!;
+  const lease = st.lease!;
+  const resourceId = lease.resourceId;
+  if (!resourceId) throw Object.assign(new Error(`lease ${lease.id} has no resource record`), { code: 'internal' });
+  const cwd = typeof st.agent!.adapterConfig.cwd === 'string' ? st.agent!.adapterConfig.cwd : undefined;
+  const stop = new AbortController();
+  const onAbort = () => stop.abort(st.abort.signal.reason);
+  st.abort.signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    const made = await withDeadline(
+      st.driver!.provision(
+        env,
+        { resourceId, leaseId: lease.id, labels: resourceLabels({ resourceId, leaseId: lease.id, environmentId: env.id, companyId: run.companyId }), ...(cwd ? { cwd } : {}) },
+        stop.signal,
+      ),
+      deps.prepareTimeoutMs ?? 300_000,
+      'prepare_timeout',
+      `preparing the workspace on ${env.name}`,
+      stop,
+    );
+    st.resource = { resourceId: made.resourceId, providerId: made.providerId, state: made.state };
+    await deps.onPhase?.('provisioned', run);
+    return made;
+  } finally {
+    st.abort.signal.removeEventListener('abort', onAbort);
+  }
+}
