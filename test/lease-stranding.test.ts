@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queryRows } from '../src/db/client.js';
-import { DEFAULT_RETENTION_SECONDS } from '../src/services/leases.js';
+import { DEFAULT_RETENTION_SECONDS } from '../src/services/leases/index.js';
 import { openTestDb, type TestDb } from './support/db.js';
 
 let t: TestDb;

@@ -96,6 +96,12 @@ function duration(run: Json): string {
   return ms < 10_000 ? `${(ms / 1000).toFixed(2)}s` : `${Math.round(ms / 1000)}s`;
 }
 
+/** The RESULT of a run in the runs list: its error or exit code; for a queued run put back, until when it waits. */
+function runResult(run: Json): string {
+  if (run.status === 'queued' && run.notBefore) return `waits, not before ${ago(run.notBefore)}`;
+  return run.error ?? (run.exitCode !== null && run.exitCode !== undefined ? `exit ${run.exitCode}` : '');
+}
+
 /** The CLI's exit code for a finished run. */
 export function exitCodeForRun(run: Json): number {
   switch (run.status) {
@@ -506,7 +512,7 @@ export function buildProgram(): Command {
       print(list, !!o.json, () =>
         table(
           ['ID', 'AGENT', 'STATUS', 'SOURCE', 'CREATED', 'DURATION', 'RESULT'],
-          list.map((r) => [r.id, names.get(r.agentId) ?? r.agentId, status(r.status), r.invocationSource, ago(r.createdAt), duration(r), r.error ?? (r.exitCode !== null ? `exit ${r.exitCode}` : '')]),
+          list.map((r) => [r.id, names.get(r.agentId) ?? r.agentId, status(r.status), r.invocationSource, ago(r.createdAt), duration(r), runResult(r)]),
         ) + (cursor ? `\nmore: berth runs list --cursor ${cursor}${o.agent ? ` --agent ${o.agent}` : ''}${o.status ? ` --status ${o.status}` : ''} (or --all)` : ''),
       );
     });

@@ -10,8 +10,36 @@ import {
 } from '../domain/enums.js';
 import { agentSecretPaths, environmentSecretPaths, redactSecrets } from '../secrets/config.js';
 import type { ActivityEntry, Agent, ApiKeyRecord, Company, Environment, HeartbeatRun, Lease, RunLogChunk } from '../domain/types.js';
+import type { activityLog, agents, apiKeys, companies, environments, heartbeatRunLogs } from './schema.js';
 
 type Row = Record<string, unknown>;
+
+/**
+ * `true` when every column of `Table` is a field of `Domain` or named in `NotShown` (shown
+ * otherwise, or server-only); else the columns left out, which Mapped below refuses.
+ */
+type ColumnsShown<Table extends { $inferSelect: object }, Domain, NotShown extends keyof Table['$inferSelect'] = never> =
+  [Exclude<keyof Table['$inferSelect'], keyof Domain | NotShown>] extends [never]
+    ? true
+    : { columnsNotInDomainType: Exclude<keyof Table['$inferSelect'], keyof Domain | NotShown> };
+type Mapped<T extends true> = T;
+/**
+ * Compile-time check that the hand-written domain types (Lease and HeartbeatRun derive from
+ * the schema) cannot drift from their tables: a new column fails here until it is added to
+ * the type and mapped below, or named as not shown.
+ */
+export type DomainTypesCoverColumns = [
+  Mapped<ColumnsShown<typeof companies, Company>>,
+  // envVars: shown as envVarNames only (their values are secrets).
+  Mapped<ColumnsShown<typeof environments, Environment, 'envVars'>>,
+  // lastTimerAt: the scheduler's own mark of the last timer run it queued.
+  Mapped<ColumnsShown<typeof agents, Agent, 'lastTimerAt'>>,
+  // keyHash: the key's hash, a credential.
+  Mapped<ColumnsShown<typeof apiKeys, ApiKeyRecord, 'keyHash'>>,
+  Mapped<ColumnsShown<typeof activityLog, ActivityEntry>>,
+  // runId: a chunk is always read through its run.
+  Mapped<ColumnsShown<typeof heartbeatRunLogs, RunLogChunk, 'runId'>>,
+];
 
 const str = (v: unknown): string => String(v);
 const strOrNull = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
@@ -175,6 +203,7 @@ export function toRun(r: Row): HeartbeatRun {
     pid: intOrNull(r.pid),
     processIdentity: r.process_identity === null || r.process_identity === undefined ? null : obj(r.process_identity),
     cancelRequestedAt: dateOrNull(r.cancel_requested_at),
+    notBefore: dateOrNull(r.not_before),
     createdAt: date(r.created_at),
     startedAt: dateOrNull(r.started_at),
     finishedAt: dateOrNull(r.finished_at),

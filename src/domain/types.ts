@@ -8,6 +8,7 @@ import type {
   LeasePolicy,
   LeaseStatus,
 } from './enums.js';
+import type { environmentLeases, heartbeatRuns } from '../db/schema.js';
 
 /** Who caused a change; written into every activity row. */
 export interface Actor {
@@ -47,43 +48,15 @@ export interface Environment {
   unknownValues?: Record<string, string>;
 }
 
-export interface Lease {
-  id: string;
-  companyId: string;
-  environmentId: string | null;
-  executionWorkspaceId: string | null;
-  issueId: string | null;
-  heartbeatRunId: string | null;
+/**
+ * A lease: every column of environment_leases (src/db/schema.ts documents them), with its
+ * enum columns read as the values this version knows. Derived from the schema, so a column
+ * added there is a field here, and toLease (src/db/rows.ts) does not compile until it maps it.
+ */
+export interface Lease extends Omit<typeof environmentLeases.$inferSelect, 'status' | 'leasePolicy' | 'cleanupStatus'> {
   status: Known<LeaseStatus>;
   leasePolicy: Known<LeasePolicy>;
-  provider: string | null;
-  providerLeaseId: string | null;
-  fence: number;
-  idempotencyKey: string | null;
-  acquiredAt: Date;
-  lastUsedAt: Date;
-  expiresAt: Date | null;
-  maxExpiresAt: Date | null;
-  renewCount: number;
-  lastRenewedAt: Date | null;
-  releasedAt: Date | null;
-  failureReason: string | null;
   cleanupStatus: Known<CleanupStatus> | null;
-  /** While pending_cleanup: the terminal status taken once cleanup succeeds. */
-  releaseStatus: string | null;
-  cleanupAttempts: number;
-  nextCleanupAt: Date | null;
-  lastCleanupError: string | null;
-  /** The caller's own: free-form, never read by the server to decide anything. */
-  metadata: Record<string, unknown>;
-  /** The driver that owns the lease's resources (server-written); null: the lease owes no cleanup. */
-  driver: string | null;
-  /** What that driver made for it (workspace path, host...): server-written, read-only over the API. */
-  driverState: Record<string, unknown> | null;
-  /** A retained lease is cleaned up and ends `expired` at this time. */
-  retainUntil: Date | null;
-  createdAt: Date;
-  updatedAt: Date;
   unknownValues?: Record<string, string>;
 }
 
@@ -122,29 +95,18 @@ export interface Agent {
   updatedAt: Date;
 }
 
-export interface HeartbeatRun {
-  id: string;
-  companyId: string;
-  agentId: string;
-  status: string;
-  invocationSource: string;
-  contextSnapshot: Record<string, unknown>;
-  exitCode: number | null;
-  signal: string | null;
-  error: string | null;
-  errorCode: string | null;
-  environmentId: string | null;
-  leaseId: string | null;
-  serverId: string | null;
-  hostname: string | null;
-  pid: number | null;
-  /** Who `pid` is ({bootId, pidNamespace, startTime}): recovery signals it only when all still match. */
-  processIdentity: Record<string, unknown> | null;
-  cancelRequestedAt: Date | null;
-  createdAt: Date;
-  startedAt: Date | null;
-  finishedAt: Date | null;
-}
+/**
+ * Columns of heartbeat_runs a run does not show: the hash of its token (a credential), the
+ * counter its log chunks are numbered by, and the row's own update time.
+ */
+type RunServerOnlyColumn = 'tokenHash' | 'logSeq' | 'updatedAt';
+
+/**
+ * A heartbeat run: every other column of heartbeat_runs (src/db/schema.ts documents them:
+ * `processIdentity` says who `pid` is, `notBefore` until when a queued run waits). Derived
+ * from the schema, so a new column is a field here unless it is named server-only above.
+ */
+export type HeartbeatRun = Omit<typeof heartbeatRuns.$inferSelect, RunServerOnlyColumn>;
 
 export interface RunLogChunk {
   seq: number;

@@ -21,7 +21,7 @@ import type { HeartbeatRun, Lease } from '../domain/types.js';
 import { storableText } from '../domain/text.js';
 import { createServices, type Services } from '../services/index.js';
 import { serverRegistry } from '../services/runs.js';
-import { EXPIRE_BATCH } from '../services/leases.js';
+import { EXPIRE_BATCH } from '../services/leases/index.js';
 import type { RetentionPolicy } from '../services/retention.js';
 import type { Db } from '../db/client.js';
 import { executeRun, withDeadline } from './executor.js';

@@ -106,6 +106,8 @@ const run = z.strictObject({
   /** Who `pid` is on its host (boot id, pid namespace, start time), for recovery. */
   processIdentity: record.nullable(),
   cancelRequestedAt: tsOrNull,
+  /** A queued run is not claimed before this: it waits for its environment's capacity. */
+  notBefore: tsOrNull,
   createdAt: ts,
   startedAt: tsOrNull,
   finishedAt: tsOrNull,

@@ -3,7 +3,7 @@ import type { Db } from '../db/client.js';
 import { activityService } from './activity.js';
 import { companyService } from './companies.js';
 import { environmentService } from './environments.js';
-import { leaseService } from './leases.js';
+import { leaseService } from './leases/index.js';
 import { agentService } from './agents.js';
 import { runService, serverRegistry } from './runs.js';
 import { apiKeyService } from './api-keys.js';

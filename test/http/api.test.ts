@@ -289,6 +289,29 @@ describe('agents and runs', () => {
     expectError(await as(co.key).get(`/api/agents/${agent.body.id}`), 404, 'not_found');
   });
 
+  it('shows a run waiting for its full environment as queued with notBefore, until it runs', async () => {
+    // A company of its own: its Local environment (one per company) gets one slot.
+    const co = await api.company('Waiting Co');
+    const local = (await t.services.environments.ensureLocalEnvironment(co.id)).id;
+    expect((await as(co.key).patch(`/api/environments/${local}`, { capacity: 1 })).status).toBe(200);
+    const holder = await as(co.key).post(`/api/environments/${local}/leases`, { ttlSeconds: 300 });
+    expect(holder.status).toBe(201);
+    const agent = await as(co.key).post(`/api/companies/${co.id}/agents`, { name: 'waiter', adapterType: 'process', adapterConfig: { command: 'true' } });
+    const queued = await as(co.key).post(`/api/agents/${agent.body.id}/wakeup`, {});
+    expect(queued.body.notBefore).toBeNull();
+    // The one slot is held: the executor puts the run back in the queue, not before a later time.
+    const waiting = await waitFor('the run to be requeued', async () => {
+      const r = await as(co.key).get(`/api/heartbeat-runs/${queued.body.id}`);
+      return r.body.status === 'queued' && r.body.notBefore !== null ? r.body : null;
+    }, 20_000);
+    expect(Date.parse(waiting.notBefore)).toBeGreaterThan(Date.parse(waiting.createdAt));
+    const listed = await as(co.key).get(`/api/companies/${co.id}/heartbeat-runs?agentId=${agent.body.id}`);
+    expect(listed.body[0]).toMatchObject({ id: queued.body.id, notBefore: waiting.notBefore });
+
+    await as(co.key).post(`/api/environment-leases/${holder.body.lease.id}/release`, { fence: holder.body.lease.fence });
+    await waitFor('the run to succeed once the slot is free', async () => (await as(co.key).get(`/api/heartbeat-runs/${queued.body.id}`)).body.status === 'succeeded', 20_000);
+  });
+
   it('pages activity newest first through X-Next-Cursor', async () => {
     const page1 = await as(co.key).get(`/api/companies/${co.id}/activity?limit=3`);
     expect(page1.body).toHaveLength(3);

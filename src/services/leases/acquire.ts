@@ -1,0 +1,234 @@
+// Acquire: grant a lease (reactivate a retained one, or insert a new one) under the
+// environment's capacity, or hand back the lease an earlier acquire already gave.
+import { sql, type SQL } from 'drizzle-orm';
+import { queryRows, runStatement, type Db } from '../../db/client.js';
+import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../../db/errors.js';
+import { toLease } from '../../db/rows.js';
+import { ACTIONS, type LeasePolicy } from '../../domain/enums.js';
+import { BerthError, notFound, requireId } from '../../domain/errors.js';
+import { SYSTEM_ACTOR, type Actor, type Lease } from '../../domain/types.js';
+import { acquireLeaseSchema, parseInput, type AcquireLeaseInput } from '../../domain/validators.js';
+import type { ExpireOperations } from './expire.js';
+import { ACTOR_PLACEHOLDERS, holderIsStaleSql, leaseActivity, P, type Tx } from './sql.js';
+
+export interface AcquireResult {
+  lease: Lease;
+  /** False when an earlier acquire (same idempotency key, or same run) already holds it. */
+  created: boolean;
+  /** True when a retained lease's resources were handed to this caller. */
+  reacquired: boolean;
+}
+
+/**
+ * Server-side facts about who owns a lease's resources: given by the executor, never by an
+ * API caller (no route passes it). `driver` is the environment's own driver, written in the
+ * same statement that grants the lease, before the driver makes anything: the write-ahead
+ * record that cleanup and the sweeps work from.
+ */
+export interface LeaseOwner {
+  driver?: string;
+}
+
+type AcquireValues = ReturnType<typeof acquireLeaseSchema.parse>;
+const REUSE_POLICIES: readonly LeasePolicy[] = ['reuse_by_environment', 'reuse_by_execution_workspace'];
+
+/**
+ * How the grant is checked: `unlimited` (an environment without capacity, under FOR KEY
+ * SHARE) or `capacity-checked` (inside a transaction holding the environment row lock).
+ */
+type GrantMode = 'unlimited' | 'capacity-checked';
+/** What the grant may reactivate: nothing (a new lease only), a retained lease of the environment, or of the workspace. */
+type GrantReuse = 'new' | 'reuse-environment' | 'reuse-workspace';
+/** Where expiresAt comes from: ttlSeconds, expiresAt, or none. */
+type GrantExpiry = 'ttl' | 'at' | 'no-expiry';
+/** One compiled grant statement: everything that changes its text is in its name. */
+type GrantVariant = `lease.acquire.${GrantMode}.${GrantReuse}.${GrantExpiry}${'' | '.max-lifetime'}`;
+
+function grantVariant(mode: GrantMode, v: AcquireValues): GrantVariant {
+  const reuse: GrantReuse = v.policy === 'reuse_by_environment' ? 'reuse-environment' : v.policy === 'reuse_by_execution_workspace' ? 'reuse-workspace' : 'new';
+  const expiry: GrantExpiry = v.ttlSeconds !== undefined ? 'ttl' : v.expiresAt !== undefined ? 'at' : 'no-expiry';
+  return `lease.acquire.${mode}.${reuse}.${expiry}${v.maxLifetimeSeconds !== undefined ? '.max-lifetime' : ''}`;
+}
+
+interface Grant {
+  envFound: boolean;
+  envStatus?: string;
+  envCapacity?: number | null;
+  activeCount?: number;
+  lease?: Lease;
+  reacquired?: boolean;
+}
+
+export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expireStaleHolder'>) {
+  /**
+   * One attempt to grant a lease: reactivate a retained lease (reuse policies) or
+   * insert a new one. `capacity-checked` mode runs inside a transaction that already holds
+   * the environment row lock, so its count of active leases is exact.
+   */
+  async function grant(conn: Db | Tx, companyId: string, v: AcquireValues, actor: Actor, mode: GrantMode, owner: LeaseOwner): Promise<Grant> {
+    const ttlKind = v.ttlSeconds !== undefined ? 'ttl' : v.expiresAt !== undefined ? 'at' : 'none';
+    const reuse = REUSE_POLICIES.includes(v.policy);
+    const rows = await runStatement(conn, grantVariant(mode, v), () => {
+      const expires = ttlKind === 'ttl'
+        ? sql`now() + make_interval(secs => ${P('ttl')})`
+        : ttlKind === 'at' ? sql`${P('expiresAt')}::timestamptz` : sql`NULL::timestamptz`;
+      const maxExpires = v.maxLifetimeSeconds !== undefined ? sql`now() + make_interval(secs => ${P('maxLifetime')})` : sql`NULL::timestamptz`;
+      const expiresAt = sql`LEAST(${expires}, ${maxExpires})`;
+      const guard = mode === 'unlimited'
+        ? sql`env.capacity IS NULL`
+        : sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active') < env.capacity`;
+      const reused = sql`UPDATE environment_leases l SET status = 'active', fence = nextval('environment_lease_fence_seq'),
+                heartbeat_run_id = ${P('runId')}, issue_id = coalesce(${P('issueId')}, l.issue_id),
+                idempotency_key = coalesce(l.idempotency_key, ${P('key')}),
+                acquired_at = now(), last_used_at = now(), expires_at = ${expiresAt}, max_expires_at = ${maxExpires},
+                renew_count = 0, last_renewed_at = NULL, released_at = NULL, failure_reason = NULL,
+                cleanup_status = NULL, release_status = NULL, retain_until = NULL, metadata = l.metadata || ${P('meta')}::jsonb, updated_at = now()
+              FROM ok
+              WHERE l.id = (SELECT c.id FROM environment_leases c
+                            WHERE c.environment_id = ok.id AND c.company_id = ok.company_id AND c.status = 'retained'
+                              AND c.lease_policy = ${P('policy')}
+                              ${v.policy === 'reuse_by_execution_workspace' ? sql`AND c.execution_workspace_id = ${P('wsId')}` : sql``}
+                            ORDER BY c.last_used_at DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
+                AND l.status = 'retained'
+              RETURNING l.*`;
+      return sql`WITH env AS (
+            SELECT id, company_id, status, capacity FROM environments
+            WHERE id = ${P('envId')} AND company_id = ${P('companyId')}
+            ${mode === 'unlimited' ? sql`FOR KEY SHARE` : sql``}),
+          ok AS (SELECT env.* FROM env WHERE env.status = 'active' AND ${guard}),
+          ${reuse ? sql`reused AS (${reused}),` : sql``}
+          ins AS (
+            INSERT INTO environment_leases (company_id, environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
+              status, lease_policy, driver, fence, idempotency_key, expires_at, max_expires_at, metadata)
+            SELECT ok.company_id, ok.id, ${P('wsId')}, ${P('issueId')}, ${P('runId')},
+              'active', ${P('policy')}, ${P('driver')}::text, nextval('environment_lease_fence_seq'),
+              ${P('key')}, ${expiresAt}, ${maxExpires}, ${P('meta')}::jsonb
+            FROM ok ${reuse ? sql`WHERE NOT EXISTS (SELECT 1 FROM reused)` : sql``}
+            ON CONFLICT DO NOTHING
+            RETURNING *),
+          granted AS (SELECT ins.*, false AS reacquired FROM ins
+                      ${reuse ? sql`UNION ALL SELECT reused.*, true AS reacquired FROM reused` : sql``}),
+          act AS (${leaseActivity(
+            'granted',
+            ACTOR_PLACEHOLDERS,
+            sql`CASE WHEN granted.reacquired THEN ${ACTIONS.leaseReacquired} ELSE ${ACTIONS.leaseAcquired} END`,
+            sql`jsonb_build_object('environmentId', granted.environment_id, 'fence', granted.fence, 'policy', granted.lease_policy,
+                  'expiresAt', granted.expires_at, 'executionWorkspaceId', granted.execution_workspace_id,
+                  'issueId', granted.issue_id, 'idempotencyKey', granted.idempotency_key)`,
+          )})
+          SELECT env.status AS env_status, env.capacity AS env_capacity,
+                 ${mode === 'capacity-checked' ? sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active')` : sql`NULL`} AS env_active_count,
+                 granted.*
+          FROM env LEFT JOIN granted ON true`;
+    }, {
+      envId: v.environmentId,
+      companyId,
+      runId: v.heartbeatRunId ?? null,
+      wsId: v.executionWorkspaceId ?? null,
+      issueId: v.issueId ?? null,
+      key: v.idempotencyKey ?? null,
+      policy: v.policy,
+      driver: owner.driver ?? null,
+      meta: JSON.stringify(v.metadata),
+      ttl: v.ttlSeconds,
+      expiresAt: v.expiresAt?.toISOString(),
+      maxLifetime: v.maxLifetimeSeconds,
+      actorType: actor.type,
+      actorId: actor.id,
+    });
+    const row = rows[0];
+    if (!row) return { envFound: false };
+    const out = {
+      envFound: true,
+      envStatus: String(row.env_status),
+      envCapacity: row.env_capacity === null ? null : Number(row.env_capacity),
+      ...(row.env_active_count !== null && row.env_active_count !== undefined ? { activeCount: Number(row.env_active_count) } : {}),
+    };
+    return row.id ? { ...out, lease: toLease(row), reacquired: Boolean(row.reacquired) } : out;
+  }
+
+  /** The lease an earlier acquire already gave this caller: same idempotency key, or same run on this environment. */
+  async function findExisting(companyId: string, v: AcquireValues): Promise<Lease | null> {
+    const conds: SQL[] = [];
+    if (v.idempotencyKey !== undefined) conds.push(sql`idempotency_key = ${v.idempotencyKey}`);
+    if (v.heartbeatRunId !== undefined) {
+      conds.push(sql`(environment_id = ${v.environmentId} AND heartbeat_run_id = ${v.heartbeatRunId} AND status = 'active')`);
+    }
+    if (conds.length === 0) return null;
+    const rows = await queryRows(
+      db,
+      sql`SELECT * FROM environment_leases WHERE company_id = ${companyId} AND (${sql.join(conds, sql` OR `)})
+          ORDER BY (idempotency_key IS NOT DISTINCT FROM ${v.idempotencyKey ?? null}::text) DESC LIMIT 1`,
+    );
+    if (!rows[0]) return null;
+    const lease = toLease(rows[0]);
+    if (v.idempotencyKey !== undefined && lease.idempotencyKey === v.idempotencyKey && lease.environmentId !== v.environmentId) {
+      throw new BerthError('conflict', `idempotency key "${v.idempotencyKey}" was already used to acquire a lease on another environment`, {
+        fields: [{ path: 'idempotencyKey', message: 'was used for another environment' }],
+        details: { leaseId: lease.id },
+      });
+    }
+    return lease;
+  }
+
+  return {
+    /**
+     * Acquire a lease on an environment. Idempotent per idempotency key; a run that
+     * already holds an active lease on the environment gets that lease back.
+     */
+    async acquire(companyId: string, input: AcquireLeaseInput, actor: Actor = SYSTEM_ACTOR, owner: LeaseOwner = {}): Promise<AcquireResult> {
+      requireId(companyId, 'company');
+      const v = parseInput(acquireLeaseSchema, input, 'lease acquire');
+      for (let attempt = 0; attempt < 10; attempt++) {
+        let res: Grant;
+        try {
+          res = await grant(db, companyId, v, actor, 'unlimited', owner);
+          if (res.envFound && !res.lease && res.envStatus === 'active' && res.envCapacity !== null) {
+            res = await db.transaction(async (tx) => {
+              await queryRows(tx, sql`SELECT 1 FROM environments WHERE id = ${v.environmentId} AND company_id = ${companyId} FOR NO KEY UPDATE`);
+              return grant(tx, companyId, v, actor, 'capacity-checked', owner);
+            });
+          }
+        } catch (err) {
+          const pgErr = pgErrorOf(err);
+          // A reactivated lease may collide with one the same run took meanwhile: look again.
+          if (pgErr?.code === PG_UNIQUE_VIOLATION) continue;
+          if (pgErr?.code === PG_FOREIGN_KEY_VIOLATION) throw notFound('environment', v.environmentId);
+          throw err;
+        }
+        if (!res.envFound) throw notFound('environment', v.environmentId);
+        if (res.lease) return { lease: res.lease, created: true, reacquired: res.reacquired ?? false };
+
+        const existing = await findExisting(companyId, v);
+        if (existing) return { lease: existing, created: false, reacquired: false };
+        if (res.envStatus !== 'active') {
+          throw new BerthError('environment_archived', `environment ${v.environmentId} is ${res.envStatus} and takes no new leases`);
+        }
+        if (res.envCapacity !== null && res.envCapacity !== undefined && res.activeCount !== undefined && res.activeCount >= res.envCapacity) {
+          throw new BerthError('capacity_exhausted', `environment ${v.environmentId} is at capacity (${res.activeCount} of ${res.envCapacity} leases active)`, {
+            details: { capacity: res.envCapacity, active: res.activeCount },
+          });
+        }
+        if (v.executionWorkspaceId !== undefined && v.policy === 'ephemeral') {
+          const [holder] = await queryRows(
+            db,
+            sql`SELECT l.id, l.heartbeat_run_id, ${holderIsStaleSql('l')} AS stale FROM environment_leases l
+                WHERE l.environment_id = ${v.environmentId} AND l.execution_workspace_id = ${v.executionWorkspaceId}
+                  AND l.status = 'active' AND l.lease_policy = 'ephemeral'`,
+          );
+          if (holder?.stale) {
+            await expiry.expireStaleHolder(String(holder.id));
+            continue;
+          }
+          if (holder) {
+            throw new BerthError('workspace_busy', `execution workspace "${v.executionWorkspaceId}" is held by lease ${holder.id} of run ${holder.heartbeat_run_id ?? '(none)'}`, {
+              details: { leaseId: holder.id, heartbeatRunId: holder.heartbeat_run_id },
+            });
+          }
+        }
+        // The conflicting lease ended between our insert and our look: try again.
+      }
+      throw new BerthError('conflict', `could not acquire a lease on environment ${v.environmentId}: it kept changing; try again`);
+    },
+  };
+}

@@ -1,0 +1,41 @@
+// Leases: one run's claim on an environment. The database enforces every
+// guarantee of SPEC ("What a lease guarantees"):
+//  - state machine: each change names the statuses it may leave in its WHERE
+//    clause, on a row it has locked, so a terminal lease is never changed;
+//  - capacity: an acquire on a capacity-limited environment holds the
+//    environment row lock (FOR NO KEY UPDATE) while it counts active leases
+//    with a fresh snapshot; unlimited environments take only FOR KEY SHARE, and
+//    capacity changes take FOR UPDATE, which orders them against both;
+//  - single-flight and idempotency: partial unique indexes, ON CONFLICT DO NOTHING;
+//  - fencing: every grant takes nextval of one sequence;
+//  - audit: the activity row is written by the same statement as the change.
+// One operation per file here; the fragments they share are in sql.ts. The hot
+// statements run as compiled variants (runStatement), each under a name saying
+// what it is (lease.acquire.unlimited.new.ttl, lease.release.cleanup-owed...).
+import type { Db } from '../../db/client.js';
+import { acquireOperations } from './acquire.js';
+import { cleanupOperations } from './cleanup.js';
+import { expireOperations } from './expire.js';
+import { listOperations } from './list.js';
+import { metadataOperations } from './metadata.js';
+import { releaseOperations } from './release.js';
+import { renewOperations } from './renew.js';
+
+export type { AcquireResult, LeaseOwner } from './acquire.js';
+export type { ReleaseResult } from './release.js';
+export { DEFAULT_CLEANUP_MAX_ATTEMPTS, DEFAULT_RETENTION_SECONDS, EXPIRE_BATCH } from './sql.js';
+
+export function leaseService(db: Db) {
+  const expiry = expireOperations(db);
+  return {
+    ...acquireOperations(db, expiry),
+    ...renewOperations(db),
+    ...metadataOperations(db),
+    ...releaseOperations(db),
+    /** The sweep: active leases past expiresAt and retained ones past retainUntil, oldest first, `limit` of each. */
+    expireDue: expiry.expireDue,
+    ...cleanupOperations(db),
+    ...listOperations(db),
+  };
+}
+export type LeaseService = ReturnType<typeof leaseService>;
