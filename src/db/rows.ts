@@ -108,6 +108,7 @@ export function toLease(r: Row): Lease {
     id: str(r.id),
     companyId: str(r.company_id),
     environmentId: strOrNull(r.environment_id),
+    resourceId: strOrNull(r.resource_id),
     executionWorkspaceId: strOrNull(r.execution_workspace_id),
     issueId: strOrNull(r.issue_id),
     heartbeatRunId: strOrNull(r.heartbeat_run_id),

@@ -27,6 +27,12 @@ export interface AcquireResult {
  */
 export interface LeaseOwner {
   driver?: string;
+  /**
+   * Reserve the resource the driver will make, in the grant statement: a provider_resources
+   * row (provisioning, labelled with Berth's ids, with the environment's sealed config as it
+   * is now) that the lease points at. The lease counts toward capacity from here.
+   */
+  reserveResource?: boolean;
 }
 
 type AcquireValues = ReturnType<typeof acquireLeaseSchema.parse>;
@@ -42,12 +48,12 @@ type GrantReuse = 'new' | 'reuse-environment' | 'reuse-workspace';
 /** Where expiresAt comes from: ttlSeconds, expiresAt, or none. */
 type GrantExpiry = 'ttl' | 'at' | 'no-expiry';
 /** One compiled grant statement: everything that changes its text is in its name. */
-type GrantVariant = `lease.acquire.${GrantMode}.${GrantReuse}.${GrantExpiry}${'' | '.max-lifetime'}`;
+type GrantVariant = `lease.acquire.${GrantMode}.${GrantReuse}.${GrantExpiry}${'' | '.max-lifetime'}${'' | '.reserve'}`;
 
-function grantVariant(mode: GrantMode, v: AcquireValues): GrantVariant {
+function grantVariant(mode: GrantMode, v: AcquireValues, owner: LeaseOwner): GrantVariant {
   const reuse: GrantReuse = v.policy === 'reuse_by_environment' ? 'reuse-environment' : v.policy === 'reuse_by_execution_workspace' ? 'reuse-workspace' : 'new';
   const expiry: GrantExpiry = v.ttlSeconds !== undefined ? 'ttl' : v.expiresAt !== undefined ? 'at' : 'no-expiry';
-  return `lease.acquire.${mode}.${reuse}.${expiry}${v.maxLifetimeSeconds !== undefined ? '.max-lifetime' : ''}`;
+  return `lease.acquire.${mode}.${reuse}.${expiry}${v.maxLifetimeSeconds !== undefined ? '.max-lifetime' : ''}${owner.reserveResource ? '.reserve' : ''}`;
 }
 
 interface Grant {
@@ -68,7 +74,8 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
   async function grant(conn: Db | Tx, companyId: string, v: AcquireValues, actor: Actor, mode: GrantMode, owner: LeaseOwner): Promise<Grant> {
     const ttlKind = v.ttlSeconds !== undefined ? 'ttl' : v.expiresAt !== undefined ? 'at' : 'none';
     const reuse = REUSE_POLICIES.includes(v.policy);
-    const rows = await runStatement(conn, grantVariant(mode, v), () => {
+    const reserve = owner.reserveResource === true;
+    const rows = await runStatement(conn, grantVariant(mode, v, owner), () => {
       const expires = ttlKind === 'ttl'
         ? sql`now() + make_interval(secs => ${P('ttl')})`
         : ttlKind === 'at' ? sql`${P('expiresAt')}::timestamptz` : sql`NULL::timestamptz`;
@@ -99,13 +106,23 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
           ${reuse ? sql`reused AS (${reused}),` : sql``}
           ins AS (
             INSERT INTO environment_leases (company_id, environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
-              status, lease_policy, driver, fence, idempotency_key, expires_at, max_expires_at, metadata)
+              status, lease_policy, driver, fence, idempotency_key, expires_at, max_expires_at, metadata, resource_id)
             SELECT ok.company_id, ok.id, ${P('wsId')}, ${P('issueId')}, ${P('runId')},
               'active', ${P('policy')}, ${P('driver')}::text, nextval('environment_lease_fence_seq'),
-              ${P('key')}, ${expiresAt}, ${maxExpires}, ${P('meta')}::jsonb
+              ${P('key')}, ${expiresAt}, ${maxExpires}, ${P('meta')}::jsonb, ${reserve ? sql`gen_random_uuid()` : sql`NULL::uuid`}
             FROM ok ${reuse ? sql`WHERE NOT EXISTS (SELECT 1 FROM reused)` : sql``}
             ON CONFLICT DO NOTHING
             RETURNING *),
+          ${reserve ? sql`res AS (
+            -- The write-ahead record of what the driver will make: before it makes anything.
+            INSERT INTO provider_resources (id, company_id, environment_id, driver, labels, status, lease_id, config_snapshot)
+            SELECT ins.resource_id, ins.company_id, ins.environment_id, ins.driver,
+              jsonb_build_object('berth.resource', ins.resource_id::text, 'berth.lease', ins.id::text,
+                                 'berth.environment', ins.environment_id::text, 'berth.company', ins.company_id::text),
+              'provisioning', ins.id,
+              (SELECT jsonb_build_object('driver', e.driver, 'config', e.config) FROM environments e WHERE e.id = ins.environment_id)
+            FROM ins
+            RETURNING id),` : sql``}
           granted AS (SELECT ins.*, false AS reacquired FROM ins
                       ${reuse ? sql`UNION ALL SELECT reused.*, true AS reacquired FROM reused` : sql``}),
           act AS (${leaseActivity(
