@@ -6,7 +6,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { localDriver } from '../src/drivers/local/driver.js';
-import type { DriverEnvironment, EnvironmentDriver } from '../src/drivers/contract.js';
+import type { EnvironmentDriver } from '../src/drivers/contract.js';
+import { startLocalProcess } from '../src/drivers/local/process-tree.js';
 import { startRuntime, type Runtime } from '../src/heartbeat/runtime.js';
 import { openTestDb, type TestDb } from './support/db.js';
 import { waitFor } from './support/wait.js';
@@ -25,11 +26,11 @@ let delivered = 0;
 const local = localDriver({ workspaceRoot });
 const counting: EnvironmentDriver = {
   ...local,
-  startProcess(env, spec, onOutput) {
-    return local.startProcess(env, spec, (stream, text) => {
+  watch(env, execution, sink, o) {
+    return local.watch(env, execution, (stream, text) => {
       delivered += text.length;
-      return onOutput(stream, text);
-    });
+      return sink(stream, text);
+    }, o);
   },
 };
 
@@ -90,7 +91,6 @@ describe('the run log cap', () => {
 });
 
 describe('backpressure from the child', () => {
-  const env = { id: 'e', driver: 'local', secretConfig: {} } as unknown as DriverEnvironment;
   for (const mode of ['helper', 'in-process'] as const) {
     it(`(${mode}) a child whose output is not taken blocks; once taken, all of it arrives in order`, async () => {
       if (mode === 'in-process') process.env.BERTH_SPAWNER = 'off';
@@ -101,7 +101,7 @@ describe('backpressure from the child', () => {
       try {
         // 2,000 lines of 1,001 bytes; the count of lines written so far goes to a file.
         const script = 'i=0; while [ $i -lt 2000 ]; do printf "%01000d\\n" $i; i=$((i+1)); echo $i > count; done';
-        const proc = local.startProcess(env, { command: 'sh', args: ['-c', script], cwd: dir, env: { PATH: process.env.PATH! } }, (_s, chunk) => {
+        const proc = startLocalProcess({ command: 'sh', args: ['-c', script], cwd: dir, env: { PATH: process.env.PATH! } }, (_s, chunk) => {
           text += chunk;
           return held; // nothing is taken until released
         });

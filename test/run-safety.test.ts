@@ -28,9 +28,9 @@ let n = 0;
 let holdPrepare: Promise<void> | null = null;
 const slowLocal: EnvironmentDriver = {
   ...localDriver({ workspaceRoot: root }),
-  async prepareWorkspace(env, lease, o) {
+  async provision(env, req, signal) {
     if (holdPrepare) await holdPrepare;
-    return localDriver({ workspaceRoot: root }).prepareWorkspace(env, lease, o);
+    return localDriver({ workspaceRoot: root }).provision(env, req, signal);
   },
 };
 

@@ -23,12 +23,12 @@ let failCleanups = 0;
 // The local driver, but whose cleanup fails the first `failCleanups` times it is asked.
 const flakyLocal: EnvironmentDriver = {
   ...localDriver({ workspaceRoot }),
-  async cleanup(env, lease) {
+  async destroy(env, resource, signal) {
     if (failCleanups > 0) {
       failCleanups--;
       throw new Error('simulated cleanup failure');
     }
-    return localDriver({ workspaceRoot }).cleanup(env, lease);
+    return localDriver({ workspaceRoot }).destroy(env, resource, signal);
   },
 };
 

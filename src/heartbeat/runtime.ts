@@ -14,9 +14,8 @@ import { httpAdapter } from '../adapters/http.js';
 import { processAdapter } from '../adapters/process.js';
 import type { AgentAdapter } from '../adapters/types.js';
 import { localDriver } from '../drivers/local/driver.js';
-import { signalTree } from '../drivers/local/process-tree.js';
 import { sshDriver } from '../drivers/ssh/driver.js';
-import type { DriverRegistry } from '../drivers/contract.js';
+import type { DriverEnvironment, DriverRegistry, ExecutionHandle } from '../drivers/contract.js';
 import type { HeartbeatRun, Lease } from '../domain/types.js';
 import { storableText } from '../domain/text.js';
 import { createServices, type Services } from '../services/index.js';
@@ -24,8 +23,8 @@ import { serverRegistry } from '../services/runs.js';
 import { EXPIRE_BATCH } from '../services/leases/index.js';
 import type { RetentionPolicy } from '../services/retention.js';
 import type { Db } from '../db/client.js';
-import { executeRun, withDeadline } from './executor.js';
-import { isSameProcess } from './process-identity.js';
+import { executeRun, resumeRun, withDeadline, type AdoptedRun, type ExecutorDeps } from './run/index.js';
+import type { ResourceToDestroy } from '../services/resources/index.js';
 import { every, type Task } from './tasks.js';
 
 export interface RuntimeOptions {
@@ -53,6 +52,12 @@ export interface RuntimeOptions {
   cleanupConcurrency?: number;
   /** One cleanup that takes longer counts as failed (and is retried with backoff). */
   cleanupTimeoutMs?: number;
+  /** Reconciliation interval (driver `list` against resource records). */
+  reconcileMs?: number;
+  /** An object a provider holds under Berth's labels with no record is destroyed once older than this (s). */
+  orphanResourceGraceSeconds?: number;
+  /** Test seam: called between the phases of each run (see ExecutorDeps.onPhase). */
+  onPhase?: ExecutorDeps['onPhase'];
   /** A run held `running` here that this server no longer executes is finalized after this (s). */
   orphanGraceSeconds?: number;
   /** Characters of output kept per run (default 16 Mi). */
@@ -88,7 +93,7 @@ export function closeDriverPools(drivers: DriverRegistry): void {
 }
 
 export function defaultAdapters(): Map<string, AgentAdapter> {
-  return new Map([
+  return new Map<string, AgentAdapter>([
     ['process', processAdapter],
     ['http', httpAdapter],
   ]);
@@ -129,6 +134,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     leaseTtlSeconds: opts.leaseTtlSeconds ?? 30,
     cleanupTimeoutMs,
     ...(opts.logLimitChars !== undefined ? { logLimitChars: opts.logLimitChars } : {}),
+    ...(opts.onPhase ? { onPhase: opts.onPhase } : {}),
     transact,
   };
   const running = new Map<string, { abort: AbortController; done: Promise<void> }>();
@@ -165,9 +171,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     }
   }
 
-  function launch(run: HeartbeatRun): void {
+  function launch(run: HeartbeatRun, adopted?: AdoptedRun): void {
     const abort = new AbortController();
-    const done = executeRun(deps, run, abort)
+    const done = (adopted ? resumeRun(deps, adopted, abort) : executeRun(deps, run, abort))
       .then((finished) => void (finished && opts.onRunFinished?.(finished)), (err: unknown) => onError(`run ${run.id}`, err))
       .finally(() => {
         running.delete(run.id);
@@ -182,8 +188,22 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     for (const id of await s.runs.cancelRequested(serverId)) running.get(id)?.abort.abort('cancel');
   }
 
-  /** Runs of servers that died: finalized with their leases in one transaction, and what they left here killed. */
+  /** Drivers here whose executions outlive their server: their runs are adopted, not lost. */
+  const reattachable = [...drivers.values()].filter((d) => d.capabilities.reattach).map((d) => d.kind);
+
+  /**
+   * Runs of servers that died. Those whose execution a driver here can reattach to are
+   * adopted (watched on from where their log stopped); the rest are finalized process_lost
+   * with their leases in one transaction, and what they started is stopped through their
+   * driver (a local pid only if it is still the very process recorded).
+   */
   async function recoverLostRuns(): Promise<void> {
+    if (!stopping && running.size < maxRuns) {
+      for (const a of await s.runs.adoptLostRuns(serverId, reattachable, { staleSeconds })) {
+        if (running.has(a.run.id)) continue;
+        launch(a.run, { run: a.run, execution: a.handle as unknown as ExecutionHandle, resourceId: a.resourceId, outputOffset: a.outputOffset, logSeq: a.logSeq });
+      }
+    }
     const lostRuns = await transact(async (ts) => {
       const lost = await ts.runs.finalizeLostRuns({ staleSeconds, exceptServerId: serverId });
       for (const run of lost) {
@@ -196,9 +216,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       }
       return lost;
     });
-    // Its server is gone; what it started on this machine must not outlive it. Only a pid
-    // that is still the very process recorded (same boot, pid namespace, start time).
-    for (const lost of lostRuns) if (lost.pid !== null && isSameProcess(lost.pid, lost.processIdentity)) signalTree(lost.pid, 'SIGKILL');
+    if (lostRuns.length === 0) return;
+    const byRun = new Map(lostRuns.map((r) => [r.id, r]));
+    for (const e of await s.runs.executionsOf([...byRun.keys()])) {
+      const drv = drivers.get(e.driver);
+      const run = byRun.get(e.runId);
+      if (!drv || !run?.environmentId) continue;
+      const env = await s.environments.getWithSecrets(run.companyId, run.environmentId).catch(() => null);
+      if (env) await drv.signal(env, e.handle as unknown as ExecutionHandle, 'KILL').catch((err: unknown) => onError(`recover ${run.id}`, err));
+    }
   }
 
   async function finalizeOrphans(): Promise<void> {
@@ -209,38 +235,86 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     }
   }
 
-  async function retryCleanups(): Promise<void> {
-    // A claim outlasts the cleanup's own deadline: no other sweep takes it while it runs.
-    const due = await s.leases.claimDueCleanups({ limit: 50, claimSeconds: Math.ceil(cleanupTimeoutMs / 1000) + 30 });
-    const queue = [...due];
+  const driverKinds = [...drivers.keys()];
+  const claimSeconds = Math.ceil(cleanupTimeoutMs / 1000) + 30;
+
+  /** Run `work` over `items`, `concurrency` at a time. */
+  async function pool<T>(items: T[], work: (item: T) => Promise<void>): Promise<void> {
+    const queue = [...items];
     const worker = async () => {
-      for (let lease = queue.shift(); lease; lease = queue.shift()) await cleanOne(lease);
+      for (let item = queue.shift(); item !== undefined; item = queue.shift()) await work(item);
     };
     await Promise.all(Array.from({ length: Math.min(opts.cleanupConcurrency ?? 4, queue.length) }, worker));
   }
 
-  async function cleanOne(lease: Lease): Promise<void> {
+  /**
+   * Resource GC: resources owed a destroy, of drivers this server has (a server without a
+   * driver never burns the retry budget of rows it cannot serve), each destroyed with a
+   * deadline and the attempt recorded with its lease. Then leases with no resource record
+   * that were left pending_cleanup by their caller.
+   */
+  async function collectGarbage(): Promise<void> {
+    // A claim outlasts the destroy's own deadline: no other server takes it while it runs.
+    await pool(await s.resources.claimDue(driverKinds, { limit: 50, claimSeconds }), destroyOne);
+    await pool(await s.leases.claimDueCleanups({ limit: 50, claimSeconds }), cleanBareLease);
+  }
+
+  async function destroyOne(r: ResourceToDestroy): Promise<void> {
     let ok = true;
     let error: string | undefined;
     let done: Record<string, unknown> = {};
     try {
-      // The cleanup is the lease's own driver's (recorded by the server when it granted the
-      // lease): never one a caller named. A lease no driver made resources for owes nothing.
-      if (lease.driver === null) {
-        done = { nothing: 'no driver made resources for this lease' };
-      } else {
-        const driver = drivers.get(lease.driver);
-        if (!driver) throw new Error(`no ${lease.driver} driver on server ${serverId}`);
-        const env = lease.environmentId ? await s.environments.getWithSecrets(lease.companyId, lease.environmentId).catch(() => null) : null;
-        done = { ...(await withDeadline(driver.cleanup(env, lease), cleanupTimeoutMs, 'cleanup_timeout', `cleanup of lease ${lease.id}`)) };
-      }
+      const driver = drivers.get(r.driver);
+      if (!driver) throw new Error(`no ${r.driver} driver on server ${serverId}`);
+      const env = { ...r.environment, companyId: r.companyId, envVars: {} } as unknown as DriverEnvironment;
+      const stop = new AbortController();
+      done = { ...(await withDeadline(driver.destroy(env, { resourceId: r.id, providerId: r.providerId, state: r.state }, stop.signal), cleanupTimeoutMs, 'cleanup_timeout', `destroying resource ${r.id}`, stop)) };
     } catch (err) {
       ok = false;
       error = storableText((err as Error).message);
     }
+    await s.resources
+      .recordDestroyAttempt(r.id, { ok, done, ...(error ? { error } : {}), ...(opts.cleanupMaxAttempts ? { maxAttempts: opts.cleanupMaxAttempts } : {}) })
+      .catch((err: unknown) => onError('resource-gc', err));
+  }
+
+  /** A lease whose caller reported its own cleanup failed: no driver made anything, so there is nothing to retry. */
+  async function cleanBareLease(lease: Lease): Promise<void> {
+    const done = { nothing: lease.driver === null ? 'no driver made resources for this lease' : `lease of driver ${lease.driver} has no resource record` };
     await s.leases
-      .recordCleanupAttempt(lease.companyId, lease.id, { fence: lease.fence, ok, done, ...(error ? { error } : {}), ...(opts.cleanupMaxAttempts ? { maxAttempts: opts.cleanupMaxAttempts } : {}) })
+      .recordCleanupAttempt(lease.companyId, lease.id, { fence: lease.fence, ok: true, done, ...(opts.cleanupMaxAttempts ? { maxAttempts: opts.cleanupMaxAttempts } : {}) })
       .catch((err: unknown) => onError('cleanup', err));
+  }
+
+  /**
+   * Reconciliation: what each environment's provider holds under Berth's labels (drivers that
+   * can list) against the resource records. An object with no live record, older than the
+   * grace period, is destroyed, with one activity row; records are never trusted from labels
+   * alone: the object's own environment label must be this environment.
+   */
+  async function reconcile(): Promise<void> {
+    const graceMs = (opts.orphanResourceGraceSeconds ?? 300) * 1000;
+    for (const env of await s.environments.listActiveForDrivers(driverKinds.filter((k) => drivers.get(k)!.list))) {
+      const drv = drivers.get(env.driver)!;
+      const stop = new AbortController();
+      const timer = setTimeout(() => stop.abort(new Error('reconcile deadline')), 60_000);
+      try {
+        const live = await s.resources.liveIds(env.id);
+        for await (const obj of drv.list!(env, stop.signal)) {
+          const id = obj.labels['berth.resource'];
+          if (!id || live.has(id)) continue;
+          if (obj.createdAt && Date.now() - obj.createdAt.getTime() < graceMs) continue;
+          // Not live now, and re-checked: a record written since the list began keeps it.
+          if ((await s.resources.liveIds(env.id)).has(id)) continue;
+          const done = await drv.destroy(env, { resourceId: id, providerId: obj.providerId, state: {} }, stop.signal);
+          await s.resources.recordOrphanDestroyed(env.companyId, env.id, { providerId: obj.providerId, labels: obj.labels, done: { ...done } });
+        }
+      } catch (err) {
+        onError(`reconcile ${env.id}`, err);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
   }
 
   // Each task skips a tick while its last run is still going: nothing piles up.
@@ -256,7 +330,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     every('timers', sweepMs, async () => {
       if (!stopping && (await s.runs.invokeDueTimers()).length > 0) void claimLoop();
     }, report('timers')),
-    every('cleanups', sweepMs, retryCleanups, report('cleanups')),
+    every('resource-gc', sweepMs, collectGarbage, report('resource-gc')),
+    every('reconcile', opts.reconcileMs ?? 60_000, reconcile, report('reconcile')),
     every('retention', 60_000, () => s.retention.prune(opts.retention ?? {}), report('retention')),
   ];
   // Runs left `running` by a dead server are finalized at start-up.

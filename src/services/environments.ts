@@ -14,10 +14,9 @@ import {
   listEnvironmentsSchema,
   parseInput,
   updateEnvironmentSchema,
-  type CreateEnvironmentInput,
   type UpdateEnvironmentInput,
 } from '../domain/validators.js';
-import { configSchemaOf, createEnvironmentSchema, type CreateEnvironmentInput } from './environment-input.js';
+import { configSchemaOf, createEnvironmentSchema, type CreateEnvironment, type CreateEnvironmentInput } from './environment-input.js';
 import { environmentSecretPaths, keepUnnamedSecrets, openSecrets, sealSecrets } from '../secrets/config.js';
 import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
 
@@ -104,9 +103,19 @@ export function environmentService(db: Db) {
       return { ...toEnvironment(row), secretConfig: open.config as Record<string, unknown>, envVars: open.envVars as Record<string, string> };
     },
 
+    /** For reconciliation: every active environment (of any company) served by one of `drivers`, with its secrets. */
+    async listActiveForDrivers(drivers: readonly string[]): Promise<EnvironmentWithSecrets[]> {
+      if (drivers.length === 0) return [];
+      const rows = await queryRows(db, sql`SELECT * FROM environments WHERE status = 'active' AND driver IN ${sqlWordList(drivers)}`);
+      return rows.map((row) => {
+        const open = openSecrets(environmentSecretDoc(row), environmentSecretPaths(String(row.driver)), `environment ${String(row.id)}`);
+        return { ...toEnvironment(row), secretConfig: open.config as Record<string, unknown>, envVars: open.envVars as Record<string, string> };
+      });
+    },
+
     async create(companyId: string, input: CreateEnvironmentInput, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
       requireId(companyId, 'company');
-      const v = parseInput(createEnvironmentSchema, input, 'environment');
+      const v = parseInput(createEnvironmentSchema, input, 'environment') as CreateEnvironment;
       try {
         const sealed = sealSecrets({ config: v.config, envVars: v.envVars }, environmentSecretPaths(v.driver));
         const env = await insertEnvironment(companyId, { ...v, config: sealed.config as object, envVars: sealed.envVars as object, description: v.description ?? null }, actor, false);

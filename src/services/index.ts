@@ -9,12 +9,14 @@ import { runService, serverRegistry } from './runs.js';
 import { apiKeyService } from './api-keys.js';
 import { probeService } from './probes.js';
 import { retentionService } from './retention.js';
+import { resourceService } from './resources/index.js';
 
 export function createServices(db: Db) {
   return {
     companies: companyService(db),
     environments: environmentService(db),
     leases: leaseService(db),
+    resources: resourceService(db),
     activity: activityService(db),
     agents: agentService(db),
     runs: runService(db),

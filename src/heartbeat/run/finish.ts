@@ -51,7 +51,7 @@ export async function finish(st: RunState): Promise<HeartbeatRun | null> {
   const steps = (ts: Services): Array<() => Promise<unknown> | null> => [
     () => lease && ts.leases.release(run.companyId, lease.id, { fence: lease.fence, status: leaseStatus, ...failureReason, ...cleanupStatus }, st.actor),
     () => ts.leases.releaseForRun(run.companyId, run.id, { status: leaseStatus, ...failureReason }, st.actor),
-    () => destroyed && resourceId && ts.resources.recordDestroyAttempt(resourceId, destroyed),
+    () => (destroyed && resourceId ? ts.resources.recordDestroyAttempt(resourceId, destroyed) : null),
   ];
   const deadline = Date.now() + (deps.finalizeRetryMs ?? 600_000);
   for (let attempt = 0; ; attempt++) {

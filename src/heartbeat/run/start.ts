@@ -54,7 +54,7 @@ export async function exec(st: RunState, plan: ProcessPlan): Promise<ExecutionHa
   const recorded = await deps.services.runs.recordExecution(run.id, deps.serverId, {
     resourceId: st.resource!.resourceId,
     driver: handle.driver,
-    handle,
+    handle: handle as unknown as { host: string | null } & Record<string, unknown>,
     // A pid means something to this host only; the handle says where it lives.
     ...(pid !== null && st.driver!.capabilities.hostLocal ? { pid, identity: (handle.ref.identity as Record<string, unknown> | null) ?? null } : {}),
   });

@@ -19,7 +19,7 @@ export function cleanupOperations(db: Db) {
       const rows = await queryRows(
         db,
         sql`UPDATE environment_leases l SET next_cleanup_at = now() + make_interval(secs => ${opts.claimSeconds ?? 60})
-            WHERE l.id IN (SELECT id FROM environment_leases WHERE next_cleanup_at <= now()
+            WHERE l.id IN (SELECT id FROM environment_leases WHERE next_cleanup_at <= now() AND resource_id IS NULL
                            ORDER BY next_cleanup_at LIMIT ${opts.limit ?? 50} FOR UPDATE SKIP LOCKED)
             RETURNING l.*`,
       );

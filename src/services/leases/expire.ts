@@ -5,7 +5,7 @@ import { runStatement, type Db } from '../../db/client.js';
 import { toLease } from '../../db/rows.js';
 import { ACTIONS } from '../../domain/enums.js';
 import { SYSTEM_ACTOR, type Lease } from '../../domain/types.js';
-import { cleanupOwedSql, EXPIRE_BATCH, holderIsStaleSql, leaseActivity, P } from './sql.js';
+import { cleanupOwedSql, EXPIRE_BATCH, resourceFollowsLeaseSql, holderIsStaleSql, leaseActivity, P } from './sql.js';
 
 /** The compiled variants of the expire statement, one per way of choosing the due leases. */
 type ExpireVariant = 'lease.expire.due' | 'lease.expire.staleHolder';
@@ -26,9 +26,10 @@ export function expireOperations(db: Db) {
                 ELSE 'lease expired: its run has ended' END),
               status = 'expired', released_at = now(), updated_at = now(), retain_until = NULL,
               cleanup_status = CASE WHEN ${cleanupOwedSql('l')} THEN 'pending' END,
-              next_cleanup_at = CASE WHEN ${cleanupOwedSql('l')} THEN now() END
+              next_cleanup_at = CASE WHEN ${cleanupOwedSql('l')} AND l.resource_id IS NULL THEN now() END
             FROM due WHERE l.id = due.id
             RETURNING l.*),
+          res AS (${resourceFollowsLeaseSql('changed')}),
           act AS (${leaseActivity(
             'changed',
             SYSTEM_ACTOR,

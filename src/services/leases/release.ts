@@ -14,6 +14,7 @@ import {
   leaseActivity,
   P,
   releaseDetails,
+  resourceFollowsLeaseSql,
   releasedStatusSql,
   retainUntilSql,
   staleFence,
@@ -69,15 +70,17 @@ export function releaseOperations(db: Db) {
                 release_status = ${cleanupFailed ? requested : sql`NULL`},
                 cleanup_status = ${owedKind ? sql`CASE WHEN ${owed} THEN 'pending' END` : sql`${P('cleanupStatus')}::text`},
                 cleanup_attempts = ${cleanupFailed ? sql`l.cleanup_attempts + 1` : sql`l.cleanup_attempts`},
-                next_cleanup_at = ${cleanupFailed
+                -- A lease with a resource record leaves the retries to resource GC (the resource's own schedule).
+                next_cleanup_at = CASE WHEN l.resource_id IS NOT NULL THEN NULL ELSE ${cleanupFailed
                   ? sql`now() + ${cleanupBackoffSql(sql`1`)}`
-                  : variant === 'lease.release.cleanup-pending' ? sql`now()` : owedKind ? sql`CASE WHEN ${owed} THEN now() END` : sql`NULL`},
+                  : variant === 'lease.release.cleanup-pending' ? sql`now()` : owedKind ? sql`CASE WHEN ${owed} THEN now() END` : sql`NULL`} END::timestamptz,
                 retain_until = ${cleanupFailed ? sql`NULL` : sql`CASE WHEN ${next} = 'retained' THEN ${retainUntilSql('l')} END`},
                 failure_reason = coalesce(${P('failureReason')}, l.failure_reason),
                 released_at = now(), last_used_at = now(), updated_at = now()
               WHERE l.id = ${P('leaseId')} AND l.company_id = ${P('companyId')} AND l.fence = ${P('fence')}
                 AND l.status IN ('active', 'retained')
               RETURNING l.*),
+            res AS (${resourceFollowsLeaseSql('changed')}),
             act AS (${leaseActivity('changed', ACTOR_PLACEHOLDERS, ACTIONS.leaseReleased, releaseDetails('changed'))})
             SELECT * FROM changed`;
       }, {
@@ -121,11 +124,12 @@ export function releaseOperations(db: Db) {
               UPDATE environment_leases l SET status = ${next},
                 failure_reason = coalesce(${P('failureReason')}, l.failure_reason),
                 cleanup_status = CASE WHEN ${owed} THEN 'pending' END,
-                next_cleanup_at = CASE WHEN ${owed} THEN now() END,
+                next_cleanup_at = CASE WHEN ${owed} AND l.resource_id IS NULL THEN now() END,
                 retain_until = CASE WHEN ${next} = 'retained' THEN ${retainUntilSql('l')} END,
                 released_at = now(), last_used_at = now(), updated_at = now()
               WHERE l.company_id = ${P('companyId')} AND l.heartbeat_run_id = ${P('runId')} AND l.status = 'active'
               RETURNING l.*),
+            res AS (${resourceFollowsLeaseSql('changed')}),
             act AS (${leaseActivity('changed', ACTOR_PLACEHOLDERS, ACTIONS.leaseReleased, releaseDetails('changed'))})
             SELECT * FROM changed`;
       }, {

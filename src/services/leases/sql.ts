@@ -112,3 +112,22 @@ export async function refusal(db: Db, companyId: string, leaseId: string, fence:
   if (row.overdue) throw new BerthError('lease_expired', `lease ${leaseId} expired at ${(row.expires_at as Date).toISOString?.() ?? row.expires_at}`);
   throw new BerthError('conflict', `lease ${leaseId} changed concurrently; try again`);
 }
+
+/**
+ * The lease's resource follows its lease in the same statement (over the CTE `src` of
+ * changed leases): a lease that ended owes its resource a destroy (resource GC does it,
+ * unless the executor records its own destroy in the same transaction); a retained lease,
+ * or one whose cleanup the caller said to skip, keeps it until its retention deadline.
+ */
+export function resourceFollowsLeaseSql(src: string): SQL {
+  const c = sql.raw(src);
+  const kept = sql`(${c}.status = 'retained' OR ${c}.cleanup_status = 'skipped')`;
+  return sql`UPDATE provider_resources p SET
+        status = CASE WHEN ${kept} THEN 'draining' ELSE 'destroying' END,
+        next_attempt_at = CASE WHEN ${kept} THEN NULL ELSE now() END,
+        destroy_after = CASE WHEN ${c}.status = 'retained' THEN ${c}.retain_until
+                             WHEN ${kept} THEN ${retainUntilSql(src)} END,
+        updated_at = now()
+      FROM ${c} WHERE p.id = ${c}.resource_id AND p.status IN ('provisioning', 'ready', 'leased', 'draining')
+      RETURNING p.id`;
+}
