@@ -207,7 +207,7 @@ class FrameReader {
 export interface SshDriverOptions extends SshPoolOptions {
   /** Bytes of one stream `watch` reads per request: what it reads ahead of a sink that waits. Default 64 KiB. */
   watchChunkBytes?: number;
-  /** How often the remote side of `watch` looks for new output while there is none, ms. Default 100. */
+  /** The longest the remote side of `watch` waits between looks for new output while there is none, ms. Default 200. */
   watchPollMs?: number;
   /** After `watch` loses its connection, how long it tries to watch again before the run is lost, ms. Default 30 s. */
   reconnectMs?: number;
@@ -226,7 +226,7 @@ export interface SshDriver extends EnvironmentDriver {
 export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
   const pool = new SshPool(opts);
   const chunkBytes = opts.watchChunkBytes ?? 64 * 1024;
-  const pollSec = ((opts.watchPollMs ?? 100) / 1000).toFixed(3);
+  const pollMs = String(Math.max(10, Math.round(opts.watchPollMs ?? 200)));
   const reconnectMs = opts.reconnectMs ?? 30_000;
   const reconnectTries = opts.reconnectTries ?? 5;
   const stats = { watchBytesRead: 0 };
@@ -289,7 +289,7 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
     const marker = `berth:${randomBytes(6).toString('hex')}`;
     let opened: { b: Borrowed; ch: ClientChannel };
     try {
-      opened = await openChannel(env, cfg, shCommand(WATCH, [marker, ref.dir, String(ref.pgid), ref.startTime, String(at.out), String(at.err), String(chunkBytes), pollSec]));
+      opened = await openChannel(env, cfg, shCommand(WATCH, [marker, ref.dir, String(ref.pgid), ref.startTime, String(at.out), String(at.err), String(chunkBytes), pollMs]));
     } catch (err) {
       throw new ChannelLost((err as Error).message);
     }

@@ -104,7 +104,9 @@ exit 0`;
 
 /**
  * Stream an execution's output: $1 marker, $2 its directory, $3 pgid, $4 start time,
- * $5 stdout offset, $6 stderr offset, $7 chunk bytes, $8 poll seconds. After a `ready`
+ * $5 stdout offset, $6 stderr offset, $7 chunk bytes, $8 longest poll ms (idle, it looks
+ * again after 10 ms, doubling up to that: a short run's end is seen at once, a long
+ * quiet one costs a few forks a second). After a `ready`
  * line (what a login script printed before it is skipped), frames on stdout:
  *   O <n>\\n<n bytes>   stdout from the current offset; then it waits for a line on stdin:
  *   E <n>\\n<n bytes>   the same for stderr                      `A` more, `S` count only
@@ -118,7 +120,7 @@ exit 0`;
 export const WATCH = `${LIB}m=$1 f=$2 g=$3 w=$4 o=$5 e=$6 c=$7 p=$8
 sz() { if [ -e "$1" ]; then n=$(wc -c <"$1") && echo $((n)); else echo 0; fi; }
 printf '%s ready\\n' "$m"
-k=0 i=0
+k=0 q=10 h=0
 while :; do
   x=; [ -e "$f/exit" ] && x=1
   so=$(sz "$f/out"); se=$(sz "$f/err")
@@ -127,16 +129,17 @@ while :; do
   elif [ "$so" -gt "$o" ]; then
     n=$((so-o)); [ "$n" -gt "$c" ] && n=$c
     printf 'O %s\\n' "$n"; tail -c +$((o+1)) "$f/out" | head -c "$n"; o=$((o+n))
-    IFS= read -r a || exit 0; [ "$a" = S ] && k=1; continue
+    IFS= read -r a || exit 0; [ "$a" = S ] && k=1; q=10; continue
   elif [ "$se" -gt "$e" ]; then
     n=$((se-e)); [ "$n" -gt "$c" ] && n=$c
     printf 'E %s\\n' "$n"; tail -c +$((e+1)) "$f/err" | head -c "$n"; e=$((e+n))
-    IFS= read -r a || exit 0; [ "$a" = S ] && k=1; continue
+    IFS= read -r a || exit 0; [ "$a" = S ] && k=1; q=10; continue
   fi
   if [ -n "$x" ]; then read -r s y <"$f/exit"; printf 'X %s %s\\n' "$s" "$y"; exit 0; fi
   if [ "$(st "$g")" != "$w" ] && [ ! -e "$f/exit" ]; then printf 'L\\n'; exit 0; fi
-  i=$((i+1)); [ $((i % 20)) = 0 ] && printf '.\\n'
-  sleep "$p"
+  h=$((h+q)); [ "$h" -ge 2000 ] && { h=0; printf '.\\n'; }
+  sleep "$(printf '%d.%03d' $((q/1000)) $((q%1000)))"
+  q=$((q*2)); [ "$q" -gt "$p" ] && q=$p
 done`;
 
 /**
