@@ -93,6 +93,12 @@ export interface ProcessSpec {
   args: string[];
   cwd: string;
   env: Record<string, string>;
+  /**
+   * Seconds after which the engine itself kills what the process started, whether or not
+   * any server is still watching (a run's hard timeout), so nothing outlives a run when no
+   * server comes back. Absent or 0: none. Drivers whose executions die with this server may ignore it.
+   */
+  deadlineSec?: number;
 }
 
 /** A running execution, as the server stores it (run_executions.handle): plain JSON, meaningful to its driver only. */

@@ -37,9 +37,10 @@ export const sshDescriptor: DriverDescriptor = {
   kind: 'ssh',
   configSchema: sshConfigSchema,
   secretPaths: [{ path: 'privateKey', shownAs: 'hasPrivateKey' }],
-  // The remote process runs in its own session on the host: it survives this server, and
-  // another server can find it again from its handle.
-  capabilities: { reattach: false, pool: false, list: false, streamOutput: true, hostLocal: false },
+  // The remote process runs in its own session on the host, its output in files there: it
+  // survives this server, and another server watches it again from its handle and offset.
+  // A resource is a directory, labelled in a file: made ahead of any lease, and listed.
+  capabilities: { reattach: true, pool: true, list: true, streamOutput: true, hostLocal: false },
 };
 
 /**

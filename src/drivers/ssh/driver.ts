@@ -1,38 +1,48 @@
-// The `ssh` driver: runs on a remote host over SSH (ssh2), in a workspace under the
-// environment's remoteWorkspacePath, through one pooled connection per environment.
+// The `ssh` driver: runs on a remote host over SSH (ssh2), in a resource directory under
+// the environment's remoteWorkspacePath, through pooled connections per environment.
 //
-// How a run's process is started (see REMOTE_WRAPPER): the remote command line is a
-// fixed wrapper plus the cwd, command and args — never an environment value. The
-// environment travels over the channel's stdin as shell-quoted `export` lines that the
-// wrapper evaluates before it `exec`s the command. The wrapper runs as the leader of
-// its own session and process group (sshd setsid()s every session; `setsid` is used if
-// not), reports its pid on stderr, and leaves a watchdog on stdin: when the channel's
-// stdin closes (the run ended and we sent EOF, or the connection died), the watchdog
-// SIGKILLs the whole group, so nothing the run started outlives it. kill() signals the
-// group (and descendants that left it) through a second channel on the same connection,
-// because sshd refuses channel signal requests for root logins.
+// An execution does not live in an SSH channel: the launcher (remote.ts) starts a runner
+// in its own session on the host, detached from the connection, with the command's
+// output going to files. So it survives the connection and this server, and `watch`
+// (by this server or another one, from the handle and an offset) reads the files back
+// over whatever connection is open then. The environment travels over the launcher's
+// stdin, never on a command line. The remote side carries its own deadline so nothing
+// outlives a run even if no server ever comes back.
 import { randomBytes } from 'node:crypto';
 import { posix } from 'node:path';
-import { StringDecoder } from 'node:string_decoder';
 import type { ClientChannel } from 'ssh2';
 import { ENV_VAR_NAME_RE } from '../../domain/enums.js';
+import { UUID_RE } from '../../domain/errors.js';
 import { storableText } from '../../domain/text.js';
-import type { Lease } from '../../domain/types.js';
-import { sshConfigSchema } from './descriptor.js';
-import { execCollect, poolKey, SshError, SshPool, type Borrowed, type RemoteForward, type SshConnection, type SshPoolOptions, type SshTarget } from './pool.js';
-import type { CallbackRoute, DriverEnvironment, EnvironmentDriver, OutputListener, PreparedWorkspace, ProbeResult, ProcessSpec, StartedProcess } from '../contract.js';
+import { sshConfigSchema, sshDescriptor } from './descriptor.js';
+import { execCollect, poolKey, SshError, SshPool, type Borrowed, type RemoteForward, type SshPoolOptions, type SshTarget } from './pool.js';
+import { DESTROY, LAUNCHER, LIST, PROVISION, RUNNER, SIGNAL, shCommand, shellQuote, WATCH } from './remote.js';
+import {
+  LABEL_ENVIRONMENT,
+  LABEL_LEASE,
+  LABEL_RESOURCE,
+  type CallbackRoute,
+  type CleanupReport,
+  type DriverEnvironment,
+  type EnvironmentDriver,
+  type ExecutionHandle,
+  type ExitResult,
+  type ListedResource,
+  type OutputListener,
+  type ProbeResult,
+  type ProvisionedResource,
+  type ResourceHandle,
+  type WatchOptions,
+} from '../contract.js';
 
-/** Quote for a POSIX shell: one single-quoted word. */
-export function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
+export { shellQuote } from './remote.js';
 
 const ENV_NAME = ENV_VAR_NAME_RE;
 
 /**
- * The environment as the wrapper reads it from stdin: a line count, then that many
+ * The environment as the launcher reads it from stdin: a line count, then that many
  * lines of `export NAME='value'` (a value with newlines spans lines; the count is of
- * lines, so the wrapper reads exactly what belongs to it and not a byte more).
+ * lines, so the launcher reads exactly what belongs to it and not a byte more).
  */
 export function encodeEnvironment(env: Record<string, string>): string {
   let script = '';
@@ -44,40 +54,6 @@ export function encodeEnvironment(env: Record<string, string>): string {
   const lines = script.length === 0 ? 0 : script.split('\n').length - 1;
   return `${lines}\n${script}`;
 }
-
-/**
- * Positional parameters: $1 the marker that prefixes the wrapper's own stderr lines,
- * $2 the cwd, then the command and its args. `read` takes one byte at a time from a
- * pipe, so it never swallows what follows the environment. Fixed text: nothing of a
- * run's environment is ever part of it.
- */
-const REMOTE_WRAPPER = `m=$1; d=$2; shift 2
-IFS= read -r n || exit 125
-s=
-while [ "$n" -gt 0 ]; do IFS= read -r l || exit 125; s="$s$l
-"; n=$((n-1)); done
-eval "$s"; unset s l n
-cd -- "$d" 2>/dev/null || { printf '%s spawn-error=cannot enter the working directory %s\\n' "$m" "$d" >&2; exit 126; }
-command -v -- "$1" >/dev/null 2>&1 || { printf '%s spawn-error=%s: command not found\\n' "$m" "$1" >&2; exit 127; }
-g=; read -r _ _ _ _ g _ </proc/$$/stat 2>/dev/null || g=$(ps -o pgid= -p $$ 2>/dev/null | tr -d ' ')
-exec 3<&0
-( trap '' INT TERM HUP; while IFS= read -r _; do :; done; kill -KILL -$$ ) <&3 >/dev/null 2>&1 &
-exec 3<&-
-printf '%s pid=%s\\n' "$m" "$$" >&2
-if [ "$g" != "$$" ] && command -v setsid >/dev/null 2>&1; then exec setsid "$@" </dev/null; fi
-exec "$@" </dev/null`;
-
-/**
- * Signal a process group and every descendant of its leader that left it. $1 signal,
- * $2 pgid. ps + awk, as every Linux and BSD has them.
- */
-const REMOTE_KILL = `sig=$1; g=$2
-kids=$(ps -e -o pid= -o ppid= 2>/dev/null | awk -v r="$g" '{ p[NR] = $1; q[NR] = $2 } END { w[r] = 1; c = 1; while (c) { c = 0; for (i = 1; i <= NR; i++) if ((q[i] in w) && !(p[i] in w)) { w[p[i]] = 1; c = 1 } } for (k in w) if (k != r) print k }')
-kill -"$sig" -"$g" 2>/dev/null
-[ -n "$kids" ] && kill -"$sig" $kids 2>/dev/null
-exit 0`;
-
-const shCommand = (script: string, args: string[]) => `exec sh -c ${shellQuote(script)} berth ${args.map(shellQuote).join(' ')}`;
 
 interface SshEnvConfig extends SshTarget {
   remoteWorkspacePath: string;
@@ -99,29 +75,167 @@ function configOf(env: DriverEnvironment): SshEnvConfig {
   };
 }
 
+const where = (c: SshTarget) => `${c.username}@${c.host}:${c.port}`;
+
+/**
+ * `<remoteWorkspacePath>/<resource id>`: the one directory this driver makes for a
+ * resource, from the id alone (a UUID the server made), so no stored or caller-written
+ * path decides what is made or removed.
+ */
+function resourceDir(cfg: SshEnvConfig, resourceId: string): string {
+  if (typeof resourceId !== 'string' || !UUID_RE.test(resourceId)) throw new Error(`refusing resource id ${JSON.stringify(resourceId)}: not a resource id (a UUID)`);
+  return posix.join(cfg.remoteWorkspacePath, resourceId);
+}
+
+/** The resource's directory, checked against what provision stored: the same host and the same directory. */
+function storedResourceDir(cfg: SshEnvConfig, resource: ResourceHandle): string {
+  const dir = resourceDir(cfg, resource.resourceId);
+  const s = resource.state ?? {};
+  if (s.host !== undefined && (s.host !== cfg.host || s.port !== cfg.port)) {
+    throw new Error(`resource ${resource.resourceId}: it is on ${String(s.host)}:${String(s.port)}, but the environment now points at ${cfg.host}:${cfg.port}; remove ${dir} there by hand`);
+  }
+  if ((s.dir !== undefined && s.dir !== dir) || (resource.providerId !== null && resource.providerId !== undefined && resource.providerId !== dir)) {
+    throw new Error(`resource ${resource.resourceId}: refusing ${JSON.stringify(s.dir ?? resource.providerId)}: it is not <remoteWorkspacePath>/<resource id> (${dir})`);
+  }
+  return dir;
+}
+
+/** What an ssh ExecutionHandle's ref holds. */
+export type SshExecutionRef =
+  | { pgid: number; startTime: string; dir: string; deadlineSec?: number }
+  | { spawnError: string };
+
+const EXEC_DIR_RE = /^\/(?:[^/]+\/)*[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\/\.berth\/exec-[0-9a-f]{16}$/i;
+
+/** The handle's ref, checked: made by exec for this environment's host, under its remoteWorkspacePath. */
+function refOf(cfg: SshEnvConfig, exe: ExecutionHandle): SshExecutionRef {
+  if (exe.driver !== 'ssh') throw new Error(`not an ssh execution (driver ${JSON.stringify(exe.driver)})`);
+  if (exe.host !== where(cfg)) throw new Error(`the execution is on ${String(exe.host)}, but the environment now points at ${where(cfg)}`);
+  const r = exe.ref ?? {};
+  if (typeof r.spawnError === 'string') return { spawnError: r.spawnError };
+  const { pgid, startTime, dir, deadlineSec } = r as Record<string, unknown>;
+  const root = cfg.remoteWorkspacePath === '/' ? '' : cfg.remoteWorkspacePath;
+  if (
+    typeof pgid !== 'number' || !Number.isInteger(pgid) || pgid < 2 ||
+    typeof startTime !== 'string' || !/^[A-Za-z0-9_:.-]{1,64}$/.test(startTime) ||
+    typeof dir !== 'string' || !EXEC_DIR_RE.test(dir) || posix.dirname(posix.dirname(posix.dirname(dir))) !== (root || '/')
+  ) {
+    throw new Error(`not an execution handle this driver made: ${JSON.stringify(r).slice(0, 300)}`);
+  }
+  return { pgid, startTime, dir, ...(typeof deadlineSec === 'number' ? { deadlineSec } : {}) };
+}
+
+/** Offsets as `watch` reports them: "<stdout bytes>:<stderr bytes>" delivered so far. */
+function parseOffset(from: string | undefined): { out: number; err: number } {
+  if (from === undefined || from === '') return { out: 0, err: 0 };
+  const m = /^(\d{1,15}):(\d{1,15})$/.exec(from);
+  if (!m) throw new Error(`not an ssh output offset: ${JSON.stringify(from)} (expected "<stdout bytes>:<stderr bytes>")`);
+  return { out: Number(m[1]), err: Number(m[2]) };
+}
+
+/** Bytes at the end of `b` that start a UTF-8 character not complete in `b` (0–3). */
+function incompleteUtf8Tail(b: Buffer): number {
+  for (let back = 1; back <= Math.min(3, b.length); back++) {
+    const byte = b[b.length - back]!;
+    if ((byte & 0xc0) === 0x80) continue; // a continuation byte: look further back
+    const need = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc0 ? 2 : 1;
+    return need > back ? back : 0;
+  }
+  return 0;
+}
+
+/** Exit statuses a shell gives for a signal death (128 + n), for the signals numbered alike on Linux and the BSDs. */
+const SIGNAL_BY_NUMBER: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 6: 'SIGABRT', 9: 'SIGKILL', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM' };
+
+class ChannelLost extends Error {}
+
+/** Sequential reads of a channel's stdout: lines and exact byte counts. */
+class FrameReader {
+  private bufs: Buffer[] = [];
+  private size = 0;
+  private ended = false;
+  private wake: (() => void) | null = null;
+  constructor(ch: ClientChannel, onBytes: (n: number) => void) {
+    ch.on('data', (d: Buffer) => {
+      onBytes(d.length);
+      this.bufs.push(d);
+      this.size += d.length;
+      this.wake?.();
+    });
+    ch.once('close', () => {
+      this.ended = true;
+      this.wake?.();
+    });
+  }
+  private take(n: number): Buffer {
+    const all = this.bufs.length === 1 ? this.bufs[0]! : Buffer.concat(this.bufs);
+    const out = all.subarray(0, n);
+    const rest = all.subarray(n);
+    this.bufs = rest.length ? [rest] : [];
+    this.size = rest.length;
+    return out;
+  }
+  /** Stop waiting now (an aborted watch): sshd confirms a channel's close only once the remote script has gone. */
+  end(): void {
+    this.ended = true;
+    this.wake?.();
+  }
+  private async until(ok: () => boolean): Promise<boolean> {
+    while (!ok()) {
+      if (this.ended) return false;
+      await new Promise<void>((r) => (this.wake = r));
+      this.wake = null;
+    }
+    return true;
+  }
+  /** The next line without its newline; null when the channel closed first. */
+  async line(): Promise<string | null> {
+    let nl = -1;
+    const found = await this.until(() => {
+      if (this.bufs.length > 1) this.bufs = [Buffer.concat(this.bufs)];
+      nl = this.bufs.length ? this.bufs[0]!.indexOf(10) : -1;
+      return nl >= 0;
+    });
+    if (!found) return null;
+    return this.take(nl + 1).subarray(0, nl).toString('utf8');
+  }
+  async bytes(n: number): Promise<Buffer | null> {
+    return (await this.until(() => this.size >= n)) ? Buffer.from(this.take(n)) : null;
+  }
+}
+
 export interface SshDriverOptions extends SshPoolOptions {
-  /** After the leader exits, how long the channel may stay open (a grandchild holding stdout) before the group is killed from outside. */
-  drainMs?: number;
+  /** Bytes of one stream `watch` reads per request: what it reads ahead of a sink that waits. Default 64 KiB. */
+  watchChunkBytes?: number;
+  /** The longest the remote side of `watch` waits between looks for new output while there is none, ms. Default 200. */
+  watchPollMs?: number;
+  /** After `watch` loses its connection, how long it tries to watch again before the run is lost, ms. Default 30 s. */
+  reconnectMs?: number;
+  /** ...and how many times at most. Default 5. */
+  reconnectTries?: number;
 }
 
 export interface SshDriver extends EnvironmentDriver {
   readonly pool: SshPool;
-  /** Close every pooled connection (shutdown). */
+  /** What `watch` has read over SSH (frames included), for tests and benchmarks. */
+  readonly stats: { watchBytesRead: number };
+  /** Close every pooled connection (shutdown). Executions go on on their hosts. */
   close(): void;
 }
 
 export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
   const pool = new SshPool(opts);
-  const drainMs = opts.drainMs ?? 2000;
-  const borrow = (env: DriverEnvironment, cfg: SshEnvConfig, prefer?: SshConnection) => pool.borrow(poolKey(env.id, cfg), cfg, prefer);
-  /** The connection carrying each open callback forward, by pool key and the URL it gave the run. */
-  const forwardedOn = new Map<string, SshConnection>();
-  const where = (c: SshEnvConfig) => `${c.username}@${c.host}:${c.port}`;
+  const chunkBytes = opts.watchChunkBytes ?? 64 * 1024;
+  const pollMs = String(Math.max(10, Math.round(opts.watchPollMs ?? 200)));
+  const reconnectMs = opts.reconnectMs ?? 30_000;
+  const reconnectTries = opts.reconnectTries ?? 5;
+  const stats = { watchBytesRead: 0 };
+  const borrow = (env: DriverEnvironment, cfg: SshEnvConfig) => pool.borrow(poolKey(env.id, cfg), cfg);
 
   /**
    * Run f on a pooled connection. A pooled connection may have died since its last use
    * without our having heard yet: if f fails and the connection turns out closed, f is
-   * tried once more on a fresh one (every f here is idempotent: mkdir -p, rm -rf, kill).
+   * tried once more on a fresh one (every f here is idempotent: mkdir, rm -rf, kill, reads).
    */
   async function onConnection<T>(env: DriverEnvironment, cfg: SshEnvConfig, f: (b: Borrowed) => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
@@ -136,14 +250,19 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
     }
   }
 
+  /** A short remote script's result; a failure names what was being done. */
+  async function runScript(env: DriverEnvironment, cfg: SshEnvConfig, what: string, script: string, args: string[], o: { stdin?: string; timeoutMs?: number } = {}) {
+    const r = await onConnection(env, cfg, (b) => execCollect(b.conn, shCommand(script, args), { timeoutMs: o.timeoutMs ?? 30_000, ...(o.stdin !== undefined ? { stdin: o.stdin } : {}) }));
+    if (r.code !== 0) throw new SshError('command', `${what} on ${where(cfg)} failed (exit ${r.code ?? r.signal}): ${r.stderr.trim().slice(0, 500)}`);
+    return r;
+  }
+
   /** A channel running `command`, with the same one retry when the pooled connection was dead (no channel opened: nothing ran). */
-  async function openChannel(env: DriverEnvironment, cfg: SshEnvConfig, command: string, prefer?: SshConnection): Promise<{ b: Borrowed; ch: ClientChannel }> {
+  async function openChannel(env: DriverEnvironment, cfg: SshEnvConfig, command: string): Promise<{ b: Borrowed; ch: ClientChannel }> {
     for (let attempt = 1; ; attempt++) {
-      const b = await borrow(env, cfg, attempt === 1 ? prefer : undefined);
+      const b = await borrow(env, cfg);
       try {
-        const ch = await new Promise<ClientChannel>((resolve, reject) =>
-          b.conn.client.exec(command, (err: Error | undefined, ch: ClientChannel) => (err ? reject(err) : resolve(ch))),
-        );
+        const ch = await new Promise<ClientChannel>((resolve, reject) => b.conn.client.exec(command, (err: Error | undefined, ch: ClientChannel) => (err ? reject(err) : resolve(ch))));
         return { b, ch };
       } catch (err) {
         b.release();
@@ -152,10 +271,139 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
     }
   }
 
+  const withCode = (message: string, err: unknown) => Object.assign(new Error(`${message}: ${(err as Error).message}`), { code: err instanceof SshError ? err.code : ((err as { code?: string }).code ?? 'ssh_error') });
+
+  /**
+   * One watch over one channel, from `at`. Resolves with how the execution ended; throws
+   * ChannelLost when the channel or connection went away first (the caller watches again).
+   */
+  async function watchOnce(
+    env: DriverEnvironment,
+    cfg: SshEnvConfig,
+    ref: { pgid: number; startTime: string; dir: string; deadlineSec?: number },
+    at: { out: number; err: number; stopped: boolean; discarded: number; progressed: boolean },
+    sink: OutputListener,
+    report: () => void,
+    signal: AbortSignal | undefined,
+  ): Promise<ExitResult> {
+    const marker = `berth:${randomBytes(6).toString('hex')}`;
+    let opened: { b: Borrowed; ch: ClientChannel };
+    try {
+      opened = await openChannel(env, cfg, shCommand(WATCH, [marker, ref.dir, String(ref.pgid), ref.startTime, String(at.out), String(at.err), String(chunkBytes), pollMs]));
+    } catch (err) {
+      throw new ChannelLost((err as Error).message);
+    }
+    const { b, ch } = opened;
+    const reader = new FrameReader(ch, (n) => (stats.watchBytesRead += n));
+    const onAbort = () => {
+      reader.end();
+      ch.close();
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    ch.stderr.resume(); // a login script's noise; nothing of ours goes there
+    // A chunk may end inside a UTF-8 character: its first bytes wait for the rest, uncounted in the offset until delivered.
+    const carry: Record<'stdout' | 'stderr', Buffer> = { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
+    const deliver = async (stream: 'stdout' | 'stderr', text: string) => {
+      if (!text || at.stopped) return;
+      if ((await sink(stream, text)) === 'stop') at.stopped = true;
+    };
+    const lost = (why: string) => new ChannelLost(b.conn.isOpen() ? why : `the SSH connection to ${where(cfg)} was lost`);
+    try {
+      for (;;) {
+        const l = await reader.line();
+        if (signal?.aborted) throw signal.reason;
+        if (l === null) throw lost('the watch channel closed before the execution ended');
+        if (l === `${marker} ready`) break;
+      }
+      for (;;) {
+        const l = await reader.line();
+        if (signal?.aborted) throw signal.reason;
+        if (l === null) throw lost('the watch channel closed before the execution ended');
+        if (l === '.') continue;
+        const [kind, a, c] = l.split(' ');
+        if (kind === 'O' || kind === 'E') {
+          const n = Number(a);
+          const data = await reader.bytes(n);
+          if (signal?.aborted) throw signal.reason;
+          if (data === null) throw lost('the watch channel closed in the middle of a chunk');
+          const stream = kind === 'O' ? 'stdout' : 'stderr';
+          const field = kind === 'O' ? 'out' : 'err';
+          if (at.stopped) {
+            at.discarded += n;
+            at[field] += n;
+          } else {
+            const whole = carry[stream].length ? Buffer.concat([carry[stream], data]) : data;
+            const keep = incompleteUtf8Tail(whole);
+            carry[stream] = Buffer.from(whole.subarray(whole.length - keep));
+            const text = whole.subarray(0, whole.length - keep).toString('utf8');
+            at[field] += whole.length - keep; // delivered now: the earlier carry and this chunk, less the new carry
+            await deliver(stream, text);
+            if (at.stopped) {
+              at.discarded += carry.stdout.length + carry.stderr.length;
+              at.out += carry.stdout.length;
+              at.err += carry.stderr.length;
+              carry.stdout = Buffer.alloc(0);
+              carry.stderr = Buffer.alloc(0);
+            }
+          }
+          at.progressed = true;
+          report();
+          if (signal?.aborted) throw signal.reason;
+          ch.write(at.stopped ? 'S\n' : 'A\n');
+          continue;
+        }
+        if (kind === 'K') {
+          const out = Number(a);
+          const err = Number(c);
+          at.discarded += Math.max(0, out - at.out) + Math.max(0, err - at.err);
+          at.out = Math.max(at.out, out);
+          at.err = Math.max(at.err, err);
+          at.progressed = true;
+          report();
+          continue;
+        }
+        if (kind === 'X') {
+          // Whatever a chunk's end kept back is all there will be: given as it is (a broken character).
+          for (const s of ['stdout', 'stderr'] as const) {
+            const rest = carry[s];
+            if (!rest.length) continue;
+            carry[s] = Buffer.alloc(0);
+            if (at.stopped) at.discarded += rest.length;
+            else await deliver(s, rest.toString('utf8'));
+            at[s === 'stdout' ? 'out' : 'err'] += rest.length;
+          }
+          report();
+          const status = Number(a);
+          const extra: Partial<ExitResult> = at.discarded > 0 ? { discardedBytes: at.discarded } : {};
+          const sig = status > 128 ? SIGNAL_BY_NUMBER[status - 128] : undefined;
+          const ended = sig ? { exitCode: null, signal: sig } : { exitCode: Number.isInteger(status) ? status : null, signal: null };
+          if (c === 'deadline') {
+            return { ...ended, ...extra, error: `the process passed its deadline of ${ref.deadlineSec ?? '?'} s on ${where(cfg)} and was killed there`, errorCode: 'timeout' };
+          }
+          return { ...ended, ...extra };
+        }
+        if (kind === 'L') {
+          return {
+            exitCode: null,
+            signal: null,
+            ...(at.discarded > 0 ? { discardedBytes: at.discarded } : {}),
+            error: `the process on ${where(cfg)} is gone without an exit status (killed from outside Berth, or its host restarted)`,
+            errorCode: 'process_lost',
+          };
+        }
+        throw lost(`unexpected output from the watch script: ${JSON.stringify(l.slice(0, 100))}`);
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      ch.close();
+      b.release();
+    }
+  }
+
   return {
-    driver: 'ssh',
-    remote: true,
+    ...sshDescriptor,
     pool,
+    stats,
     close: () => pool.closeAll(),
 
     async probe(env): Promise<ProbeResult> {
@@ -207,25 +455,157 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
       b.release();
     },
 
-    async prepareWorkspace(env, lease: Lease, o: { cwd?: string }): Promise<PreparedWorkspace> {
+    /**
+     * `<remoteWorkspacePath>/<resource id>` with its label file. An agent's own cwd is only
+     * checked (it must exist); the resource directory is made either way, as the home of
+     * the run's output files, so they are never written into an agent's own directory.
+     */
+    async provision(env, req, signal): Promise<ProvisionedResource> {
       const cfg = configOf(env);
-      const base = { host: cfg.host, port: cfg.port, username: cfg.username, remoteWorkspacePath: cfg.remoteWorkspacePath };
-      const cwd = o.cwd ?? posix.join(cfg.remoteWorkspacePath, lease.id);
-      const owned = o.cwd === undefined;
+      const dir = resourceDir(cfg, req.resourceId);
+      signal.throwIfAborted();
+      const labels: Record<string, string> = { ...req.labels, [LABEL_RESOURCE]: req.resourceId, [LABEL_ENVIRONMENT]: env.id };
+      if (req.leaseId) labels[LABEL_LEASE] = req.leaseId;
       try {
-        await onConnection(env, cfg, async (b) => {
-          // An agent's own cwd must exist already; a workspace Berth owns is made here.
-          const r = await execCollect(b.conn, owned ? `mkdir -p -- ${shellQuote(cwd)}` : `cd -- ${shellQuote(cwd)}`, { timeoutMs: 30_000 });
-          if (r.code !== 0) throw new SshError('command', `${owned ? 'mkdir' : 'cd'} ${cwd} failed (exit ${r.code ?? r.signal}): ${r.stderr.trim().slice(0, 500)}`);
-        });
+        await runScript(env, cfg, `making ${dir}`, PROVISION, [cfg.remoteWorkspacePath, dir, req.cwd ?? ''], { stdin: `${JSON.stringify(labels)}\n` });
       } catch (err) {
-        const e = new Error(`cannot prepare the workspace ${cwd} on ${where(cfg)}: ${(err as Error).message}`);
-        throw Object.assign(e, { code: err instanceof SshError ? err.code : 'ssh_error' });
+        throw withCode(`cannot provision the workspace ${dir} on ${where(cfg)}`, err);
       }
+      const cwd = req.cwd ?? dir;
       return {
+        resourceId: req.resourceId,
+        providerId: dir,
+        state: { host: cfg.host, port: cfg.port, username: cfg.username, dir },
         cwd,
-        details: { ...base, cwd, workspaceOwned: owned, providerLeaseId: `ssh://${cfg.username}@${cfg.host}:${cfg.port}${cwd}` },
+        details: {
+          host: cfg.host,
+          port: cfg.port,
+          username: cfg.username,
+          remoteWorkspacePath: cfg.remoteWorkspacePath,
+          cwd,
+          workspaceOwned: req.cwd === undefined,
+          providerLeaseId: `ssh://${where(cfg)}${dir}`,
+        },
       };
+    },
+
+    async exec(env, resource, spec, signal): Promise<ExecutionHandle> {
+      const cfg = configOf(env);
+      const dir = storedResourceDir(cfg, resource);
+      const deadlineSec = spec.deadlineSec ?? 0;
+      if (!Number.isInteger(deadlineSec) || deadlineSec < 0) throw new Error(`deadlineSec must be a whole number of seconds, not ${deadlineSec}`);
+      const stdin = encodeEnvironment(spec.env);
+      const name = `exec-${randomBytes(8).toString('hex')}`;
+      const marker = `berth:${randomBytes(6).toString('hex')}`;
+      signal.throwIfAborted();
+      // Once the launcher has its stdin the process may be running: from there exec finishes, so its handle is not lost.
+      const { b, ch } = await openChannel(env, cfg, shCommand(LAUNCHER, [marker, RUNNER, dir, name, spec.cwd, String(deadlineSec), spec.command, ...spec.args]));
+      let stdout = '';
+      let stderr = '';
+      const ended: { code: number | null } = { code: null };
+      try {
+        await new Promise<void>((resolve) => {
+          ch.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
+          ch.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
+          ch.on('exit', (code: number | null) => (ended.code = code));
+          ch.once('close', () => resolve());
+          ch.end(stdin);
+        });
+      } finally {
+        b.release();
+      }
+      const mine = (text: string, what: string) => {
+        const line = text.split('\n').find((l) => l.startsWith(`${marker} ${what}=`));
+        return line === undefined ? null : line.slice(marker.length + what.length + 2);
+      };
+      const host = where(cfg);
+      const started = mine(stdout, 'pid');
+      const m = started === null ? null : /^(\d+) start=(\S+)$/.exec(started);
+      if (m) {
+        return { driver: 'ssh', host, ref: { pgid: Number(m[1]), startTime: m[2]!, dir: `${dir}/.berth/${name}`, ...(deadlineSec > 0 ? { deadlineSec } : {}) } };
+      }
+      const spawnError = mine(stderr, 'spawn-error');
+      if (spawnError !== null) return { driver: 'ssh', host, ref: { spawnError: storableText(spawnError) } };
+      const error = mine(stderr, 'error') ?? mine(stdout, 'error');
+      const why = error ?? (ended.code === null && !b.conn.isOpen() ? 'the SSH connection was lost while the process started' : `the launcher ended (exit ${ended.code}) without starting it: ${stderr.trim().slice(0, 500)}`);
+      throw new SshError('command', `cannot start ${spec.command} on ${host}: ${why}`);
+    },
+
+    async watch(env, exe, sink, o: WatchOptions = {}): Promise<ExitResult> {
+      const cfg = configOf(env);
+      const ref = refOf(cfg, exe);
+      if ('spawnError' in ref) return { exitCode: null, signal: null, spawnError: ref.spawnError };
+      const at = { ...parseOffset(o.from), stopped: false, discarded: 0, progressed: false };
+      const report = () => o.onOffset?.(`${at.out}:${at.err}`);
+      let lostAt: number | null = null;
+      let tries = 0;
+      for (;;) {
+        o.signal?.throwIfAborted();
+        at.progressed = false;
+        try {
+          return await watchOnce(env, cfg, ref, at, sink, report, o.signal);
+        } catch (err) {
+          if (o.signal?.aborted) throw o.signal.reason;
+          if (!(err instanceof ChannelLost)) throw err;
+          if (at.progressed) {
+            lostAt = null;
+            tries = 0;
+          }
+          lostAt ??= Date.now();
+          tries++;
+          const waited = Date.now() - lostAt;
+          if (tries > reconnectTries || waited >= reconnectMs) {
+            return {
+              exitCode: null,
+              signal: null,
+              ...(at.discarded > 0 ? { discardedBytes: at.discarded } : {}),
+              error: `lost the connection to ${where(cfg)} while the process ran, and could not watch it again (${tries} tries in ${Math.round(waited / 1000)} s): ${err.message}`,
+              errorCode: 'process_lost',
+            };
+          }
+          const pause = Math.min(200 * 2 ** (tries - 1), Math.max(0, reconnectMs - waited));
+          await new Promise<void>((resolve, reject) => {
+            const t = setTimeout(resolve, pause);
+            o.signal?.addEventListener('abort', () => (clearTimeout(t), reject(o.signal!.reason)), { once: true });
+          });
+        }
+      }
+    },
+
+    async signal(env, exe, sig) {
+      const cfg = configOf(env);
+      const ref = refOf(cfg, exe);
+      if ('spawnError' in ref) return;
+      await runScript(env, cfg, `sending SIG${sig} to the remote process group ${ref.pgid}`, SIGNAL, [sig, String(ref.pgid), ref.startTime, ref.dir], { timeoutMs: 15_000 });
+    },
+
+    async destroy(env, resource, signal): Promise<CleanupReport> {
+      const cfg = configOf(env);
+      const dir = storedResourceDir(cfg, resource);
+      signal.throwIfAborted();
+      const r = await runScript(env, cfg, `rm -rf ${dir}`, DESTROY, [dir], { timeoutMs: 60_000 });
+      return r.stdout.trim() === 'gone' ? { nothing: `no directory ${dir} on ${where(cfg)}` } : { removed: `${where(cfg)}:${dir}` };
+    },
+
+    async *list(env, signal): AsyncIterable<ListedResource> {
+      const cfg = configOf(env);
+      signal.throwIfAborted();
+      const r = await runScript(env, cfg, `listing ${cfg.remoteWorkspacePath}`, LIST, [cfg.remoteWorkspacePath], { timeoutMs: 60_000 });
+      for (const line of r.stdout.split('\n')) {
+        const [name, mtime, json] = line.split('\t');
+        if (!name || !UUID_RE.test(name) || json === undefined) continue;
+        let labels: Record<string, string>;
+        try {
+          const parsed = JSON.parse(json) as unknown;
+          if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) continue;
+          labels = Object.fromEntries(Object.entries(parsed).filter((e): e is [string, string] => typeof e[1] === 'string'));
+        } catch {
+          continue;
+        }
+        if (labels[LABEL_ENVIRONMENT] !== env.id) continue;
+        const t = Number(mtime);
+        yield { providerId: posix.join(cfg.remoteWorkspacePath, name), labels, createdAt: mtime && Number.isFinite(t) ? new Date(t * 1000) : null };
+      }
     },
 
     /**
@@ -257,158 +637,14 @@ export function sshDriver(opts: SshDriverOptions = {}): SshDriver {
           if (attempt > 1 || b.conn.isOpen() || !pool.pooled) throw err;
         }
       }
-      const url = `http://127.0.0.1:${fwd.remotePort}${t.pathname.replace(/\/+$/, '')}`;
-      const key = `${poolKey(env.id, cfg)} ${url}`;
-      forwardedOn.set(key, b.conn);
       const held = b;
       return {
-        url,
+        url: `http://127.0.0.1:${fwd.remotePort}${t.pathname.replace(/\/+$/, '')}`,
         close: async () => {
-          if (forwardedOn.get(key) === held.conn) forwardedOn.delete(key);
           await fwd.close();
           held.release();
         },
       };
     },
-
-    startProcess(env, spec, onOutput): StartedProcess {
-      return startRemoteProcess(env, spec, onOutput);
-    },
-
-    async cleanup(env, lease) {
-      // The server's own record of what prepareWorkspace made; never the caller's metadata.
-      const m = lease.driverState ?? {};
-      if (m.workspaceOwned !== true) return { nothing: "the run used its agent's own cwd, which is never removed" };
-      const root = typeof m.remoteWorkspacePath === 'string' ? m.remoteWorkspacePath : null;
-      const cwd = typeof m.cwd === 'string' ? m.cwd : null;
-      // Only exactly <remoteWorkspacePath>/<lease id>, as prepareWorkspace made it.
-      if (!root || !cwd || !root.startsWith('/') || root.split('/').includes('..') || cwd !== posix.join(root, lease.id)) {
-        throw new Error(`lease ${lease.id}: refusing to remove ${JSON.stringify(cwd)}: it is not <remoteWorkspacePath>/<lease id>`);
-      }
-      if (!env) throw new Error(`lease ${lease.id}: its ssh environment is gone or unreadable; cannot remove ${cwd} on ${m.host}:${m.port}`);
-      const cfg = configOf(env);
-      if (cfg.host !== m.host || cfg.port !== m.port) {
-        throw new Error(`lease ${lease.id}: its workspace is on ${m.host}:${m.port}, but the environment now points at ${cfg.host}:${cfg.port}; remove ${cwd} there by hand`);
-      }
-      await onConnection(env, cfg, async (b) => {
-        const r = await execCollect(b.conn, `rm -rf -- ${shellQuote(cwd)}`, { timeoutMs: 60_000 });
-        if (r.code !== 0) throw new SshError('command', `rm -rf ${cwd} on ${where(cfg)} failed (exit ${r.code ?? r.signal}): ${r.stderr.trim().slice(0, 500)}`);
-      });
-      return { removed: `${where(cfg)}:${cwd}` };
-    },
   };
-
-  function startRemoteProcess(env: DriverEnvironment, spec: ProcessSpec, onOutput: OutputListener): StartedProcess {
-    let pgid: number | null = null;
-    let pendingSignal: 'SIGTERM' | 'SIGKILL' | null = null;
-    let opened: { b: Borrowed; ch: ClientChannel };
-    let channel: ClientChannel | null = null;
-    let resolveSpawned!: (pid: number | null) => void;
-    const spawned = new Promise<number | null>((r) => (resolveSpawned = r));
-    let cfg: SshEnvConfig | null = null;
-
-    const signalGroup = (signal: 'SIGTERM' | 'SIGKILL'): void => {
-      if (pgid === null || !cfg) return;
-      const c = cfg;
-      const g = pgid;
-      void onConnection(env, c, (b) => execCollect(b.conn, shCommand(REMOTE_KILL, [signal.replace(/^SIG/, ''), String(g)]), { timeoutMs: 15_000 })).catch((err: unknown) =>
-        onOutput('stderr', `berth: could not send ${signal} to the remote process group ${g} on ${where(c)}: ${(err as Error).message}\n`),
-      );
-    };
-
-    const exited = (async (): Promise<{ exitCode: number | null; signal: string | null; spawnError?: string; error?: string; errorCode?: string }> => {
-      let stdin: string;
-      const marker = `berth:${randomBytes(6).toString('hex')}`;
-      try {
-        cfg = configOf(env);
-        stdin = encodeEnvironment(spec.env);
-        // On the connection carrying the run's callback forward, if it has one.
-        const via = spec.env.PAPERCLIP_API_URL ? forwardedOn.get(`${poolKey(env.id, cfg)} ${spec.env.PAPERCLIP_API_URL}`) : undefined;
-        opened = await openChannel(env, cfg, shCommand(REMOTE_WRAPPER, [marker, spec.cwd, spec.command, ...spec.args]), via);
-      } catch (err) {
-        resolveSpawned(null);
-        return { exitCode: null, signal: null, spawnError: (err as Error).message };
-      }
-      const { b, ch } = opened;
-      const c = cfg;
-      try {
-        return await new Promise((resolve) => {
-          channel = ch;
-          let exit: { code: number | null; signal: string | null } | null = null;
-          let spawnError: string | null = null;
-          let drainTimer: NodeJS.Timeout | undefined;
-          const out = new StringDecoder('utf8');
-          const errDecoder = new StringDecoder('utf8');
-          // stderr until the wrapper's pid line: the wrapper's own lines are taken out,
-          // anything else (a login script's noise) passes through.
-          let preamble: string | null = '';
-          const onStderr = (text: string) => {
-            if (preamble === null) return text && onOutput('stderr', text);
-            preamble += text;
-            let nl: number;
-            while (preamble !== null && (nl = preamble.indexOf('\n')) >= 0) {
-              const line = preamble.slice(0, nl);
-              const rest = preamble.slice(nl + 1);
-              if (line.startsWith(`${marker} pid=`)) {
-                pgid = Number(line.slice(marker.length + 5));
-                resolveSpawned(pgid);
-                if (pendingSignal) signalGroup(pendingSignal);
-                preamble = null;
-                if (rest) onOutput('stderr', rest);
-                return;
-              }
-              if (line.startsWith(`${marker} spawn-error=`)) spawnError = storableText(line.slice(marker.length + 13));
-              else onOutput('stderr', `${line}\n`);
-              preamble = rest;
-            }
-          };
-          ch.on('data', (d: Buffer) => {
-            const t = out.write(d);
-            if (t) onOutput('stdout', t);
-          });
-          ch.stderr.on('data', (d: Buffer) => onStderr(errDecoder.write(d)));
-          ch.on('exit', (code: number | null, signal?: string) => {
-            exit = { code, signal: signal ?? null };
-            // EOF on stdin: the watchdog kills what is left of the group. If it cannot
-            // (a TERM took it), the group is killed from outside after drainMs.
-            ch.end();
-            drainTimer = setTimeout(() => {
-              const g = pgid;
-              if (g !== null) signalGroup('SIGKILL');
-              setTimeout(() => ch.close(), 1000).unref();
-            }, drainMs);
-          });
-          ch.once('close', () => {
-            clearTimeout(drainTimer);
-            const rest = out.end();
-            if (rest) onOutput('stdout', rest);
-            const errRest = errDecoder.end();
-            if (errRest) onStderr(errRest);
-            if (preamble) onOutput('stderr', preamble);
-            resolveSpawned(null); // no-op once the pid was reported
-            if (spawnError !== null) return resolve({ exitCode: null, signal: null, spawnError });
-            if (exit) return resolve({ exitCode: exit.code, signal: exit.signal });
-            // The channel closed without an exit status: the connection died under the run
-            // (the wrapper's watchdog then kills the remote group when sshd closes its stdin).
-            const why = b.conn.isOpen() ? 'the channel closed without an exit status' : 'the SSH connection was lost';
-            resolve({ exitCode: null, signal: null, error: `${why} (${where(c)}) while the process ran`, errorCode: 'ssh_connection_lost' });
-          });
-          ch.write(stdin);
-        });
-      } finally {
-        b.release();
-      }
-    })();
-
-    return {
-      spawned,
-      exited,
-      kill(signal) {
-        if (pgid !== null) return signalGroup(signal);
-        pendingSignal = signal;
-        // Not started yet: a SIGKILL before the pid is known closes the channel, and the watchdog does the rest.
-        if (signal === 'SIGKILL' && channel) (channel as ClientChannel).close();
-      },
-    };
-  }
 }

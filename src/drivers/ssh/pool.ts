@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { connect as tcpConnect, isIP, Socket } from 'node:net';
-import ssh2, { Client, type ClientChannel } from 'ssh2';
+import { Client, type ClientChannel } from 'ssh2';
 import { storableText } from '../../domain/text.js';
 import { privateKeyProblem } from './descriptor.js';
 import { fingerprintSha256, verifyHostKey } from './known-hosts.js';
