@@ -46,6 +46,20 @@ async function cleanUp(leaseId: string): Promise<void> {
 }
 
 describe('DELETE /api/environments/:id', () => {
+  it('is refused while a resource a driver made in it is not destroyed, and works once it is', async () => {
+    const env = await newEnv('resource-live');
+    const { lease } = await t.services.leases.acquire(co.id, { environmentId: env, ttlSeconds: 60 }, undefined, { driver: 'sandbox', reserveResource: true });
+    expect(lease.resourceId).toEqual(expect.any(String));
+    // The lease ends; its resource is owed a destroy (no sandbox driver here to do it).
+    await t.services.leases.release(co.id, lease.id, { fence: lease.fence, status: 'released' });
+    expect((await t.services.resources.get(lease.resourceId!)).status).toBe('destroying');
+    expectRefused(await call('DELETE', `/api/environments/${env}`), /provider resources not yet destroyed \(1 destroying\)/);
+    expect((await call('GET', `/api/environments/${env}`)).status).toBe(200);
+    await t.services.resources.recordDestroyAttempt(lease.resourceId!, { ok: true, done: { removed: 'x' } });
+    expect((await t.services.resources.get(lease.resourceId!)).status).toBe('destroyed');
+    expect((await call('DELETE', `/api/environments/${env}`)).status).toBe(200);
+  });
+
   it('is refused while an expired lease still owes cleanup, and works once the cleanup succeeded', async () => {
     const env = await newEnv('expired-pending');
     // Taken as a run's executor takes it: a driver will make resources for it, so it owes cleanup.

@@ -98,7 +98,9 @@ describe('process runs', () => {
     expect(acts.items.map((a) => a.action).reverse()).toEqual([
       'heartbeat_run.queued',
       'environment.lease_acquired',
+      'environment.lease_activated',
       'environment.lease_released',
+      'environment.lease_cleanup_succeeded',
       'heartbeat_run.finished',
     ]);
     const released = acts.items.find((a) => a.action === 'environment.lease_released')!;
@@ -225,7 +227,10 @@ describe('process runs', () => {
     const acts = await t.services.activity.list(companyId, { entityId: run.leaseId! });
     expect(acts.items.map((a) => a.action).reverse()).toEqual([
       'environment.lease_acquired',
+      'environment.lease_activated',
       'environment.lease_released',
+      // The executor's own attempt, then resource GC's two.
+      'environment.lease_cleanup_failed',
       'environment.lease_cleanup_failed',
       'environment.lease_cleanup_succeeded',
     ]);

@@ -36,7 +36,9 @@ export const processAdapter: ProcessAdapter = {
   plan(ctx) {
     const cfg = processAdapterSchema.parse(ctx.agent.adapterConfig);
     return {
-      spec: { command: cfg.command, args: cfg.args, cwd: ctx.workspace.cwd, env: runEnvironment(ctx, cfg.env) },
+      // The remote side's own deadline (where a driver enforces one): past its timeout and
+      // grace the process dies even if no server is left to stop it.
+      spec: { command: cfg.command, args: cfg.args, cwd: ctx.workspace.cwd, env: runEnvironment(ctx, cfg.env), deadlineSec: cfg.timeoutSec + cfg.graceSec + 60 },
       timeoutSec: cfg.timeoutSec,
       graceSec: cfg.graceSec,
     };

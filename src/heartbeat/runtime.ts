@@ -218,12 +218,19 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     });
     if (lostRuns.length === 0) return;
     const byRun = new Map(lostRuns.map((r) => [r.id, r]));
-    for (const e of await s.runs.executionsOf([...byRun.keys()])) {
+    const executions = await s.runs.executionsOf([...byRun.keys()]);
+    // A run recorded by an earlier Berth (a local pid and who it is, no execution record): the local driver's own handle for it.
+    for (const r of lostRuns) {
+      if (r.pid === null || !r.processIdentity || executions.some((e) => e.runId === r.id)) continue;
+      const bootId = (r.processIdentity as { bootId?: unknown }).bootId;
+      executions.push({ runId: r.id, driver: 'local', handle: { driver: 'local', host: typeof bootId === 'string' ? bootId : null, ref: { pid: r.pid, identity: r.processIdentity } } });
+    }
+    for (const e of executions) {
       const drv = drivers.get(e.driver);
       const run = byRun.get(e.runId);
-      if (!drv || !run?.environmentId) continue;
-      const env = await s.environments.getWithSecrets(run.companyId, run.environmentId).catch(() => null);
-      if (env) await drv.signal(env, e.handle as unknown as ExecutionHandle, 'KILL').catch((err: unknown) => onError(`recover ${run.id}`, err));
+      if (!drv || !run) continue;
+      const env = run.environmentId ? await s.environments.getWithSecrets(run.companyId, run.environmentId).catch(() => null) : null;
+      if (env || drv.capabilities.hostLocal) await drv.signal((env ?? {}) as DriverEnvironment, e.handle as unknown as ExecutionHandle, 'KILL').catch((err: unknown) => onError(`recover ${run.id}`, err));
     }
   }
 

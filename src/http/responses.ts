@@ -66,6 +66,8 @@ const lease = z.strictObject({
   driver: z.string().nullable(),
   driverState: record.nullable(),
   retainUntil: tsOrNull,
+  /** The provider resource the server reserved for it (written by the server only). */
+  resourceId: z.uuid().nullable(),
   createdAt: ts,
   updatedAt: ts,
   unknownValues,

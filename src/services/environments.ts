@@ -244,6 +244,13 @@ export function environmentService(db: Db) {
         const owing = open.filter((o) => o.terminal);
         if (live.length > 0) reasons.push(`it has leases that are not terminal (${listed(live)})`);
         if (owing.length > 0) reasons.push(`it has ended leases that still owe cleanup (${listed(owing)}): wait for their cleanup to finish`);
+        // What a driver made in it and has not destroyed yet (resource GC needs the record's environment to retry).
+        const resources = await queryRows<{ status: string; n: number }>(
+          tx,
+          sql`SELECT status, count(*)::int AS n FROM provider_resources WHERE environment_id = ${id} AND status NOT IN ('destroyed', 'lost')
+              GROUP BY status ORDER BY status`,
+        );
+        if (resources.length > 0) reasons.push(`it holds provider resources not yet destroyed (${resources.map((o) => `${o.n} ${o.status}`).join(', ')})`);
         if (reasons.length > 0) {
           throw new BerthError('conflict', `environment ${id} cannot be deleted: ${reasons.join('; ')}`, { details: { reasons } });
         }

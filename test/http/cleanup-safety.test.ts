@@ -59,7 +59,7 @@ async function runAgent(name: string, script: string, extra: Record<string, unkn
 async function settled(leaseId: string): Promise<any> {
   return waitFor('the lease to owe no cleanup', async () => {
     const l = (await as(co.key).get(`/api/environment-leases/${leaseId}`)).body;
-    return l.nextCleanupAt === null && l.status !== 'pending_cleanup' && l.status !== 'active' ? l : null;
+    return l.nextCleanupAt === null && l.cleanupStatus !== 'pending' && l.status !== 'pending_cleanup' && l.status !== 'active' ? l : null;
   }, 15_000);
 }
 
@@ -124,11 +124,12 @@ describe('driver-owned state', () => {
 
     const own = await settled(run.leaseId);
     expect(own).toMatchObject({ status: 'released', cleanupStatus: 'success', driver: 'local', metadata: forged });
-    expect(own.driverState).toMatchObject({ cwd: join(workspaceRoot, run.leaseId), workspaceOwned: true });
+    expect(own.resourceId).toEqual(expect.any(String));
+    expect(own.driverState).toMatchObject({ cwd: join(workspaceRoot, own.resourceId), workspaceOwned: true });
     const other = await settled(out.otherLease);
     expect(other).toMatchObject({ status: 'released', driver: null, cleanupStatus: null });
     expect(victimsIntact()).toBe(true);
-    expect(existsSync(join(workspaceRoot, run.leaseId))).toBe(false);
+    expect(existsSync(join(workspaceRoot, own.resourceId))).toBe(false);
     // The run's own release says what the cleanup removed: its own workspace, nothing else.
     expect(readdirSync(workspaceRoot).sort()).toEqual(['victim-of-another-company']);
   });
@@ -149,21 +150,22 @@ describe('driver-owned state', () => {
     const own = await settled(run.leaseId);
     expect(own.cleanupStatus).toBe('success');
     expect(victimsIntact()).toBe(true);
-    expect(existsSync(join(workspaceRoot, run.leaseId))).toBe(false);
+    expect(existsSync(join(workspaceRoot, own.resourceId))).toBe(false);
   });
 
-  it("the expiry sweep of a run's lease cleans its own workspace by the lease id, whatever the metadata says", async () => {
+  it("the expiry sweep of a run's lease cleans its own workspace by its resource record, whatever the metadata says", async () => {
     plantVictims();
-    // A lease granted as the executor grants it (driver recorded), never prepared, with forged metadata.
+    // A lease granted as the executor grants it (driver and resource record written ahead), never provisioned, with forged metadata.
     const local = (await as(co.key).get(`/api/companies/${co.id}/environments`)).body.find((e: { driver: string }) => e.driver === 'local');
-    const { lease } = await t.services.leases.acquire(co.id, { environmentId: local.id, ttlSeconds: 0.2, metadata: { preparedBy: 'local', workspaceOwned: true, cwd: victimInside } }, undefined, { driver: 'local' });
-    mkdirSync(join(workspaceRoot, lease.id));
-    writeFileSync(join(workspaceRoot, lease.id, 'scratch'), 'x');
+    const { lease } = await t.services.leases.acquire(co.id, { environmentId: local.id, ttlSeconds: 0.2, metadata: { preparedBy: 'local', workspaceOwned: true, cwd: victimInside } }, undefined, { driver: 'local', reserveResource: true });
+    const ws = join(workspaceRoot, lease.resourceId!);
+    mkdirSync(ws);
+    writeFileSync(join(ws, 'scratch'), 'x');
     const done = await settled(lease.id);
     expect(done).toMatchObject({ status: 'expired', cleanupStatus: 'success' });
     const cleanup = (await activityOf(lease.id)).find((a) => a.action === 'environment.lease_cleanup_succeeded');
-    expect(cleanup?.details).toMatchObject({ driver: 'local', done: { removed: join(workspaceRoot, lease.id) } });
-    expect(existsSync(join(workspaceRoot, lease.id))).toBe(false);
+    expect(cleanup?.details).toMatchObject({ driver: 'local', resourceId: lease.resourceId, done: { removed: ws } });
+    expect(existsSync(ws)).toBe(false);
     expect(victimsIntact()).toBe(true);
   });
 });

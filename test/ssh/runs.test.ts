@@ -130,7 +130,7 @@ describe('runs on an SSH environment', () => {
     const run = await finished((await invoke(agent.id)).id);
     expect(run).toMatchObject({ status: 'failed', exitCode: 4, errorCode: 'process_failed', pid: null });
     const lease = await t.services.leases.get(companyId, run.leaseId!);
-    const cwd = join(remoteRoot, lease.id);
+    const cwd = join(remoteRoot, lease.resourceId!);
     expect(await logText(run.id, 'stdout')).toBe(`run=${run.id}\n${cwd}\n`);
     expect(await logText(run.id, 'stderr')).toBe('warn\n');
     const details = { host: '127.0.0.1', port: sshd.port, username: 'root', cwd, workspaceOwned: true, providerLeaseId: `ssh://root@127.0.0.1:${sshd.port}${cwd}` };
@@ -143,7 +143,7 @@ describe('runs on an SSH environment', () => {
     expect(await logText(ok.id, 'stdout')).toBe('made-here\n');
     const okLease = await t.services.leases.get(companyId, ok.leaseId!);
     expect(okLease).toMatchObject({ status: 'released', cleanupStatus: 'success' });
-    expect(existsSync(join(remoteRoot, okLease.id))).toBe(false); // ephemeral: removed at release
+    expect(existsSync(join(remoteRoot, okLease.resourceId!))).toBe(false); // ephemeral: removed at release
   });
 
   it('passes PAPERCLIP_* and envVars to the remote process, never on any command line, and not the server\'s own PATH', async () => {
@@ -261,7 +261,7 @@ describe('runs on an SSH environment', () => {
       expect(session).toBeGreaterThan(1);
     }
     const { leaseId } = await t.services.runs.get(companyId, started.id);
-    const cwd = join(remoteRoot, leaseId!);
+    const cwd = join(remoteRoot, (await t.services.leases.get(companyId, leaseId!)).resourceId!);
     expect(existsSync(cwd)).toBe(true);
     await sshd.stopListening(); // nobody can reconnect: cleanup must fail for now
     process.kill(session, 'SIGKILL');
@@ -291,17 +291,17 @@ describe('runs on an SSH environment', () => {
     expect(failed.status).toBe('failed');
     const kept = await t.services.leases.get(companyId, failed.leaseId!);
     expect(kept).toMatchObject({ status: 'retained', leasePolicy: 'retain_on_failure', cleanupStatus: null });
-    expect(readFileSync(join(remoteRoot, kept.id, 'notes.txt'), 'utf8')).toBe('evidence\n');
+    expect(readFileSync(join(remoteRoot, kept.resourceId!, 'notes.txt'), 'utf8')).toBe('evidence\n');
 
     const ok = await finished((await invoke((await agentOn(env.id, 'true', [])).id)).id);
     expect(ok.status).toBe('succeeded');
     const released = await t.services.leases.get(companyId, ok.leaseId!);
     expect(released).toMatchObject({ status: 'released', leasePolicy: 'retain_on_failure', cleanupStatus: 'success' });
-    expect(existsSync(join(remoteRoot, released.id))).toBe(false);
+    expect(existsSync(join(remoteRoot, released.resourceId!))).toBe(false);
 
     // Releasing the retained lease with cleanup pending hands its workspace to the driver's cleanup.
     await t.services.leases.release(companyId, kept.id, { fence: kept.fence, status: 'released', cleanupStatus: 'pending' });
-    await waitFor('the retained workspace to be cleaned up', async () => !existsSync(join(remoteRoot, kept.id)), 10_000);
+    await waitFor('the retained workspace to be cleaned up', async () => !existsSync(join(remoteRoot, kept.resourceId!)), 10_000);
   });
 
   it('refuses a lease policy runs cannot take', async () => {
