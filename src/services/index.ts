@@ -9,6 +9,7 @@ import { runService, serverRegistry } from './runs.js';
 import { apiKeyService } from './api-keys.js';
 import { probeService } from './probes.js';
 import { retentionService } from './retention.js';
+import { dueService } from './due.js';
 
 export function createServices(db: Db) {
   return {
@@ -22,6 +23,7 @@ export function createServices(db: Db) {
     apiKeys: apiKeyService(db),
     probes: probeService(db),
     retention: retentionService(db),
+    due: dueService(db),
   };
 }
 export type Services = ReturnType<typeof createServices>;
