@@ -1,16 +1,23 @@
 // Overhead of one heartbeat run of a trivial process (`true`) against spawning the
 // same process directly, both measured in this run, on PGlite and PostgreSQL; then
-// runs per second with 8 runs in flight.
+// runs per second with 8 runs in flight. On PostgreSQL also: how long a run queued through
+// one server waits before another server claims it (wake-ups against pure polling), and
+// how many transactions an idle server commits per second (the same two ways).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pg from 'pg';
 import { openDatabase, type Database } from '../src/db/client.js';
+import type { HeartbeatRun } from '../src/domain/types.js';
+import { startRuntime } from '../src/heartbeat/runtime.js';
 import { localDriver } from '../src/drivers/local/driver.js';
 import { createServices } from '../src/services/index.js';
-import { createScratchDatabase } from '../test/support/db.js';
+import { adminUrl, createScratchDatabase } from '../test/support/db.js';
 import { fmt, percentile, spawnTrue, startBenchRuntime } from './support.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 200);
+const CLAIM_RUNS = Number(process.env.BENCH_CLAIM_RUNS ?? 100);
+const IDLE_SECONDS = Number(process.env.BENCH_IDLE_SECONDS ?? 20);
 const workspaceRoot = mkdtempSync(join(tmpdir(), 'berth-bench-ws-'));
 
 async function benchBackend(name: string, database: Database): Promise<void> {
@@ -58,6 +65,99 @@ async function benchBackend(name: string, database: Database): Promise<void> {
   await runtime.stop({ graceMs: 0 });
 }
 
+/**
+ * Server A (claims nothing) queues runs; server B, a database handle of its own on the
+ * same PostgreSQL, claims them. Each run's wait is its startedAt (B's claim) minus its
+ * createdAt (A's invoke), both the database's clock. With wake-ups, B claims on A's
+ * NOTIFY; without, at its 200 ms poll.
+ */
+async function benchCrossServerClaim(wakeups: boolean): Promise<void> {
+  const scratch = await createScratchDatabase();
+  const dbA = await openDatabase({ databaseUrl: scratch.url, poolSize: 4 });
+  const dbB = await openDatabase({ databaseUrl: scratch.url, poolSize: 8 });
+  const waiting = new Map<string, (run: HeartbeatRun) => void>();
+  const common = { apiUrl: 'http://127.0.0.1:9', onError: (where: string, err: unknown) => console.error(where, err) };
+  const a = createServices(dbA.db);
+  const serverA = await startRuntime({ ...common, services: a, db: dbA.db, heartbeatDb: dbA.heartbeatDb, maxConcurrentRuns: 0 });
+  const serverB = await startRuntime({
+    ...common,
+    services: createServices(dbB.db),
+    db: dbB.db,
+    heartbeatDb: dbB.heartbeatDb,
+    drivers: new Map([['local', localDriver({ workspaceRoot })]]),
+    ...(wakeups ? { listen: dbB.listen } : {}),
+    onRunFinished: (run) => waiting.get(run.id)?.(run),
+  });
+  try {
+    const company = await a.companies.create({ name: 'bench claim' });
+    const agent = await a.agents.create(company.id, { name: 'true', adapterType: 'process', adapterConfig: { command: 'true', args: [] } });
+    const waits: number[] = [];
+    for (let i = 0; i < CLAIM_RUNS + 5; i++) {
+      let done!: (run: HeartbeatRun) => void;
+      const finished = new Promise<HeartbeatRun>((resolve) => (done = resolve));
+      // A pause of random length between runs, so invokes do not fall in step with B's poll.
+      await new Promise((r) => setTimeout(r, Math.random() * 200));
+      const run = await a.runs.invoke(company.id, agent.id);
+      waiting.set(run.id, done);
+      const end = await finished;
+      waiting.delete(run.id);
+      if (end.serverId !== serverB.serverId || !end.startedAt) throw new Error(`run ${end.id} was not claimed by server B`);
+      if (i >= 5) waits.push(end.startedAt.getTime() - run.createdAt.getTime());
+    }
+    waits.sort((x, y) => x - y);
+    console.log(
+      `postgres claim by another server, ${wakeups ? 'wake-ups (LISTEN/NOTIFY)' : 'polling only (200 ms)'}: ${waits.length} runs invoked via A, claimed by B:` +
+        ` invoke->claimed p50 ${fmt(percentile(waits, 50))} ms p99 ${fmt(percentile(waits, 99))} ms${wakeups ? ' (target p50 <= 20 ms)' : ' (baseline)'}`,
+    );
+  } finally {
+    await serverA.stop({ graceMs: 0 });
+    await serverB.stop({ graceMs: 0 });
+    await dbA.close();
+    await dbB.close();
+    await scratch.drop();
+  }
+}
+
+/**
+ * Transactions one idle server (no runs, no leases) commits per second: xact_commit of a
+ * database only it uses, read from another database. A backend reports its counts when it
+ * has been idle a while or disconnects, so the server first idles past the pool's 10 s
+ * idle timeout: its start-up connections have gone and reported.
+ */
+async function benchIdleCommits(wakeups: boolean): Promise<void> {
+  const scratch = await createScratchDatabase();
+  const name = new URL(scratch.url).pathname.slice(1);
+  const database = await openDatabase({ databaseUrl: scratch.url });
+  const runtime = await startRuntime({
+    services: createServices(database.db),
+    db: database.db,
+    heartbeatDb: database.heartbeatDb,
+    ...(wakeups ? { listen: database.listen } : {}),
+    apiUrl: 'http://127.0.0.1:9',
+    onError: (where, err) => console.error(where, err),
+  });
+  const admin = new pg.Client({ connectionString: adminUrl() });
+  await admin.connect();
+  const commits = async () => Number((await admin.query('SELECT xact_commit FROM pg_stat_database WHERE datname = $1', [name])).rows[0].xact_commit);
+  try {
+    await new Promise((r) => setTimeout(r, 15_000));
+    const before = await commits();
+    const t = performance.now();
+    await new Promise((r) => setTimeout(r, IDLE_SECONDS * 1000));
+    const n = (await commits()) - before;
+    const seconds = (performance.now() - t) / 1000;
+    console.log(
+      `postgres idle server, ${wakeups ? 'wake-ups, claim poll 2 s backstop' : 'polling only (claim every 200 ms)'}: ${n} commits in ${fmt(seconds)} s = ${fmt(n / seconds, 2)}/s` +
+        `${wakeups ? ' (target <= 1/s)' : ' (baseline)'}`,
+    );
+  } finally {
+    await admin.end();
+    await runtime.stop({ graceMs: 0 });
+    await database.close();
+    await scratch.drop();
+  }
+}
+
 try {
   const scratch = await createScratchDatabase();
   const pgDb = await openDatabase({ databaseUrl: scratch.url, poolSize: 16 });
@@ -67,6 +167,8 @@ try {
     await pgDb.close();
     await scratch.drop();
   }
+  for (const wakeups of [true, false]) await benchCrossServerClaim(wakeups);
+  for (const wakeups of [true, false]) await benchIdleCommits(wakeups);
   const lite = await openDatabase({ databaseUrl: '', dataDir: 'memory://' });
   await benchBackend('pglite', lite);
   await lite.close();

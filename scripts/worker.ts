@@ -35,6 +35,7 @@ const runtime = await startRuntime({
   services: createServices(database.db),
   db: database.db,
   heartbeatDb: database.heartbeatDb,
+  listen: database.listen,
   retention: retentionFromEnv(),
   maxConcurrentRuns: Number(process.env.BERTH_MAX_RUNS ?? 16),
   apiUrl,

@@ -17,6 +17,7 @@ import { isBerthError } from '../domain/errors.js';
 import { lockDataDir } from './lock.js';
 import { berthHome } from '../home.js';
 import { pgErrorOf, PG_FEATURE_NOT_SUPPORTED } from './errors.js';
+import { pgListen, pgliteListen, type Listen } from './notify.js';
 
 export type Db = PgDatabase<PgQueryResultHKT, typeof schema>;
 
@@ -31,6 +32,8 @@ export interface Database {
    * session: there it is `db`.
    */
   heartbeatDb: Db;
+  /** Wake-ups (src/db/notify.ts): a connection of its own that LISTENs (PostgreSQL), PGlite's session in-process. */
+  listen: Listen;
   close(): Promise<void>;
 }
 
@@ -69,6 +72,7 @@ async function openPglite(dataDir: string): Promise<Database> {
     return {
       db: db as unknown as Db,
       heartbeatDb: db as unknown as Db,
+      listen: pgliteListen(client),
       kind: 'pglite',
       location: inMemory ? 'memory' : dataDir,
       async close() {
@@ -118,6 +122,7 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
   return {
     db: db as unknown as Db,
     heartbeatDb: drizzlePg({ client: heartbeatPool, schema }) as unknown as Db,
+    listen: pgListen(url),
     kind: 'postgres',
     location: redactUrl(url),
     async close() {

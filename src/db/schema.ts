@@ -249,6 +249,16 @@ export const berthServers = pgTable('berth_servers', {
   stoppedAt: timestamp('stopped_at', { withTimezone: true }),
 });
 
+/**
+ * Maintenance tasks that one server runs per interval for all servers sharing the
+ * database (scheduler gate 'one'): the server whose update moves last_run_at wins the interval.
+ */
+export const berthTaskRuns = pgTable('berth_task_runs', {
+  name: text('name').primaryKey(),
+  lastRunAt: timestamp('last_run_at', { withTimezone: true }).notNull().defaultNow(),
+  serverId: text('server_id'),
+});
+
 export const heartbeatRuns = pgTable(
   'heartbeat_runs',
   {

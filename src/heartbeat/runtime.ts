@@ -1,13 +1,28 @@
 // A server's heartbeat runtime: it registers the server, claims queued runs up to its
-// limit, executes them, and runs the maintenance every server shares as named tasks:
-// lease expiry, lost-run recovery, orphaned runs, timers and cleanup retries.
+// limit, executes them, and runs the maintenance every server shares as named tasks
+// (scheduler.ts): lease expiry, lost-run recovery, orphaned runs, timers, cleanup retries
+// and retention.
 //
-// Bounds (with the defaults): a lease past expiresAt is expired within sweepMs (1 s) plus
-// the time to write it (the sweep takes batches of 2,000 until none is due); a server that
-// dies is noticed after staleSeconds (5 s) without a heartbeat, and its runs are finalized
-// by the next sweep of any live server: within staleSeconds + sweepMs + heartbeatMs (7 s)
-// of its last heartbeat. The heartbeat runs on a connection of its own where the database
-// has several (PostgreSQL), so a busy pool cannot make this server look dead.
+// Wake-ups: a run queued anywhere (invoke, a requeue with no delay, a timer) notifies the
+// runs channel in its own statement (db/notify.ts); this server listens and claims at once.
+// The claim poll (pollMs, 2 s) is only the backstop for a lost notification, and a
+// listener that reconnects does one claim pass. Without a listener the poll claims every
+// 200 ms, as the only way to find work.
+//
+// Idle cost: the heartbeat statement also checks what each sweep would find (services/due.ts)
+// and the sweeps run only when it finds something, so an idle server commits one statement
+// per heartbeat (plus its share of the gate 'one' retention once a minute).
+//
+// Bounds (with the defaults): a lease past expiresAt is seen by the next due-check of any
+// server (every heartbeatMs, 1 s) and expired at once: within 1 s plus the time to write it
+// (the sweep takes batches of 2,000 until none is due). A server that dies is noticed
+// after staleSeconds (5 s) without a heartbeat, and its runs are finalized at the next
+// due-check of any live server: within staleSeconds + heartbeatMs (6 s, under the 7 s
+// stated before) of its last heartbeat, plus the write. A due-check that fails or is late
+// (more than 3 heartbeats old) is not trusted: the sweeps then run at each of their own
+// ticks (sweepMs, 1 s) as if everything were due. The heartbeat runs on a connection of
+// its own where the database has several (PostgreSQL), so a busy pool cannot make this
+// server look dead.
 import { randomUUID } from 'node:crypto';
 import { hostname as osHostname } from 'node:os';
 import { httpAdapter } from '../adapters/http.js';
@@ -25,7 +40,9 @@ import type { RetentionPolicy } from '../services/retention.js';
 import type { Db } from '../db/client.js';
 import { executeRun, resumeRun, withDeadline, type AdoptedRun, type ExecutorDeps } from './run/index.js';
 import type { ResourceToDestroy } from '../services/resources/index.js';
-import { every, type Task } from './tasks.js';
+import { createScheduler } from './scheduler.js';
+import { CANCELS_CHANNEL, RUNS_CHANNEL, type Listen, type Listener } from '../db/notify.js';
+import { dueService, type DueCheck } from '../services/due.js';
 
 export interface RuntimeOptions {
   services: Services;
@@ -42,8 +59,16 @@ export interface RuntimeOptions {
   apiUrl: string;
   /** Where this process itself reaches the API (serve's bound address), for a driver's tunnel to end at; default apiUrl. */
   localUrl?: string;
+  /**
+   * Wake-ups (Database.listen): a run queued by any server is claimed here at once. Without
+   * them the claim poll is the only way to find work.
+   */
+  listen?: Listen;
+  /** The claim poll: default 2 s with wake-ups (a backstop, skipped while the due-check finds nothing claimable), 200 ms without. */
   pollMs?: number;
+  /** The heartbeat and due-check (services/due.ts). */
   heartbeatMs?: number;
+  /** Each sweep's own tick, used when the due-check is not to be trusted (it failed, or is late). */
   sweepMs?: number;
   staleSeconds?: number;
   leaseTtlSeconds?: number;
@@ -325,24 +350,88 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   }
 
   // Each task skips a tick while its last run is still going: nothing piles up.
-  const report = (name: string) => (err: unknown) => onError(name, err);
-  const tasks: Task[] = [
-    every('claim', opts.pollMs ?? 200, () => claimLoop(), report('claim')),
-    // Its own task (and connection): nothing that waits for the pool may delay it.
-    every('heartbeat', opts.heartbeatMs ?? 1000, () => servers.heartbeat(serverId), report('heartbeat')),
-    every('cancels', opts.heartbeatMs ?? 1000, checkCancels, report('cancels')),
-    every('expire-leases', sweepMs, () => expireAllDue(s), report('expire-leases')),
-    every('recover-runs', sweepMs, recoverLostRuns, report('recover-runs')),
-    every('orphaned-runs', Math.max(sweepMs, 5_000), finalizeOrphans, report('orphaned-runs')),
-    every('timers', sweepMs, async () => {
-      if (!stopping && (await s.runs.invokeDueTimers()).length > 0) void claimLoop();
-    }, report('timers')),
-    every('resource-gc', sweepMs, collectGarbage, report('resource-gc')),
-    every('reconcile', opts.reconcileMs ?? 60_000, reconcile, report('reconcile')),
-    every('retention', 60_000, () => s.retention.prune(opts.retention ?? {}), report('retention')),
-  ];
-  // Runs left `running` by a dead server are finalized at start-up.
-  for (const name of ['expire-leases', 'recover-runs'] as const) await tasks.find((t) => t.name === name)!.runNow();
+  // What the last due-check found (it runs with the heartbeat); a sweep whose flag is off
+  // skips its tick. A check older than three heartbeats is not trusted: then every sweep
+  // runs at its tick, as if all were due.
+  const heartbeatMs = opts.heartbeatMs ?? 1000;
+  const dueChecks = opts.heartbeatDb ? dueService(opts.heartbeatDb) : s.due;
+  let due: DueCheck | null = null;
+  let dueAt = -Infinity;
+  const dueFresh = () => due !== null && performance.now() - dueAt < 3 * heartbeatMs + 500;
+  const needs = (flag: keyof DueCheck) => () => !dueFresh() || due![flag];
+
+  const gateDb = opts.db ?? opts.heartbeatDb;
+  const scheduler = createScheduler({ ...(gateDb ? { db: gateDb } : {}), serverId, onError });
+  // Gate 'one' needs the database under the services; without it, every server runs them.
+  const one = gateDb ? ('one' as const) : ('any' as const);
+  const sweepDeadline = 60_000;
+  const wakeups = opts.listen !== undefined;
+
+  // Gates, and why:
+  // - claim, heartbeat, cancels, orphaned-runs: 'any'. Each is about this server itself
+  //   (its slots, its liveness, its runs).
+  // - expire-leases, cleanups: 'any'. Their statements share the work out (SKIP LOCKED, and a
+  //   cleanup is claimed before it runs), so under a burst every server helps; idle, the
+  //   due-check keeps them from running at all, so a gate would only add a statement.
+  // - recover-runs: 'any'. Any live server may finalize a dead one's runs (SKIP LOCKED gives
+  //   each to one), and a gate would put a winner's interval between a death and its
+  //   recovery; the due-check keeps it from running while nothing is lost.
+  // - timers: 'one'. invokeDueTimers already gives each agent's tick to one server; the gate
+  //   keeps every server from sending the same update each second while a timer is due.
+  // - retention: 'one'. Pruning is the same work whichever server does it, once a minute.
+  scheduler.every('claim', opts.pollMs ?? (wakeups ? 2_000 : 200), { gate: 'any', ...(wakeups ? { when: needs('claimable') } : {}) }, () => claimLoop());
+  // Its own task (and connection): nothing that waits for the pool may delay it. The sweeps
+  // its due-check finds work for run at once: the bounds above count from this check.
+  scheduler.every('heartbeat', heartbeatMs, { gate: 'any', timeoutMs: 10_000 }, async () => {
+    const at = performance.now();
+    const found = await dueChecks.heartbeat(serverId, { staleSeconds });
+    due = found;
+    dueAt = at;
+    if (stopping) return;
+    const wake: [keyof DueCheck, string][] = [
+      ['leases', 'expire-leases'],
+      ['lostRuns', 'recover-runs'],
+      ['timers', 'timers'],
+      ['cleanups', 'resource-gc'],
+      ['cancels', 'cancels'],
+    ];
+    for (const [flag, task] of wake) if (found[flag]) void scheduler.get(task).runNow();
+  });
+  scheduler.every('cancels', heartbeatMs, { gate: 'any', timeoutMs: sweepDeadline, when: needs('cancels') }, checkCancels);
+  scheduler.every('expire-leases', sweepMs, { gate: 'any', timeoutMs: sweepDeadline, when: needs('leases') }, () => expireAllDue(s));
+  scheduler.every('recover-runs', sweepMs, { gate: 'any', timeoutMs: sweepDeadline, when: needs('lostRuns') }, recoverLostRuns);
+  scheduler.every('orphaned-runs', Math.max(sweepMs, 5_000), { gate: 'any', timeoutMs: sweepDeadline, when: needs('ownRunning') }, finalizeOrphans);
+  scheduler.every('timers', sweepMs, { gate: one, timeoutMs: sweepDeadline, when: needs('timers') }, async () => {
+    if (!stopping && (await s.runs.invokeDueTimers()).length > 0) void claimLoop();
+  });
+  // A cleanup's own deadline is cleanupTimeoutMs; the sweep runs several, a batch at a time.
+  scheduler.every('resource-gc', sweepMs, { gate: 'any', timeoutMs: cleanupTimeoutMs + sweepDeadline, when: needs('cleanups') }, collectGarbage);
+  // One server per interval compares each provider with the records (gate 'one').
+  scheduler.every('reconcile', opts.reconcileMs ?? 60_000, { gate: one, timeoutMs: 5 * sweepDeadline }, reconcile);
+  scheduler.every('retention', 60_000, { gate: one, timeoutMs: 5 * sweepDeadline }, () => s.retention.prune(opts.retention ?? {}));
+
+  // Runs left `running` by a dead server are finalized at start-up; the first due-check
+  // comes before them, so the first ticks are already skipped when nothing is due.
+  await scheduler.get('heartbeat').runNow();
+  for (const name of ['expire-leases', 'recover-runs'] as const) await scheduler.get(name).runNow();
+
+  let listener: Listener | null = null;
+  if (opts.listen) {
+    listener = await opts.listen({
+      onNotify: (channel, payload) => {
+        if (stopping) return;
+        if (channel === RUNS_CHANNEL) void claimLoop();
+        else if (channel === CANCELS_CHANNEL && payload === serverId) void scheduler.get('cancels').runNow();
+      },
+      // Listening (again): what was notified meanwhile may be lost, so look once.
+      onListening: () => {
+        if (stopping) return;
+        void claimLoop();
+        void scheduler.get('cancels').runNow();
+      },
+      onError: (err) => onError('wake-ups', err),
+    });
+  }
   void claimLoop();
 
   return {
@@ -351,14 +440,15 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     inFlight: () => running.size,
     async stop({ graceMs = 10_000 } = {}) {
       stopping = true;
-      for (const t of tasks) t.stop();
+      await listener?.close().catch((err: unknown) => onError('wake-ups', err));
+      scheduler.stop();
       while (claiming) await new Promise((r) => setTimeout(r, 10));
       const all = [...running.values()];
       const grace = new Promise((r) => setTimeout(r, graceMs).unref());
       await Promise.race([Promise.all(all.map((r) => r.done)), grace]);
       for (const r of running.values()) r.abort.abort('cancel');
       await Promise.all([...running.values()].map((r) => r.done));
-      await Promise.all(tasks.map((t) => t.idle()));
+      await scheduler.idle();
       await servers.stop(serverId).catch((err: unknown) => onError('stop', err));
       closeDriverPools(drivers);
     },

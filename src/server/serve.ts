@@ -184,6 +184,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
       services,
       db: database.db,
       heartbeatDb: database.heartbeatDb,
+      listen: database.listen,
       drivers,
       retention,
       apiUrl: publicUrl,

@@ -10,6 +10,7 @@ import { apiKeyService } from './api-keys.js';
 import { probeService } from './probes.js';
 import { retentionService } from './retention.js';
 import { resourceService } from './resources/index.js';
+import { dueService } from './due.js';
 
 export function createServices(db: Db) {
   return {
@@ -24,6 +25,7 @@ export function createServices(db: Db) {
     apiKeys: apiKeyService(db),
     probes: probeService(db),
     retention: retentionService(db),
+    due: dueService(db),
   };
 }
 export type Services = ReturnType<typeof createServices>;

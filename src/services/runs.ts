@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { sql, type SQL } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
+import { CANCELS_CHANNEL, notifyEach, RUNS_CHANNEL } from '../db/notify.js';
 import { toLogChunk, toRun } from '../db/rows.js';
 import { invokeSchema, type InvokeInput } from '../domain/agents.js';
 import { RUN_ACTIONS, type TerminalRunStatus } from '../domain/enums.js';
@@ -54,7 +55,8 @@ export function runService(db: Db) {
               SELECT agent.company_id, agent.id, ${v.source}, ${JSON.stringify({ invocation: v.context })}::jsonb
               FROM agent RETURNING *),
             act AS (${runActivity('changed', actor, RUN_ACTIONS.queued, sql`jsonb_build_object('agentId', changed.agent_id, 'source', changed.invocation_source)`)})
-            SELECT * FROM changed`,
+            -- Listeners wake at commit, when the run is visible to their claim.
+            SELECT changed.* FROM changed CROSS JOIN ${notifyEach(RUNS_CHANNEL)}`,
       );
       if (!row) {
         const [agent] = await queryRows<{ status: string }>(db, sql`SELECT status FROM agents WHERE id = ${agentId} AND company_id = ${companyId}`);
@@ -130,7 +132,7 @@ export function runService(db: Db) {
               UPDATE heartbeat_runs SET cancel_requested_at = now(), updated_at = now()
               WHERE id = ${runId} AND company_id = ${companyId} AND status = 'running' AND cancel_requested_at IS NULL RETURNING *),
             act AS (${runActivity('changed', actor, RUN_ACTIONS.cancelRequested, sql`jsonb_build_object('agentId', changed.agent_id)`)})
-            SELECT * FROM changed`,
+            SELECT changed.* FROM changed CROSS JOIN ${notifyEach(CANCELS_CHANNEL, sql`changed.server_id`)}`,
       );
       if (running) return toRun(running);
       return service.get(companyId, runId);
@@ -304,7 +306,8 @@ export function runService(db: Db) {
             -- One activity row when a run starts waiting, not one per retry.
             act AS (${runActivity('back', SYSTEM_ACTOR, RUN_ACTIONS.deferred, sql`jsonb_build_object('agentId', back.agent_id, 'reason', ${opts.reason}::text)`)}
                     WHERE (SELECT not_before FROM prev) IS NULL)
-            SELECT * FROM back`,
+            -- Claimable again at once: wake the listeners (a delayed one is found by the poll).
+            SELECT back.* FROM back CROSS JOIN ${notifyEach(RUNS_CHANNEL, sql`''`, sql`${opts.delaySeconds}::float8 <= 0`)}`,
       );
       return row ? toRun(row) : null;
     },
