@@ -38,7 +38,7 @@ export const processAdapter: ProcessAdapter = {
     return {
       // The remote side's own deadline (where a driver enforces one): past its timeout and
       // grace the process dies even if no server is left to stop it.
-      spec: { command: cfg.command, args: cfg.args, cwd: ctx.workspace.cwd, env: runEnvironment(ctx, cfg.env), deadlineSec: cfg.timeoutSec + cfg.graceSec + 60 },
+      spec: { command: cfg.command, args: cfg.args, cwd: ctx.workspace.cwd, env: runEnvironment(ctx, cfg.env), deadlineSec: Math.ceil(cfg.timeoutSec + cfg.graceSec) + 60 },
       timeoutSec: cfg.timeoutSec,
       graceSec: cfg.graceSec,
     };

@@ -14,7 +14,7 @@ import type { HeartbeatRun } from '../../src/domain/types.js';
 import { startRuntime, type Runtime } from '../../src/heartbeat/runtime.js';
 import { openTestDb, type TestDb } from '../support/db.js';
 import { collectRuntimeErrors } from '../support/runtime-errors.js';
-import { parentOf, startTestSshd, type TestSshd } from '../support/sshd.js';
+import { startTestSshd, type TestSshd } from '../support/sshd.js';
 import { isAlive, waitFor } from '../support/wait.js';
 
 // Secrets are encrypted under a key of this test's own, not one in the user's home.
@@ -246,44 +246,59 @@ describe('runs on an SSH environment', () => {
     expect((await t.services.leases.get(companyId, run.leaseId!)).status).toBe('expired');
   });
 
-  it('the connection cut mid-run: the run fails, the remote tree dies, the lease waits in pending_cleanup and cleanup is retried until sshd is back', async () => {
+  it('the connection cut mid-run: the remote process lives on, the driver reconnects, and the run ends with all of its output', async () => {
+    const env = await sshEnvironment();
+    const agent = await agentOn(env.id, 'sh', ['-c', 'echo before; sleep 2; echo after'], { timeoutSec: 60 });
+    const started = await invoke(agent.id);
+    const leader = await remotePid(started.id);
+    await waitFor('the first line', async () => (await logText(started.id, 'stdout')).includes('before'));
+    expect(isAlive(leader)).toBe(true);
+    // Every connection to the host dies (the processes sshd serves them with); the listener stays.
+    const connections = sshd.connectionPids();
+    expect(connections.length).toBeGreaterThan(0);
+    for (const pid of connections) process.kill(pid, 'SIGKILL');
+    const run = await finished(started.id);
+    expect(run).toMatchObject({ status: 'succeeded', exitCode: 0 });
+    expect(await logText(run.id, 'stdout')).toBe('before\nafter\n');
+    const lease = await t.services.leases.get(companyId, run.leaseId!);
+    expect(lease).toMatchObject({ status: 'released', cleanupStatus: 'success' });
+    expect(existsSync(join(remoteRoot, lease.resourceId!))).toBe(false);
+  });
+
+  it('the host gone mid-run: the run fails process_lost after the retries, the lease waits in pending_cleanup, and once sshd is back the destroy kills the remote tree and removes the workspace', async () => {
     const env = await sshEnvironment();
     const pidFile = join(root, `cut-${n}`);
-    const agent = await agentOn(env.id, 'sh', ['-c', `sleep 60 & echo $! > ${pidFile}; echo started; sleep 60`], { timeoutSec: 60 });
+    const agent = await agentOn(env.id, 'sh', ['-c', `sleep 60 & echo $! > ${pidFile}; echo started; sleep 60`], { timeoutSec: 120 });
     const started = await invoke(agent.id);
     const leader = await remotePid(started.id);
     await waitFor('the grandchild', async () => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '');
     const grandchild = Number(readFileSync(pidFile, 'utf8'));
-    // The sshd process serving this run's connection: the leader's ancestor whose parent is the listener.
-    let session = leader;
-    while (parentOf(session) !== sshd.pid()) {
-      session = parentOf(session)!;
-      expect(session).toBeGreaterThan(1);
-    }
     const { leaseId } = await t.services.runs.get(companyId, started.id);
     const cwd = join(remoteRoot, (await t.services.leases.get(companyId, leaseId!)).resourceId!);
     expect(existsSync(cwd)).toBe(true);
-    await sshd.stopListening(); // nobody can reconnect: cleanup must fail for now
-    process.kill(session, 'SIGKILL');
-    const run = await finished(started.id);
-    expect(run).toMatchObject({ status: 'failed', errorCode: 'ssh_connection_lost' });
-    expect(run.error).toContain(`the SSH connection was lost (root@127.0.0.1:${sshd.port}) while the process ran`);
-    await waitFor('the remote tree to be gone', async () => !isAlive(grandchild) && !isAlive(leader), 5000);
+    const connections = sshd.connectionPids();
+    await sshd.stopListening(); // nobody can reconnect: the watch gives up, and cleanup must fail for now
+    for (const pid of connections) process.kill(pid, 'SIGKILL');
+    const run = await finished(started.id, 90_000);
+    expect(run).toMatchObject({ status: 'failed', errorCode: 'process_lost' });
     const pending = await t.services.leases.get(companyId, leaseId!);
     expect(pending).toMatchObject({ status: 'pending_cleanup', cleanupStatus: 'failed', releaseStatus: 'failed' });
-    expect(await logText(run.id, 'system')).toContain(`environment cleanup failed (will be retried): cannot connect to 127.0.0.1:${sshd.port}: ECONNREFUSED`);
+    expect(await logText(run.id, 'system')).toContain('environment cleanup failed (will be retried)');
     expect(existsSync(cwd)).toBe(true);
+    // The remote process outlives the connection (its own deadline, or the destroy, ends it).
+    expect(isAlive(leader)).toBe(true);
 
     await sshd.start();
     const done = await waitFor('cleanup to be retried and succeed', async () => {
       const l = await t.services.leases.get(companyId, leaseId!);
       return l.status === 'failed' && l.cleanupStatus === 'success' ? l : null;
-    }, 20_000);
+    }, 30_000);
     expect(done.cleanupAttempts).toBeGreaterThanOrEqual(2);
     expect(existsSync(cwd)).toBe(false);
+    await waitFor('the remote tree to be gone', async () => !isAlive(grandchild) && !isAlive(leader), 5000);
     const acts = await t.services.activity.list(companyId, { entityId: leaseId! });
     expect(acts.items.map((a) => a.action)).toContain('environment.lease_cleanup_succeeded');
-  });
+  }, 150_000);
 
   it('retain_on_failure keeps a failed run\'s workspace (lease retained); a successful run\'s is still removed', async () => {
     const env = await sshEnvironment({}, { metadata: { leasePolicy: 'retain_on_failure' } });

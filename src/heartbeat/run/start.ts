@@ -62,7 +62,8 @@ export async function exec(st: RunState, plan: ProcessPlan): Promise<ExecutionHa
     void st.log.write('system', 'the run was finalized elsewhere while starting: stopping its process\n');
     st.abort.abort('cancel');
   }
-  if (pid !== null && !st.driver!.capabilities.hostLocal) void st.log.write('system', `started: remote pid ${pid}\n`);
+  const remotePid = typeof handle.ref.pid === 'number' ? handle.ref.pid : typeof handle.ref.pgid === 'number' ? handle.ref.pgid : null;
+  if (remotePid !== null && !st.driver!.capabilities.hostLocal) void st.log.write('system', `started: remote pid ${remotePid}\n`);
   await deps.onPhase?.('started', run);
   return handle;
 }
