@@ -3,6 +3,7 @@
 import { writeFileSync } from 'node:fs';
 import { openDatabase } from '../../src/db/client.js';
 import { localDriver } from '../../src/drivers/local/driver.js';
+import { sshDriver } from '../../src/drivers/ssh/driver.js';
 import { startRuntime } from '../../src/heartbeat/runtime.js';
 import { createServices } from '../../src/services/index.js';
 
@@ -11,7 +12,10 @@ await startRuntime({
   services: createServices(database.db),
   db: database.db,
   heartbeatDb: database.heartbeatDb,
-  drivers: new Map([['local', localDriver({ workspaceRoot: process.env.PHASE_WORKSPACE_ROOT! })]]),
+  drivers: new Map([
+    ['local', localDriver({ workspaceRoot: process.env.PHASE_WORKSPACE_ROOT! })],
+    ['ssh', sshDriver()],
+  ]),
   apiUrl: 'http://127.0.0.1:9',
   pollMs: 50,
   heartbeatMs: 200,

@@ -112,7 +112,7 @@ export async function resumeRun(deps: ExecutorDeps, adopted: AdoptedRun, abort: 
   try {
     const s = deps.services;
     void st.log.write('system', `resumed by server ${deps.serverId}: its server stopped while it ran\n`);
-    const agent = await s.agents.get(run.companyId, run.agentId);
+    const agent = await s.agents.getWithSecrets(run.companyId, run.agentId);
     const adapter = deps.adapters.get(agent.adapterType);
     if (!adapter || adapter.kind !== 'process') throw Object.assign(new Error(`no process adapter for type "${agent.adapterType}"`), { code: 'no_adapter' });
     if (!run.environmentId || !run.leaseId) throw Object.assign(new Error('the run has no environment or lease recorded'), { code: 'internal' });
