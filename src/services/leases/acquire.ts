@@ -106,7 +106,8 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
       // claimed (a transaction-scoped advisory lock on (environment, slot), tried without
       // waiting and let go at commit), so acquirers racing for the free slots skip each
       // other's instead of colliding on the unique index. The lock only spares a retry: the
-      // index is what guarantees the capacity. OFFSET 0 keeps the candidates in order and
+      // index is what guarantees the capacity (two environments whose ids hash alike only
+      // skip each other's slots). OFFSET 0 keeps the candidates in order and
       // the lock tried one candidate at a time, up to the first it gets.
       return sql`WITH env AS (
             SELECT id, company_id, status, capacity FROM environments
