@@ -20,6 +20,18 @@ const BACKENDS = (process.env.BENCH_BACKENDS ?? 'postgres,pglite').split(',');
 
 type Exec = (text: string, params: unknown[]) => Promise<{ rows: Array<Record<string, unknown>> }>;
 
+/**
+ * Statements sent to PostgreSQL by any pg client of this process (Berth's pool and the
+ * floor's), BEGIN and COMMIT included: a round's count over its cycles is the operation
+ * count printed beside each ratio (the floor's is 2 per cycle; Berth's counts retries).
+ */
+let pgStatements = 0;
+const pgQuery = pg.Client.prototype.query;
+pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+  pgStatements++;
+  return (pgQuery as (...a: unknown[]) => unknown).apply(this, args);
+} as typeof pgQuery;
+
 const FLOOR_TABLE = `CREATE TABLE bench_floor (LIKE environment_leases INCLUDING DEFAULTS); ALTER TABLE bench_floor ADD PRIMARY KEY (id)`;
 
 async function floorCycle(exec: Exec, companyId: string, envId: string): Promise<void> {
@@ -37,6 +49,9 @@ interface Row {
   env: string;
   floor: RunStats;
   berth: RunStats;
+  /** Statements per cycle (PostgreSQL only). */
+  floorStatements?: number;
+  berthStatements?: number;
 }
 
 async function benchBackend(backend: 'pglite' | 'postgres', database: Database, exec: Exec, rows: Row[]) {
@@ -63,9 +78,14 @@ async function benchBackend(backend: 'pglite' | 'postgres', database: Database, 
     const floors: RunStats[] = [];
     const berths: RunStats[] = [];
     const cpu = { floor: { server: 0, client: 0 }, berth: { server: 0, client: 0 }, known: true };
+    const statements = { floor: 0, berth: 0 };
     for (let r = 0; r < ROUNDS; r++) {
+      let before = pgStatements;
       const f = await withCpu(() => runConcurrent(total, c.clients, () => floorCycle(exec, company.id, local.id)));
+      statements.floor += pgStatements - before;
+      before = pgStatements;
       const b = await withCpu(() => runConcurrent(total, c.clients, berthCycle(c.id)));
+      statements.berth += pgStatements - before;
       floors.push(f.result);
       berths.push(b.result);
       if (f.serverCpu === null || b.serverCpu === null) cpu.known = false;
@@ -77,7 +97,11 @@ async function benchBackend(backend: 'pglite' | 'postgres', database: Database, 
     const perCycle = (x: number) => fmt((x / (total * ROUNDS)) * 1e6, 0);
     const best = (xs: RunStats[]) => xs.reduce((a, b) => (b.perSecond > a.perSecond ? b : a));
     const med = (xs: RunStats[]) => [...xs].sort((a, b) => a.perSecond - b.perSecond)[Math.floor(xs.length / 2)]!;
-    const row = { backend, clients: c.clients, env: c.env, floor: med(floors), berth: med(berths) };
+    const row: Row = { backend, clients: c.clients, env: c.env, floor: med(floors), berth: med(berths) };
+    if (backend === 'postgres') {
+      row.floorStatements = statements.floor / (total * ROUNDS);
+      row.berthStatements = statements.berth / (total * ROUNDS);
+    }
     rows.push(row);
     console.log(
       `${backend.padEnd(8)} ${String(c.clients).padStart(2)} clients  ${c.env.padEnd(18)}  floor ${fmt(row.floor.perSecond, 0).padStart(6)}/s  berth ${fmt(row.berth.perSecond, 0).padStart(6)}/s` +
@@ -87,6 +111,10 @@ async function benchBackend(backend: 'pglite' | 'postgres', database: Database, 
       console.log(
         `${' '.repeat(42)}CPU µs per cycle, server + client: floor ${cpu.known ? perCycle(cpu.floor.server) : '?'} + ${perCycle(cpu.floor.client)}` +
           `, berth ${cpu.known ? perCycle(cpu.berth.server) : '?'} + ${perCycle(cpu.berth.client)}`,
+      );
+      console.log(
+        `${' '.repeat(42)}statements per cycle: floor ${fmt(row.floorStatements!, 2)} (${statements.floor} in ${total * ROUNDS} cycles)` +
+          `, berth ${fmt(row.berthStatements!, 2)} (${statements.berth})`,
       );
     }
   }
@@ -188,10 +216,13 @@ async function main() {
     await berthPg.close();
     await scratch.drop();
   }
-  const target = rows.find((r) => r.backend === 'postgres' && r.clients === 16 && r.env.startsWith('unlimited'));
-  if (target) {
-    console.log(`\nTarget: PostgreSQL, 16 clients, >= 0.60 of the floor. Measured: ${fmt(target.berth.perSecond / target.floor.perSecond, 2)}` +
-      `  (p50 ${fmt(target.berth.p50, 2)} ms / p99 ${fmt(target.berth.p99, 2)} ms per cycle vs floor p50 ${fmt(target.floor.p50, 2)} ms / p99 ${fmt(target.floor.p99, 2)} ms)`);
+  console.log('');
+  for (const env of ['unlimited', 'capacity 16']) {
+    const target = rows.find((r) => r.backend === 'postgres' && r.clients === 16 && r.env.startsWith(env));
+    if (!target) continue;
+    console.log(`Target: PostgreSQL, 16 clients, ${env.padEnd(11)} >= 0.60 of the floor. Measured: ${fmt(target.berth.perSecond / target.floor.perSecond, 2)}` +
+      `  (${fmt(target.berth.perSecond, 0)}/s vs floor ${fmt(target.floor.perSecond, 0)}/s; ${fmt(target.berthStatements!, 2)} statements per cycle vs ${fmt(target.floorStatements!, 2)};` +
+      ` p50 ${fmt(target.berth.p50, 2)} ms / p99 ${fmt(target.berth.p99, 2)} ms per cycle vs floor p50 ${fmt(target.floor.p50, 2)} ms / p99 ${fmt(target.floor.p99, 2)} ms)`);
   }
   console.log('\nlatency per cycle (ms):');
   for (const r of rows) {

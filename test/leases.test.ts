@@ -150,6 +150,47 @@ describe('acquire', () => {
     expect((await leases().acquire(companyId, { environmentId: env.id })).created).toBe(true);
   });
 
+  it('keeps every active lease of a capacity-limited environment in its own slot below the capacity; the lease does not show it', async () => {
+    const env = await newEnv({ capacity: 3 });
+    const got = [];
+    for (let i = 0; i < 3; i++) got.push(await leases().acquire(companyId, { environmentId: env.id }));
+    const slots = await queryRows<{ slot: number | null }>(t.db, sql`SELECT slot FROM environment_leases WHERE environment_id = ${env.id} AND status = 'active' ORDER BY slot`);
+    expect(slots.map((r) => r.slot)).toEqual([0, 1, 2]);
+    for (const g of got) expect(g.lease).not.toHaveProperty('slot');
+  });
+
+  it('lowering capacity moves the leases it keeps below it: a lease in a high slot does not let acquires exceed the new capacity', async () => {
+    const env = await newEnv({ capacity: 4 });
+    const got = [];
+    for (let i = 0; i < 4; i++) got.push(await leases().acquire(companyId, { environmentId: env.id }));
+    const [high] = await queryRows<{ id: string }>(t.db, sql`SELECT id FROM environment_leases WHERE environment_id = ${env.id} AND slot = 3`);
+    for (const g of got) if (g.lease.id !== high!.id) await leases().release(companyId, g.lease.id, { fence: g.lease.fence });
+    await t.services.environments.update(companyId, env.id, { capacity: 1 });
+    await expect(leases().acquire(companyId, { environmentId: env.id })).rejects.toMatchObject({ code: 'capacity_exhausted', details: { capacity: 1, active: 1 } });
+    const [kept] = await queryRows<{ slot: number }>(t.db, sql`SELECT slot FROM environment_leases WHERE id = ${high!.id}`);
+    expect(kept!.slot).toBe(0);
+  });
+
+  it('a capacity set on an environment that had none counts the leases granted before it', async () => {
+    const env = await newEnv();
+    await leases().acquire(companyId, { environmentId: env.id });
+    await leases().acquire(companyId, { environmentId: env.id });
+    await t.services.environments.update(companyId, env.id, { capacity: 3 });
+    await leases().acquire(companyId, { environmentId: env.id });
+    await expect(leases().acquire(companyId, { environmentId: env.id })).rejects.toMatchObject({ code: 'capacity_exhausted', details: { capacity: 3, active: 3 } });
+  });
+
+  it('a retained lease reactivated on a capacity-limited environment takes a slot, and counts', async () => {
+    const env = await newEnv({ capacity: 1 });
+    const first = await leases().acquire(companyId, { environmentId: env.id, policy: 'reuse_by_environment' });
+    await leases().release(companyId, first.lease.id, { fence: first.lease.fence });
+    const again = await leases().acquire(companyId, { environmentId: env.id, policy: 'reuse_by_environment' });
+    expect(again).toMatchObject({ reacquired: true, lease: { id: first.lease.id, status: 'active' } });
+    await expect(leases().acquire(companyId, { environmentId: env.id })).rejects.toMatchObject({ code: 'capacity_exhausted', details: { capacity: 1, active: 1 } });
+    const [row] = await queryRows<{ slot: number | null }>(t.db, sql`SELECT slot FROM environment_leases WHERE id = ${first.lease.id}`);
+    expect(row!.slot).toBe(0);
+  });
+
   it('refuses an archived environment', async () => {
     const env = await newEnv();
     await t.services.environments.archive(companyId, env.id);

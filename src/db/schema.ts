@@ -116,6 +116,12 @@ export const environmentLeases = pgTable(
     retainUntil: timestamp('retain_until', { withTimezone: true }),
     /** The provider resource (provider_resources) its driver made for it, reserved in the statement that granted it. */
     resourceId: uuid('resource_id'),
+    /**
+     * While active on a capacity-limited environment: which of its `capacity` places the lease
+     * holds, in [0, capacity). Server-only; null on an unlimited environment. A stale value on
+     * a lease that is no longer active means nothing (the slot index looks at active leases).
+     */
+    slot: integer('slot'),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },
@@ -133,6 +139,12 @@ export const environmentLeases = pgTable(
     uniqueIndex('environment_leases_active_workspace_uq')
       .on(t.environmentId, t.executionWorkspaceId)
       .where(sql`${t.status} = 'active' AND ${t.leasePolicy} = 'ephemeral' AND ${t.executionWorkspaceId} IS NOT NULL`),
+    // Capacity: at most one active lease per (environment, slot), and a grant only takes a
+    // slot below the capacity, so no number of concurrent acquirers on any number of servers
+    // can hold more than `capacity` at once, and none waits on a lock held by another.
+    uniqueIndex('environment_leases_active_slot_uq')
+      .on(t.environmentId, t.slot)
+      .where(sql`${t.status} = 'active' AND ${t.slot} IS NOT NULL`),
     // Listing an environment's leases, most recently used first (keyset paging), and
     // its active ones, which the capacity check counts. Partial indexes are touched
     // only while their predicate holds: releasing a lease does not write the second.

@@ -48,12 +48,16 @@ export interface Environment {
   unknownValues?: Record<string, string>;
 }
 
+/** Columns of environment_leases a lease does not show: the capacity slot it holds (the server's bookkeeping). */
+type LeaseServerOnlyColumn = 'slot';
+
 /**
- * A lease: every column of environment_leases (src/db/schema.ts documents them), with its
- * enum columns read as the values this version knows. Derived from the schema, so a column
- * added there is a field here, and toLease (src/db/rows.ts) does not compile until it maps it.
+ * A lease: every other column of environment_leases (src/db/schema.ts documents them), with
+ * its enum columns read as the values this version knows. Derived from the schema, so a column
+ * added there is a field here unless it is named server-only above, and toLease
+ * (src/db/rows.ts) does not compile until it maps it.
  */
-export interface Lease extends Omit<typeof environmentLeases.$inferSelect, 'status' | 'leasePolicy' | 'cleanupStatus'> {
+export interface Lease extends Omit<typeof environmentLeases.$inferSelect, 'status' | 'leasePolicy' | 'cleanupStatus' | LeaseServerOnlyColumn> {
   status: Known<LeaseStatus>;
   leasePolicy: Known<LeasePolicy>;
   cleanupStatus: Known<CleanupStatus> | null;

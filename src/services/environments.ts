@@ -158,8 +158,9 @@ export function environmentService(db: Db) {
       const v = parseInput(updateEnvironmentSchema, input, 'environment update');
       try {
         return await db.transaction(async (tx) => {
-          // FOR UPDATE conflicts with the KEY SHARE lock every acquire takes, so a capacity
-          // change and the acquires around it are ordered: none decides on a stale capacity.
+          // FOR UPDATE conflicts with the KEY SHARE lock every acquire holds until it commits,
+          // so a capacity change and the acquires around it are ordered: none decides on a
+          // stale capacity, and the count below sees every lease granted before it.
           const [current] = await queryRows(tx, sql`SELECT * FROM environments WHERE id = ${id} AND company_id = ${companyId} FOR UPDATE`);
           if (!current) throw notFound('environment', id);
           const driver = String(current.driver) as EnvironmentDriverKind;
@@ -192,6 +193,27 @@ export function environmentService(db: Db) {
               }
             }
             sets.push(sql`capacity = ${v.capacity}`);
+          }
+          if (v.capacity !== undefined && v.capacity !== null) {
+            // Acquires grant a slot below the capacity, and the unique index admits one active
+            // lease per slot: that is the whole capacity check. So every active lease must hold
+            // a slot below the new capacity before it applies, else a lease above it (or one
+            // granted while the environment was unlimited, without a slot) would let acquires
+            // fill the slots below and exceed the capacity. The leases that do not move the
+            // ones without a slot or above it to the free slots below, lowest first (there are
+            // enough: the count is at most the capacity). No acquire runs meanwhile (FOR UPDATE
+            // above) and releases only free slots, so no slot is taken twice.
+            await queryRows(
+              tx,
+              sql`WITH used AS (
+                    SELECT slot AS u, (row_number() OVER (ORDER BY slot) - 1)::int AS i FROM environment_leases
+                    WHERE environment_id = ${id} AND status = 'active' AND slot IS NOT NULL AND slot < ${v.capacity}),
+                  movers AS (
+                    SELECT id, (row_number() OVER (ORDER BY acquired_at, id) - 1)::int AS j FROM environment_leases
+                    WHERE environment_id = ${id} AND status = 'active' AND (slot IS NULL OR slot >= ${v.capacity}))
+                  UPDATE environment_leases l SET slot = movers.j + (SELECT count(*)::int FROM used WHERE used.u - used.i <= movers.j)
+                  FROM movers WHERE l.id = movers.id AND l.status = 'active'`,
+            );
           }
           const changedFields = Object.keys(v);
           const action = v.status === 'archived' && current.status !== 'archived' && changedFields.length === 1 ? ACTIONS.environmentArchived : ACTIONS.environmentUpdated;

@@ -151,6 +151,124 @@ describe('on PostgreSQL under concurrency', () => {
     expect(violations).toEqual([]);
   });
 
+  it('64 acquirers on two servers, new and reactivated leases, never hold more than capacity 3 nor share a slot', async () => {
+    const env = await server(0).environments.create(companyId, { name: 'cap-3-slots', driver: 'sandbox', config: { provider: 't' }, capacity: 3 });
+    // One snapshot per sample: the active leases, their distinct slots, and any slot outside [0, 3).
+    const samples: Array<{ active: number; slots: number; outside: number }> = [];
+    let running = true;
+    const watch = (async () => {
+      while (running) {
+        const { rows } = await probe.query(
+          `SELECT count(*)::int AS active, count(DISTINCT slot)::int AS slots,
+                  count(*) FILTER (WHERE slot IS NULL OR slot < 0 OR slot >= 3)::int AS outside
+           FROM environment_leases WHERE environment_id = $1 AND status = 'active'`,
+          [env.id],
+        );
+        samples.push(rows[0] as { active: number; slots: number; outside: number });
+        await new Promise((r) => setTimeout(r, 1));
+      }
+    })();
+    let granted = 0;
+    let reacquired = 0;
+    const refusals: unknown[] = [];
+    await Promise.all(
+      Array.from({ length: 64 }, async (_, i) => {
+        // Half take reusable leases, so releases leave retained leases that later acquires reactivate.
+        const policy = i % 2 === 0 ? 'reuse_by_environment' : 'ephemeral';
+        for (let round = 0; round < 6; round++) {
+          try {
+            const got = await server(i + round).leases.acquire(companyId, { environmentId: env.id, heartbeatRunId: randomUUID(), policy });
+            granted++;
+            if (got.reacquired) reacquired++;
+            await new Promise((r) => setTimeout(r, 2));
+            await server(i + round + 1).leases.release(companyId, got.lease.id, { fence: got.lease.fence });
+          } catch (err) {
+            refusals.push(err);
+          }
+        }
+      }),
+    );
+    running = false;
+    await watch;
+    expect(samples.length).toBeGreaterThan(5);
+    expect(Math.max(...samples.map((x) => x.active))).toBeLessThanOrEqual(3);
+    expect(samples.filter((x) => x.slots !== x.active || x.outside > 0)).toEqual([]);
+    expect(Math.max(...samples.map((x) => x.active))).toBeGreaterThan(0);
+    expect(granted).toBeGreaterThan(3);
+    expect(reacquired).toBeGreaterThan(0);
+    expect(refusals.length).toBeGreaterThan(0);
+    for (const err of refusals) expect(isBerthError(err, 'capacity_exhausted'), String(err)).toBe(true);
+  });
+
+  it('lowering and raising capacity while acquirers hold high slots never lets active exceed capacity', async () => {
+    const env = await server(0).environments.create(companyId, { name: 'cap-lower', driver: 'sandbox', config: { provider: 't' }, capacity: 8 });
+    const violations: string[] = [];
+    let samples = 0;
+    let running = true;
+    const checker = (async () => {
+      while (running) {
+        const { rows } = await probe.query(
+          `SELECT e.capacity, count(l.id)::int AS active, count(l.id) FILTER (WHERE l.slot IS NULL OR l.slot >= e.capacity)::int AS unslotted
+           FROM environments e LEFT JOIN environment_leases l ON l.environment_id = e.id AND l.status = 'active'
+           WHERE e.id = $1 GROUP BY e.capacity`,
+          [env.id],
+        );
+        const r = rows[0] as { capacity: number; active: number; unslotted: number };
+        samples++;
+        if (r.active > r.capacity) violations.push(`${r.active} active under capacity ${r.capacity}`);
+        // What keeps the count within the capacity: every active lease holds a slot below it.
+        if (r.unslotted > 0) violations.push(`${r.unslotted} active leases without a slot below capacity ${r.capacity}`);
+        await new Promise((res) => setTimeout(res, 1));
+      }
+    })();
+    const capacities = [8, 2, 6, 1, 8, 3, 7, 2, 5, 1, 8, 4];
+    let applied = 0;
+    let lowered = 0;
+    const changer = (async () => {
+      for (let i = 0; i < 72; i++) {
+        const capacity = capacities[i % capacities.length]!;
+        const before = await scalar(`SELECT capacity FROM environments WHERE id = $1`, [env.id]);
+        await server(i)
+          .environments.update(companyId, env.id, { capacity })
+          .then(() => {
+            applied++;
+            if (capacity < before) lowered++;
+          })
+          .catch((err: unknown) => {
+            if (!isBerthError(err, 'conflict')) throw err; // refused: more active than that right now
+          });
+        await new Promise((res) => setTimeout(res, 6));
+      }
+    })();
+    let granted = 0;
+    let stop = false;
+    // Few enough acquirers, with pauses, that the active count often drops to a lowered
+    // capacity while the leases still held sit in slots above it.
+    await Promise.all([
+      changer.finally(() => (stop = true)),
+      ...Array.from({ length: 8 }, async (_, i) => {
+        for (let round = 0; !stop && round < 400; round++) {
+          try {
+            const { lease } = await server(i).leases.acquire(companyId, { environmentId: env.id });
+            granted++;
+            await new Promise((res) => setTimeout(res, 2 + ((i + round) % 7)));
+            await server(i + 1).leases.release(companyId, lease.id, { fence: lease.fence });
+          } catch (err) {
+            if (!isBerthError(err, 'capacity_exhausted')) throw err;
+          }
+          await new Promise((res) => setTimeout(res, (i * 3 + round) % 6));
+        }
+      }),
+    ]);
+    running = false;
+    await checker;
+    expect(samples).toBeGreaterThan(5);
+    expect(violations).toEqual([]);
+    expect(granted).toBeGreaterThan(8);
+    expect(lowered).toBeGreaterThan(0);
+    expect(applied).toBeGreaterThan(lowered);
+  });
+
   it('a capacity change waits for an in-flight unlimited acquire and counts its leases', async () => {
     // An acquire on an unlimited environment holds FOR KEY SHARE on the environment row
     // until it commits; a capacity change must wait for it, not count around it.

@@ -9,7 +9,7 @@ import { BerthError, notFound, requireId } from '../../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Lease } from '../../domain/types.js';
 import { acquireLeaseSchema, parseInput, type AcquireLeaseInput } from '../../domain/validators.js';
 import type { ExpireOperations } from './expire.js';
-import { ACTOR_PLACEHOLDERS, holderIsStaleSql, leaseActivity, P, type Tx } from './sql.js';
+import { ACTOR_PLACEHOLDERS, holderIsStaleSql, leaseActivity, P } from './sql.js';
 
 export interface AcquireResult {
   lease: Lease;
@@ -36,24 +36,21 @@ export interface LeaseOwner {
 }
 
 type AcquireValues = ReturnType<typeof acquireLeaseSchema.parse>;
+/** How many free slots one grant tries (from a random one on) before it looks again. */
+const SLOT_CANDIDATES = 16;
 const REUSE_POLICIES: readonly LeasePolicy[] = ['reuse_by_environment', 'reuse_by_execution_workspace'];
 
-/**
- * How the grant is checked: `unlimited` (an environment without capacity, under FOR KEY
- * SHARE) or `capacity-checked` (inside a transaction holding the environment row lock).
- */
-type GrantMode = 'unlimited' | 'capacity-checked';
 /** What the grant may reactivate: nothing (a new lease only), a retained lease of the environment, or of the workspace. */
 type GrantReuse = 'new' | 'reuse-environment' | 'reuse-workspace';
 /** Where expiresAt comes from: ttlSeconds, expiresAt, or none. */
 type GrantExpiry = 'ttl' | 'at' | 'no-expiry';
 /** One compiled grant statement: everything that changes its text is in its name. */
-type GrantVariant = `lease.acquire.${GrantMode}.${GrantReuse}.${GrantExpiry}${'' | '.max-lifetime'}${'' | '.reserve'}`;
+type GrantVariant = `lease.acquire.${GrantReuse}.${GrantExpiry}${'' | '.max-lifetime'}${'' | '.reserve'}`;
 
-function grantVariant(mode: GrantMode, v: AcquireValues, owner: LeaseOwner): GrantVariant {
+function grantVariant(v: AcquireValues, owner: LeaseOwner): GrantVariant {
   const reuse: GrantReuse = v.policy === 'reuse_by_environment' ? 'reuse-environment' : v.policy === 'reuse_by_execution_workspace' ? 'reuse-workspace' : 'new';
   const expiry: GrantExpiry = v.ttlSeconds !== undefined ? 'ttl' : v.expiresAt !== undefined ? 'at' : 'no-expiry';
-  return `lease.acquire.${mode}.${reuse}.${expiry}${v.maxLifetimeSeconds !== undefined ? '.max-lifetime' : ''}${owner.reserveResource ? '.reserve' : ''}`;
+  return `lease.acquire.${reuse}.${expiry}${v.maxLifetimeSeconds !== undefined ? '.max-lifetime' : ''}${owner.reserveResource ? '.reserve' : ''}`;
 }
 
 interface Grant {
@@ -61,31 +58,34 @@ interface Grant {
   envStatus?: string;
   envCapacity?: number | null;
   activeCount?: number;
+  /** Capacity-limited environments: the slots free in this attempt's snapshot. When some were and nothing was granted, other acquires took them first. */
+  freeSlots?: number;
   lease?: Lease;
   reacquired?: boolean;
 }
 
 export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expireStaleHolder'>) {
   /**
-   * One attempt to grant a lease: reactivate a retained lease (reuse policies) or
-   * insert a new one. `capacity-checked` mode runs inside a transaction that already holds
-   * the environment row lock, so its count of active leases is exact.
+   * One attempt to grant a lease, in one autocommit statement: reactivate a retained lease
+   * (reuse policies) or insert a new one. The statement holds FOR KEY SHARE on the
+   * environment row until it commits, so the capacity it reads cannot change under it (a
+   * capacity change takes FOR UPDATE) while acquires do not wait for each other. On a
+   * capacity-limited environment the lease takes a free slot below the capacity, picked at
+   * random among the free ones its snapshot shows; the unique index on active slots refuses
+   * a slot another acquire took meanwhile (nothing is granted: the caller tries again).
    */
-  async function grant(conn: Db | Tx, companyId: string, v: AcquireValues, actor: Actor, mode: GrantMode, owner: LeaseOwner): Promise<Grant> {
+  async function grant(conn: Db, companyId: string, v: AcquireValues, actor: Actor, owner: LeaseOwner): Promise<Grant> {
     const ttlKind = v.ttlSeconds !== undefined ? 'ttl' : v.expiresAt !== undefined ? 'at' : 'none';
     const reuse = REUSE_POLICIES.includes(v.policy);
     const reserve = owner.reserveResource === true;
-    const rows = await runStatement(conn, grantVariant(mode, v, owner), () => {
+    const rows = await runStatement(conn, grantVariant(v, owner), () => {
       const expires = ttlKind === 'ttl'
         ? sql`now() + make_interval(secs => ${P('ttl')})`
         : ttlKind === 'at' ? sql`${P('expiresAt')}::timestamptz` : sql`NULL::timestamptz`;
       const maxExpires = v.maxLifetimeSeconds !== undefined ? sql`now() + make_interval(secs => ${P('maxLifetime')})` : sql`NULL::timestamptz`;
       const expiresAt = sql`LEAST(${expires}, ${maxExpires})`;
-      const guard = mode === 'unlimited'
-        ? sql`env.capacity IS NULL`
-        : sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active') < env.capacity`;
       const reused = sql`UPDATE environment_leases l SET status = 'active', fence = nextval('environment_lease_fence_seq'),
-                heartbeat_run_id = ${P('runId')}, issue_id = coalesce(${P('issueId')}, l.issue_id),
+                slot = ok.slot, heartbeat_run_id = ${P('runId')}, issue_id = coalesce(${P('issueId')}, l.issue_id),
                 idempotency_key = coalesce(l.idempotency_key, ${P('key')}),
                 acquired_at = now(), last_used_at = now(), expires_at = ${expiresAt}, max_expires_at = ${maxExpires},
                 renew_count = 0, last_renewed_at = NULL, released_at = NULL, failure_reason = NULL,
@@ -98,18 +98,43 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
                             ORDER BY c.last_used_at DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
                 AND l.status = 'retained'
               RETURNING l.*`;
+      // The slots in use below the capacity, in order: used slot u_i (0-based rank i) has
+      // u_i - i free slots below it, so the k-th free slot is k + #{i : u_i - i <= k}. This
+      // reads the active leases only (never every slot up to the capacity), and not at all
+      // on an unlimited environment. The candidates are up to SLOT_CANDIDATES free slots from
+      // a random one on; the grant takes the first that no other acquire in flight has
+      // claimed (a transaction-scoped advisory lock on (environment, slot), tried without
+      // waiting and let go at commit), so acquirers racing for the free slots skip each
+      // other's instead of colliding on the unique index. The lock only spares a retry: the
+      // index is what guarantees the capacity (two environments whose ids hash alike only
+      // skip each other's slots). OFFSET 0 keeps the candidates in order and
+      // the lock tried one candidate at a time, up to the first it gets.
       return sql`WITH env AS (
             SELECT id, company_id, status, capacity FROM environments
             WHERE id = ${P('envId')} AND company_id = ${P('companyId')}
-            ${mode === 'unlimited' ? sql`FOR KEY SHARE` : sql``}),
-          ok AS (SELECT env.* FROM env WHERE env.status = 'active' AND ${guard}),
+            FOR KEY SHARE),
+          used AS (
+            SELECT c.slot AS u, (row_number() OVER (ORDER BY c.slot) - 1)::int AS i
+            FROM env JOIN environment_leases c ON c.environment_id = env.id
+            WHERE env.capacity IS NOT NULL AND c.status = 'active' AND c.slot IS NOT NULL AND c.slot < env.capacity),
+          pick AS (
+            SELECT env.*, n.free, CASE WHEN n.free > 0 THEN (
+                SELECT c.slot FROM (
+                  SELECT k + (SELECT count(*)::int FROM used WHERE used.u - used.i <= k) AS slot
+                  FROM (SELECT (r.k0 + j) % n.free AS k FROM generate_series(0, least(n.free, ${sql.raw(String(SLOT_CANDIDATES))}) - 1) j) ks
+                  OFFSET 0) c
+                WHERE pg_try_advisory_xact_lock(hashtext(env.id::text), c.slot)
+                LIMIT 1) END AS slot
+            FROM env, LATERAL (SELECT env.capacity - count(*)::int AS free FROM used) n,
+                 LATERAL (SELECT floor(random() * n.free)::int AS k0) r),
+          ok AS (SELECT pick.* FROM pick WHERE pick.status = 'active' AND (pick.capacity IS NULL OR pick.slot IS NOT NULL)),
           ${reuse ? sql`reused AS (${reused}),` : sql``}
           ins AS (
             INSERT INTO environment_leases (company_id, environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
-              status, lease_policy, driver, fence, idempotency_key, expires_at, max_expires_at, metadata, resource_id)
+              status, lease_policy, driver, fence, idempotency_key, expires_at, max_expires_at, metadata, resource_id, slot)
             SELECT ok.company_id, ok.id, ${P('wsId')}, ${P('issueId')}, ${P('runId')},
               'active', ${P('policy')}, ${P('driver')}::text, nextval('environment_lease_fence_seq'),
-              ${P('key')}, ${expiresAt}, ${maxExpires}, ${P('meta')}::jsonb, ${reserve ? sql`gen_random_uuid()` : sql`NULL::uuid`}
+              ${P('key')}, ${expiresAt}, ${maxExpires}, ${P('meta')}::jsonb, ${reserve ? sql`gen_random_uuid()` : sql`NULL::uuid`}, ok.slot
             FROM ok ${reuse ? sql`WHERE NOT EXISTS (SELECT 1 FROM reused)` : sql``}
             ON CONFLICT DO NOTHING
             RETURNING *),
@@ -133,10 +158,11 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
                   'expiresAt', granted.expires_at, 'executionWorkspaceId', granted.execution_workspace_id,
                   'issueId', granted.issue_id, 'idempotencyKey', granted.idempotency_key)`,
           )})
-          SELECT env.status AS env_status, env.capacity AS env_capacity,
-                 ${mode === 'capacity-checked' ? sql`(SELECT count(*) FROM environment_leases c WHERE c.environment_id = env.id AND c.status = 'active')` : sql`NULL`} AS env_active_count,
+          SELECT pick.status AS env_status, pick.capacity AS env_capacity, pick.free AS env_free_slots,
+                 CASE WHEN pick.capacity IS NOT NULL AND granted.id IS NULL
+                   THEN (SELECT count(*) FROM environment_leases c WHERE c.environment_id = pick.id AND c.status = 'active') END AS env_active_count,
                  granted.*
-          FROM env LEFT JOIN granted ON true`;
+          FROM pick LEFT JOIN granted ON true`;
     }, {
       envId: v.environmentId,
       companyId,
@@ -160,6 +186,7 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
       envStatus: String(row.env_status),
       envCapacity: row.env_capacity === null ? null : Number(row.env_capacity),
       ...(row.env_active_count !== null && row.env_active_count !== undefined ? { activeCount: Number(row.env_active_count) } : {}),
+      ...(row.env_free_slots !== null && row.env_free_slots !== undefined ? { freeSlots: Number(row.env_free_slots) } : {}),
     };
     return row.id ? { ...out, lease: toLease(row), reacquired: Boolean(row.reacquired) } : out;
   }
@@ -196,16 +223,13 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
     async acquire(companyId: string, input: AcquireLeaseInput, actor: Actor = SYSTEM_ACTOR, owner: LeaseOwner = {}): Promise<AcquireResult> {
       requireId(companyId, 'company');
       const v = parseInput(acquireLeaseSchema, input, 'lease acquire');
-      for (let attempt = 0; attempt < 10; attempt++) {
+      // Every attempt that grants nothing found a reason that has since gone away: a slot or a
+      // retained lease another acquire took first, a conflicting lease that ended. Many
+      // acquirers racing for the last free slots lose it to one another a few times.
+      for (let attempt = 0; attempt < 32; attempt++) {
         let res: Grant;
         try {
-          res = await grant(db, companyId, v, actor, 'unlimited', owner);
-          if (res.envFound && !res.lease && res.envStatus === 'active' && res.envCapacity !== null) {
-            res = await db.transaction(async (tx) => {
-              await queryRows(tx, sql`SELECT 1 FROM environments WHERE id = ${v.environmentId} AND company_id = ${companyId} FOR NO KEY UPDATE`);
-              return grant(tx, companyId, v, actor, 'capacity-checked', owner);
-            });
-          }
+          res = await grant(db, companyId, v, actor, owner);
         } catch (err) {
           const pgErr = pgErrorOf(err);
           // A reactivated lease may collide with one the same run took meanwhile: look again.
@@ -221,7 +245,9 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
         if (res.envStatus !== 'active') {
           throw new BerthError('environment_archived', `environment ${v.environmentId} is ${res.envStatus} and takes no new leases`);
         }
-        if (res.envCapacity !== null && res.envCapacity !== undefined && res.activeCount !== undefined && res.activeCount >= res.envCapacity) {
+        // At capacity when this attempt's snapshot showed no free slot and counts as many
+        // active leases as the capacity; free slots other acquires took first mean try again.
+        if (res.envCapacity !== null && res.envCapacity !== undefined && res.freeSlots !== undefined && res.freeSlots <= 0 && res.activeCount !== undefined && res.activeCount >= res.envCapacity) {
           throw new BerthError('capacity_exhausted', `environment ${v.environmentId} is at capacity (${res.activeCount} of ${res.envCapacity} leases active)`, {
             details: { capacity: res.envCapacity, active: res.activeCount },
           });

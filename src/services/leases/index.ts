@@ -2,16 +2,18 @@
 // guarantee of SPEC ("What a lease guarantees"):
 //  - state machine: each change names the statuses it may leave in its WHERE
 //    clause, on a row it has locked, so a terminal lease is never changed;
-//  - capacity: an acquire on a capacity-limited environment holds the
-//    environment row lock (FOR NO KEY UPDATE) while it counts active leases
-//    with a fresh snapshot; unlimited environments take only FOR KEY SHARE, and
-//    capacity changes take FOR UPDATE, which orders them against both;
+//  - capacity: each active lease of a capacity-limited environment holds a slot
+//    below the capacity, and a partial unique index admits one active lease per
+//    (environment, slot); an acquire is one statement that takes a free slot
+//    under FOR KEY SHARE on the environment row (acquires do not wait for each
+//    other), and capacity changes take FOR UPDATE, which orders them against
+//    acquires, then move leases into the slots below the new capacity;
 //  - single-flight and idempotency: partial unique indexes, ON CONFLICT DO NOTHING;
 //  - fencing: every grant takes nextval of one sequence;
 //  - audit: the activity row is written by the same statement as the change.
 // One operation per file here; the fragments they share are in sql.ts. The hot
 // statements run as compiled variants (runStatement), each under a name saying
-// what it is (lease.acquire.unlimited.new.ttl, lease.release.cleanup-owed...).
+// what it is (lease.acquire.new.ttl, lease.release.cleanup-owed...).
 import type { Db } from '../../db/client.js';
 import { acquireOperations } from './acquire.js';
 import { cleanupOperations } from './cleanup.js';
