@@ -201,16 +201,6 @@ export function runService(db: Db) {
       return rows.length > 0;
     },
 
-    /** The run's local process and who it is (see process-identity.ts). False when the run is no longer running here. */
-    async recordPid(runId: string, serverId: string, pid: number, identity: Record<string, unknown> | object | null): Promise<boolean> {
-      const rows = await queryRows(
-        db,
-        sql`UPDATE heartbeat_runs SET pid = ${pid}, process_identity = ${identity ? JSON.stringify(identity) : null}::jsonb, updated_at = now()
-            WHERE id = ${runId} AND status = 'running' AND server_id = ${serverId} RETURNING id`,
-      );
-      return rows.length > 0;
-    },
-
     /** Append log chunks; `outputOffset`, when given, is where the driver's output stands with them (for a resume). */
     async appendLog(runId: string, chunks: RunLogChunk[], outputOffset: string | null = null): Promise<void> {
       if (chunks.length === 0 && outputOffset === null) return;

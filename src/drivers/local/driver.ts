@@ -35,7 +35,8 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
   const root = () => opts.workspaceRoot ?? join(berthHome(), 'workspaces');
   /** Executions this process started and nobody has finished watching. */
   const live = new Map<string, LiveExecution>();
-  const host = () => bootId() ?? hostname();
+  const thisHost = bootId() ?? hostname();
+  const host = () => thisHost;
 
   return {
     ...localDescriptor,

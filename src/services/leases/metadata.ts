@@ -1,5 +1,5 @@
-// What is written on a lease besides its state: the caller's metadata, and the
-// executor's record of what the lease's driver made.
+// The caller's metadata of a lease: free-form, never read by the server to decide anything
+// (what a driver made is recorded by resources.activate, on the lease's resource).
 import { sql } from 'drizzle-orm';
 import { queryRows, type Db } from '../../db/client.js';
 import { toLease } from '../../db/rows.js';
@@ -28,29 +28,6 @@ export function metadataOperations(db: Db) {
       );
       if (row) return toLease(row);
       return refusal(db, companyId, leaseId, v.fence, ['active', 'retained', 'pending_cleanup']);
-    },
-
-    /**
-     * The executor records what the lease's driver made (its workspace, the provider's own
-     * id of it). Server-only: no route calls this, so no caller can point cleanup elsewhere.
-     */
-    async recordDriverState(
-      companyId: string,
-      leaseId: string,
-      fence: number,
-      state: { driverState: Record<string, unknown>; provider?: string; providerLeaseId?: string },
-    ): Promise<Lease> {
-      requireId(leaseId, 'lease');
-      const [row] = await queryRows(
-        db,
-        sql`UPDATE environment_leases SET driver_state = ${JSON.stringify(state.driverState)}::jsonb,
-              provider = coalesce(${state.provider ?? null}::text, provider),
-              provider_lease_id = coalesce(${state.providerLeaseId?.slice(0, 2000) ?? null}::text, provider_lease_id), updated_at = now()
-            WHERE id = ${leaseId} AND company_id = ${companyId} AND fence = ${fence} AND status = 'active'
-            RETURNING *`,
-      );
-      if (row) return toLease(row);
-      return refusal(db, companyId, leaseId, fence, ['active']);
     },
   };
 }
