@@ -3,7 +3,6 @@
 // active without its run, every resource record is destroyed, no workspace is left on disk
 // and no process the run started survives. On real PostgreSQL, with the killed server a
 // process of its own.
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,13 +10,12 @@ import { sql } from 'drizzle-orm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase, queryRows, type Database } from '../../src/db/client.js';
 import { localDriver } from '../../src/drivers/local/driver.js';
-import { startRuntime } from '../../src/heartbeat/runtime.js';
 import { createServices, type Services } from '../../src/services/index.js';
 import { createScratchDatabase } from '../support/db.js';
+import { spawnPhaseServer, startRecoveringRuntime } from '../support/phase-server.js';
 import { collectRuntimeErrors } from '../support/runtime-errors.js';
 import { waitFor } from '../support/wait.js';
 
-const repo = join(import.meta.dirname, '../..');
 let scratch: { url: string; drop: () => Promise<void> };
 let database: Database;
 let s: Services;
@@ -49,18 +47,10 @@ describe.each(['reserved', 'provisioned', 'activated', 'started'] as const)('kil
     const co = await s.companies.create({ name: `Crash ${phase}` });
     const agent = await s.agents.create(co.id, { name: 'sleeper', adapterType: 'process', adapterConfig: { command: 'sh', args: ['-c', 'echo $$ > pid; sleep 60'] } });
     const marker = join(root, `${phase}.marker`);
-    const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/phase-crash-server.ts'], {
-      cwd: repo,
-      env: { ...process.env, PHASE_DATABASE_URL: scratch.url, PHASE_WORKSPACE_ROOT: root, PHASE_HOLD: phase, PHASE_MARKER: marker },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d));
-    child.stderr!.on('data', (d: Buffer) => (out += d));
-    const exited = new Promise((r) => child.once('exit', r));
+    const server = spawnPhaseServer({ databaseUrl: scratch.url, workspaceRoot: root, phase, marker });
     try {
       const run = await s.runs.invoke(co.id, agent.id);
-      await waitFor(`the server to reach ${phase}`, async () => existsSync(marker) || (child.exitCode !== null && Promise.reject(new Error(out))), 60_000, 20);
+      await server.reached();
       expect(readFileSync(marker, 'utf8')).toBe(run.id);
       // The write-ahead record is there before anything is made.
       const [lease] = await queryRows(database.db, sql`SELECT * FROM environment_leases WHERE heartbeat_run_id = ${run.id}`);
@@ -78,21 +68,10 @@ describe.each(['reserved', 'provisioned', 'activated', 'started'] as const)('kil
         expect(alive(pid)).toBe(true);
       }
 
-      child.kill('SIGKILL');
-      await exited;
+      await server.kill();
 
       // Another server: its sweeps (recovery, resource GC) finish what the dead one left.
-      const b = await startRuntime({
-        services: s,
-        db: database.db,
-        drivers: new Map([['local', localDriver({ workspaceRoot: root })]]),
-        apiUrl: 'http://127.0.0.1:9',
-        pollMs: 50,
-        sweepMs: 200,
-        heartbeatMs: 200,
-        staleSeconds: 2,
-        onError: runtimeErrors.onError,
-      });
+      const b = await startRecoveringRuntime(s, database.db, new Map([['local', localDriver({ workspaceRoot: root })]]), runtimeErrors.onError);
       try {
         const done = await waitFor('the run to be finalized and its resource destroyed', async () => {
           const r = await s.runs.get(co.id, run.id);
@@ -112,7 +91,7 @@ describe.each(['reserved', 'provisioned', 'activated', 'started'] as const)('kil
       if (pid !== null) await waitFor('the run\'s process to be gone', async () => !alive(pid!), 10_000, 50);
       expect(readdirSync(root).filter((n) => !n.endsWith('.marker'))).toEqual([]);
     } finally {
-      if (child.exitCode === null) child.kill('SIGKILL');
+      await server.kill();
     }
   }, 120_000);
 });

@@ -13,6 +13,7 @@ import type { EnvironmentDriver, ExecutionHandle, ExitResult } from '../../src/d
 import { localDriver } from '../../src/drivers/local/driver.js';
 import { startRuntime, type Runtime } from '../../src/heartbeat/runtime.js';
 import { openTestDb, type TestDb } from '../support/db.js';
+import { startRecoveringRuntime } from '../support/phase-server.js';
 import { collectRuntimeErrors } from '../support/runtime-errors.js';
 import { waitFor } from '../support/wait.js';
 
@@ -120,17 +121,7 @@ it('adopts a run whose server died mid-run and finishes it from where its log st
   // Declared gone: the second server's recovery may now take its runs.
   await queryRows(t.db, sql`UPDATE berth_servers SET stopped_at = now() WHERE id = ${a.serverId}`);
 
-  const b = await startRuntime({
-    services: t.services,
-    db: t.db,
-    drivers: new Map([['local', fakeReattachDriver({ count: 20 })]]),
-    apiUrl: 'http://127.0.0.1:9',
-    pollMs: 50,
-    sweepMs: 200,
-    heartbeatMs: 200,
-    staleSeconds: 2,
-    onError: runtimeErrors.onError,
-  });
+  const b = await startRecoveringRuntime(t.services, t.db, new Map([['local', fakeReattachDriver({ count: 20 })]]), runtimeErrors.onError);
   runtimes.push(b);
   const done = await waitFor('the run to be finished by the second server', async () => {
     const r = await t.services.runs.get(companyId, run.id);

@@ -2,21 +2,19 @@
 // and another server adopts the run from its execution record, watches it to its end
 // (all of its output, once), and destroys its workspace. On PostgreSQL, with the killed
 // server a process of its own and a real sshd.
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { openDatabase, type Database } from '../../src/db/client.js';
 import { sshDriver } from '../../src/drivers/ssh/driver.js';
-import { startRuntime } from '../../src/heartbeat/runtime.js';
 import { createServices, type Services } from '../../src/services/index.js';
 import { createScratchDatabase } from '../support/db.js';
+import { spawnPhaseServer, startRecoveringRuntime } from '../support/phase-server.js';
 import { collectRuntimeErrors } from '../support/runtime-errors.js';
 import { startTestSshd, type TestSshd } from '../support/sshd.js';
 import { waitFor } from '../support/wait.js';
 
-const repo = join(import.meta.dirname, '../..');
 const root = mkdtempSync(join(tmpdir(), 'berth-ssh-adopt-'));
 const remoteRoot = join(root, 'remote');
 let sshd: TestSshd;
@@ -52,34 +50,15 @@ it('a server killed while its SSH run executes: another server adopts the run an
     defaultEnvironmentId: env.id,
   });
   const marker = join(root, 'started.marker');
-  const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/phase-crash-server.ts'], {
-    cwd: repo,
-    env: { ...process.env, PHASE_DATABASE_URL: scratch.url, PHASE_WORKSPACE_ROOT: join(root, 'local'), PHASE_HOLD: 'started', PHASE_MARKER: marker },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d));
-  child.stderr!.on('data', (d: Buffer) => (out += d));
-  const exited = new Promise((r) => child.once('exit', r));
+  const server = spawnPhaseServer({ databaseUrl: scratch.url, workspaceRoot: join(root, 'local'), phase: 'started', marker });
   try {
     const run = await s.runs.invoke(co.id, agent.id);
-    await waitFor('the first server to start the remote process', async () => existsSync(marker) || (child.exitCode !== null && Promise.reject(new Error(out))), 60_000, 20);
+    await server.reached();
     expect(readFileSync(marker, 'utf8')).toBe(run.id);
-    child.kill('SIGKILL');
-    await exited;
+    await server.kill();
 
     const ssh = sshDriver();
-    const b = await startRuntime({
-      services: s,
-      db: database.db,
-      drivers: new Map([['ssh', ssh]]),
-      apiUrl: 'http://127.0.0.1:9',
-      pollMs: 50,
-      sweepMs: 200,
-      heartbeatMs: 200,
-      staleSeconds: 2,
-      onError: runtimeErrors.onError,
-    });
+    const b = await startRecoveringRuntime(s, database.db, new Map([['ssh', ssh]]), runtimeErrors.onError);
     try {
       const done = await waitFor('the run to be finished by the second server', async () => {
         const r = await s.runs.get(co.id, run.id);
@@ -96,6 +75,6 @@ it('a server killed while its SSH run executes: another server adopts the run an
       ssh.close();
     }
   } finally {
-    if (child.exitCode === null) child.kill('SIGKILL');
+    await server.kill();
   }
 }, 120_000);
