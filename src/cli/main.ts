@@ -144,9 +144,10 @@ function showLease(l: Json): string {
     `expires      ${l.expiresAt ? ago(l.expiresAt) : 'never'}`,
     `released     ${l.releasedAt ? ago(l.releasedAt) : '-'}`,
     `failure      ${l.failureReason ?? '-'}`,
-    `cleanup      ${l.cleanupStatus ?? '-'}${l.cleanupAttempts ? ` after ${l.cleanupAttempts} attempts` : ''}${l.lastCleanupError ? ` — ${l.lastCleanupError}` : ''}`,
+    `cleanup      ${l.cleanupStatus ?? '-'}${l.cleanupAttempts ? ` after ${l.cleanupAttempts} attempt${l.cleanupAttempts === 1 ? '' : 's'}` : ''}${l.lastCleanupError ? ` — ${l.lastCleanupError}` : ''}`,
     `retained to  ${l.retainUntil ? ago(l.retainUntil) : '-'}`,
     `driver       ${l.driver ?? '-'}${l.driverState ? ` ${JSON.stringify(l.driverState)}` : ''}`,
+    `resource     ${l.resourceId ?? '-'}`,
     `metadata     ${JSON.stringify(l.metadata)}`,
   ].join('\n');
 }

@@ -223,7 +223,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
    * driver (a local pid only if it is still the very process recorded).
    */
   async function recoverLostRuns(): Promise<void> {
-    if (!stopping && running.size < maxRuns) {
+    // Adopted whatever this server's own limit: watching a run that already executes costs
+    // little here, and a run not adopted now would be finalized (and killed) just below.
+    if (!stopping) {
       for (const a of await s.runs.adoptLostRuns(serverId, reattachable, { staleSeconds })) {
         if (running.has(a.run.id)) continue;
         launch(a.run, { run: a.run, execution: a.handle as unknown as ExecutionHandle, resourceId: a.resourceId, outputOffset: a.outputOffset, logSeq: a.logSeq });
