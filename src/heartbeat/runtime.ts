@@ -448,7 +448,9 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       const all = [...running.values()];
       const grace = new Promise((r) => setTimeout(r, graceMs).unref());
       await Promise.race([Promise.all(all.map((r) => r.done)), grace]);
-      for (const r of running.values()) r.abort.abort('cancel');
+      // Past the grace period: a run whose driver can reattach is handed over (the next server
+      // adopts it); any other is cancelled.
+      for (const r of running.values()) r.abort.abort('handoff');
       await Promise.all([...running.values()].map((r) => r.done));
       await scheduler.idle();
       await servers.stop(serverId).catch((err: unknown) => onError('stop', err));

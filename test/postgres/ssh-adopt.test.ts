@@ -1,6 +1,7 @@
 // An SSH run outlives its server: the server is SIGKILLed while the remote process runs,
 // and another server adopts the run from its execution record, watches it to its end
-// (all of its output, once), and destroys its workspace. On PostgreSQL, with the killed
+// (all of its output, once), and destroys its workspace; and a server that stops hands
+// such a run over to the next one instead of cancelling it. On PostgreSQL, with the killed
 // server a process of its own and a real sshd.
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -76,5 +77,53 @@ it('a server killed while its SSH run executes: another server adopts the run an
     }
   } finally {
     await server.kill();
+  }
+}, 120_000);
+
+it('a server that stops while its SSH run executes hands the run over: the next server to start resumes it', async () => {
+  const co = await s.companies.create({ name: 'Handover Co' });
+  const env = await s.environments.create(co.id, {
+    name: 'remote',
+    driver: 'ssh',
+    config: { host: sshd.host, port: sshd.port, username: sshd.username, privateKey: sshd.privateKey, knownHosts: sshd.knownHosts, remoteWorkspacePath: remoteRoot },
+  } as never);
+  const agent = await s.agents.create(co.id, {
+    name: 'long',
+    adapterType: 'process',
+    adapterConfig: { command: 'sh', args: ['-c', 'echo one; sleep 3; echo two'], timeoutSec: 60 } as never,
+    defaultEnvironmentId: env.id,
+  });
+  const sshA = sshDriver();
+  const a = await startRecoveringRuntime(s, database.db, new Map([['ssh', sshA]]), runtimeErrors.onError);
+  const run = await s.runs.invoke(co.id, agent.id);
+  a.poke();
+  await waitFor('the first line', async () => {
+    const log = await s.runs.readLog(co.id, run.id, { limit: 100 });
+    return log.some((c) => c.stream === 'stdout' && c.chunk.includes('one'));
+  }, 20_000, 50);
+  await a.stop({ graceMs: 0 });
+  sshA.close();
+  // Still running, its lease still held: nothing was cancelled, destroyed or released.
+  const between = await s.runs.get(co.id, run.id);
+  expect(between).toMatchObject({ status: 'running', serverId: a.serverId });
+  expect((await s.leases.get(co.id, between.leaseId!)).status).toBe('active');
+
+  const sshB = sshDriver();
+  const b = await startRecoveringRuntime(s, database.db, new Map([['ssh', sshB]]), runtimeErrors.onError);
+  try {
+    const done = await waitFor('the run to be finished by the next server', async () => {
+      const r = await s.runs.get(co.id, run.id);
+      return r.finishedAt ? r : null;
+    }, 30_000, 100);
+    expect(done, String(done.error)).toMatchObject({ status: 'succeeded', exitCode: 0, serverId: b.serverId });
+    const log = await s.runs.readLog(co.id, run.id, { limit: 1000 });
+    expect(log.filter((c) => c.stream === 'stdout').map((c) => c.chunk).join('')).toBe('one\ntwo\n');
+    expect(log.filter((c) => c.stream === 'system').map((c) => c.chunk).join('')).toMatch(/handed over[\s\S]*resumed by server/);
+    const lease = await s.leases.get(co.id, done.leaseId!);
+    expect(lease).toMatchObject({ status: 'released', cleanupStatus: 'success' });
+    expect(existsSync(join(remoteRoot, lease.resourceId!))).toBe(false);
+  } finally {
+    await b.stop({ graceMs: 0 });
+    sshB.close();
   }
 }, 120_000);

@@ -58,6 +58,8 @@ export interface RunState {
   waitFor: string | null;
   /** The run was finalized by another server before it started here. */
   taken: boolean;
+  /** Left running for the next server to adopt: nothing is destroyed, released or finalized here. */
+  handedOff: boolean;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -28,6 +28,13 @@ export async function finish(st: RunState): Promise<HeartbeatRun | null> {
   const { deps, run, outcome } = st;
   await st.callback?.close().catch(() => {});
   st.callback = null;
+  if (st.handedOff) {
+    // Its log and output offset written, its lease left active for the server that adopts it.
+    st.keepalive?.stop();
+    void st.log.write('system', `handed over: server ${deps.serverId} stopped while the run went on; the next server resumes it\n`);
+    await st.log.flush();
+    return null;
+  }
   const lease = st.lease;
   // retain_on_failure keeps a failed run's resources for inspection until the lease's
   // retention deadline: no destroy now.

@@ -15,7 +15,7 @@ import { finish } from './finish.js';
 import { keepAlive, place } from './place.js';
 import { provision } from './provision.js';
 import { activate, exec } from './start.js';
-import { watch } from './watch.js';
+import { HANDED_OFF, watch } from './watch.js';
 
 export type { ExecutorDeps } from './context.js';
 export { withDeadline } from './context.js';
@@ -35,6 +35,7 @@ function newState(deps: ExecutorDeps, run: HeartbeatRun, abort: AbortController,
     callback: null,
     waitFor: null,
     taken: false,
+    handedOff: false,
   };
 }
 
@@ -85,7 +86,9 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
     } else {
       const plan = adapter.plan(ctx);
       const handle = await exec(st, plan);
-      st.outcome = await watch(st, handle, { timeoutSec: plan.timeoutSec, graceSec: plan.graceSec, startedAt: new Date(), command: plan.spec.command });
+      const watched = await watch(st, handle, { timeoutSec: plan.timeoutSec, graceSec: plan.graceSec, startedAt: new Date(), command: plan.spec.command });
+      if (watched === HANDED_OFF) st.handedOff = true;
+      else st.outcome = watched;
     }
   } catch (err) {
     failedBy(st, err);
@@ -129,7 +132,9 @@ export async function resumeRun(deps: ExecutorDeps, adopted: AdoptedRun, abort: 
     st.execution = adopted.execution;
     keepAlive(st);
     const limits = adapter.limits(agent);
-    st.outcome = await watch(st, adopted.execution, { ...limits, startedAt: run.startedAt ?? new Date(), command: String(agent.adapterConfig.command ?? 'the process') }, adopted.outputOffset ?? undefined);
+    const watched = await watch(st, adopted.execution, { ...limits, startedAt: run.startedAt ?? new Date(), command: String(agent.adapterConfig.command ?? 'the process') }, adopted.outputOffset ?? undefined);
+    if (watched === HANDED_OFF) st.handedOff = true;
+    else st.outcome = watched;
   } catch (err) {
     failedBy(st, err);
   }

@@ -15,7 +15,10 @@ export interface WatchLimits {
   command: string;
 }
 
-export async function watch(st: RunState, execution: ExecutionHandle, limits: WatchLimits, from?: string): Promise<RunOutcome> {
+/** The run was left running for another server to adopt (its server stops; its driver can reattach). */
+export const HANDED_OFF = 'handed_off' as const;
+
+export async function watch(st: RunState, execution: ExecutionHandle, limits: WatchLimits, from?: string): Promise<RunOutcome | typeof HANDED_OFF> {
   const drv = st.driver!;
   const env = st.environment!;
   const log = st.log;
@@ -32,7 +35,19 @@ export async function watch(st: RunState, execution: ExecutionHandle, limits: Wa
   };
   const left = Math.max(0, limits.startedAt.getTime() + limits.timeoutSec * 1000 - Date.now());
   const timeout = setTimeout(() => stop('timeout'), left);
-  const onAbort = () => stop(st.abort.signal.reason === 'lease_lost' ? 'lease_lost' : 'cancel');
+  // A server that stops hands a run its driver can reattach to over to the next server
+  // (watching stops; the process goes on); anything else stops the process.
+  const watching = new AbortController();
+  let handedOff = false;
+  const onAbort = () => {
+    const why = st.abort.signal.reason;
+    if (why === 'handoff' && drv.capabilities.reattach && !stoppedFor) {
+      handedOff = true;
+      watching.abort('handoff');
+      return;
+    }
+    stop(why === 'lease_lost' ? 'lease_lost' : 'cancel');
+  };
   if (st.abort.signal.aborted) onAbort();
   else st.abort.signal.addEventListener('abort', onAbort, { once: true });
   let exit: ExitResult;
@@ -40,8 +55,10 @@ export async function watch(st: RunState, execution: ExecutionHandle, limits: Wa
     exit = await drv.watch(env, execution, (stream, text) => log.write(stream, text), {
       ...(from !== undefined ? { from } : {}),
       onOffset: (offset) => log.setOffset(offset),
+      signal: watching.signal,
     });
   } catch (err) {
+    if (handedOff) return HANDED_OFF;
     exit = { exitCode: null, signal: null, error: `watching the process failed: ${(err as Error).message}`, errorCode: 'process_lost' };
   } finally {
     clearTimeout(timeout);
