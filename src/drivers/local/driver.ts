@@ -29,6 +29,7 @@ interface LiveExecution {
   /** Resolves with the sink once `watch` attaches one: output waits for it (backpressure). */
   sink: Promise<OutputListener>;
   attach(sink: OutputListener): void;
+  watched: boolean;
 }
 
 export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentDriver {
@@ -62,7 +63,7 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
       const sink = new Promise<OutputListener>((r) => (attach = r));
       // Output waits until a watcher takes it: the child is paused by the same backpressure.
       const proc = startLocalProcess(spec, async (stream, text) => (await sink)(stream, text));
-      live.set(id, { proc, sink, attach });
+      live.set(id, { proc, sink, attach, watched: false });
       const pid = await proc.spawned;
       const identity = pid === null ? null : processIdentity(pid);
       return { driver: 'local', host: host(), ref: { execId: id, pid, identity } };
@@ -74,6 +75,7 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
       if (!exe) {
         return { exitCode: null, signal: null, error: 'the process is not this server\'s: a local execution cannot be watched after its server is gone', errorCode: 'process_lost' };
       }
+      exe.watched = true;
       exe.attach(sink);
       try {
         return await exe.proc.exited;
@@ -84,8 +86,19 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
 
     async signal(_env, execution, sig) {
       const signal = sig === 'KILL' ? 'SIGKILL' : 'SIGTERM';
-      const exe = live.get(String(execution.ref.execId ?? ''));
-      if (exe) return exe.proc.kill(signal);
+      const execId = String(execution.ref.execId ?? '');
+      const exe = live.get(execId);
+      if (exe) {
+        exe.proc.kill(signal);
+        // Killed with nobody watching (its run failed between exec and watch): its output is
+        // dropped so it can exit, and it is forgotten once it has.
+        if (sig === 'KILL' && !exe.watched) {
+          exe.watched = true;
+          exe.attach(() => 'stop');
+          void exe.proc.exited.then(() => live.delete(execId));
+        }
+        return;
+      }
       // Started by a server that is gone: only a pid that is still the very process recorded
       // (same boot, pid namespace, start time), so a reused pid is never hit.
       const pid = typeof execution.ref.pid === 'number' ? execution.ref.pid : null;

@@ -52,6 +52,8 @@ export interface RunState {
   lease: Lease | null;
   resource: ResourceHandle | null;
   execution: ExecutionHandle | null;
+  /** The execution was watched to its end (its exit is known). */
+  exited: boolean;
   keepalive?: KeepAlive;
   callback: CallbackRoute | null;
   /** Set when the run cannot start yet: why it waits (it goes back to the queue). */

@@ -36,6 +36,11 @@ export async function finish(st: RunState): Promise<HeartbeatRun | null> {
     return null;
   }
   const lease = st.lease;
+  // A process started but never watched to its end (the run failed right after exec):
+  // killed before anything else, so it cannot outlive its run.
+  if (st.execution && !st.exited && st.driver && st.environment) {
+    await st.driver.signal(st.environment, st.execution, 'KILL').catch((err: unknown) => void st.log.write('system', `could not stop the process: ${storableText((err as Error).message)}\n`));
+  }
   // retain_on_failure keeps a failed run's resources for inspection until the lease's
   // retention deadline: no destroy now.
   const retained = !st.taken && lease !== null && lease.leasePolicy === 'retain_on_failure' && leaseStatusForRunOutcome(outcome.status) === 'failed';

@@ -57,6 +57,7 @@ export async function watch(st: RunState, execution: ExecutionHandle, limits: Wa
       onOffset: (offset) => log.setOffset(offset),
       signal: watching.signal,
     });
+    st.exited = true;
   } catch (err) {
     if (handedOff) return HANDED_OFF;
     exit = { exitCode: null, signal: null, error: `watching the process failed: ${(err as Error).message}`, errorCode: 'process_lost' };
