@@ -53,6 +53,9 @@ describe('DELETE /api/environments/:id', () => {
     // The lease ends; its resource is owed a destroy (no sandbox driver here to do it).
     await t.services.leases.release(co.id, lease.id, { fence: lease.fence, status: 'released' });
     expect((await t.services.resources.get(lease.resourceId!)).status).toBe('destroying');
+    // Only a server with the resource's driver sees it as its work (resource GC wakes for it).
+    expect((await t.services.due.heartbeat('srv_none', { staleSeconds: 5, drivers: ['local', 'ssh'] })).cleanups).toBe(false);
+    expect((await t.services.due.heartbeat('srv_none', { staleSeconds: 5, drivers: ['sandbox'] })).cleanups).toBe(true);
     expectRefused(await call('DELETE', `/api/environments/${env}`), /provider resources not yet destroyed \(1 destroying\)/);
     expect((await call('GET', `/api/environments/${env}`)).status).toBe(200);
     await t.services.resources.recordDestroyAttempt(lease.resourceId!, { ok: true, done: { removed: 'x' } });

@@ -164,6 +164,12 @@ export function sqlWordList(words: readonly string[]): SQL {
   return sql.raw(`(${words.map((w) => `'${w}'`).join(', ')})`);
 }
 
+/** A text[] literal of names (driver kinds), passed as one parameter: `= ANY ($1::text[])`. */
+export function textArrayLiteral(names: readonly string[]): string {
+  for (const n of names) if (!/^[A-Za-z0-9_.:-]+$/.test(n)) throw new Error(`not a name for a text array: ${JSON.stringify(n)}`);
+  return `{${names.map((n) => `"${n}"`).join(',')}}`;
+}
+
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);

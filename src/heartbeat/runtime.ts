@@ -386,7 +386,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   // its due-check finds work for run at once: the bounds above count from this check.
   scheduler.every('heartbeat', heartbeatMs, { gate: 'any', timeoutMs: 10_000 }, async () => {
     const at = performance.now();
-    const found = await dueChecks.heartbeat(serverId, { staleSeconds });
+    const found = await dueChecks.heartbeat(serverId, { staleSeconds, drivers: driverKinds });
     due = found;
     dueAt = at;
     if (stopping) return;

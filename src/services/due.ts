@@ -7,7 +7,7 @@
 // indexes; a flag that is wrong costs one sweep that finds nothing, never a missed one,
 // as long as each condition here is no narrower than its sweep's.
 import { sql } from 'drizzle-orm';
-import { runStatement, type Db } from '../db/client.js';
+import { runStatement, textArrayLiteral, type Db } from '../db/client.js';
 
 export interface DueCheck {
   /** A queued run is claimable (its agent has a free slot, its not_before has passed). */
@@ -29,7 +29,7 @@ export interface DueCheck {
 export function dueService(db: Db) {
   return {
     /** Record this server's heartbeat and return what is due, in one statement. */
-    async heartbeat(serverId: string, opts: { staleSeconds: number }): Promise<DueCheck> {
+    async heartbeat(serverId: string, opts: { staleSeconds: number; drivers?: readonly string[] }): Promise<DueCheck> {
       const P = (name: string) => sql.placeholder(name);
       const [row] = await runStatement<Record<string, boolean>>(
         db,
@@ -43,8 +43,9 @@ export function dueService(db: Db) {
             EXISTS (SELECT 1 FROM environment_leases WHERE status = 'active' AND expires_at <= now())
               OR EXISTS (SELECT 1 FROM environment_leases WHERE status = 'retained' AND retain_until <= now()) AS leases,
             (EXISTS (SELECT 1 FROM environment_leases WHERE next_cleanup_at <= now())
-             OR EXISTS (SELECT 1 FROM provider_resources WHERE status = 'destroying' AND next_attempt_at <= now())
-             OR EXISTS (SELECT 1 FROM provider_resources WHERE status = 'draining' AND destroy_after <= now())) AS cleanups,
+             -- Resources only of drivers this server has: what it cannot destroy is not its work.
+             OR EXISTS (SELECT 1 FROM provider_resources WHERE status = 'destroying' AND next_attempt_at <= now() AND driver = ANY (${P('drivers')}::text[]))
+             OR EXISTS (SELECT 1 FROM provider_resources WHERE status = 'draining' AND destroy_after <= now() AND driver = ANY (${P('drivers')}::text[]))) AS cleanups,
             EXISTS (SELECT 1 FROM heartbeat_runs r
                     WHERE r.status = 'running' AND r.server_id IS DISTINCT FROM ${P('server')}
                       AND NOT EXISTS (SELECT 1 FROM berth_servers s WHERE s.id = r.server_id AND s.stopped_at IS NULL
@@ -55,7 +56,7 @@ export function dueService(db: Db) {
                       AND NOT EXISTS (SELECT 1 FROM heartbeat_runs r WHERE r.agent_id = a.id AND r.status = 'queued')) AS timers,
             EXISTS (SELECT 1 FROM heartbeat_runs WHERE status = 'running' AND server_id = ${P('server')} AND cancel_requested_at IS NOT NULL) AS cancels,
             EXISTS (SELECT 1 FROM heartbeat_runs WHERE status = 'running' AND server_id = ${P('server')}) AS own_running`,
-        { server: serverId, stale: opts.staleSeconds },
+        { server: serverId, stale: opts.staleSeconds, drivers: textArrayLiteral(opts.drivers ?? []) },
       );
       const r = row ?? {};
       return {

@@ -3,7 +3,7 @@
 // the statements that move a run into or out of `running`.
 import { randomBytes } from 'node:crypto';
 import { sql, type SQL } from 'drizzle-orm';
-import { queryRows, type Db } from '../db/client.js';
+import { queryRows, textArrayLiteral, type Db } from '../db/client.js';
 import { CANCELS_CHANNEL, notifyEach, RUNS_CHANNEL } from '../db/notify.js';
 import { toLogChunk, toRun } from '../db/rows.js';
 import { invokeSchema, type InvokeInput } from '../domain/agents.js';
@@ -248,7 +248,7 @@ export function runService(db: Db) {
      */
     async adoptLostRuns(serverId: string, drivers: readonly string[], opts: { staleSeconds: number }): Promise<Array<{ run: HeartbeatRun; handle: Record<string, unknown>; resourceId: string | null; outputOffset: string | null; logSeq: number }>> {
       if (drivers.length === 0) return [];
-      const list = `{${drivers.map((d) => `"${d.replace(/["\\]/g, '')}"`).join(',')}}`;
+      const list = textArrayLiteral(drivers);
       const rows = await queryRows(
         db,
         sql`WITH lost AS (

@@ -3,7 +3,7 @@
 // leases/acquire.ts); here are the rest of its life: activation with its provider handle,
 // destroy attempts with backoff (resource GC), and what reconciliation needs.
 import { sql } from 'drizzle-orm';
-import { queryRows, type Db } from '../../db/client.js';
+import { queryRows, textArrayLiteral, type Db } from '../../db/client.js';
 import { toLease } from '../../db/rows.js';
 import { ACTIONS } from '../../domain/enums.js';
 import { BerthError, notFound, requireId } from '../../domain/errors.js';
@@ -134,7 +134,7 @@ export function resourceService(db: Db) {
      */
     async claimDue(drivers: readonly string[], opts: { limit?: number; claimSeconds?: number } = {}): Promise<ResourceToDestroy[]> {
       if (drivers.length === 0) return [];
-      const list = `{${drivers.map((d) => `"${d.replace(/["\\]/g, '')}"`).join(',')}}`;
+      const list = textArrayLiteral(drivers);
       const rows = await queryRows(
         db,
         sql`WITH drained AS (
