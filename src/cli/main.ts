@@ -141,7 +141,8 @@ function showLease(l: Json): string {
     `fence        ${l.fence}`,
     `run          ${l.heartbeatRunId ?? '-'}`,
     `acquired     ${ago(l.acquiredAt)}`,
-    `expires      ${l.expiresAt ? ago(l.expiresAt) : 'never'}`,
+    // An ended lease no longer expires.
+    `expires      ${l.releasedAt ? '-' : l.expiresAt ? ago(l.expiresAt) : 'never'}`,
     `released     ${l.releasedAt ? ago(l.releasedAt) : '-'}`,
     `failure      ${l.failureReason ?? '-'}`,
     `cleanup      ${l.cleanupStatus ?? '-'}${l.cleanupAttempts ? ` after ${l.cleanupAttempts} attempt${l.cleanupAttempts === 1 ? '' : 's'}` : ''}${l.lastCleanupError ? ` — ${l.lastCleanupError}` : ''}`,
