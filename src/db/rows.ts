@@ -7,9 +7,10 @@ import {
   LEASE_POLICIES,
   LEASE_STATUSES,
   readEnum,
+  type ResourceStatus,
 } from '../domain/enums.js';
 import { agentSecretPaths, environmentSecretPaths, redactSecrets } from '../secrets/config.js';
-import type { ActivityEntry, Agent, ApiKeyRecord, Company, Environment, HeartbeatRun, Lease, RunLogChunk } from '../domain/types.js';
+import type { ActivityEntry, Agent, ApiKeyRecord, Company, Environment, HeartbeatRun, Lease, ProviderResource, RunLogChunk } from '../domain/types.js';
 import type { activityLog, agents, apiKeys, companies, environments, heartbeatRunLogs } from './schema.js';
 
 type Row = Record<string, unknown>;
@@ -46,7 +47,9 @@ const strOrNull = (v: unknown): string | null => (v === null || v === undefined 
 const num = (v: unknown): number => Number(v);
 const date = (v: unknown): Date => (v instanceof Date ? v : new Date(String(v)));
 const dateOrNull = (v: unknown): Date | null => (v === null || v === undefined ? null : date(v));
-const obj = <T = Record<string, unknown>>(v: unknown): T => (v && typeof v === 'object' ? v : typeof v === 'string' ? JSON.parse(v) : {}) as T;
+/** A jsonb value as an object (PGlite and node-postgres give objects; text is parsed; null is {}). */
+export const readJson = <T = Record<string, unknown>>(v: unknown): T => (v && typeof v === 'object' ? v : typeof v === 'string' ? JSON.parse(v) : {}) as T;
+const obj = readJson;
 
 function noteUnknown(target: { unknownValues?: Record<string, string> }, field: string, raw: string, known: string): void {
   if (known === 'unknown' && raw !== 'unknown') (target.unknownValues ??= {})[field] = raw;
@@ -213,4 +216,27 @@ export function toRun(r: Row): HeartbeatRun {
 
 export function toLogChunk(r: Row): RunLogChunk {
   return { seq: num(r.seq), ts: date(r.ts), stream: str(r.stream) as RunLogChunk['stream'], chunk: str(r.chunk) };
+}
+
+export function toResource(r: Row): ProviderResource {
+  return {
+    id: str(r.id),
+    companyId: str(r.company_id),
+    environmentId: strOrNull(r.environment_id),
+    driver: str(r.driver),
+    providerId: strOrNull(r.provider_id),
+    labels: obj(r.labels),
+    state: obj(r.state),
+    // Written by the server only, under a CHECK of the same list: no unknown value to note.
+    status: str(r.status) as ResourceStatus,
+    leaseId: strOrNull(r.lease_id),
+    attempts: num(r.attempts),
+    nextAttemptAt: dateOrNull(r.next_attempt_at),
+    lastError: strOrNull(r.last_error),
+    createdAt: date(r.created_at),
+    readyAt: dateOrNull(r.ready_at),
+    destroyAfter: dateOrNull(r.destroy_after),
+    destroyedAt: dateOrNull(r.destroyed_at),
+    updatedAt: date(r.updated_at),
+  };
 }

@@ -2,6 +2,7 @@
 // Enum columns are plain text on purpose: a value written by a newer Berth must
 // not make this version fail to read a row (the services validate every write).
 import { sql } from 'drizzle-orm';
+import { RESOURCE_STATUSES } from '../domain/enums.js';
 import {
   bigint,
   boolean,
@@ -335,7 +336,7 @@ export const heartbeatRunLogs = pgTable(
   (t) => [primaryKey({ columns: [t.runId, t.seq] })],
 );
 
-export const RESOURCE_STATUSES_SQL = sql`('provisioning', 'ready', 'leased', 'draining', 'destroying', 'destroyed', 'lost')`;
+const RESOURCE_STATUSES_SQL = sql.raw(`(${RESOURCE_STATUSES.map((st) => `'${st}'`).join(', ')})`);
 
 /**
  * What a driver made on a provider (a workspace directory, a container, a job, a pod): the

@@ -69,6 +69,10 @@ export const ACTIONS = {
   resourceOrphanDestroyed: 'environment.resource_orphan_destroyed',
 } as const;
 
+/** A provider resource's life (provider_resources.status): see src/db/schema.ts. */
+export const RESOURCE_STATUSES = ['provisioning', 'ready', 'leased', 'draining', 'destroying', 'destroyed', 'lost'] as const;
+export type ResourceStatus = (typeof RESOURCE_STATUSES)[number];
+
 export const ADAPTER_TYPES = ['process', 'http'] as const;
 export type AdapterType = (typeof ADAPTER_TYPES)[number];
 

@@ -7,8 +7,9 @@ import type {
   Known,
   LeasePolicy,
   LeaseStatus,
+  ResourceStatus,
 } from './enums.js';
-import type { environmentLeases, heartbeatRuns } from '../db/schema.js';
+import type { environmentLeases, heartbeatRuns, providerResources, runExecutions } from '../db/schema.js';
 
 /** Who caused a change; written into every activity row. */
 export interface Actor {
@@ -62,6 +63,29 @@ export interface Lease extends Omit<typeof environmentLeases.$inferSelect, 'stat
   leasePolicy: Known<LeasePolicy>;
   cleanupStatus: Known<CleanupStatus> | null;
   unknownValues?: Record<string, string>;
+}
+
+/**
+ * What a driver made on a provider, as the server records it (provider_resources): every
+ * column but the sealed config snapshot, which only resource GC opens.
+ */
+export interface ProviderResource extends Omit<typeof providerResources.$inferSelect, 'status' | 'configSnapshot'> {
+  status: ResourceStatus;
+}
+
+/** A run's execution as its driver described it (run_executions.handle): the driver's ExecutionHandle, stored. */
+export interface StoredExecution {
+  driver: string;
+  host: string | null;
+  ref: Record<string, unknown>;
+}
+
+/** A run whose server is gone and whose execution this server can reattach to: what resuming it needs. */
+export interface AdoptedRun extends Pick<typeof runExecutions.$inferSelect, 'resourceId' | 'outputOffset'> {
+  run: HeartbeatRun;
+  execution: StoredExecution;
+  /** The last log seq its first server wrote: the resumed log goes on after it. */
+  logSeq: number;
 }
 
 export interface ActivityEntry {

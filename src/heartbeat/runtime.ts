@@ -30,15 +30,15 @@ import { processAdapter } from '../adapters/process.js';
 import type { AgentAdapter } from '../adapters/types.js';
 import { localDriver } from '../drivers/local/driver.js';
 import { sshDriver } from '../drivers/ssh/driver.js';
-import type { DriverEnvironment, DriverRegistry, ExecutionHandle } from '../drivers/contract.js';
-import type { HeartbeatRun, Lease } from '../domain/types.js';
+import type { DriverEnvironment, DriverRegistry } from '../drivers/contract.js';
+import type { AdoptedRun, HeartbeatRun, Lease } from '../domain/types.js';
 import { storableText } from '../domain/text.js';
 import { createServices, type Services } from '../services/index.js';
 import { serverRegistry } from '../services/runs.js';
 import { EXPIRE_BATCH } from '../services/leases/index.js';
 import type { RetentionPolicy } from '../services/retention.js';
 import type { Db } from '../db/client.js';
-import { executeRun, resumeRun, withDeadline, type AdoptedRun, type ExecutorDeps } from './run/index.js';
+import { executeRun, resumeRun, withDeadline, type ExecutorDeps } from './run/index.js';
 import type { ResourceToDestroy } from '../services/resources/index.js';
 import { createScheduler } from './scheduler.js';
 import { CANCELS_CHANNEL, RUNS_CHANNEL, type Listen, type Listener } from '../db/notify.js';
@@ -228,7 +228,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     if (!stopping) {
       for (const a of await s.runs.adoptLostRuns(serverId, reattachable, { staleSeconds })) {
         if (running.has(a.run.id)) continue;
-        launch(a.run, { run: a.run, execution: a.handle as unknown as ExecutionHandle, resourceId: a.resourceId, outputOffset: a.outputOffset, logSeq: a.logSeq });
+        launch(a.run, a);
       }
     }
     const lostRuns = await transact(async (ts) => {
@@ -250,14 +250,14 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     for (const r of lostRuns) {
       if (r.pid === null || !r.processIdentity || executions.some((e) => e.runId === r.id)) continue;
       const bootId = (r.processIdentity as { bootId?: unknown }).bootId;
-      executions.push({ runId: r.id, driver: 'local', handle: { driver: 'local', host: typeof bootId === 'string' ? bootId : null, ref: { pid: r.pid, identity: r.processIdentity } } });
+      executions.push({ runId: r.id, execution: { driver: 'local', host: typeof bootId === 'string' ? bootId : null, ref: { pid: r.pid, identity: r.processIdentity } } });
     }
     for (const e of executions) {
-      const drv = drivers.get(e.driver);
+      const drv = drivers.get(e.execution.driver);
       const run = byRun.get(e.runId);
       if (!drv || !run) continue;
       const env = run.environmentId ? await s.environments.getWithSecrets(run.companyId, run.environmentId).catch(() => null) : null;
-      if (env || drv.capabilities.hostLocal) await drv.signal((env ?? {}) as DriverEnvironment, e.handle as unknown as ExecutionHandle, 'KILL').catch((err: unknown) => onError(`recover ${run.id}`, err));
+      if (env || drv.capabilities.hostLocal) await drv.signal((env ?? {}) as DriverEnvironment, e.execution, 'KILL').catch((err: unknown) => onError(`recover ${run.id}`, err));
     }
   }
 

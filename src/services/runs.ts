@@ -5,12 +5,12 @@ import { randomBytes } from 'node:crypto';
 import { sql, type SQL } from 'drizzle-orm';
 import { queryRows, textArrayLiteral, type Db } from '../db/client.js';
 import { CANCELS_CHANNEL, notifyEach, RUNS_CHANNEL } from '../db/notify.js';
-import { toLogChunk, toRun } from '../db/rows.js';
+import { readJson, toLogChunk, toRun } from '../db/rows.js';
 import { invokeSchema, type InvokeInput } from '../domain/agents.js';
 import { RUN_ACTIONS, type TerminalRunStatus } from '../domain/enums.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { storableText } from '../domain/text.js';
-import { SYSTEM_ACTOR, type Actor, type HeartbeatRun, type Page, type RunLogChunk } from '../domain/types.js';
+import { SYSTEM_ACTOR, type Actor, type AdoptedRun, type HeartbeatRun, type Page, type RunLogChunk, type StoredExecution } from '../domain/types.js';
 import { listRunsSchema, parseInput, type ListRunsInput } from '../domain/validators.js';
 import { hashBearerSecret } from '../secrets/bearer.js';
 import { activityFrom, type ActorSql } from './activity.js';
@@ -226,7 +226,7 @@ export function runService(db: Db) {
     async recordExecution(
       runId: string,
       serverId: string,
-      e: { resourceId: string | null; driver: string; handle: { host: string | null } & Record<string, unknown>; pid?: number; identity?: Record<string, unknown> | null },
+      e: { resourceId: string | null; handle: StoredExecution; pid?: number; identity?: Record<string, unknown> | null },
     ): Promise<boolean> {
       const rows = await queryRows(
         db,
@@ -234,7 +234,7 @@ export function runService(db: Db) {
               UPDATE heartbeat_runs SET pid = ${e.pid ?? null}::int, process_identity = ${e.identity ? JSON.stringify(e.identity) : null}::jsonb, updated_at = now()
               WHERE id = ${runId} AND status = 'running' AND server_id = ${serverId} RETURNING id)
             INSERT INTO run_executions (run_id, resource_id, driver, handle, host)
-            SELECT run.id, ${e.resourceId}::uuid, ${e.driver}, ${JSON.stringify(e.handle)}::jsonb, ${e.handle.host} FROM run
+            SELECT run.id, ${e.resourceId}::uuid, ${e.handle.driver}, ${JSON.stringify(e.handle)}::jsonb, ${e.handle.host} FROM run
             ON CONFLICT (run_id) DO UPDATE SET handle = excluded.handle, host = excluded.host, updated_at = now()
             RETURNING run_id`,
       );
@@ -246,7 +246,7 @@ export function runService(db: Db) {
      * of this server can reattach to (`drivers`) are taken over by `serverId`, with what
      * resuming them needs. Locked and moved in one statement: one server adopts each.
      */
-    async adoptLostRuns(serverId: string, drivers: readonly string[], opts: { staleSeconds: number }): Promise<Array<{ run: HeartbeatRun; handle: Record<string, unknown>; resourceId: string | null; outputOffset: string | null; logSeq: number }>> {
+    async adoptLostRuns(serverId: string, drivers: readonly string[], opts: { staleSeconds: number }): Promise<AdoptedRun[]> {
       if (drivers.length === 0) return [];
       const list = textArrayLiteral(drivers);
       const rows = await queryRows(
@@ -264,7 +264,7 @@ export function runService(db: Db) {
       );
       return rows.map((r) => ({
         run: toRun(r),
-        handle: (typeof r.exe_handle === 'string' ? JSON.parse(r.exe_handle) : r.exe_handle) as Record<string, unknown>,
+        execution: readJson<StoredExecution>(r.exe_handle),
         resourceId: r.exe_resource_id == null ? null : String(r.exe_resource_id),
         outputOffset: r.exe_offset == null ? null : String(r.exe_offset),
         logSeq: Number(r.log_seq),
@@ -272,10 +272,10 @@ export function runService(db: Db) {
     },
 
     /** The executions of runs that were finalized lost (their server gone): for recovery to signal through their driver. */
-    async executionsOf(runIds: string[]): Promise<Array<{ runId: string; driver: string; handle: Record<string, unknown> }>> {
+    async executionsOf(runIds: string[]): Promise<Array<{ runId: string; execution: StoredExecution }>> {
       if (runIds.length === 0) return [];
-      const rows = await queryRows(db, sql`SELECT run_id, driver, handle FROM run_executions WHERE run_id = ANY (${`{${runIds.join(',')}}`}::uuid[])`);
-      return rows.map((r) => ({ runId: String(r.run_id), driver: String(r.driver), handle: (typeof r.handle === 'string' ? JSON.parse(r.handle) : r.handle) as Record<string, unknown> }));
+      const rows = await queryRows(db, sql`SELECT run_id, handle FROM run_executions WHERE run_id = ANY (${`{${runIds.join(',')}}`}::uuid[])`);
+      return rows.map((r) => ({ runId: String(r.run_id), execution: readJson<StoredExecution>(r.handle) }));
     },
 
     /**

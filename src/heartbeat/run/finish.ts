@@ -44,7 +44,7 @@ export async function finish(st: RunState): Promise<HeartbeatRun | null> {
   // retain_on_failure keeps a failed run's resources for inspection until the lease's
   // retention deadline: no destroy now.
   const retained = !st.taken && lease !== null && lease.leasePolicy === 'retain_on_failure' && leaseStatusForRunOutcome(outcome.status) === 'failed';
-  // A lease with no resource record (reserved before its resource existed? never) owes nothing.
+  // Null when nothing was reserved (the run failed before its lease): nothing to destroy.
   const destroyed = retained ? null : await destroyNow(st);
   st.keepalive?.stop();
   await st.log.flush();

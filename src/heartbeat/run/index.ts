@@ -7,8 +7,7 @@
 // can reattach.
 import { isBerthError } from '../../domain/errors.js';
 import { storableText } from '../../domain/text.js';
-import type { HeartbeatRun } from '../../domain/types.js';
-import type { ExecutionHandle } from '../../drivers/contract.js';
+import type { AdoptedRun, HeartbeatRun } from '../../domain/types.js';
 import { RunLogWriter } from '../log-writer.js';
 import { RunTakenError, type ExecutorDeps, type RunState } from './context.js';
 import { finish } from './finish.js';
@@ -95,15 +94,6 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
     failedBy(st, err);
   }
   return finish(st);
-}
-
-/** A run another server started and lost (it died), as its records hold it: adopted by this server. */
-export interface AdoptedRun {
-  run: HeartbeatRun;
-  execution: ExecutionHandle;
-  resourceId: string | null;
-  outputOffset: string | null;
-  logSeq: number;
 }
 
 /**

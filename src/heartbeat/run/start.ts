@@ -50,20 +50,19 @@ export async function exec(st: RunState, plan: ProcessPlan): Promise<ExecutionHa
     stop,
   );
   st.execution = handle;
-  const pid = typeof handle.ref.pid === 'number' ? handle.ref.pid : null;
+  // The process's id where it runs (a remote one is its group's): it means something to this host only when the driver is host-local.
+  const pid = typeof handle.ref.pid === 'number' ? handle.ref.pid : typeof handle.ref.pgid === 'number' ? handle.ref.pgid : null;
+  const hostLocal = st.driver!.capabilities.hostLocal;
   const recorded = await deps.services.runs.recordExecution(run.id, deps.serverId, {
     resourceId: st.resource!.resourceId,
-    driver: handle.driver,
-    handle: handle as unknown as { host: string | null } & Record<string, unknown>,
-    // A pid means something to this host only; the handle says where it lives.
-    ...(pid !== null && st.driver!.capabilities.hostLocal ? { pid, identity: (handle.ref.identity as Record<string, unknown> | null) ?? null } : {}),
+    handle,
+    ...(pid !== null && hostLocal ? { pid, identity: (handle.ref.identity as Record<string, unknown> | null) ?? null } : {}),
   });
   if (!recorded) {
     void st.log.write('system', 'the run was finalized elsewhere while starting: stopping its process\n');
     st.abort.abort('cancel');
   }
-  const remotePid = typeof handle.ref.pid === 'number' ? handle.ref.pid : typeof handle.ref.pgid === 'number' ? handle.ref.pgid : null;
-  if (remotePid !== null && !st.driver!.capabilities.hostLocal) void st.log.write('system', `started: remote pid ${remotePid}\n`);
+  if (pid !== null && !hostLocal) void st.log.write('system', `started: remote pid ${pid}\n`);
   await deps.onPhase?.('started', run);
   return handle;
 }

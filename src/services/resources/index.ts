@@ -4,61 +4,16 @@
 // destroy attempts with backoff (resource GC), and what reconciliation needs.
 import { sql } from 'drizzle-orm';
 import { queryRows, textArrayLiteral, type Db } from '../../db/client.js';
-import { toLease } from '../../db/rows.js';
+import { readJson, toLease, toResource } from '../../db/rows.js';
 import { ACTIONS } from '../../domain/enums.js';
 import { BerthError, notFound, requireId } from '../../domain/errors.js';
-import { SYSTEM_ACTOR, type Lease } from '../../domain/types.js';
+import { SYSTEM_ACTOR, type Lease, type ProviderResource } from '../../domain/types.js';
 import { environmentSecretPaths, openSecrets } from '../../secrets/config.js';
 import { activityFrom, ENVIRONMENT_ENTITY, LEASE_ENTITY } from '../activity.js';
-
-export const RESOURCE_STATUSES = ['provisioning', 'ready', 'leased', 'draining', 'destroying', 'destroyed', 'lost'] as const;
-export type ResourceStatus = (typeof RESOURCE_STATUSES)[number];
-
-export interface ProviderResource {
-  id: string;
-  companyId: string;
-  environmentId: string | null;
-  driver: string;
-  providerId: string | null;
-  labels: Record<string, string>;
-  state: Record<string, unknown>;
-  status: ResourceStatus;
-  leaseId: string | null;
-  attempts: number;
-  nextAttemptAt: Date | null;
-  lastError: string | null;
-  createdAt: Date;
-  destroyAfter: Date | null;
-  destroyedAt: Date | null;
-}
 
 /** A resource as the GC needs it: with the environment it was made in (config opened), as it was then. */
 export interface ResourceToDestroy extends ProviderResource {
   environment: { id: string; name: string; driver: string; secretConfig: Record<string, unknown> };
-}
-
-type Row = Record<string, unknown>;
-const dateOrNull = (v: unknown): Date | null => (v === null || v === undefined ? null : v instanceof Date ? v : new Date(String(v)));
-const obj = <T>(v: unknown): T => (v && typeof v === 'object' ? v : typeof v === 'string' ? JSON.parse(v) : {}) as T;
-
-export function toResource(r: Row): ProviderResource {
-  return {
-    id: String(r.id),
-    companyId: String(r.company_id),
-    environmentId: r.environment_id == null ? null : String(r.environment_id),
-    driver: String(r.driver),
-    providerId: r.provider_id == null ? null : String(r.provider_id),
-    labels: obj(r.labels),
-    state: obj(r.state),
-    status: String(r.status) as ResourceStatus,
-    leaseId: r.lease_id == null ? null : String(r.lease_id),
-    attempts: Number(r.attempts),
-    nextAttemptAt: dateOrNull(r.next_attempt_at),
-    lastError: r.last_error == null ? null : String(r.last_error),
-    createdAt: dateOrNull(r.created_at)!,
-    destroyAfter: dateOrNull(r.destroy_after),
-    destroyedAt: dateOrNull(r.destroyed_at),
-  };
 }
 
 /** Backoff before destroy retry n (1-based): 2^n seconds, at most 5 minutes. */
@@ -144,15 +99,16 @@ export function resourceService(db: Db) {
                                AND NOT EXISTS (SELECT 1 FROM environment_leases l WHERE l.id = d.lease_id AND l.status IN ('active', 'retained'))
                              LIMIT ${opts.limit ?? 50} FOR UPDATE SKIP LOCKED)
               RETURNING p.id)
+            -- (Those just drained are claimed at the next tick: this statement's snapshot does not see them yet.)
             UPDATE provider_resources p SET next_attempt_at = now() + make_interval(secs => ${opts.claimSeconds ?? 150})
             WHERE p.id IN (SELECT id FROM provider_resources
                            WHERE status = 'destroying' AND next_attempt_at <= now() AND driver = ANY (${list}::text[])
                            ORDER BY next_attempt_at LIMIT ${opts.limit ?? 50} FOR UPDATE SKIP LOCKED)
-            RETURNING p.*, p.config_snapshot AS snap, (SELECT name FROM environments e WHERE e.id = p.environment_id) AS env_name`,
+            RETURNING p.*, (SELECT name FROM environments e WHERE e.id = p.environment_id) AS env_name`,
       );
       return rows.map((r) => {
         const res = toResource(r);
-        const snap = obj<{ driver?: string; config?: Record<string, unknown> }>(r.snap);
+        const snap = readJson<{ driver?: string; config?: Record<string, unknown> }>(r.config_snapshot);
         const driver = snap.driver ?? res.driver;
         const open = openSecrets({ config: snap.config ?? {} }, environmentSecretPaths(driver), `resource ${res.id}`);
         return { ...res, environment: { id: res.environmentId ?? '', name: r.env_name == null ? '' : String(r.env_name), driver, secretConfig: open.config as Record<string, unknown> } };
