@@ -37,19 +37,24 @@ afterAll(async () => {
   rmSync(root, { recursive: true, force: true });
 });
 
-it('a server killed while its SSH run executes: another server adopts the run and finishes it with all of its output', async () => {
-  const co = await s.companies.create({ name: 'Adopt Co' });
-  const env = await s.environments.create(co.id, {
+/** An agent on an SSH environment of the company that prints `one`, waits 3 s, prints `two`. */
+async function remoteAgent(companyId: string) {
+  const env = await s.environments.create(companyId, {
     name: 'remote',
     driver: 'ssh',
     config: { host: sshd.host, port: sshd.port, username: sshd.username, privateKey: sshd.privateKey, knownHosts: sshd.knownHosts, remoteWorkspacePath: remoteRoot },
   } as never);
-  const agent = await s.agents.create(co.id, {
+  return s.agents.create(companyId, {
     name: 'long',
     adapterType: 'process',
     adapterConfig: { command: 'sh', args: ['-c', 'echo one; sleep 3; echo two'], timeoutSec: 60 } as never,
     defaultEnvironmentId: env.id,
   });
+}
+
+it('a server killed while its SSH run executes: another server adopts the run and finishes it with all of its output', async () => {
+  const co = await s.companies.create({ name: 'Adopt Co' });
+  const agent = await remoteAgent(co.id);
   const marker = join(root, 'started.marker');
   const server = spawnPhaseServer({ databaseUrl: scratch.url, workspaceRoot: join(root, 'local'), phase: 'started', marker });
   try {
@@ -82,17 +87,7 @@ it('a server killed while its SSH run executes: another server adopts the run an
 
 it('a server that stops while its SSH run executes hands the run over: the next server to start resumes it', async () => {
   const co = await s.companies.create({ name: 'Handover Co' });
-  const env = await s.environments.create(co.id, {
-    name: 'remote',
-    driver: 'ssh',
-    config: { host: sshd.host, port: sshd.port, username: sshd.username, privateKey: sshd.privateKey, knownHosts: sshd.knownHosts, remoteWorkspacePath: remoteRoot },
-  } as never);
-  const agent = await s.agents.create(co.id, {
-    name: 'long',
-    adapterType: 'process',
-    adapterConfig: { command: 'sh', args: ['-c', 'echo one; sleep 3; echo two'], timeoutSec: 60 } as never,
-    defaultEnvironmentId: env.id,
-  });
+  const agent = await remoteAgent(co.id);
   const sshA = sshDriver();
   const a = await startRecoveringRuntime(s, database.db, new Map([['ssh', sshA]]), runtimeErrors.onError);
   const run = await s.runs.invoke(co.id, agent.id);

@@ -180,11 +180,24 @@ class PooledConnection implements SshConnection {
   }
 }
 
-
 /** Pool key: the environment and everything that decides where and as whom we connect. */
 export function poolKey(envId: string, target: SshTarget): string {
   const digest = createHash('sha256').update(JSON.stringify([target.host, target.port, target.username, target.privateKey ?? '', target.knownHosts ?? '', target.strictHostKeyChecking])).digest('hex');
   return `${envId}:${digest.slice(0, 16)}`;
+}
+
+/** One use of a connection: counted now, given back once (a second release does nothing); `onLast` runs when no use is left. */
+function borrow(conn: PooledConnection, onLast: () => void): Borrowed {
+  conn.channels++;
+  let released = false;
+  return {
+    conn,
+    release: () => {
+      if (released) return;
+      released = true;
+      if (--conn.channels === 0) onLast();
+    },
+  };
 }
 
 export class SshPool {
@@ -214,16 +227,7 @@ export class SshPool {
     if (!this.pooled) {
       // Unpooled, a connection is ended when its last use is given back.
       const conn = preferred ?? (await connectSsh(target, this.connectTimeoutMs, this.keepaliveMs));
-      conn.channels++;
-      let released = false;
-      return {
-        conn,
-        release: () => {
-          if (released) return;
-          released = true;
-          if (--conn.channels === 0) conn.end();
-        },
-      };
+      return borrow(conn, () => conn.end());
     }
     if (preferred && preferred.channels < this.maxChannels && (this.conns.get(key) ?? []).includes(preferred)) return this.lend(preferred);
     for (;;) {
@@ -256,19 +260,9 @@ export class SshPool {
   }
 
   private lend(conn: PooledConnection): Borrowed {
-    conn.channels++;
     clearTimeout(conn.idleTimer);
     conn.sock.ref();
-    let released = false;
-    return {
-      conn,
-      release: () => {
-        if (released) return;
-        released = true;
-        conn.channels--;
-        if (conn.channels === 0) this.idle(conn);
-      },
-    };
+    return borrow(conn, () => this.idle(conn));
   }
 
   /** An idle connection neither keeps the process alive nor lives forever. */
