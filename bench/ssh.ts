@@ -132,16 +132,21 @@ async function driverBench(): Promise<void> {
   await pooled.destroy(env, res, live);
 }
 
+/** Everything the bench opened, closed again. */
+async function tearDown(): Promise<void> {
+  pooled.close();
+  unpooled.close();
+  await database.close();
+  await scratch.drop();
+  await sshd.stop();
+  rmSync(workspaceRoot, { recursive: true, force: true });
+}
+
 if (process.env.BENCH_SSH_DRIVER_ONLY === '1') {
   try {
     await driverBench();
   } finally {
-    pooled.close();
-    unpooled.close();
-    await database.close();
-    await scratch.drop();
-    await sshd.stop();
-    rmSync(workspaceRoot, { recursive: true, force: true });
+    await tearDown();
   }
   process.exit(0);
 }
@@ -217,10 +222,5 @@ try {
   rawPool.closeAll();
   await runtime.stop({ graceMs: 0 });
 } finally {
-  pooled.close();
-  unpooled.close();
-  await database.close();
-  await scratch.drop();
-  await sshd.stop();
-  rmSync(workspaceRoot, { recursive: true, force: true });
+  await tearDown();
 }

@@ -52,6 +52,24 @@ async function remoteAgent(companyId: string) {
   });
 }
 
+/**
+ * The run ends succeeded on server `serverId` with all of its output once, its lease
+ * released and its remote workspace gone; returns its log.
+ */
+async function expectFinishedBy(companyId: string, runId: string, serverId: string) {
+  const done = await waitFor('the run to be finished by the other server', async () => {
+    const r = await s.runs.get(companyId, runId);
+    return r.finishedAt ? r : null;
+  }, 30_000, 100);
+  expect(done, String(done.error)).toMatchObject({ status: 'succeeded', exitCode: 0, serverId });
+  const log = await s.runs.readLog(companyId, runId, { limit: 1000 });
+  expect(log.filter((c) => c.stream === 'stdout').map((c) => c.chunk).join('')).toBe('one\ntwo\n');
+  const lease = await s.leases.get(companyId, done.leaseId!);
+  expect(lease).toMatchObject({ status: 'released', cleanupStatus: 'success' });
+  expect(existsSync(join(remoteRoot, lease.resourceId!))).toBe(false);
+  return log;
+}
+
 it('a server killed while its SSH run executes: another server adopts the run and finishes it with all of its output', async () => {
   const co = await s.companies.create({ name: 'Adopt Co' });
   const agent = await remoteAgent(co.id);
@@ -66,16 +84,7 @@ it('a server killed while its SSH run executes: another server adopts the run an
     const ssh = sshDriver();
     const b = await startRecoveringRuntime(s, database.db, new Map([['ssh', ssh]]), runtimeErrors.onError);
     try {
-      const done = await waitFor('the run to be finished by the second server', async () => {
-        const r = await s.runs.get(co.id, run.id);
-        return r.finishedAt ? r : null;
-      }, 30_000, 100);
-      expect(done, String(done.error)).toMatchObject({ status: 'succeeded', exitCode: 0, serverId: b.serverId });
-      const log = await s.runs.readLog(co.id, run.id, { limit: 1000 });
-      expect(log.filter((c) => c.stream === 'stdout').map((c) => c.chunk).join('')).toBe('one\ntwo\n');
-      const lease = await s.leases.get(co.id, done.leaseId!);
-      expect(lease).toMatchObject({ status: 'released', cleanupStatus: 'success' });
-      expect(existsSync(join(remoteRoot, lease.resourceId!))).toBe(false);
+      await expectFinishedBy(co.id, run.id, b.serverId);
     } finally {
       await b.stop({ graceMs: 0 });
       ssh.close();
@@ -106,17 +115,8 @@ it('a server that stops while its SSH run executes hands the run over: the next 
   const sshB = sshDriver();
   const b = await startRecoveringRuntime(s, database.db, new Map([['ssh', sshB]]), runtimeErrors.onError);
   try {
-    const done = await waitFor('the run to be finished by the next server', async () => {
-      const r = await s.runs.get(co.id, run.id);
-      return r.finishedAt ? r : null;
-    }, 30_000, 100);
-    expect(done, String(done.error)).toMatchObject({ status: 'succeeded', exitCode: 0, serverId: b.serverId });
-    const log = await s.runs.readLog(co.id, run.id, { limit: 1000 });
-    expect(log.filter((c) => c.stream === 'stdout').map((c) => c.chunk).join('')).toBe('one\ntwo\n');
+    const log = await expectFinishedBy(co.id, run.id, b.serverId);
     expect(log.filter((c) => c.stream === 'system').map((c) => c.chunk).join('')).toMatch(/handed over[\s\S]*resumed by server/);
-    const lease = await s.leases.get(co.id, done.leaseId!);
-    expect(lease).toMatchObject({ status: 'released', cleanupStatus: 'success' });
-    expect(existsSync(join(remoteRoot, lease.resourceId!))).toBe(false);
   } finally {
     await b.stop({ graceMs: 0 });
     sshB.close();
