@@ -60,7 +60,7 @@ export function resourceService(db: Db) {
               details: sql`jsonb_build_object('environmentId', lease.environment_id, 'fence', lease.fence, 'resourceId', lease.resource_id,
                 'providerId', ${a.providerId}::text, 'expiresAt', lease.expires_at)`,
             })})
-            SELECT lease.*, (SELECT count(*) FROM res) AS res_n FROM lease`,
+            SELECT lease.* FROM lease`,
       );
       if (rows[0]) return toLease(rows[0]);
       const [cur] = await queryRows(db, sql`SELECT fence, status FROM environment_leases WHERE id = ${a.leaseId} AND company_id = ${companyId}`);
