@@ -21,7 +21,8 @@ export default defineConfig({
         test: {
           name: 'pglite',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/postgres/**'],
+          // Engine tests (a real dockerd, podman, bwrap) need no second database: they run once, on PostgreSQL.
+          exclude: ['test/postgres/**', 'test/docker/**', 'test/bwrap/**'],
           env: { BERTH_TEST_BACKEND: 'pglite' },
         },
       },

@@ -47,7 +47,7 @@ const sshSwitch: EnvironmentDriver = {
   signal: (env, exe, sig) => pick(env).signal(env, exe, sig),
   destroy: (env, resource, signal) => pick(env).destroy(env, resource, signal),
   list: (env, signal) => pick(env).list!(env, signal),
-  callbackUrl: (env, server) => pick(env).callbackUrl!(env, server),
+  callbackUrl: (env, server, resource) => pick(env).callbackUrl!(env, server, resource),
 };
 const target: SshTarget = { host: sshd.host, port: sshd.port, username: sshd.username, privateKey: sshd.privateKey, knownHosts: sshd.knownHosts, strictHostKeyChecking: true };
 const live = new AbortController().signal;

@@ -105,6 +105,13 @@ berth_ensure_chromium() {
   [ -x "$bin" ] || { berth_log "chromium installed but $bin is missing"; return 1; }
 }
 
+# Each engine the tests drive (dockerd, podman, bwrap...) brings its own berth_ensure_<engine>
+# in scripts/engines/<engine>.sh; scripts/test.sh calls them.
+for berth_engine_script in "$(dirname "${BASH_SOURCE[0]}")"/engines/*.sh; do
+  [ -e "$berth_engine_script" ] && source "$berth_engine_script"
+done
+unset berth_engine_script
+
 # Quiet on purpose: the last line of a test run must stay `N passed, N failed, N skipped`.
 berth_cleanup() {
   if [ -n "${BERTH_PG_STOP:-}" ]; then

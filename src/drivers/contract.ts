@@ -193,10 +193,11 @@ export interface EnvironmentDriver extends DriverDescriptor {
   /** What the provider holds under Berth's labels in `env` (capabilities.list). */
   list?(env: DriverEnvironment, signal: AbortSignal): AsyncIterable<ListedResource>;
   /**
-   * Optional: the URL a run in `env` reaches the server at, set up for this run (SSH forwards
-   * a port back over its connection). Without it a run gets `server.publicUrl`.
+   * Optional: the URL a run in `env` reaches the server at, set up for this run in its
+   * resource (SSH forwards a port back over its connection; an isolated run gets a relay in
+   * its own network). Without it a run gets `server.publicUrl`.
    */
-  callbackUrl?(env: DriverEnvironment, server: CallbackServer): Promise<CallbackRoute>;
+  callbackUrl?(env: DriverEnvironment, server: CallbackServer, resource: ResourceHandle): Promise<CallbackRoute>;
   /** Close what the driver holds open between runs (pooled connections). */
   close?(): void;
 }

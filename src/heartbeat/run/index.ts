@@ -63,7 +63,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
     // The run's way back to the server, per driver (a reverse tunnel for SSH), undone in
     // finish. Only a process runs inside the environment; a call leaves from here.
     if (st.driver!.callbackUrl && adapter.kind === 'process') {
-      st.callback = await st.driver!.callbackUrl(st.environment!, { publicUrl: deps.apiUrl, ...(deps.localUrl ? { localUrl: deps.localUrl } : {}) });
+      st.callback = await st.driver!.callbackUrl(st.environment!, { publicUrl: deps.apiUrl, ...(deps.localUrl ? { localUrl: deps.localUrl } : {}) }, st.resource!);
     }
     const started = { ...run, contextSnapshot: { ...run.contextSnapshot, paperclipEnvironment } };
     const ctx = {
