@@ -105,6 +105,10 @@ berth_ensure_chromium() {
   [ -x "$bin" ] || { berth_log "chromium installed but $bin is missing"; return 1; }
 }
 
+# What an engine script started, to stop on exit: berth_on_cleanup "command" (run in reverse order).
+BERTH_CLEANUPS=()
+berth_on_cleanup() { BERTH_CLEANUPS+=("$1"); }
+
 # Each engine the tests drive (dockerd, podman, bwrap...) brings its own berth_ensure_<engine>
 # in scripts/engines/<engine>.sh; scripts/test.sh calls them.
 for berth_engine_script in "$(dirname "${BASH_SOURCE[0]}")"/engines/*.sh; do
@@ -114,6 +118,11 @@ unset berth_engine_script
 
 # Quiet on purpose: the last line of a test run must stay `N passed, N failed, N skipped`.
 berth_cleanup() {
+  local i
+  for ((i = ${#BERTH_CLEANUPS[@]} - 1; i >= 0; i--)); do
+    eval "${BERTH_CLEANUPS[$i]}" >/dev/null 2>&1 || true
+  done
+  BERTH_CLEANUPS=()
   if [ -n "${BERTH_PG_STOP:-}" ]; then
     $BERTH_PG_STOP >/dev/null 2>&1 || true
     rm -rf "${BERTH_PG_DIR:?}"
