@@ -22,7 +22,7 @@ export default defineConfig({
           name: 'pglite',
           include: ['test/**/*.test.ts'],
           // Engine tests (a real dockerd, podman, bwrap) need no second database: they run once, on PostgreSQL.
-          exclude: ['test/postgres/**', 'test/docker/**', 'test/bwrap/**'],
+          exclude: ['test/postgres/**', 'test/docker/**', 'test/bwrap/**', 'test/slurm/**'],
           env: { BERTH_TEST_BACKEND: 'pglite' },
         },
       },
