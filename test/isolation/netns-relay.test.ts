@@ -2,7 +2,8 @@
 // else; it ends with close() and with its server.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -89,5 +90,15 @@ describe('netns relay', () => {
     holder.kill('SIGKILL');
     await waitFor('the relay to die with its server', async () => !isAlive(relayPid), 3000);
     expect(await fetchInside('http://127.0.0.1:43120/held')).toBe('error:ECONNREFUSED');
+    // The dead server's socket directory is removed by the next server that opens a relay.
+    const leftover = () => readdirSync(tmpdir()).filter((n) => n.startsWith(`berth-relay-${holder.pid}-`));
+    expect(leftover()).toHaveLength(1);
+    await waitFor('the holder to be gone', async () => !isAlive(holder.pid!), 3000);
+    const next = spawn(process.execPath, ['--import', 'tsx', 'test/support/relay-holder.ts', String(isolated.pid), '43121', String(apiPort)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let nextOut = '';
+    next.stdout!.setEncoding('utf8').on('data', (d: string) => (nextOut += d));
+    await waitFor("the second holder's relay", async () => /relay \d+\n/.test(nextOut), 20_000);
+    next.kill('SIGKILL');
+    expect(leftover()).toHaveLength(0);
   });
 });

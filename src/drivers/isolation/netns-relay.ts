@@ -10,7 +10,7 @@
 // server's child with a parent-death signal, so it never outlives the server, and it holds
 // nothing of the run's but the namespace.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,6 +53,32 @@ export function networkNamespaceOf(pid: number | 'self'): string | null {
   }
 }
 
+let swept = false;
+
+/**
+ * Socket directories of servers that died without closing their relays (SIGKILL): named
+ * `berth-relay-<server pid>-*`, removed once that pid is gone. Once per process.
+ */
+function sweepDeadServersDirs(): void {
+  if (swept) return;
+  swept = true;
+  let names: string[];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^berth-relay-(\d+)-/.exec(name);
+    if (!m || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') rmSync(join(tmpdir(), name), { recursive: true, force: true });
+    }
+  }
+}
+
 export async function startNetnsRelay(opts: NetnsRelayOptions): Promise<NetnsRelay> {
   const { pid, port, target } = opts;
   if (!Number.isInteger(pid) || pid < 1) throw new RelayError(`relay: no process ${pid} to take a network namespace from`);
@@ -64,7 +90,8 @@ export async function startNetnsRelay(opts: NetnsRelayOptions): Promise<NetnsRel
   }
 
   // The outside end: a unix socket in a fresh 0700 directory, each connection carried to the target.
-  const dir = mkdtempSync(join(tmpdir(), 'berth-relay-'));
+  sweepDeadServersDirs();
+  const dir = mkdtempSync(join(tmpdir(), `berth-relay-${process.pid}-`));
   const socketPath = join(dir, 's');
   const carried = new Set<net.Socket>();
   const outside = net.createServer({ pauseOnConnect: true }, (from) => {
