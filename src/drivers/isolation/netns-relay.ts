@@ -15,6 +15,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { splice } from './splice.mjs';
 
 const relayMain = fileURLToPath(new URL('./relay-main.mjs', import.meta.url));
 
@@ -94,22 +95,7 @@ export async function startNetnsRelay(opts: NetnsRelayOptions): Promise<NetnsRel
   const dir = mkdtempSync(join(tmpdir(), `berth-relay-${process.pid}-`));
   const socketPath = join(dir, 's');
   const carried = new Set<net.Socket>();
-  const outside = net.createServer({ pauseOnConnect: true }, (from) => {
-    const to = net.connect(target.port, target.host);
-    carried.add(from);
-    const done = () => {
-      carried.delete(from);
-      from.destroy();
-      to.destroy();
-    };
-    from.on('error', done).on('close', done);
-    to.on('error', done).on('close', done);
-    to.on('connect', () => {
-      from.pipe(to);
-      to.pipe(from);
-      from.resume();
-    });
-  });
+  const outside = net.createServer({ pauseOnConnect: true }, (from) => splice(from, { host: target.host, port: target.port }, carried));
   try {
     await new Promise<void>((resolve, reject) => {
       outside.once('error', reject);

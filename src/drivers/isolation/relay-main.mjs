@@ -6,6 +6,7 @@
 //
 //   node relay-main.mjs <port> <unix socket path>
 import net from 'node:net';
+import { splice } from './splice.mjs';
 
 const port = Number(process.argv[2]);
 const socketPath = process.argv[3];
@@ -15,22 +16,7 @@ if (!Number.isInteger(port) || port < 1 || port > 65535 || !socketPath) {
 }
 
 const open = new Set();
-const server = net.createServer({ pauseOnConnect: true }, (inside) => {
-  const outside = net.connect(socketPath);
-  open.add(inside);
-  const done = () => {
-    open.delete(inside);
-    inside.destroy();
-    outside.destroy();
-  };
-  inside.on('error', done).on('close', done);
-  outside.on('error', done).on('close', done);
-  outside.on('connect', () => {
-    inside.pipe(outside);
-    outside.pipe(inside);
-    inside.resume();
-  });
-});
+const server = net.createServer({ pauseOnConnect: true }, (inside) => splice(inside, { path: socketPath }, open));
 
 server.on('error', (err) => {
   // EADDRNOTAVAIL: the namespace's loopback is down; EADDRINUSE: the port is taken inside.
