@@ -257,7 +257,7 @@ export function buildProgram(): Command {
   env
     .command('list')
     .option('--status <status>', 'active or archived')
-    .option('--driver <driver>', 'local, ssh or sandbox')
+    .option('--driver <driver>', 'only this driver kind (`berth env drivers` lists them)')
     .option('--json', 'print JSON')
     .action(async (o: { status?: string; driver?: string; json?: boolean }) => {
       const client = companyClient();
@@ -270,9 +270,23 @@ export function buildProgram(): Command {
       );
     });
   env
+    .command('drivers')
+    .description('The drivers the server knows: what each environment kind is, and whether this server runs it')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const list = await companyClient().get<Json[]>('/api/drivers');
+      const caps = (c: Json) => Object.entries(c).filter(([, v]) => v === true).map(([k]) => k).join(',') || '-';
+      print(list, !!o.json, () =>
+        table(
+          ['KIND', 'WHAT', 'RUNS HERE', 'ADAPTERS', 'CAPABILITIES'],
+          list.map((d) => [String(d.kind), String(d.title), d.runs ? 'yes' : 'no', (d.adapters as string[]).join(',') || '-', caps(d.capabilities as Json)]),
+        ),
+      );
+    });
+  env
     .command('create <name>')
     .description('Create an environment')
-    .addOption(new Option('--driver <driver>', 'driver').choices(['local', 'ssh', 'sandbox']).makeOptionMandatory())
+    .requiredOption('--driver <driver>', 'driver kind (`berth env drivers` lists what the server knows)')
     .option('--description <text>')
     .option('--capacity <n>', 'max concurrent active leases (default unlimited)')
     .option('--env <NAME=VALUE>', 'a variable for every run here (repeatable)', collect)

@@ -1,8 +1,8 @@
 // Row -> domain mappers for raw SQL results. node-postgres returns int8 as text
 // and PGlite as number; both return timestamptz as Date, jsonb as objects.
+import { DRIVER_KINDS } from '../drivers/descriptors.js';
 import {
   CLEANUP_STATUSES,
-  ENVIRONMENT_DRIVERS,
   ENVIRONMENT_STATUSES,
   LEASE_POLICIES,
   LEASE_STATUSES,
@@ -91,7 +91,7 @@ export function toEnvironment(r: Row): Environment {
     companyId: str(r.company_id),
     name: str(r.name),
     description: strOrNull(r.description),
-    driver: readEnum(ENVIRONMENT_DRIVERS, str(r.driver)),
+    driver: readEnum(DRIVER_KINDS, str(r.driver)),
     status: readEnum(ENVIRONMENT_STATUSES, str(r.status)),
     ...shownEnvironmentSecrets(r),
     metadata: obj(r.metadata),

@@ -1,9 +1,8 @@
 // The closed vocabularies of SPEC as constants and types, plus a reader that
 // tolerates values written by a newer Berth (it must never break a listing).
 
-export const ENVIRONMENT_DRIVERS = ['local', 'ssh', 'sandbox'] as const;
-/** The kind of place an environment is (its `driver` column); the code behind it is drivers/types.ts `EnvironmentDriver`. */
-export type EnvironmentDriverKind = (typeof ENVIRONMENT_DRIVERS)[number];
+/** The kind of place an environment is (its `driver` column): the drivers are listed once, in drivers/descriptors.ts. */
+export type { EnvironmentDriverKind } from '../drivers/descriptors.js';
 
 export const ENVIRONMENT_STATUSES = ['active', 'archived'] as const;
 export type EnvironmentStatus = (typeof ENVIRONMENT_STATUSES)[number];
@@ -76,11 +75,6 @@ export type ResourceStatus = (typeof RESOURCE_STATUSES)[number];
 export const ADAPTER_TYPES = ['process', 'http'] as const;
 export type AdapterType = (typeof ADAPTER_TYPES)[number];
 
-/** Which environment drivers each adapter can run through (a driver that executes processes, for `process`). */
-export const ADAPTER_DRIVERS: Record<AdapterType, readonly EnvironmentDriverKind[]> = {
-  process: ['local', 'ssh'],
-  http: ['local'],
-};
 
 export const TERMINAL_RUN_STATUSES = ['succeeded', 'failed', 'cancelled', 'timed_out'] as const;
 export type TerminalRunStatus = (typeof TERMINAL_RUN_STATUSES)[number];

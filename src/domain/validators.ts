@@ -2,7 +2,7 @@
 // services. Strict objects: an unknown field is an error that names it.
 import { z } from 'zod';
 import { BerthError, type FieldIssue } from './errors.js';
-import { CLEANUP_STATUSES, ENV_VAR_NAME_RE, ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, RUN_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
+import { CLEANUP_STATUSES, ENV_VAR_NAME_RE, ENVIRONMENT_STATUSES, LEASE_POLICIES, LEASE_STATUSES, RUN_STATUSES, TERMINAL_LEASE_STATUSES } from './enums.js';
 
 export const MAX_LEASE_TTL_SECONDS = 7 * 24 * 3600;
 
@@ -35,11 +35,6 @@ export const updateEnvironmentSchema = z
   })
   .refine((v) => Object.keys(v).length > 0, 'must change at least one field');
 export type UpdateEnvironmentInput = z.input<typeof updateEnvironmentSchema>;
-
-export const listEnvironmentsSchema = z.strictObject({
-  status: z.enum(ENVIRONMENT_STATUSES).optional(),
-  driver: z.enum(ENVIRONMENT_DRIVERS).optional(),
-});
 
 const opaqueId = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
 const ttlSeconds = z.number().positive('must be greater than 0').max(MAX_LEASE_TTL_SECONDS, `must be at most ${MAX_LEASE_TTL_SECONDS}`);

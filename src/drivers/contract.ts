@@ -36,10 +36,24 @@ export interface DriverCapabilities {
   hostLocal: boolean;
 }
 
+/** A field of the dashboard's environment form (a path under `config`). */
+export interface FormField {
+  readonly path: string;
+  readonly label: string;
+  readonly type: 'text' | 'number' | 'textarea' | 'checkbox' | 'password';
+  readonly placeholder?: string;
+}
+
 /** Pure data about a driver: what the environment service validates and seals with. No I/O. */
 export interface DriverDescriptor {
   /** The environment `driver` value this driver serves. */
   readonly kind: string;
+  /** What an environment of this driver is, in a few words ("this machine", "a remote host over SSH"). */
+  readonly title: string;
+  /** The agent adapters whose runs this driver executes (`process`: it runs the agent's command). */
+  readonly adapters: readonly ('process' | 'http')[];
+  /** The dashboard's form for `config` (absent: no field; the API takes the whole schema either way). */
+  readonly form?: readonly FormField[];
   /** The environment's `config` (the environment service validates with it). */
   readonly configSchema: z.ZodType;
   /** What `config` is when a create names none (absent: config is required). */

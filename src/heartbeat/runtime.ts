@@ -28,8 +28,7 @@ import { hostname as osHostname } from 'node:os';
 import { httpAdapter } from '../adapters/http.js';
 import { processAdapter } from '../adapters/process.js';
 import type { AgentAdapter } from '../adapters/types.js';
-import { localDriver } from '../drivers/local/driver.js';
-import { sshDriver } from '../drivers/ssh/driver.js';
+import { defaultDrivers } from '../drivers/registry.js';
 import type { DriverEnvironment, DriverRegistry } from '../drivers/contract.js';
 import type { AdoptedRun, HeartbeatRun, Lease } from '../domain/types.js';
 import { storableText } from '../domain/text.js';
@@ -105,12 +104,7 @@ export interface Runtime {
   stop(opts?: { graceMs?: number }): Promise<void>;
 }
 
-export function defaultDrivers(): DriverRegistry {
-  return new Map([
-    ['local', localDriver()],
-    ['ssh', sshDriver()],
-  ]);
-}
+export { defaultDrivers };
 
 /** Close what drivers hold open between runs (the SSH driver's pooled connections). */
 export function closeDriverPools(drivers: DriverRegistry): void {

@@ -35,6 +35,17 @@ const environment = z.strictObject({
   unknownValues,
 });
 
+const driver = z.strictObject({
+  kind: z.string(),
+  title: z.string(),
+  runs: z.boolean(),
+  adapters: z.array(z.string()),
+  capabilities: z.record(z.string(), z.boolean()),
+  secretFields: z.array(z.string()),
+  form: z.array(z.strictObject({ path: z.string(), label: z.string(), type: z.string(), placeholder: z.string().optional() })),
+  configSchema: record,
+});
+
 const lease = z.strictObject({
   id,
   companyId: id,
@@ -138,6 +149,7 @@ export const RESPONSES: Record<string, z.ZodType> = {
   'GET /api/companies/:companyId/api-keys': z.array(apiKey),
   'POST /api/companies/:companyId/api-keys': z.strictObject({ apiKey: z.string(), apiKeyRecord: apiKey }),
   'DELETE /api/api-keys/:id': apiKey,
+  'GET /api/drivers': z.array(driver),
   'GET /api/companies/:companyId/environments': z.array(environment),
   'POST /api/companies/:companyId/environments': environment,
   'GET /api/environments/:id': environment,

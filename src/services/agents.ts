@@ -4,7 +4,8 @@ import { queryRows, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { toAgent, toAgentStored } from '../db/rows.js';
 import { adapterSchemas, createAgentSchema, updateAgentSchema, type CreateAgentInput, type UpdateAgentInput } from '../domain/agents.js';
-import { ADAPTER_DRIVERS, type AdapterType, type EnvironmentDriverKind } from '../domain/enums.js';
+import { driversForAdapter, type EnvironmentDriverKind } from '../drivers/descriptors.js';
+import type { AdapterType } from '../domain/enums.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Agent } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
@@ -40,7 +41,7 @@ export function agentService(db: Db) {
       new BerthError('invalid', `invalid agent: defaultEnvironmentId: ${message}`, { fields: [{ path: 'defaultEnvironmentId', message }] });
     if (!env) throw field('no such environment in this company');
     if (env.status !== 'active') throw field(`environment is ${env.status}`);
-    const usable = ADAPTER_DRIVERS[adapterType as AdapterType] ?? [];
+    const usable = driversForAdapter(adapterType);
     if (!usable.includes(env.driver as EnvironmentDriverKind)) {
       throw field(`the ${adapterType} adapter cannot run on a ${env.driver} environment (usable: ${usable.join(', ')})`);
     }

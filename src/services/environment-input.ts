@@ -2,8 +2,8 @@
 // config its driver's descriptor validates (so a new engine brings its own schema).
 import { z } from 'zod';
 import type { DriverDescriptor } from '../drivers/contract.js';
-import { DRIVER_DESCRIPTORS } from '../drivers/descriptors.js';
-import type { EnvironmentDriverKind } from '../domain/enums.js';
+import { descriptorOf, DRIVER_DESCRIPTORS, DRIVER_KINDS, type EnvironmentDriverKind } from '../drivers/descriptors.js';
+import { ENVIRONMENT_STATUSES } from '../domain/enums.js';
 import { envCommon } from '../domain/validators.js';
 
 const common = z.strictObject(envCommon);
@@ -16,7 +16,7 @@ function createBranch(d: DriverDescriptor) {
   });
 }
 
-const kinds = Object.keys(DRIVER_DESCRIPTORS);
+const kinds = DRIVER_KINDS;
 const branches = Object.values(DRIVER_DESCRIPTORS).map(createBranch);
 
 export const createEnvironmentSchema = z.discriminatedUnion('driver', branches as [ReturnType<typeof createBranch>, ...ReturnType<typeof createBranch>[]], {
@@ -28,5 +28,11 @@ export type CreateEnvironment = z.output<typeof common> & { driver: EnvironmentD
 
 /** The config schema of a driver this version knows; undefined for any other. */
 export function configSchemaOf(driver: string): z.ZodType | undefined {
-  return Object.hasOwn(DRIVER_DESCRIPTORS, driver) ? DRIVER_DESCRIPTORS[driver]!.configSchema : undefined;
+  return descriptorOf(driver)?.configSchema;
 }
+
+/** A listing's filter: by status, by driver. */
+export const listEnvironmentsSchema = z.strictObject({
+  status: z.enum(ENVIRONMENT_STATUSES).optional(),
+  driver: z.enum(DRIVER_KINDS).optional(),
+});

@@ -11,12 +11,11 @@ const TERMINAL = sqlWordList(TERMINAL_LEASE_STATUSES);
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Environment } from '../domain/types.js';
 import {
-  listEnvironmentsSchema,
   parseInput,
   updateEnvironmentSchema,
   type UpdateEnvironmentInput,
 } from '../domain/validators.js';
-import { configSchemaOf, createEnvironmentSchema, type CreateEnvironment, type CreateEnvironmentInput } from './environment-input.js';
+import { configSchemaOf, createEnvironmentSchema, listEnvironmentsSchema, type CreateEnvironment, type CreateEnvironmentInput } from './environment-input.js';
 import { environmentSecretPaths, keepUnnamedSecrets, openSecrets, sealSecrets } from '../secrets/config.js';
 import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
 

@@ -163,40 +163,49 @@ async function viewSignIn() {
   markReady('signin');
 }
 
-const DRIVER_FIELDS = {
-  local: [],
-  ssh: [
-    ['config.host', 'Host', 'text'], ['config.port', 'Port', 'number', '22'], ['config.username', 'Username', 'text'],
-    ['config.remoteWorkspacePath', 'Remote workspace path', 'text', '/srv/berth'], ['config.privateKey', 'Private key', 'textarea'],
-    ['config.knownHosts', 'known_hosts', 'textarea'], ['config.strictHostKeyChecking', 'Strict host key checking', 'checkbox'],
-  ],
-  sandbox: [['config.provider', 'Provider', 'text']],
-};
+/** The drivers the server knows (GET /api/drivers): the form is built from their descriptors. */
+let driverList = null;
+async function drivers() {
+  if (!driverList) driverList = await get('/api/drivers');
+  return driverList;
+}
+const configFields = (d) => d.form.map((f) => ({ ...f, name: `config.${f.path}` }));
+/** A driver with config but no form fields takes its config as JSON. */
+const takesJson = (d) => d.form.length === 0 && Object.keys(d.configSchema?.properties ?? {}).length > 0;
 
-function envForm() {
-  const fields = (driver) => DRIVER_FIELDS[driver].map(([name, label, type, placeholder]) => html`
+function envForm(list) {
+  const fields = (d) => [...configFields(d).map(({ name, label, type, placeholder }) => html`
     <label for="f-${name}">${label}</label><div data-field="${name}">${
       type === 'textarea' ? html`<textarea id="f-${name}" name="${name}"></textarea>`
       : type === 'checkbox' ? html`<input id="f-${name}" name="${name}" type="checkbox" checked>`
-      : html`<input id="f-${name}" name="${name}" type="${type}" placeholder="${placeholder ?? ''}">`}</div>`);
+      : html`<input id="f-${name}" name="${name}" type="${type}" placeholder="${placeholder ?? ''}">`}</div>`),
+    takesJson(d) ? html`<label for="f-config-${d.kind}">Config (JSON)</label><div data-field="config"><textarea id="f-config-${d.kind}" name="config-json-${d.kind}" placeholder="{}"></textarea></div>` : ''];
+  const initial = list.some((d) => d.kind === 'ssh') ? 'ssh' : list[0]?.kind;
   return html`<form id="env-form" class="grid card" novalidate>
     <label for="f-name">Name</label><div data-field="name"><input id="f-name" name="name"></div>
     <label for="f-driver">Driver</label><div data-field="driver"><select id="f-driver" name="driver">
-      <option value="local">local — this machine</option><option value="ssh" selected>ssh — a remote host</option><option value="sandbox">sandbox — a provider</option></select></div>
+      ${list.map((d) => html`<option value="${d.kind}" ${d.kind === initial ? raw('selected') : ''}>${d.kind} — ${d.title}${d.runs ? '' : ' (no runs on this server)'}</option>`)}</select></div>
     <label for="f-description">Description</label><div data-field="description"><input id="f-description" name="description"></div>
     <label for="f-capacity">Capacity</label><div data-field="capacity"><input id="f-capacity" name="capacity" type="number" placeholder="unlimited"></div>
-    ${Object.keys(DRIVER_FIELDS).map((d) => html`<div class="driver-fields" data-driver="${d}" ${d === 'ssh' ? '' : raw('hidden')}>${fields(d)}</div>`)}
+    ${list.map((d) => html`<div class="driver-fields" data-driver="${d.kind}" ${d.kind === initial ? '' : raw('hidden')}>${fields(d)}</div>`)}
     <span></span><div><div id="env-form-error"></div><button class="primary" type="submit">Create environment</button></div>
   </form>`;
 }
 
-function readEnvForm(form) {
+function readEnvForm(form, list) {
   const fd = new FormData(form);
   const driver = fd.get('driver');
+  const d = list.find((x) => x.kind === driver);
   const body = { name: fd.get('name'), driver, config: {} };
   if (fd.get('description')) body.description = fd.get('description');
   if (fd.get('capacity') !== '') body.capacity = Number(fd.get('capacity'));
-  for (const [name, , type] of DRIVER_FIELDS[driver]) {
+  if (d && takesJson(d)) {
+    const text = String(fd.get(`config-json-${d.kind}`) ?? '').trim();
+    if (text) {
+      try { body.config = JSON.parse(text); } catch { body.config = text; }
+    }
+  }
+  for (const { name, type } of d ? configFields(d) : []) {
     const key = name.slice('config.'.length);
     if (type === 'checkbox') body.config[key] = form.querySelector(`[name="${name}"]`).checked;
     else if (fd.get(name) !== '' && fd.get(name) !== null) body.config[key] = type === 'number' ? Number(fd.get(name)) : fd.get(name);
@@ -235,7 +244,9 @@ async function viewEnvironments() {
         <td><div class="actions"><button data-act="probe">Probe</button>${e.status === 'active' ? html`<button data-act="archive">Archive</button>` : ''}<button data-act="delete" class="danger">Delete</button></div></td></tr>`)}
       </tbody></table>`);
   };
-  show(html`<h1>Environments</h1><div id="env-banner"></div><div id="env-list"></div><h2>New environment</h2>${envForm()}`);
+  const known = await drivers();
+  if (staleSince(gen)) return;
+  show(html`<h1>Environments</h1><div id="env-banner"></div><div id="env-list"></div><h2>New environment</h2>${envForm(known)}`);
   await render();
   if (staleSince(gen)) return;
   const banner = (cls, text) => { document.getElementById('env-banner').innerHTML = String(html`<div class="banner ${cls}">${text}</div>`); };
@@ -274,7 +285,7 @@ async function viewEnvironments() {
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     try {
-      const created = (await api('POST', cpath('/environments'), readEnvForm(form))).data;
+      const created = (await api('POST', cpath('/environments'), readEnvForm(form, known))).data;
       form.reset();
       showFieldErrors(form, { fields: [] }, 'env-form-error');
       banner('ok', `Created ${created.name}`);

@@ -76,6 +76,16 @@ describe('quick start', () => {
     expect(runs.length).toBeGreaterThanOrEqual(2);
     expect(JSON.parse(berth('activity', '--json', '--limit', '5').stdout)).toHaveLength(5);
 
+    const drivers = berth('env', 'drivers');
+    expect(drivers.code, drivers.stderr).toBe(0);
+    expect(drivers.stdout).toMatch(/^KIND +WHAT +RUNS HERE/);
+    expect(drivers.stdout).toMatch(/^local +this machine +yes/m);
+    expect(drivers.stdout).toMatch(/^sandbox +.* no /m);
+    const unknown = berth('env', 'create', 'x', '--driver', 'nope');
+    expect(unknown.code).not.toBe(0);
+    expect(unknown.stderr).toContain('HTTP 422');
+    expect(unknown.stderr).toMatch(/driver: must be one of local, ssh/);
+
     const bad = berth('env', 'create', 'remote', '--driver', 'ssh', '--host', 'h', '--user', 'u', '--workspace', 'relative/path', '--no-strict-host-key-checking');
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/config\.remoteWorkspacePath: must be an absolute path/);

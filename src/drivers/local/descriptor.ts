@@ -6,6 +6,8 @@ export const localConfigSchema = z.strictObject({});
 
 export const localDescriptor: DriverDescriptor = {
   kind: 'local',
+  title: 'this machine',
+  adapters: ['process', 'http'],
   configSchema: localConfigSchema,
   configDefault: {},
   secretPaths: [],

@@ -11,6 +11,9 @@ export const sandboxConfigSchema = z.strictObject({
 
 export const sandboxDescriptor: DriverDescriptor = {
   kind: 'sandbox',
+  title: "a provider's sandbox",
+  adapters: [],
+  form: [{ path: 'provider', label: 'Provider', type: 'text' }],
   configSchema: sandboxConfigSchema,
   // Sealed whole: Berth cannot know which of a provider's options hold its key (apiKey,
   // token, auth: {...}); a name guess would leak the ones it misses. Reads show the names.

@@ -35,6 +35,17 @@ export type SshConfig = z.infer<typeof sshConfigSchema>;
 
 export const sshDescriptor: DriverDescriptor = {
   kind: 'ssh',
+  title: 'a remote host over SSH',
+  adapters: ['process'],
+  form: [
+    { path: 'host', label: 'Host', type: 'text' },
+    { path: 'port', label: 'Port', type: 'number', placeholder: '22' },
+    { path: 'username', label: 'Username', type: 'text' },
+    { path: 'remoteWorkspacePath', label: 'Remote workspace path', type: 'text', placeholder: '/srv/berth' },
+    { path: 'privateKey', label: 'Private key', type: 'textarea' },
+    { path: 'knownHosts', label: 'known_hosts', type: 'textarea' },
+    { path: 'strictHostKeyChecking', label: 'Strict host key checking', type: 'checkbox' },
+  ],
   configSchema: sshConfigSchema,
   secretPaths: [{ path: 'privateKey', shownAs: 'hasPrivateKey' }],
   // The remote process runs in its own session on the host, its output in files there: it

@@ -1,6 +1,7 @@
 // Environments: list, create, show, change, archive, delete, probe.
 import { z } from 'zod';
-import { ENVIRONMENT_DRIVERS, ENVIRONMENT_STATUSES } from '../../domain/enums.js';
+import { DRIVER_KINDS } from '../../drivers/descriptors.js';
+import { ENVIRONMENT_STATUSES } from '../../domain/enums.js';
 import { updateEnvironmentSchema, type UpdateEnvironmentInput } from '../../domain/validators.js';
 import { createEnvironmentSchema, type CreateEnvironmentInput } from '../../services/environment-input.js';
 import { presentEnvironment } from '../present.js';
@@ -16,7 +17,7 @@ export const environmentRoutes = () =>
       summary: 'Environments of a company, newest updated first, each with its count of active leases',
       tag: 'environments',
       access: 'company',
-      query: z.strictObject({ status: z.enum(ENVIRONMENT_STATUSES).optional(), driver: z.enum(ENVIRONMENT_DRIVERS).optional() }),
+      query: z.strictObject({ status: z.enum(ENVIRONMENT_STATUSES).optional(), driver: z.enum(DRIVER_KINDS).optional() }),
       returns: 'Environment[]',
       async handle({ deps, companyId, query }) {
         const [envs, active] = await Promise.all([deps.services.environments.list(companyId, query), deps.services.leases.countActiveByEnvironment(companyId)]);

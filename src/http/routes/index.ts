@@ -3,11 +3,12 @@ import type { RouteDef } from '../route.js';
 import { activityRoutes } from './activity.js';
 import { agentRoutes } from './agents.js';
 import { companyRoutes } from './companies.js';
+import { driverRoutes } from './drivers.js';
 import { environmentRoutes } from './environments.js';
 import { leaseRoutes } from './leases.js';
 import { runRoutes } from './runs.js';
 import { healthRoutes } from './health.js';
 
 export function allRoutes(): RouteDef[] {
-  return [...healthRoutes(), ...companyRoutes(), ...environmentRoutes(), ...leaseRoutes(), ...agentRoutes(), ...runRoutes(), ...activityRoutes()];
+  return [...healthRoutes(), ...companyRoutes(), ...driverRoutes(), ...environmentRoutes(), ...leaseRoutes(), ...agentRoutes(), ...runRoutes(), ...activityRoutes()];
 }
