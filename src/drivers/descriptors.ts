@@ -4,6 +4,7 @@
 // form from. Adding an engine adds its folder, one line here and one in registry.ts.
 // Descriptors import nothing but zod and types (this module is read by domain-level code).
 import type { DriverDescriptor } from './contract.js';
+import { dockerDescriptor } from './docker/descriptor.js';
 import { localDescriptor } from './local/descriptor.js';
 import { sandboxDescriptor } from './sandbox/descriptor.js';
 import { sshDescriptor } from './ssh/descriptor.js';
@@ -11,6 +12,7 @@ import { sshDescriptor } from './ssh/descriptor.js';
 export const DRIVER_DESCRIPTORS = {
   local: localDescriptor,
   ssh: sshDescriptor,
+  docker: dockerDescriptor,
   sandbox: sandboxDescriptor,
 } as const satisfies Record<string, DriverDescriptor>;
 

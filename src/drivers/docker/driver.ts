@@ -1,0 +1,601 @@
+// The `docker` driver: one container per lease on an engine that speaks the Docker Engine
+// API (Docker, or Podman's compatible service), through dockerode. The same calls drive both;
+// where Podman answers differently (a name conflict is a 500, not a 409; exec sessions are
+// gone once their container stops) the driver accepts either answer.
+//
+// A resource is the container `berth-<resource id>`: made and started by provision, labelled
+// with Berth's ids, holding nothing but a small PID 1 (HOLDER) and a workspace volume of its
+// own. A run is an exec in it, started through WRAPPER, which checks the working directory
+// and the command before anything of the agent runs, and kills everything in the container
+// at the run's deadline even if no server is watching. Signals go to the container's PID 1:
+// on TERM it passes TERM to every process and exits once they have (the container stops);
+// KILL kills the container. Destroy removes the container and its volume; "no such
+// container" is success. Names and labels come from the resource id alone.
+import { randomBytes } from 'node:crypto';
+import type { Duplex } from 'node:stream';
+import Docker from 'dockerode';
+import { ENV_VAR_NAME_RE } from '../../domain/enums.js';
+import { UUID_RE } from '../../domain/errors.js';
+import { storableText } from '../../domain/text.js';
+import { networkNamespaceOf, startNetnsRelay } from '../isolation/netns-relay.js';
+import {
+  LABEL_COMPANY,
+  LABEL_ENVIRONMENT,
+  LABEL_LEASE,
+  LABEL_RESOURCE,
+  type CallbackRoute,
+  type CleanupReport,
+  type DriverEnvironment,
+  type EnvironmentDriver,
+  type ExecutionHandle,
+  type ExitResult,
+  type ListedResource,
+  type OutputListener,
+  type ProbeResult,
+  type ProvisionedResource,
+  type ResourceHandle,
+} from '../contract.js';
+import { dockerConfigSchema, dockerDescriptor, parseEndpoint, type DockerConfig, type EngineEndpoint } from './descriptor.js';
+
+/**
+ * The container's PID 1. It sleeps; on TERM (or INT) it sends TERM to every other process
+ * in the container (`kill -1` from PID 1 of a pid namespace reaches all of them but itself)
+ * and exits once none is left, so a stop gives the run its grace and ends with the
+ * container stopped; the engine's KILL ends it at once.
+ */
+export const HOLDER = "trap 'kill -TERM -1 2>/dev/null; while kill -0 -1 2>/dev/null; do sleep 0.05; done; exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
+/**
+ * How a run's command starts in the container: `sh -c WRAPPER berth-exec <marker> <deadline s> <cwd> <command> <args...>`.
+ * A cwd or command that is not there is reported on stderr as `<marker> cwd|command` (exit
+ * 127) before anything of the agent's runs. Past the deadline (when > 0) everything in the
+ * container but its PID 1 is killed, whether or not a server is still watching. The exit
+ * status is the command's (a signal death as 128 + n).
+ */
+export const WRAPPER = [
+  'm=$1 d=$2 w=$3; shift 3',
+  `cd "$w" 2>/dev/null || { printf '%s cwd\\n' "$m" >&2; exit 127; }`,
+  `case $1 in */*) [ -f "$1" ] && [ -x "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 ;; esac || { printf '%s command\\n' "$m" >&2; exit 127; }`,
+  '"$@" & c=$!',
+  "trap 'kill -TERM $c 2>/dev/null' TERM INT HUP",
+  'g=',
+  `if [ "$d" -gt 0 ]; then ( s=; trap 'kill $s 2>/dev/null; exit 0' TERM; sleep "$d" & s=$!; wait $s || exit 0; printf '%s deadline\\n' "$m" >&2; kill -KILL -1 ) & g=$!; fi`,
+  'while :; do wait $c; r=$?; kill -0 $c 2>/dev/null || break; done',
+  '[ -z "$g" ] || kill $g 2>/dev/null',
+  'exit $r',
+].join('\n');
+
+/** Exit statuses a shell gives for a signal death (128 + n). */
+const SIGNAL_BY_NUMBER: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 6: 'SIGABRT', 9: 'SIGKILL', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM' };
+
+class DockerDriverError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface EngineError {
+  statusCode?: number;
+  json?: { message?: string } | null;
+  message: string;
+}
+
+const statusOf = (err: unknown) => (err as EngineError).statusCode;
+/** The engine's own message (never a request body: dockerode puts none in its errors). */
+const engineMessage = (err: unknown) => storableText(String((err as EngineError).json?.message ?? (err as Error).message ?? err)).slice(0, 500);
+const isNameInUse = (err: unknown) => statusOf(err) === 409 || (statusOf(err) === 500 && /already in use/i.test(engineMessage(err)));
+
+function configOf(env: DriverEnvironment): DockerConfig {
+  const parsed = dockerConfigSchema.safeParse(env.secretConfig);
+  if (!parsed.success) {
+    throw new DockerDriverError('docker_config', `environment ${env.id} has an invalid docker config: ${parsed.error.issues.map((i) => `config.${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  }
+  return parsed.data;
+}
+
+/** `berth-<resource id>`: the one name this driver gives a resource's container, from the id alone. */
+export function containerName(resourceId: string): string {
+  if (typeof resourceId !== 'string' || !UUID_RE.test(resourceId)) throw new Error(`refusing resource id ${JSON.stringify(resourceId)}: not a resource id (a UUID)`);
+  return `berth-${resourceId.toLowerCase()}`;
+}
+
+function describeEndpoint(e: EngineEndpoint): string {
+  return 'socketPath' in e ? `unix://${e.socketPath}` : `${e.protocol}://${e.host}:${e.port}`;
+}
+
+/** Parsed 8-byte-header frames of an exec's attach stream (stdout 1, stderr 2), delivered with backpressure. */
+function pumpFrames(stream: Duplex, onFrame: (kind: number, data: Buffer) => Promise<void> | void): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let buf: Buffer = Buffer.alloc(0);
+    let busy = false;
+    let ended = false;
+    let done = false;
+    const drain = async () => {
+      if (busy || done) return;
+      busy = true;
+      try {
+        while (buf.length >= 8 && buf.length >= 8 + buf.readUInt32BE(4)) {
+          const size = buf.readUInt32BE(4);
+          const kind = buf[0]!;
+          const data = buf.subarray(8, 8 + size);
+          buf = buf.subarray(8 + size);
+          const p = onFrame(kind, data);
+          if (p) {
+            stream.pause();
+            await p;
+          }
+        }
+      } catch (err) {
+        done = true;
+        stream.destroy();
+        reject(err);
+        return;
+      } finally {
+        busy = false;
+      }
+      // What is left is less than a frame: all there is once the stream has ended (a cut frame is dropped).
+      if (ended) {
+        done = true;
+        resolve();
+      } else if (stream.isPaused()) stream.resume();
+    };
+    stream.on('data', (d: Buffer) => {
+      buf = buf.length ? Buffer.concat([buf, d]) : d;
+      void drain();
+    });
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      void drain();
+    };
+    stream.once('end', end);
+    stream.once('close', end);
+    stream.once('error', end);
+    stream.resume(); // exec leaves it paused until a watcher takes the output
+  });
+}
+
+interface LiveExec {
+  stream: Duplex;
+  marker: string;
+  signalled: 'TERM' | 'KILL' | null;
+}
+
+export interface DockerDriverOptions {
+  /** Per-request timeout for engine calls other than an exec's stream, ms. Default 60 s. */
+  requestTimeoutMs?: number;
+}
+
+export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver {
+  const clients = new Map<string, Docker>();
+  const live = new Map<string, LiveExec>();
+  const requestTimeoutMs = opts.requestTimeoutMs ?? 60_000;
+
+  function client(cfg: DockerConfig): Docker {
+    const key = JSON.stringify([cfg.endpoint, cfg.tls ?? null]);
+    let c = clients.get(key);
+    if (!c) {
+      const e = parseEndpoint(cfg.endpoint);
+      if (typeof e === 'string') throw new DockerDriverError('docker_config', `config.endpoint ${e}`);
+      c = new Docker('socketPath' in e ? { socketPath: e.socketPath } : { protocol: e.protocol, host: e.host, port: e.port, ...(cfg.tls ?? {}) });
+      clients.set(key, c);
+    }
+    return c;
+  }
+
+  const where = (cfg: DockerConfig) => describeEndpoint(parseEndpoint(cfg.endpoint) as EngineEndpoint);
+
+  /** An engine call with a timeout and the caller's signal; failures name what was being done and the engine's answer. */
+  async function call<T>(what: string, cfg: DockerConfig, f: (signal: AbortSignal) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const timeout = AbortSignal.timeout(requestTimeoutMs);
+    const s = signal ? AbortSignal.any([signal, timeout]) : timeout;
+    try {
+      // Calls dockerode cannot abort are raced: the caller stops waiting either way.
+      return await new Promise<T>((resolve, reject) => {
+        const onAbort = () => reject(s.reason);
+        if (s.aborted) return onAbort();
+        s.addEventListener('abort', onAbort, { once: true });
+        f(s).then(resolve, reject).finally(() => s.removeEventListener('abort', onAbort));
+      });
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (timeout.aborted) throw new DockerDriverError('engine_timeout', `${what} on ${where(cfg)}: the engine did not answer within ${requestTimeoutMs} ms`);
+      if (err instanceof DockerDriverError) throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EACCES' || code === 'EHOSTUNREACH' || code === 'ETIMEDOUT') {
+        throw new DockerDriverError('engine_unreachable', `${what}: no engine answers at ${where(cfg)} (${code})`);
+      }
+      throw Object.assign(new DockerDriverError('engine_error', `${what} on ${where(cfg)}: ${engineMessage(err)}`), { statusCode: statusOf(err) });
+    }
+  }
+
+  /** The resource's container, or null when there is none; refuses one that is not this resource's. */
+  async function inspectOwn(cfg: DockerConfig, resourceId: string, signal?: AbortSignal): Promise<Docker.ContainerInspectInfo | null> {
+    const name = containerName(resourceId);
+    try {
+      const info = await call(`inspecting ${name}`, cfg, (s) => client(cfg).getContainer(name).inspect({ abortSignal: s }), signal);
+      if (info.Config.Labels?.[LABEL_RESOURCE] !== resourceId) {
+        throw new DockerDriverError('resource_mismatch', `container ${name} on ${where(cfg)} is not labelled ${LABEL_RESOURCE}=${resourceId}: not touching it`);
+      }
+      return info;
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode === 404 || (err instanceof DockerDriverError && err.code === 'engine_error' && /no such container/i.test(err.message))) return null;
+      throw err;
+    }
+  }
+
+  async function ensureImage(cfg: DockerConfig, signal: AbortSignal): Promise<void> {
+    const docker = client(cfg);
+    try {
+      await call(`looking up image ${cfg.image}`, cfg, () => docker.getImage(cfg.image).inspect(), signal);
+      return;
+    } catch (err) {
+      if ((err as { statusCode?: number }).statusCode !== 404) throw err;
+    }
+    if (cfg.pull !== 'missing') {
+      throw new DockerDriverError('image_not_found', `image ${cfg.image} is not on the engine at ${where(cfg)} (and the environment's pull is "never": load it there, or set config.pull to "missing")`);
+    }
+    const stream = (await call(`pulling ${cfg.image}`, cfg, (s) => docker.pull(cfg.image, { abortSignal: s }), signal)) as NodeJS.ReadableStream;
+    await new Promise<void>((resolve, reject) =>
+      docker.modem.followProgress(stream, (err: Error | null, out: Array<{ error?: string }>) => {
+        const failed = err?.message ?? out?.find((o) => o.error)?.error;
+        if (failed) reject(new DockerDriverError('image_not_found', `pulling ${cfg.image} on ${where(cfg)} failed: ${storableText(failed).slice(0, 500)}`));
+        else resolve();
+      }),
+    );
+  }
+
+  function createOptions(env: DriverEnvironment, cfg: DockerConfig, resourceId: string, labels: Record<string, string>): Docker.ContainerCreateOptions {
+    return {
+      name: containerName(resourceId),
+      Image: cfg.image,
+      Entrypoint: ['/bin/sh', '-c', HOLDER],
+      Cmd: [],
+      Labels: { ...cfg.labels, ...labels, [LABEL_RESOURCE]: resourceId, [LABEL_ENVIRONMENT]: env.id },
+      WorkingDir: cfg.workspacePath,
+      Volumes: { [cfg.workspacePath]: {} },
+      ...(cfg.user ? { User: cfg.user } : {}),
+      HostConfig: {
+        NetworkMode: cfg.network,
+        ...(cfg.runtime !== 'runc' ? { Runtime: cfg.runtime } : {}),
+        ...(cfg.memoryMb ? { Memory: cfg.memoryMb * 1024 * 1024, MemorySwap: cfg.memoryMb * 1024 * 1024 } : {}),
+        ...(cfg.cpus ? { NanoCpus: Math.round(cfg.cpus * 1e9) } : {}),
+        PidsLimit: cfg.pidsLimit,
+        ReadonlyRootfs: cfg.readOnlyRootfs,
+        ...(cfg.readOnlyRootfs ? { Tmpfs: { '/tmp': 'rw,nosuid,nodev,size=256m' } } : {}),
+        CapDrop: ['NET_RAW', 'MKNOD', 'AUDIT_WRITE', 'SYS_CHROOT', 'SETFCAP'],
+        SecurityOpt: ['no-new-privileges'],
+        Init: false,
+      },
+    };
+  }
+
+  function provisioned(cfg: DockerConfig, resourceId: string, info: Docker.ContainerInspectInfo): ProvisionedResource {
+    const name = containerName(resourceId);
+    return {
+      resourceId,
+      providerId: info.Id,
+      state: { endpoint: cfg.endpoint, container: info.Id, name },
+      cwd: cfg.workspacePath,
+      details: {
+        engine: where(cfg),
+        container: name,
+        containerId: info.Id,
+        image: cfg.image,
+        imageId: info.Image,
+        runtime: cfg.runtime,
+        network: cfg.network,
+        cwd: cfg.workspacePath,
+        workspaceOwned: true,
+        providerLeaseId: `docker://${name}`,
+      },
+    };
+  }
+
+  /** The resource's container as the handle names it: from this environment's engine, labelled with this resource. */
+  function storedName(cfg: DockerConfig, resource: ResourceHandle): string {
+    const name = containerName(resource.resourceId);
+    const s = resource.state ?? {};
+    if (s.endpoint !== undefined && s.endpoint !== cfg.endpoint) {
+      throw new DockerDriverError('resource_mismatch', `resource ${resource.resourceId}: its container is on ${String(s.endpoint)}, but the environment now points at ${cfg.endpoint}; remove ${name} there by hand`);
+    }
+    return name;
+  }
+
+  function execRef(exe: ExecutionHandle): { execId: string; container: string; marker: string; deadlineSec: number } | { spawnError: string } {
+    if (exe.driver !== 'docker') throw new Error(`not a docker execution (driver ${JSON.stringify(exe.driver)})`);
+    const r = exe.ref ?? {};
+    if (typeof r.spawnError === 'string') return { spawnError: r.spawnError };
+    const { execId, container, marker, deadlineSec } = r as Record<string, unknown>;
+    if (typeof execId !== 'string' || !/^[0-9a-f]{12,128}$/i.test(execId) || typeof container !== 'string' || !/^berth-[0-9a-f-]{36}$/.test(container) || typeof marker !== 'string') {
+      throw new Error(`not an execution handle this driver made: ${JSON.stringify(r).slice(0, 300)}`);
+    }
+    return { execId, container, marker, deadlineSec: typeof deadlineSec === 'number' ? deadlineSec : 0 };
+  }
+
+  return {
+    ...dockerDescriptor,
+    close() {
+      for (const l of live.values()) l.stream.destroy();
+      live.clear();
+      clients.clear();
+    },
+
+    async probe(env): Promise<ProbeResult> {
+      const started = performance.now();
+      let cfg: DockerConfig;
+      try {
+        cfg = configOf(env);
+      } catch (err) {
+        return { ok: false, latencyMs: 0, error: (err as Error).message, details: { step: 'config' } };
+      }
+      const details: Record<string, unknown> = { engine: where(cfg), image: cfg.image };
+      try {
+        const v = await call('asking the engine its version', cfg, () => client(cfg).version());
+        details.version = v.Version;
+        details.apiVersion = v.ApiVersion;
+        details.product = (v.Components ?? []).some((c) => /podman/i.test(c.Name)) ? 'podman' : 'docker';
+        if (cfg.runtime !== 'runc') {
+          const info = (await call('asking the engine its runtimes', cfg, () => client(cfg).info())) as { Runtimes?: Record<string, unknown> };
+          details.runtimes = Object.keys(info.Runtimes ?? {});
+          if (!Object.hasOwn(info.Runtimes ?? {}, cfg.runtime)) {
+            return { ok: false, latencyMs: performance.now() - started, error: `the engine at ${where(cfg)} has no runtime ${cfg.runtime} (it has ${(details.runtimes as string[]).join(', ') || 'none'})`, details: { ...details, step: 'runtime' } };
+          }
+        }
+        try {
+          const img = await call(`looking up image ${cfg.image}`, cfg, () => client(cfg).getImage(cfg.image).inspect());
+          details.imagePresent = true;
+          details.imageId = img.Id;
+        } catch (err) {
+          if ((err as { statusCode?: number }).statusCode !== 404) throw err;
+          details.imagePresent = false;
+          if (cfg.pull !== 'missing') {
+            return { ok: false, latencyMs: performance.now() - started, error: `image ${cfg.image} is not on the engine at ${where(cfg)} (image_not_found; pull is "never")`, details: { ...details, step: 'image' } };
+          }
+        }
+        return { ok: true, latencyMs: performance.now() - started, details };
+      } catch (err) {
+        return { ok: false, latencyMs: performance.now() - started, error: (err as Error).message, details: { ...details, step: 'engine' } };
+      }
+    },
+
+    /**
+     * Create and start `berth-<resource id>`. Idempotent: a container of that name with this
+     * resource's label is the resource (started again if it was stopped: a reused lease).
+     */
+    async provision(env, req, signal): Promise<ProvisionedResource> {
+      const cfg = configOf(env);
+      const name = containerName(req.resourceId);
+      const docker = client(cfg);
+      const labels: Record<string, string> = { ...req.labels, [LABEL_RESOURCE]: req.resourceId, [LABEL_ENVIRONMENT]: env.id };
+      if (req.leaseId) labels[LABEL_LEASE] = req.leaseId;
+      let info = await inspectOwn(cfg, req.resourceId, signal);
+      if (!info) {
+        await ensureImage(cfg, signal);
+        try {
+          await call(`creating ${name}`, cfg, (s) => docker.createContainer({ ...createOptions(env, cfg, req.resourceId, labels), abortSignal: s } as Docker.ContainerCreateOptions), signal);
+        } catch (err) {
+          // Made by an earlier try of this same provision (a retry after a crash or a timeout): adopted below.
+          if (!isNameInUse(err)) {
+            if (/no such image|image not known/i.test((err as Error).message)) throw new DockerDriverError('image_not_found', (err as Error).message);
+            throw err;
+          }
+        }
+        info = await inspectOwn(cfg, req.resourceId, signal);
+        if (!info) throw new DockerDriverError('engine_error', `${name} on ${where(cfg)} was created but the engine does not find it`);
+      }
+      if (!info.State.Running) {
+        try {
+          await call(`starting ${name}`, cfg, (s) => docker.getContainer(info!.Id).start({ abortSignal: s }), signal);
+        } catch (err) {
+          // 304: started meanwhile.
+          if ((err as { statusCode?: number }).statusCode !== 304) throw err;
+        }
+        info = (await inspectOwn(cfg, req.resourceId, signal)) ?? info;
+      }
+      return provisioned(cfg, req.resourceId, info);
+    },
+
+    async exec(env, resource, spec, signal): Promise<ExecutionHandle> {
+      const cfg = configOf(env);
+      const name = storedName(cfg, resource);
+      const deadlineSec = spec.deadlineSec ?? 0;
+      if (!Number.isInteger(deadlineSec) || deadlineSec < 0) throw new Error(`deadlineSec must be a whole number of seconds, not ${deadlineSec}`);
+      const envList: string[] = [];
+      for (const [k, v] of Object.entries(spec.env)) {
+        if (!ENV_VAR_NAME_RE.test(k)) throw new Error(`environment variable name ${JSON.stringify(k)} is not valid`);
+        if (v.includes('\0')) throw new Error(`environment variable ${k} contains a NUL byte`);
+        envList.push(`${k}=${v}`);
+      }
+      const marker = `berth-${randomBytes(6).toString('hex')}`;
+      const container = client(cfg).getContainer(name);
+      // The values travel in the exec's create body (its Env), never in its command line.
+      const ex = await call(`starting ${spec.command} in ${name}`, cfg, (s) =>
+        container.exec({
+          Cmd: ['/bin/sh', '-c', WRAPPER, 'berth-exec', marker, String(deadlineSec), spec.cwd, spec.command, ...spec.args],
+          Env: envList,
+          AttachStdin: false,
+          AttachStdout: true,
+          AttachStderr: true,
+          Tty: false,
+          ...(cfg.user ? { User: cfg.user } : {}),
+          abortSignal: s,
+        } as Docker.ExecCreateOptions),
+        signal,
+      );
+      const stream = (await call(`starting ${spec.command} in ${name}`, cfg, (s) => ex.start({ hijack: true, stdin: false, abortSignal: s } as Docker.ExecStartOptions), signal)) as Duplex;
+      stream.pause(); // output waits for a watcher (backpressure reaches the process)
+      live.set(ex.id, { stream, marker, signalled: null });
+      let pid: number | null = null;
+      try {
+        const ei = await call(`inspecting the exec in ${name}`, cfg, (s) => ex.inspect({ abortSignal: s }));
+        pid = typeof ei.Pid === 'number' && ei.Pid > 0 ? ei.Pid : null;
+      } catch {
+        /* the pid is for the log only */
+      }
+      return { driver: 'docker', host: where(cfg), ref: { execId: ex.id, container: name, marker, ...(pid ? { pid } : {}), ...(deadlineSec > 0 ? { deadlineSec } : {}) } };
+    },
+
+    async watch(env, exe, sink: OutputListener): Promise<ExitResult> {
+      const cfg = configOf(env);
+      const ref = execRef(exe);
+      if ('spawnError' in ref) return { exitCode: null, signal: null, spawnError: ref.spawnError };
+      const l = live.get(ref.execId);
+      if (!l) {
+        return { exitCode: null, signal: null, error: "the run's output stream belongs to the server that started it: a container run cannot be watched after its server is gone", errorCode: 'process_lost' };
+      }
+      let stopped = false;
+      let discarded = 0;
+      let first = true;
+      let spawnError: string | null = null;
+      let deadline = false;
+      const decoders = { stdout: new TextDecoder('utf-8'), stderr: new TextDecoder('utf-8') };
+      const deliver = async (stream: 'stdout' | 'stderr', text: string) => {
+        if (!text) return;
+        if (stopped) {
+          discarded += Buffer.byteLength(text);
+          return;
+        }
+        if ((await sink(stream, text)) === 'stop') stopped = true;
+      };
+      try {
+        await pumpFrames(l.stream, (kind, data) => {
+          const stream = kind === 2 ? 'stderr' : 'stdout';
+          if (kind === 2 && data.includes(l.marker)) {
+            // The wrapper's own lines: a cwd or command that is not there (before the agent ran), or its deadline.
+            const lines = data.toString('utf8').split('\n');
+            const rest: string[] = [];
+            for (const line of lines) {
+              if (line === `${l.marker} cwd` && first) spawnError = `no such directory in ${ref.container}`;
+              else if (line === `${l.marker} command` && first) spawnError = `no such command in ${ref.container}`;
+              else if (line === `${l.marker} deadline`) deadline = true;
+              else rest.push(line);
+            }
+            first = false;
+            return deliver(stream, decoders[stream].decode(Buffer.from(rest.join('\n')), { stream: true }));
+          }
+          first = false;
+          if (stopped) {
+            discarded += data.length;
+            return;
+          }
+          return deliver(stream, decoders[stream].decode(data, { stream: true }));
+        });
+        for (const s of ['stdout', 'stderr'] as const) await deliver(s, decoders[s].decode());
+      } finally {
+        live.delete(ref.execId);
+      }
+      // Stopped by a signal or its deadline: the container is left stopped (what else it held dies with it).
+      if (l.signalled || deadline) {
+        await call(`stopping ${ref.container}`, cfg, (s) => client(cfg).getContainer(ref.container).kill({ signal: 'SIGKILL', abortSignal: s })).catch(() => {});
+      }
+      const extra: Partial<ExitResult> = discarded > 0 ? { discardedBytes: discarded } : {};
+      if (spawnError) return { exitCode: null, signal: null, spawnError };
+      // The stream ends as the process does; the engine may take a moment more to have its status.
+      let status: number | null = null;
+      for (let i = 0; i < 100; i++) {
+        try {
+          const ei = await call('reading the exec status', cfg, (s) => client(cfg).getExec(ref.execId).inspect({ abortSignal: s }));
+          if (!ei.Running && typeof ei.ExitCode === 'number') {
+            status = ei.ExitCode;
+            break;
+          }
+        } catch {
+          break; // gone with its container (Podman forgets exec sessions of a stopped container)
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      if (status === null) {
+        if (l.signalled) return { exitCode: null, signal: l.signalled === 'KILL' ? 'SIGKILL' : 'SIGTERM', ...extra };
+        return { exitCode: null, signal: null, ...extra, error: `the process in ${ref.container} ended without an exit status (its container stopped or was removed outside Berth)`, errorCode: 'process_lost' };
+      }
+      const sig = status > 128 ? SIGNAL_BY_NUMBER[status - 128] : undefined;
+      const ended = sig ? { exitCode: null, signal: sig } : { exitCode: status, signal: null };
+      if (deadline) return { ...ended, ...extra, error: `the process passed its deadline of ${ref.deadlineSec} s in ${ref.container} and was killed there`, errorCode: 'timeout' };
+      return { ...ended, ...extra };
+    },
+
+    /**
+     * TERM: every process in the container but its PID 1 gets it, from a process of the
+     * container (`kill -1`), so the run has its grace and its last output still comes
+     * through; the container is stopped once the run has ended. KILL: the container is killed.
+     */
+    async signal(env, exe, sig) {
+      const cfg = configOf(env);
+      const ref = execRef(exe);
+      if ('spawnError' in ref) return;
+      const l = live.get(ref.execId);
+      if (l) l.signalled = sig;
+      const notRunning = (err: unknown) => statusOf(err) === 404 || statusOf(err) === 409 || /not running|no such container|can only kill running/i.test((err as Error).message);
+      const container = client(cfg).getContainer(ref.container);
+      try {
+        if (sig === 'KILL') {
+          await call(`killing ${ref.container}`, cfg, (s) => container.kill({ signal: 'SIGKILL', abortSignal: s }));
+          return;
+        }
+        const ex = await call(`sending SIGTERM in ${ref.container}`, cfg, (s) =>
+          container.exec({ Cmd: ['/bin/sh', '-c', 'kill -TERM -1 2>/dev/null; exit 0'], AttachStdout: true, AttachStderr: true, ...(cfg.user ? { User: cfg.user } : {}), abortSignal: s } as Docker.ExecCreateOptions),
+        );
+        const stream = (await call(`sending SIGTERM in ${ref.container}`, cfg, (s) => ex.start({ hijack: true, stdin: false, abortSignal: s } as Docker.ExecStartOptions))) as Duplex;
+        await pumpFrames(stream, () => {});
+      } catch (err) {
+        // Gone, or not running: nothing to signal.
+        if (notRunning(err)) return;
+        throw err;
+      }
+    },
+
+    async destroy(env, resource, signal): Promise<CleanupReport> {
+      const cfg = configOf(env);
+      const name = storedName(cfg, resource);
+      const info = await inspectOwn(cfg, resource.resourceId, signal);
+      if (!info) return { nothing: `no container ${name} on ${where(cfg)}` };
+      try {
+        await call(`removing ${name}`, cfg, (s) => client(cfg).getContainer(info.Id).remove({ force: true, v: true, abortSignal: s }), signal);
+      } catch (err) {
+        if ((err as { statusCode?: number }).statusCode === 404 || /no such container/i.test((err as Error).message)) return { nothing: `no container ${name} on ${where(cfg)}` };
+        throw err;
+      }
+      return { removed: `${where(cfg)}:${name}` };
+    },
+
+    async *list(env, signal): AsyncIterable<ListedResource> {
+      const cfg = configOf(env);
+      const found = await call('listing containers', cfg, (s) => client(cfg).listContainers({ all: true, filters: { label: [`${LABEL_ENVIRONMENT}=${env.id}`] }, abortSignal: s } as Docker.ContainerListOptions), signal);
+      for (const c of found) {
+        const labels = c.Labels ?? {};
+        // The engine filtered; checked again here, so a filter an engine ignores lists nothing of another environment.
+        if (labels[LABEL_ENVIRONMENT] !== env.id || !UUID_RE.test(labels[LABEL_RESOURCE] ?? '')) continue;
+        if (env.companyId && labels[LABEL_COMPANY] !== undefined && labels[LABEL_COMPANY] !== env.companyId) continue;
+        yield { providerId: c.Id, labels, createdAt: typeof c.Created === 'number' ? new Date(c.Created * 1000) : null };
+      }
+    },
+
+    /**
+     * With network `none` the container has only its loopback: the run's API URL is a relay
+     * Berth opens in the container's network namespace (netns-relay.ts) to this server, so
+     * the agent reaches Berth and nothing else. That needs the engine on this host (its
+     * processes visible here); another network gets the server's public URL as it is.
+     */
+    async callbackUrl(env, server, resource): Promise<CallbackRoute> {
+      const direct = { url: server.publicUrl, close: async () => {} };
+      const cfg = configOf(env);
+      const target = server.localUrl || server.publicUrl;
+      if (cfg.network !== 'none' || !target) return direct;
+      const t = new URL(target);
+      if (t.protocol !== 'http:') return direct;
+      const info = await inspectOwn(cfg, resource.resourceId);
+      const pid = info?.State.Pid ?? 0;
+      if (!pid || networkNamespaceOf(pid) === null) {
+        throw new DockerDriverError('callback_unreachable', `the container ${containerName(resource.resourceId)} has network none and its engine (${where(cfg)}) is not on this host: Berth cannot open its route to the API there (give the environment a network, or run the engine beside the server)`);
+      }
+      const port = Number(t.port || 80);
+      const relay = await startNetnsRelay({ pid, port, target: { host: t.hostname.replace(/^\[|\]$/g, ''), port } });
+      return { url: `http://127.0.0.1:${relay.port}${t.pathname.replace(/\/+$/, '')}`, close: () => relay.close() };
+    },
+  };
+}
+
