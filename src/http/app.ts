@@ -105,8 +105,10 @@ export function createApp(deps: AppDeps): Hono<Env> {
     await next();
     const elapsed = performance.now() - started;
     const ms = Math.round(elapsed * 10) / 10;
-    // By the route's template, never its path (ids would make a series per object).
-    deps.services.metrics.httpRequest(c.req.method, c.req.routePath === '*' ? '(unmatched)' : c.req.routePath, c.res.status, elapsed / 1000);
+    // By the route's template, never its path (ids would make a series per object); a request
+    // no route took still has this middleware's own path.
+    const route = c.req.routePath === '/*' || c.req.routePath === '*' ? '(unmatched)' : c.req.routePath;
+    deps.services.metrics.httpRequest(c.req.method, route, c.res.status, elapsed / 1000);
     const line = { reqId: requestId, method: c.req.method, path: c.req.routePath, url: c.req.path.slice(0, 200), status: c.res.status, ms };
     // Changes are logged; reads only at debug (a dashboard reads a lot).
     if (c.res.status >= 500) log.error(line, 'request failed');
