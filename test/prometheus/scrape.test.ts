@@ -3,10 +3,11 @@
 // operator would configure it, while this test acquires leases (one refused at capacity),
 // releases one and runs an agent twice. The counters are then read back through
 // Prometheus's own query API (/api/v1/query): each must reach what the test's actions make
-// it, from a fresh server. Prometheus runs on a free port with a data directory of its own
+// it, from a fresh server. The README's alert rules are loaded too, and must evaluate.
+// Prometheus runs on a free port with a data directory of its own
 // and is killed at the end. Runs once, on PostgreSQL (the database pool gauges are there).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,6 +40,14 @@ function freePort(): Promise<number> {
   });
 }
 
+/** The README's alert rules: the yaml block that begins `# berth-alerts.yml`. */
+function readmeAlertRules(): string {
+  const readme = readFileSync(join(repo, 'README.md'), 'utf8');
+  const block = /```yaml\n(# berth-alerts\.yml\n[\s\S]*?)```/.exec(readme)?.[1];
+  if (!block) throw new Error('README.md has no ```yaml block beginning "# berth-alerts.yml" (Operating Berth)');
+  return block;
+}
+
 const dir = mkdtempSync(join(tmpdir(), 'berth-prometheus-'));
 let scratch: { url: string; drop: () => Promise<void> };
 let berth: ServeProcess;
@@ -60,12 +69,16 @@ beforeAll(async () => {
   // What an operator writes (README, "Operating Berth"): the admin key read from a file.
   const port = await freePort();
   promUrl = `http://127.0.0.1:${port}`;
+  writeFileSync(join(dir, 'berth-alerts.yml'), readmeAlertRules());
   writeFileSync(
     join(dir, 'prometheus.yml'),
     [
       'global:',
       '  scrape_interval: 1s',
       '  scrape_timeout: 1s',
+      '  evaluation_interval: 1s',
+      'rule_files:',
+      `  - ${join(dir, 'berth-alerts.yml')}`,
       'scrape_configs:',
       '  - job_name: berth',
       '    authorization:',
@@ -130,6 +143,17 @@ async function expectQuery(promql: string, expected: number | ((v: number) => bo
 }
 
 describe('a real Prometheus scraping berth serve', () => {
+  it('loads the README\'s three alert rules, and each evaluates without error', async () => {
+    type Rule = { name: string; health: string; lastError?: string; lastEvaluation: string };
+    const rules = await waitFor('the alert rules to be evaluated', async () => {
+      const body = (await (await fetch(`${promUrl}/api/v1/rules?type=alert`)).json()) as { data: { groups: Array<{ rules: Rule[] }> } };
+      const all = body.data.groups.flatMap((g) => g.rules);
+      return all.length === 3 && all.every((r) => !r.lastEvaluation.startsWith('0001')) ? all : null;
+    }, 30_000, 250);
+    expect(rules.map((r) => r.name).sort()).toEqual(['BerthCleanupFailing', 'BerthLeasesStuck', 'BerthQueueStalled']);
+    for (const r of rules) expect({ name: r.name, health: r.health, lastError: r.lastError ?? '' }).toEqual({ name: r.name, health: 'ok', lastError: '' });
+  });
+
   it('sees the counters move as leases and runs happen', async () => {
     const co = (await berth.call('POST', '/api/companies', { body: { name: 'Scraped' } })).body;
     const key = co.apiKey as string;
