@@ -7,6 +7,10 @@
 //
 // Labels are bounded: statuses, reasons, phases, task and route names, environment and
 // agent ids (configuration, not traffic). Never a lease or run id.
+//
+// Counters are recorded when the statement that did the thing returns. Inside a transaction
+// that then fails to commit and is tried again (the end of a run while the database is
+// away), the same end may be counted twice: counters may overcount an outage, never miss.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** What the database holds now, for the gauges: read at scrape time (services/stats.ts). */
