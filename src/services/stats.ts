@@ -1,8 +1,8 @@
 // What the database holds now, for the gauges of GET /metrics: read once per scrape (at
 // most once a second, src/metrics/), so it must stay cheap. Only what has not ended is
-// counted (terminal leases and runs are counters, recorded as they end): active leases,
-// queued and running runs and live resources each have a partial index; leases retained
-// or pending cleanup are few.
+// counted (terminal leases and runs are counters, recorded as they end), each through a
+// partial index: active, retained and pending_cleanup leases, queued and running runs,
+// live resources. Measured on PostgreSQL with 1,000,000 ended leases: see the README.
 import { sql } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
 import type { DatabaseSnapshot } from '../metrics/index.js';
@@ -15,9 +15,15 @@ export function statsService(db: Db) {
       // One after another: a scrape takes one connection of the pool, not four.
       const leaseRows = await queryRows<{ environment_id: string; status: string; n: number }>(
         db,
-        sql`SELECT environment_id, status, count(*)::int AS n FROM environment_leases
-            WHERE status IN ('active', 'retained', 'pending_cleanup') AND environment_id IS NOT NULL
-            GROUP BY environment_id, status`,
+        // One branch per status, each over its partial index (a retained lease always has its retainUntil).
+        sql`SELECT environment_id, 'active' AS status, count(*)::int AS n FROM environment_leases
+            WHERE status = 'active' AND environment_id IS NOT NULL GROUP BY environment_id
+            UNION ALL
+            SELECT environment_id, 'retained', count(*)::int FROM environment_leases
+            WHERE status = 'retained' AND retain_until IS NOT NULL AND environment_id IS NOT NULL GROUP BY environment_id
+            UNION ALL
+            SELECT environment_id, 'pending_cleanup', count(*)::int FROM environment_leases
+            WHERE status = 'pending_cleanup' AND environment_id IS NOT NULL GROUP BY environment_id`,
       );
       const envRows = await queryRows<{ id: string | null; past: number }>(
         db,
