@@ -91,6 +91,8 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
   const httpRequests = new Counter({ name: 'berth_http_requests_total', help: 'HTTP requests, by method, route template and status.', labelNames: ['method', 'route', 'status'], registers });
   const httpSeconds = new Histogram({ name: 'berth_http_request_duration_seconds', help: 'HTTP request latency (to the response headers), by method and route template.', labelNames: ['method', 'route'], buckets: LATENCY_BUCKETS, registers });
 
+  const info = new Gauge({ name: 'berth_info', help: 'Always 1: the server\'s version and database kind as labels.', labelNames: ['version', 'database'], registers });
+
   // ---- the database ----
   const databaseUp = new Gauge({ name: 'berth_database_up', help: '1 when the scrape\'s read of the database succeeded, else 0.', registers });
   const poolConnections = new Gauge({ name: 'berth_db_pool_connections', help: 'Connections of a database pool, by state (in_use, idle) (PostgreSQL).', labelNames: ['pool', 'state'], registers });
@@ -156,6 +158,11 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
     /** Where the gauges of what the database holds come from (the server's services). */
     observeDatabase(source: () => Promise<DatabaseSnapshot>): void {
       snapshotSource = source;
+    },
+    /** What this server is (berth_info). */
+    describeServer(version: string, database: string): void {
+      info.reset();
+      info.set({ version, database }, 1);
     },
     /** Where the pool gauges come from (PostgreSQL). */
     observePools(source: () => PoolStats[]): void {

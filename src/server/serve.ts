@@ -161,6 +161,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
   const services = createServices(database.db, metrics);
   metrics.observeDatabase(services.stats.snapshot);
   metrics.observePools(database.pools);
+  metrics.describeServer(BERTH_VERSION, database.kind);
   const drivers = defaultDrivers();
   let runtime: Runtime | null = null;
   const pending: { poke?: () => void } = {};

@@ -195,6 +195,7 @@ describe('a real Prometheus scraping berth serve', () => {
     await expectQuery('sum(berth_task_duration_seconds_count{task="heartbeat"})', (v) => v > 0);
     await expectQuery('berth_db_pool_max{pool="main"}', 10);
     await expectQuery('berth_database_up', 1);
+    await expectQuery('berth_info{database="postgres"}', 1);
     // PromQL over what was scraped: the acquire rate over the last minute is above zero.
     await expectQuery('sum(increase(berth_lease_acquire_duration_seconds_count[1m]))', (v) => v > 0);
   });
