@@ -21,8 +21,8 @@ export default defineConfig({
         test: {
           name: 'pglite',
           include: ['test/**/*.test.ts'],
-          // Engine tests (a real dockerd, podman, bwrap) need no second database: they run once, on PostgreSQL.
-          exclude: ['test/postgres/**', 'test/docker/**', 'test/bwrap/**', 'test/slurm/**'],
+          // Engine tests (a real dockerd, podman, bwrap, prometheus) need no second database: they run once, on PostgreSQL.
+          exclude: ['test/postgres/**', 'test/docker/**', 'test/bwrap/**', 'test/slurm/**', 'test/prometheus/**'],
           env: { BERTH_TEST_BACKEND: 'pglite' },
         },
       },

@@ -34,6 +34,8 @@ export interface Database {
   heartbeatDb: Db;
   /** Wake-ups (src/db/notify.ts): a connection of its own that LISTENs (PostgreSQL), PGlite's session in-process. */
   listen: Listen;
+  /** The connection pools' state now, for the metrics (PostgreSQL: `main` and `heartbeat`); PGlite has none. */
+  pools(): Array<{ pool: string; total: number; idle: number; waiting: number; max: number }>;
   close(): Promise<void>;
 }
 
@@ -75,6 +77,7 @@ async function openPglite(dataDir: string): Promise<Database> {
       listen: pgliteListen(client),
       kind: 'pglite',
       location: inMemory ? 'memory' : dataDir,
+      pools: () => [],
       async close() {
         await client.close();
         lock?.release();
@@ -125,11 +128,16 @@ async function openPostgres(url: string, poolSize: number): Promise<Database> {
     listen: pgListen(url),
     kind: 'postgres',
     location: redactUrl(url),
+    pools: () => [poolStats('main', pool, poolSize), poolStats('heartbeat', heartbeatPool, 1)],
     async close() {
       await pool.end();
       await heartbeatPool.end();
     },
   };
+}
+
+function poolStats(name: string, p: pg.Pool, max: number) {
+  return { pool: name, total: p.totalCount, idle: p.idleCount, waiting: p.waitingCount, max };
 }
 
 /**

@@ -156,6 +156,9 @@ export const environmentLeases = pgTable(
     index('environment_leases_expiry_idx').on(t.expiresAt).where(sql`${t.status} = 'active' AND ${t.expiresAt} IS NOT NULL`),
     index('environment_leases_cleanup_due_idx').on(t.nextCleanupAt).where(sql`${t.nextCleanupAt} IS NOT NULL`),
     index('environment_leases_retention_idx').on(t.retainUntil).where(sql`${t.status} = 'retained' AND ${t.retainUntil} IS NOT NULL`),
+    // GET /metrics counts the leases waiting for a cleanup per environment without reading the
+    // ended ones (the active and retained ones are counted through the indexes above).
+    index('environment_leases_pending_cleanup_idx').on(t.environmentId).where(sql`${t.status} = 'pending_cleanup'`),
     check('environment_leases_fence_ck', sql`${t.fence} > 0`),
   ],
 );

@@ -142,7 +142,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const { onError } = opts;
   const servers = opts.heartbeatDb ? serverRegistry(opts.heartbeatDb) : s.servers;
   const transact = <T>(f: (ts: Services) => Promise<T>): Promise<T> =>
-    opts.db ? opts.db.transaction((tx) => f(createServices(tx as unknown as Db))) : f(s);
+    opts.db ? opts.db.transaction((tx) => f(createServices(tx as unknown as Db, s.metrics))) : f(s);
   const deps = {
     services: s,
     drivers,
@@ -357,7 +357,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   const needs = (flag: keyof DueCheck) => () => !dueFresh() || due![flag];
 
   const gateDb = opts.db ?? opts.heartbeatDb;
-  const scheduler = createScheduler({ ...(gateDb ? { db: gateDb } : {}), serverId, onError });
+  const scheduler = createScheduler({ ...(gateDb ? { db: gateDb } : {}), serverId, onError, metrics: s.metrics });
   // Gate 'one' needs the database under the services; without it, every server runs them.
   const one = gateDb ? ('one' as const) : ('any' as const);
   const sweepDeadline = 60_000;

@@ -15,6 +15,10 @@
 //   runtime uses it to skip sweeps its heartbeat's due-check found nothing for.
 import { sql } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
+import type { Metrics } from '../metrics/index.js';
+
+/** Where a task's runs are counted: their duration and result, and their overruns. */
+export type TaskMetrics = Pick<Metrics, 'taskRan' | 'taskOverran'>;
 
 export interface Task {
   readonly name: string;
@@ -52,6 +56,7 @@ export interface SchedulerOptions {
   /** Recorded as the winner of a gate 'one' interval. */
   serverId?: string;
   onError: (task: string, err: unknown) => void;
+  metrics?: TaskMetrics;
 }
 
 export interface Scheduler {
@@ -68,7 +73,7 @@ export function createScheduler(opts: SchedulerOptions): Scheduler {
     every(name, ms, taskOpts, fn) {
       if (tasks.has(name)) throw new Error(`task ${name} is already scheduled`);
       const gate = taskOpts.gate === 'one' ? oneServerGate(opts, name, ms) : null;
-      const t = schedule(name, ms, taskOpts, fn, (err) => opts.onError(name, err), gate);
+      const t = schedule(name, ms, taskOpts, fn, (err) => opts.onError(name, err), gate, opts.metrics);
       tasks.set(name, t);
       return t;
     },
@@ -114,7 +119,15 @@ function oneServerGate(opts: SchedulerOptions, name: string, ms: number): () => 
 }
 
 /** One task of its own, without a scheduler (gate 'any'). */
-export function schedule(name: string, ms: number, o: TaskOptions, fn: TaskFn, report: (err: unknown) => void, gate: (() => Promise<boolean>) | null): Task {
+export function schedule(
+  name: string,
+  ms: number,
+  o: TaskOptions,
+  fn: TaskFn,
+  report: (err: unknown) => void,
+  gate: (() => Promise<boolean>) | null,
+  metrics?: TaskMetrics,
+): Task {
   let current: Promise<void> | null = null;
   let lingering: Promise<void> | null = null;
   let stopped = false;
@@ -125,7 +138,15 @@ export function schedule(name: string, ms: number, o: TaskOptions, fn: TaskFn, r
     const work = Promise.resolve()
       .then(async () => {
         if (gate && !(await gate())) return;
-        await fn({ signal: abort.signal });
+        // Timed from when the task's own work begins (a tick the gate turned away is not a run).
+        const started = performance.now();
+        try {
+          await fn({ signal: abort.signal });
+        } catch (err) {
+          metrics?.taskRan(name, false, (performance.now() - started) / 1000);
+          throw err;
+        }
+        metrics?.taskRan(name, true, (performance.now() - started) / 1000);
       })
       .then(
         () => {},
@@ -141,6 +162,7 @@ export function schedule(name: string, ms: number, o: TaskOptions, fn: TaskFn, r
       });
       if (o.timeoutMs !== undefined) {
         timer = setTimeout(() => {
+          metrics?.taskOverran(name);
           report(new TaskDeadlineError(name, o.timeoutMs!));
           abort.abort(new TaskDeadlineError(name, o.timeoutMs!));
           // Left behind only if no earlier overrun still lingers: never more than two at once.

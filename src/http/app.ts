@@ -103,7 +103,12 @@ export function createApp(deps: AppDeps): Hono<Env> {
     c.header('x-request-id', requestId);
     const started = performance.now();
     await next();
-    const ms = Math.round((performance.now() - started) * 10) / 10;
+    const elapsed = performance.now() - started;
+    const ms = Math.round(elapsed * 10) / 10;
+    // By the route's template, never its path (ids would make a series per object); a request
+    // no route took still has this middleware's own path.
+    const route = c.req.routePath === '/*' || c.req.routePath === '*' ? '(unmatched)' : c.req.routePath;
+    deps.services.metrics.httpRequest(c.req.method, route, c.res.status, elapsed / 1000);
     const line = { reqId: requestId, method: c.req.method, path: c.req.routePath, url: c.req.path.slice(0, 200), status: c.res.status, ms };
     // Changes are logged; reads only at debug (a dashboard reads a lot).
     if (c.res.status >= 500) log.error(line, 'request failed');
@@ -165,6 +170,16 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/api/openapi.json', async (c) => {
     await auth.authenticate(c.req.header('authorization'));
     return c.json(openapi);
+  });
+
+  // Prometheus's scrape: the admin key, as the admin API, unless BERTH_METRICS_PUBLIC=1 made it public.
+  app.get('/metrics', async (c) => {
+    if (!deps.metricsPublic) {
+      const principal = await auth.authenticate(c.req.header('authorization'));
+      if (principal.kind !== 'admin') throw new HttpError(403, 'forbidden', 'GET /metrics needs the instance admin key (or BERTH_METRICS_PUBLIC=1 on the server)');
+    }
+    const text = await deps.services.metrics.render();
+    return c.body(text, 200, { 'content-type': deps.services.metrics.contentType, 'cache-control': 'no-store' });
   });
 
   app.notFound((c) => c.json(errorBody('not_found', `no route ${c.req.method} ${c.req.path.slice(0, 200)}`), 404));

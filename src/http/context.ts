@@ -22,6 +22,8 @@ export interface AppDeps {
   logPollMs?: number;
   database: 'pglite' | 'postgres';
   version: string;
+  /** GET /metrics without a key (BERTH_METRICS_PUBLIC=1); else it needs the admin key. */
+  metricsPublic?: boolean;
 }
 
 export function actorOf(p: Principal): Actor {

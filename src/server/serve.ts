@@ -15,6 +15,7 @@ import { prepareSecretsAtRest } from '../secrets/at-rest.js';
 import { hashBearerSecret } from '../secrets/bearer.js';
 import { loggableError } from '../http/errors.js';
 import { createServices, type Services } from '../services/index.js';
+import { createMetrics } from '../metrics/index.js';
 import { ensureAdminKey, removeServerInfo, writeServerInfo } from './home-files.js';
 import { createLogger } from './logger.js';
 
@@ -98,6 +99,14 @@ function connectableUrl(host: string, port: number): string {
   return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
 }
 
+/** BERTH_METRICS_PUBLIC=1: GET /metrics answers without a key (a scraper on a trusted network). */
+export function metricsPublicFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  const v = (env.BERTH_METRICS_PUBLIC ?? '').trim();
+  if (v === '' || v === '0') return false;
+  if (v === '1') return true;
+  throw new Error(`BERTH_METRICS_PUBLIC must be 1 (GET /metrics without a key) or 0 (the admin key, the default), not ${JSON.stringify(v.slice(0, 40))}`);
+}
+
 export interface ServeOptions {
   port?: number;
   host?: string;
@@ -136,6 +145,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
   const admin = ensureAdminKey();
   egressPolicy(); // a malformed BERTH_HTTP_ALLOW_NETWORKS stops the start, not each http run
   const retention = retentionFromEnv(); // so does a malformed BERTH_*_RETENTION_DAYS
+  const metricsPublic = metricsPublicFromEnv(); // and a BERTH_METRICS_PUBLIC that is neither 1 nor 0
   const databaseUrl = opts.databaseUrl || process.env.DATABASE_URL || undefined;
   if (databaseUrl) databaseTarget(databaseUrl); // a malformed URL is refused before anything tries it
   const database = await openDatabase(databaseUrl ? { databaseUrl } : {}).catch((err: unknown) => {
@@ -146,7 +156,12 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
     await database.close();
     throw err;
   });
-  const services = createServices(database.db);
+  // This server's own registry (GET /metrics): what its services and runtime do, and what its database holds.
+  const metrics = createMetrics({ processMetrics: true });
+  const services = createServices(database.db, metrics);
+  metrics.observeDatabase(services.stats.snapshot);
+  metrics.observePools(database.pools);
+  metrics.describeServer(BERTH_VERSION, database.kind);
   const drivers = defaultDrivers();
   let runtime: Runtime | null = null;
   const pending: { poke?: () => void } = {};
@@ -159,6 +174,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
     pokeScheduler: () => pending.poke?.(),
     database: database.kind,
     version: BERTH_VERSION,
+    metricsPublic,
   });
 
   const host = opts.host ?? '127.0.0.1';

@@ -11,16 +11,28 @@ import { probeService } from './probes.js';
 import { retentionService } from './retention.js';
 import { resourceService } from './resources/index.js';
 import { dueService } from './due.js';
+import { statsService } from './stats.js';
+import { createMetrics, type Metrics } from '../metrics/index.js';
 
-export function createServices(db: Db) {
+/**
+ * `metrics`: where these services record what they do (GET /metrics renders it). Services
+ * made without one get a registry of their own, whose database gauges read `db`; a
+ * transaction's services are given their server's.
+ */
+export function createServices(db: Db, metrics?: Metrics) {
+  const m = metrics ?? createMetrics();
+  const stats = statsService(db);
+  if (!metrics) m.observeDatabase(stats.snapshot);
   return {
+    metrics: m,
+    stats,
     companies: companyService(db),
     environments: environmentService(db),
-    leases: leaseService(db),
-    resources: resourceService(db),
+    leases: leaseService(db, m),
+    resources: resourceService(db, m),
     activity: activityService(db),
     agents: agentService(db),
-    runs: runService(db),
+    runs: runService(db, m),
     servers: serverRegistry(db),
     apiKeys: apiKeyService(db),
     probes: probeService(db),

@@ -13,6 +13,7 @@ import { storableText } from '../domain/text.js';
 import { SYSTEM_ACTOR, type Actor, type AdoptedRun, type HeartbeatRun, type Page, type RunLogChunk, type StoredExecution } from '../domain/types.js';
 import { listRunsSchema, parseInput, type ListRunsInput } from '../domain/validators.js';
 import { hashBearerSecret } from '../secrets/bearer.js';
+import { secondsBetween, type Metrics } from '../metrics/index.js';
 import { activityFrom, type ActorSql } from './activity.js';
 import { cursorTimestamp, decodeCursor, encodeCursor } from './cursor.js';
 
@@ -41,7 +42,12 @@ export function newRunToken(): string {
   return `brt_${randomBytes(24).toString('base64url')}`;
 }
 
-export function runService(db: Db) {
+export function runService(db: Db, metrics: Metrics) {
+  /** Runs that just finished, for the metrics (by status and agent). */
+  const finished = (runs: HeartbeatRun[]): HeartbeatRun[] => {
+    for (const r of runs) metrics.runFinished(r.status, r.agentId);
+    return runs;
+  };
   const service = {
     /** Queue a run of an agent. */
     async invoke(companyId: string, agentId: string, input: InvokeInput = {}, actor: Actor = SYSTEM_ACTOR): Promise<HeartbeatRun> {
@@ -63,6 +69,7 @@ export function runService(db: Db) {
         if (agent) throw new BerthError('conflict', `agent ${agentId} is ${agent.status}: it takes no new runs`);
         throw notFound('agent', agentId);
       }
+      metrics.runQueued(v.source);
       return toRun(row);
     },
 
@@ -125,7 +132,7 @@ export function runService(db: Db) {
             act AS (${runActivity('changed', actor, RUN_ACTIONS.finished, finishedDetails('changed'))})
             SELECT * FROM changed`,
       );
-      if (queued) return toRun(queued);
+      if (queued) return finished([toRun(queued)])[0]!;
       const [running] = await queryRows(
         db,
         sql`WITH changed AS (
@@ -176,7 +183,13 @@ export function runService(db: Db) {
               FROM cand, slot WHERE r.id = cand.id RETURNING r.*)
             SELECT (SELECT agent_id FROM cand) AS cand_agent_id, claimed.* FROM (SELECT 1) one LEFT JOIN claimed ON true`,
       );
-      if (row?.id) return toRun(row);
+      if (row?.id) {
+        const run = toRun(row);
+        // Claimable since it was queued, or since its notBefore when it had to wait.
+        const since = run.notBefore && run.notBefore > run.createdAt ? run.notBefore : run.createdAt;
+        metrics.runClaimed(secondsBetween(since, run.startedAt));
+        return run;
+      }
       if (row?.cand_agent_id) return { fullAgentId: String(row.cand_agent_id) };
       return null;
     },
@@ -204,7 +217,8 @@ export function runService(db: Db) {
     /** Append log chunks; `outputOffset`, when given, is where the driver's output stands with them (for a resume). */
     async appendLog(runId: string, chunks: RunLogChunk[], outputOffset: string | null = null): Promise<void> {
       if (chunks.length === 0 && outputOffset === null) return;
-      const json = JSON.stringify(chunks.map((c) => ({ seq: c.seq, ts: c.ts.toISOString(), stream: c.stream, chunk: storableText(c.chunk) })));
+      const stored = chunks.map((c) => ({ seq: c.seq, ts: c.ts.toISOString(), stream: c.stream, chunk: storableText(c.chunk) }));
+      const json = JSON.stringify(stored);
       await queryRows(
         db,
         sql`WITH ins AS (
@@ -216,6 +230,9 @@ export function runService(db: Db) {
                     WHERE run_id = ${runId} AND ${outputOffset}::text IS NOT NULL RETURNING run_id)
             UPDATE heartbeat_runs SET log_seq = greatest(log_seq, (SELECT max(seq) FROM ins)) WHERE id = ${runId} AND EXISTS (SELECT 1 FROM ins)`,
       );
+      const bytes = new Map<string, number>();
+      for (const c of stored) bytes.set(c.stream, (bytes.get(c.stream) ?? 0) + Buffer.byteLength(c.chunk));
+      for (const [stream, n] of bytes) metrics.logBytes(stream, n);
     },
 
     /**
@@ -324,7 +341,7 @@ export function runService(db: Db) {
             act AS (${runActivity('fin', SYSTEM_ACTOR, RUN_ACTIONS.finished, finishedDetails('fin'))})
             SELECT * FROM fin`,
       );
-      return row ? toRun(row) : null;
+      return row ? finished([toRun(row)])[0]! : null;
     },
 
     /**
@@ -342,7 +359,7 @@ export function runService(db: Db) {
               FOR UPDATE OF r SKIP LOCKED),
             ${failRunsSql('lost', 'process_lost', sql`'server ' || coalesce(r.server_id, '(none)') || ' stopped while the run was in progress'`)}`,
       );
-      return rows.map(toRun);
+      return finished(rows.map(toRun));
     },
 
     /**
@@ -362,7 +379,7 @@ export function runService(db: Db) {
               FOR UPDATE OF r SKIP LOCKED),
             ${failRunsSql('orphan', 'execution_lost', sql`'the run''s execution ended on server ' || r.server_id || ' without its result being recorded'`)}`,
       );
-      return rows.map(toRun);
+      return finished(rows.map(toRun));
     },
 
     /** Timer: invoke every due agent with an interval once (one server wins each agent's tick). */

@@ -31,7 +31,7 @@ export interface TestApi {
   close(): Promise<void>;
 }
 
-export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspaceRoot?: string } = {}): Promise<TestApi> {
+export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspaceRoot?: string; metricsPublic?: boolean } = {}): Promise<TestApi> {
   const adminKey = `${ADMIN_KEY_PREFIX}${randomBytes(16).toString('hex')}`;
   const drivers = new Map([['local', localDriver(opts.workspaceRoot ? { workspaceRoot: opts.workspaceRoot } : {})]]);
   let runtime: Runtime | null = null;
@@ -45,6 +45,7 @@ export async function startTestApi(t: TestDb, opts: { runtime?: boolean; workspa
     logPollMs: 50,
     database: t.kind,
     version: 'test',
+    ...(opts.metricsPublic ? { metricsPublic: true } : {}),
   });
   const server = await new Promise<ServerType>((resolve) => {
     const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s));

@@ -8,6 +8,7 @@
 import { isBerthError } from '../../domain/errors.js';
 import { storableText } from '../../domain/text.js';
 import type { AdoptedRun, HeartbeatRun } from '../../domain/types.js';
+import type { RunPhase } from '../../metrics/index.js';
 import { RunLogWriter } from '../log-writer.js';
 import { RunTakenError, type ExecutorDeps, type RunState } from './context.js';
 import { finish } from './finish.js';
@@ -53,11 +54,41 @@ function failedBy(st: RunState, err: unknown): void {
   }
 }
 
+/**
+ * Times Berth's own phases of one run for the metrics: each `phase` call ends the phase
+ * begun at the last mark; `skip` starts a new mark without counting (the agent's own time).
+ */
+function phaseClock(deps: ExecutorDeps) {
+  const metrics = deps.services.metrics;
+  let mark = performance.now();
+  let overheadMs = 0;
+  let agentRan = false;
+  return {
+    phase(p: RunPhase): void {
+      const now = performance.now();
+      metrics.runPhase(p, (now - mark) / 1000);
+      overheadMs += now - mark;
+      mark = now;
+    },
+    agentDone(): void {
+      agentRan = true;
+      mark = performance.now();
+    },
+    /** The run's overhead, once finished: only for a run whose agent ran. */
+    done(): void {
+      if (agentRan) metrics.runOverhead(overheadMs / 1000);
+    },
+  };
+}
+
 export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: AbortController): Promise<HeartbeatRun | null> {
   const st = newState(deps, run, abort);
+  const clock = phaseClock(deps);
   try {
     await place(st);
+    clock.phase('place');
     const made = await provision(st);
+    clock.phase('provision');
     const { token, paperclipEnvironment } = await activate(st, made);
     const adapter = st.adapter!;
     // The run's way back to the server, per driver (a reverse tunnel for SSH), undone in
@@ -82,18 +113,25 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
         ? { status: 'failed', error: 'the run lost its environment lease before it started', errorCode: 'lease_lost' }
         : { status: 'cancelled', error: 'cancelled before its process started', errorCode: 'cancelled' };
     } else if (adapter.kind === 'call') {
+      clock.phase('start');
       st.outcome = await adapter.execute({ ...ctx, log: (stream, text) => st.log.write(stream, text), abort: abort.signal });
+      clock.agentDone();
     } else {
       const plan = adapter.plan(ctx);
       const handle = await exec(st, plan);
+      clock.phase('start');
       const watched = await watch(st, handle, { timeoutSec: plan.timeoutSec, graceSec: plan.graceSec, startedAt: new Date(), command: plan.spec.command });
+      clock.agentDone();
       if (watched === HANDED_OFF) st.handedOff = true;
       else st.outcome = watched;
     }
   } catch (err) {
     failedBy(st, err);
   }
-  return finish(st);
+  const finished = await finish(st);
+  clock.phase('finish');
+  clock.done();
+  return finished;
 }
 
 /**

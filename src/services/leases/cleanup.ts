@@ -6,9 +6,10 @@ import { toLease } from '../../db/rows.js';
 import { ACTIONS } from '../../domain/enums.js';
 import { BerthError, notFound, requireId } from '../../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Lease } from '../../domain/types.js';
+import type { Metrics } from '../../metrics/index.js';
 import { cleanupBackoffSql, DEFAULT_CLEANUP_MAX_ATTEMPTS, leaseActivity, staleFence } from './sql.js';
 
-export function cleanupOperations(db: Db) {
+export function cleanupOperations(db: Db, metrics: Metrics) {
   return {
     /**
      * Claim leases whose cleanup is due (pending_cleanup, or expired with cleanup
@@ -81,7 +82,10 @@ export function cleanupOperations(db: Db) {
       const row = rows[0];
       if (!row) throw notFound('lease', leaseId);
       const lease = toLease(row);
-      if (row.changed) return lease;
+      if (row.changed) {
+        metrics.cleanupAttempt('lease', ok, !ok && Boolean(row.gave_up_or_done));
+        return lease;
+      }
       if (lease.fence !== attempt.fence) {
         throw staleFence(leaseId, lease.fence, attempt.fence, lease.status);
       }

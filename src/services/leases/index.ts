@@ -15,6 +15,9 @@
 // statements run as compiled variants (runStatement), each under a name saying
 // what it is (lease.acquire.new.ttl, lease.release.cleanup-owed...).
 import type { Db } from '../../db/client.js';
+import { isBerthError } from '../../domain/errors.js';
+import type { Metrics } from '../../metrics/index.js';
+import { recordLeaseEnd } from './ended.js';
 import { acquireOperations } from './acquire.js';
 import { cleanupOperations } from './cleanup.js';
 import { expireOperations } from './expire.js';
@@ -27,16 +30,42 @@ export type { AcquireResult, LeaseOwner } from './acquire.js';
 export type { ReleaseResult } from './release.js';
 export { DEFAULT_CLEANUP_MAX_ATTEMPTS, DEFAULT_RETENTION_SECONDS, EXPIRE_BATCH } from './sql.js';
 
-export function leaseService(db: Db) {
-  const expiry = expireOperations(db);
+export function leaseService(db: Db, metrics: Metrics) {
+  const expiry = expireOperations(db, metrics);
+  const { acquire } = acquireOperations(db, expiry);
+  const { release, releaseForRun } = releaseOperations(db);
   return {
-    ...acquireOperations(db, expiry),
+    /**
+     * Acquire a lease on an environment. Idempotent per idempotency key; a run that
+     * already holds an active lease on the environment gets that lease back.
+     */
+    async acquire(...args: Parameters<typeof acquire>): ReturnType<typeof acquire> {
+      const started = performance.now();
+      try {
+        const r = await acquire(...args);
+        metrics.leaseAcquired(!r.created ? 'existing' : r.reacquired ? 'reacquired' : 'granted', (performance.now() - started) / 1000);
+        return r;
+      } catch (err) {
+        const reason = isBerthError(err) ? err.code : 'error';
+        metrics.leaseRefused(reason, (performance.now() - started) / 1000);
+        throw err;
+      }
+    },
     ...renewOperations(db),
     ...metadataOperations(db),
-    ...releaseOperations(db),
+    async release(...args: Parameters<typeof release>): ReturnType<typeof release> {
+      const r = await release(...args);
+      if (r.changed) recordLeaseEnd(metrics, r.lease);
+      return r;
+    },
+    async releaseForRun(...args: Parameters<typeof releaseForRun>): ReturnType<typeof releaseForRun> {
+      const ended = await releaseForRun(...args);
+      for (const lease of ended) recordLeaseEnd(metrics, lease);
+      return ended;
+    },
     /** The sweep: active leases past expiresAt and retained ones past retainUntil, oldest first, `limit` of each. */
     expireDue: expiry.expireDue,
-    ...cleanupOperations(db),
+    ...cleanupOperations(db, metrics),
     ...listOperations(db),
   };
 }

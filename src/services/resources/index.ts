@@ -8,6 +8,7 @@ import { readJson, toLease, toResource } from '../../db/rows.js';
 import { ACTIONS } from '../../domain/enums.js';
 import { BerthError, notFound, requireId } from '../../domain/errors.js';
 import { SYSTEM_ACTOR, type Lease, type ProviderResource } from '../../domain/types.js';
+import type { Metrics } from '../../metrics/index.js';
 import { environmentSecretPaths, openSecrets } from '../../secrets/config.js';
 import { activityFrom, ENVIRONMENT_ENTITY, LEASE_ENTITY } from '../activity.js';
 
@@ -20,7 +21,7 @@ export interface ResourceToDestroy extends ProviderResource {
 const backoff = (n: unknown) => sql`make_interval(secs => least(power(2, ${n}), 300))`;
 export const DEFAULT_DESTROY_MAX_ATTEMPTS = 6;
 
-export function resourceService(db: Db) {
+export function resourceService(db: Db, metrics: Metrics) {
   return {
     /**
      * Activate a reserved lease (one statement): the driver's handle recorded on its resource
@@ -168,7 +169,9 @@ export function resourceService(db: Db) {
             })})
             SELECT * FROM res`,
       );
-      return rows[0] ? toResource(rows[0]) : null;
+      if (!rows[0]) return null;
+      metrics.cleanupAttempt('resource', ok, !ok && Boolean(rows[0].finished));
+      return toResource(rows[0]);
     },
 
     /** Ids of the resources of an environment with a record that is not destroyed: what reconciliation keeps. */
@@ -195,6 +198,7 @@ export function resourceService(db: Db) {
               details: sql`jsonb_build_object('providerId', ${o.providerId}::text, 'labels', ${JSON.stringify(o.labels)}::jsonb, 'done', ${JSON.stringify(o.done)}::jsonb)`,
             })}`,
       );
+      metrics.orphanDestroyed();
     },
   };
 }

@@ -1,0 +1,1 @@
+CREATE INDEX "environment_leases_pending_cleanup_idx" ON "environment_leases" USING btree ("environment_id") WHERE "environment_leases"."status" = 'pending_cleanup';
