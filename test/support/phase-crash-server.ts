@@ -2,6 +2,7 @@
 // start (it writes PHASE_MARKER and waits forever), for a test to SIGKILL it right there.
 import { writeFileSync } from 'node:fs';
 import { openDatabase } from '../../src/db/client.js';
+import { dockerDriver } from '../../src/drivers/docker/driver.js';
 import { localDriver } from '../../src/drivers/local/driver.js';
 import { sshDriver } from '../../src/drivers/ssh/driver.js';
 import { startRuntime } from '../../src/heartbeat/runtime.js';
@@ -15,6 +16,7 @@ await startRuntime({
   drivers: new Map([
     ['local', localDriver({ workspaceRoot: process.env.PHASE_WORKSPACE_ROOT! })],
     ['ssh', sshDriver()],
+    ['docker', dockerDriver()],
   ]),
   apiUrl: 'http://127.0.0.1:9',
   pollMs: 50,

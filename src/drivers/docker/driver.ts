@@ -153,7 +153,7 @@ function pumpFrames(stream: Duplex, onFrame: (kind: number, data: Buffer) => Pro
     };
     stream.once('end', end);
     stream.once('close', end);
-    stream.once('error', end);
+    stream.on('error', end);
     stream.resume(); // exec leaves it paused until a watcher takes the output
   });
 }
@@ -428,6 +428,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       );
       const stream = (await call(`starting ${spec.command} in ${name}`, cfg, (s) => ex.start({ hijack: true, stdin: false, abortSignal: s } as Docker.ExecStartOptions), signal)) as Duplex;
       stream.pause(); // output waits for a watcher (backpressure reaches the process)
+      stream.on('error', () => {}); // a reset before anyone watches: the watch sees the stream end
       live.set(ex.id, { stream, marker, signalled: null });
       let pid: number | null = null;
       try {
