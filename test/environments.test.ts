@@ -116,7 +116,7 @@ describe('create, get, list, update', () => {
     await t.services.environments.archive(c.id, b.id);
     expect((await t.services.environments.list(c.id, { status: 'archived' })).map((e) => e.id)).toEqual([b.id]);
     expect((await t.services.environments.list(c.id, { driver: 'local' })).map((e) => e.id)).toEqual([local.id]);
-    await expect(t.services.environments.list(c.id, { driver: 'docker' })).rejects.toMatchObject({ code: 'invalid', fields: [{ path: 'driver' }] });
+    await expect(t.services.environments.list(c.id, { driver: 'nosuch' as never })).rejects.toMatchObject({ code: 'invalid', fields: [{ path: 'driver' }] });
   });
 
   it('updates partially, validates config against the driver, and keeps a set private key', async () => {
@@ -147,7 +147,8 @@ describe('bad input', () => {
   const cases: Array<[string, unknown, string]> = [
     ['missing name', { driver: 'local' }, 'name'],
     ['empty name', { name: '  ', driver: 'local' }, 'name'],
-    ['unknown driver', { name: 'x', driver: 'docker' }, 'driver'],
+    ['unknown driver', { name: 'x', driver: 'nosuch' }, 'driver'],
+    ['docker without an image', { name: 'x', driver: 'docker', config: {} }, 'config.image'],
     ['unknown top-level field', { name: 'x', driver: 'local', colour: 'red' }, 'colour'],
     ['unknown config field', { name: 'x', driver: 'ssh', config: { ...sshConfig, password: 'p' } }, 'config.password'],
     ['ssh port out of range', { name: 'x', driver: 'ssh', config: { ...sshConfig, port: 0 } }, 'config.port'],
