@@ -106,3 +106,32 @@ describe('a workspace held by a lease whose run has ended is free', () => {
     expect(err).toMatchObject({ code: 'workspace_busy', details: { leaseId: holder.id } });
   });
 });
+
+describe('a reused lease takes its kept resource back', () => {
+  const resource = async (id: string) => (await queryRows(t.db, sql`SELECT status, destroy_after FROM provider_resources WHERE id = ${id}`))[0]!;
+  const reserve = (environmentId: string) =>
+    leases().acquire(companyId, { environmentId, policy: 'reuse_by_environment' }, undefined, { driver: 'sandbox', reserveResource: true });
+
+  it('while the environment is unchanged: the same lease and resource, no longer due for a destroy; after a config change: a new one', async () => {
+    const e = await env({ retentionSeconds: 600 });
+    const first = (await reserve(e.id)).lease;
+    const released = (await leases().release(companyId, first.id, { fence: first.fence })).lease;
+    expect(released.status).toBe('retained');
+    expect(await resource(first.resourceId!)).toMatchObject({ status: 'draining' });
+    expect((await resource(first.resourceId!)).destroy_after).not.toBeNull();
+
+    const again = await reserve(e.id);
+    expect(again).toMatchObject({ reacquired: true, lease: { id: first.id, resourceId: first.resourceId, status: 'active' } });
+    expect(await resource(first.resourceId!)).toMatchObject({ status: 'provisioning', destroy_after: null });
+
+    await leases().release(companyId, first.id, { fence: again.lease.fence });
+    await t.services.environments.update(companyId, e.id, { config: { provider: 'other' } });
+    const changed = await reserve(e.id);
+    expect(changed.reacquired).toBe(false);
+    expect(changed.lease.id).not.toBe(first.id);
+    expect(changed.lease.resourceId).not.toBe(first.resourceId);
+    // The old one stays kept until its deadline: nothing of it was handed out.
+    expect(await leases().get(companyId, first.id)).toMatchObject({ status: 'retained' });
+    expect(await resource(first.resourceId!)).toMatchObject({ status: 'draining' });
+  });
+});

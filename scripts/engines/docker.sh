@@ -81,11 +81,11 @@ berth_ensure_docker() {
     return 0
   fi
   local started=$SECONDS
-  if ! command -v dockerd >/dev/null 2>&1 || ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || [ ! -x /bin/busybox ]; then
+  if ! command -v dockerd >/dev/null 2>&1 || ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || ! command -v runsc >/dev/null 2>&1 || [ ! -x /bin/busybox ]; then
     # docker.io's postinst would start the system daemon unless policy-rc.d says no.
     local made_policy=0
     if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1; fi
-    berth_install_debian docker.io podman runc busybox-static || { berth_log "could not install docker.io/podman"; return 1; }
+    berth_install_debian docker.io podman runc runsc busybox-static || { berth_log "could not install docker.io/podman"; return 1; }
     [ $made_policy = 0 ] || rm -f /usr/sbin/policy-rc.d
   fi
   berth_docker_images || { berth_log "could not build the test images"; return 1; }
@@ -98,9 +98,13 @@ berth_ensure_docker() {
   for p in /etc/docker/key.json /run/docker /opt/containerd /var/lib/containers /var/lib/cni /run/runc; do [ -e "$p" ] || made+=("$p"); done
 
   # dockerd: never reads /etc/docker/daemon.json; no bridge, no iptables.
+  # gVisor (runsc) as a second runtime: ptrace (kvm hangs on this kind of machine). Its network
+  # is `host`: gVisor passes the sandbox's sockets to the container's own network namespace
+  # (with network none: only its loopback), so the route Berth opens there to its API works;
+  # with runsc's own netstack (`--network=none`) nothing from outside reaches the sandbox.
   local runtimes='{}'
   if command -v runsc >/dev/null 2>&1; then
-    runtimes=$(printf '{"runtimes":{"runsc":{"path":"%s","runtimeArgs":["--platform=ptrace","--network=none","--root=%s/runsc"]}}}' "$(command -v runsc)" "$d")
+    runtimes=$(printf '{"runtimes":{"runsc":{"path":"%s","runtimeArgs":["--platform=ptrace","--network=host","--root=%s/runsc"]}}}' "$(command -v runsc)" "$d")
   fi
   echo "$runtimes" >"$d/daemon.json"
   dockerd --config-file "$d/daemon.json" --data-root "$d/docker" --exec-root "$d/dx" --pidfile "$d/dockerd.pid" \

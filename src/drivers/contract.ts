@@ -204,6 +204,12 @@ export interface EnvironmentDriver extends DriverDescriptor {
    * `env` is the environment as it was when the resource was made (its config snapshot).
    */
   destroy(env: DriverEnvironment, resource: ResourceHandle, signal: AbortSignal): Promise<CleanupReport>;
+  /**
+   * Optional: stop what runs in the resource but keep the resource, for a lease that keeps it
+   * (retain_on_failure, reuse_by_environment): a container is stopped, not removed. A later
+   * `provision` of the same resource id gets it back (started again); `destroy` still removes it.
+   */
+  suspend?(env: DriverEnvironment, resource: ResourceHandle, signal: AbortSignal): Promise<void>;
   /** What the provider holds under Berth's labels in `env` (capabilities.list). */
   list?(env: DriverEnvironment, signal: AbortSignal): AsyncIterable<ListedResource>;
   /**

@@ -6,6 +6,7 @@ import Docker from 'dockerode';
 import type { DriverEnvironment, ExecutionHandle, ExitResult, ProvisionedResource } from '../../src/drivers/contract.js';
 import { containerName, dockerDriver } from '../../src/drivers/docker/driver.js';
 import { dockerConfigSchema } from '../../src/drivers/docker/descriptor.js';
+import { waitFor } from '../support/wait.js';
 import { containerEngines, type TestEngine } from '../support/engines.js';
 
 const engines = containerEngines();
@@ -48,7 +49,7 @@ interface Ran {
   handle: ExecutionHandle;
 }
 
-async function run(e: DriverEnvironment, r: ProvisionedResource, command: string, args: string[], o: { env?: Record<string, string>; cwd?: string; deadlineSec?: number; during?: (h: ExecutionHandle) => Promise<void> } = {}): Promise<Ran> {
+async function run(e: DriverEnvironment, r: ProvisionedResource, command: string, args: string[], o: { env?: Record<string, string>; cwd?: string; deadlineSec?: number; during?: (h: ExecutionHandle, out: () => string) => Promise<void> } = {}): Promise<Ran> {
   const handle = await driver.exec(e, r, { command, args, cwd: o.cwd ?? r.cwd, env: o.env ?? {}, ...(o.deadlineSec ? { deadlineSec: o.deadlineSec } : {}) }, signal());
   let out = '';
   let err = '';
@@ -56,7 +57,8 @@ async function run(e: DriverEnvironment, r: ProvisionedResource, command: string
     if (s === 'stdout') out += t;
     else err += t;
   });
-  await o.during?.(handle);
+  const outSoFar = () => out;
+  await o.during?.(handle, outSoFar);
   const result = await watching;
   return { out, err, result, handle };
 }
@@ -149,8 +151,9 @@ describe.each(engines.map((e) => [e.name, e] as const))('docker driver on %s', (
     const e = env(engine);
     const r = await provision(engine, e);
     const ran = await run(e, r, 'sh', ['-c', 'sleep 300 & trap "echo got-term; exit 0" TERM; echo ready; while :; do sleep 1; done'], {
-      during: async (h) => {
-        await new Promise((res) => setTimeout(res, 500));
+      during: async (h, out) => {
+        // TERM once the trap is set (it is when `ready` is out), not after a guessed delay.
+        await waitFor('the process to be ready', async () => out().includes('ready'), 20_000);
         await driver.signal(e, h, 'TERM');
       },
     });
@@ -161,8 +164,8 @@ describe.each(engines.map((e) => [e.name, e] as const))('docker driver on %s', (
     // A reused resource starts again; KILL ends a process that ignores TERM.
     const again = await provision(engine, e, r.resourceId);
     const ignoring = await run(e, again, 'sh', ['-c', 'trap "" TERM; echo ready; while :; do sleep 1; done'], {
-      during: async (h) => {
-        await new Promise((res) => setTimeout(res, 500));
+      during: async (h, out) => {
+        await waitFor('the process to be ready', async () => out().includes('ready'), 20_000);
         await driver.signal(e, h, 'TERM');
         await new Promise((res) => setTimeout(res, 500));
         await driver.signal(e, h, 'KILL');

@@ -210,11 +210,116 @@ describe.each(engines.map((e) => [e.name, e] as const))('container runs on %s', 
     await waitFor('the container to be removed', async () => (await containersOf(engine, env.id)).length === 0, 20_000);
   });
 
+  it('retain_on_failure keeps a failed run\'s container stopped, with its workspace, until the retention deadline removes it', async () => {
+    const { env, agent } = await containerAgent(engine, { command: 'sh', args: ['-c', 'echo evidence > /workspace/notes; sleep 600 & exit 3'] }, { image: engine.image }, {
+      metadata: { leasePolicy: 'retain_on_failure', retentionSeconds: 4 },
+    });
+    const { run, log } = await runToEnd(agent.id);
+    expect(run.status, log).toBe('failed');
+    const kept = await t.services.leases.get(companyId, run.leaseId!);
+    expect(kept).toMatchObject({ status: 'retained', leasePolicy: 'retain_on_failure' });
+    const api = new Docker({ socketPath: engine.socket });
+    const [c] = await containersOf(engine, env.id);
+    expect(c?.Labels['berth.resource']).toBe(kept.resourceId);
+    const info = await api.getContainer(c!.Id).inspect();
+    expect(info.State.Running).toBe(false);
+    // What the run left is there to inspect: the stopped container's workspace still holds its file.
+    const archive = await api.getContainer(c!.Id).getArchive({ path: '/workspace/notes' });
+    const chunks: Buffer[] = [];
+    for await (const b of archive as AsyncIterable<Buffer>) chunks.push(b);
+    expect(Buffer.concat(chunks).toString('latin1')).toContain('evidence');
+    // The deadline passes: the sweep ends the lease and resource GC removes the container.
+    await waitFor('the retained container to be removed at its deadline', async () => (await containersOf(engine, env.id)).length === 0, 30_000);
+    expect((await t.services.leases.get(companyId, kept.id)).status).toBe('expired');
+  });
+
+  it('reuse_by_environment: the next run gets the same container back, its workspace intact; a changed config gets a new one', async () => {
+    const script = 'n=$(cat /workspace/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /workspace/count; echo "count=$n host=$(hostname)"';
+    const { env, agent } = await containerAgent(engine, { command: 'sh', args: ['-c', script] }, { image: engine.image }, {
+      metadata: { leasePolicy: 'reuse_by_environment', retentionSeconds: 600 },
+    });
+    const api = new Docker({ socketPath: engine.socket });
+    const first = await runToEnd(agent.id);
+    expect(first.run.status, first.log).toBe('succeeded');
+    expect(first.log).toContain('count=1');
+    expect(first.run.contextSnapshot.paperclipEnvironment).toMatchObject({ reused: false });
+    const lease1 = await t.services.leases.get(companyId, first.run.leaseId!);
+    expect(lease1.status).toBe('retained');
+    const [c1] = await containersOf(engine, env.id);
+    expect((await api.getContainer(c1!.Id).inspect()).State.Running).toBe(false);
+
+    const second = await runToEnd(agent.id);
+    expect(second.run.status, second.log).toBe('succeeded');
+    expect(second.log).toContain('count=2');
+    expect(second.run.leaseId).toBe(lease1.id);
+    expect(second.run.contextSnapshot.paperclipEnvironment).toMatchObject({ reused: true, container: `berth-${lease1.resourceId}` });
+    const after2 = await containersOf(engine, env.id);
+    expect(after2.map((c) => c.Id)).toEqual([c1!.Id]);
+    const acts = await t.services.activity.list(companyId, { entityId: lease1.id, action: 'environment.lease_reacquired' });
+    expect(acts.items).toHaveLength(1);
+
+    // The environment's config changes: the kept container is not the environment's any more; the next run gets a new one.
+    await t.services.environments.update(companyId, env.id, { config: { endpoint: engine.endpoint, image: engine.image, memoryMb: 256 } });
+    const third = await runToEnd(agent.id);
+    expect(third.run.status, third.log).toBe('succeeded');
+    expect(third.log).toContain('count=1');
+    expect(third.run.leaseId).not.toBe(lease1.id);
+    const all = await containersOf(engine, env.id);
+    expect(all).toHaveLength(2);
+    const c3 = all.find((c) => c.Id !== c1!.Id)!;
+    expect((await api.getContainer(c3.Id).inspect()).HostConfig.Memory).toBe(256 * 1024 * 1024);
+    // Releasing the old kept lease removes its container; the new one stays kept.
+    const old = await t.services.leases.get(companyId, lease1.id);
+    await t.services.leases.release(companyId, old.id, { fence: old.fence, status: 'released', cleanupStatus: 'pending' });
+    await waitFor('the old container to be removed', async () => (await containersOf(engine, env.id)).map((c) => c.Id).join() === c3.Id, 20_000);
+    const l3 = await t.services.leases.get(companyId, third.run.leaseId!);
+    await t.services.leases.release(companyId, l3.id, { fence: l3.fence, status: 'released', cleanupStatus: 'pending' });
+    await waitFor('every container of the environment to be removed', async () => (await containersOf(engine, env.id)).length === 0, 20_000);
+  });
+
   it('a missing image fails the run with image_not_found', async () => {
     const { agent } = await containerAgent(engine, { command: 'true', args: [] }, { image: 'berth-test-no-such-image' });
     const { run } = await runToEnd(agent.id);
     expect(run.status).toBe('failed');
     expect(run.errorCode).toBe('image_not_found');
     expect(run.error).toMatch(/image berth-test-no-such-image is not on the engine/);
+  });
+});
+
+describe('container runs under gVisor (runsc) on docker', () => {
+  const engine = engines.find((e) => e.name === 'docker')!;
+
+  it("the agent runs on gVisor's kernel, reaches Berth through PAPERCLIP_API_URL and nothing else", async () => {
+    const probe = await t.services.environments.create(companyId, { name: `gvisor-probe-${++n}`, driver: 'docker', config: { endpoint: engine.endpoint, image: engine.image, runtime: 'runsc' } });
+    const probed = await docker.probe(await t.services.environments.getWithSecrets(companyId, probe.id));
+    // The test command gives its dockerd the runsc runtime (Debian's runsc): missing, this fails here, loudly.
+    expect(probed.error ?? '').toBe('');
+    expect(probed.details.runtimes).toContain('runsc');
+
+    const kernel = await containerAgent(engine, { command: 'sh', args: ['-c', 'echo kernel=$(uname -r)'] }, { image: engine.image, runtime: 'runsc' });
+    const k = await runToEnd(kernel.agent.id);
+    expect(k.run.status, k.log).toBe('succeeded');
+    // gVisor's Sentry answers uname itself (4.4.0), not the host's kernel.
+    const hostKernel = readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim();
+    expect(k.log).toMatch(/kernel=4\.4\.0/);
+    expect(k.log).not.toContain(`kernel=${hostKernel}`);
+
+    const args = ['--input-type=module', '-e', AGENT, String(portOf(loopbackOnly)), String(portOf(everywhere)), hostAddress];
+    const { env, agent } = await containerAgent(engine, { command: 'node', args }, { runtime: 'runsc', memoryMb: 512 });
+    const { run, log } = await runToEnd(agent.id);
+    expect(run.status, log).toBe('succeeded');
+    expect(log).toContain('http=200 status=running loopback=blocked external=blocked ws=/workspace');
+    await waitFor('the container to be removed', async () => (await containersOf(engine, env.id)).length === 0, 20_000);
+  });
+
+  it('a runtime the engine does not have is a clear error on probe and on run', async () => {
+    const { env, agent } = await containerAgent(engine, { command: 'true', args: [] }, { image: engine.image, runtime: 'kata' });
+    const probed = await docker.probe(await t.services.environments.getWithSecrets(companyId, env.id));
+    expect(probed.ok).toBe(false);
+    expect(probed.error).toMatch(/has no runtime kata/);
+    const { run } = await runToEnd(agent.id);
+    expect(run.status).toBe('failed');
+    expect(run.error).toMatch(/kata/);
+    expect(await containersOf(engine, env.id)).toHaveLength(0);
   });
 });

@@ -320,10 +320,10 @@ describe('runs on an SSH environment', () => {
   });
 
   it('refuses a lease policy runs cannot take', async () => {
-    const env = await sshEnvironment({}, { metadata: { leasePolicy: 'reuse_by_environment' } });
+    const env = await sshEnvironment({}, { metadata: { leasePolicy: 'reuse_by_execution_workspace' } });
     const run = await finished((await invoke((await agentOn(env.id, 'true', [])).id)).id);
     expect(run).toMatchObject({ status: 'failed', errorCode: 'invalid_lease_policy', leaseId: null });
-    expect(run.error).toContain('metadata.leasePolicy "reuse_by_environment" is not a policy runs can take');
+    expect(run.error).toContain('metadata.leasePolicy "reuse_by_execution_workspace" is not a policy runs can take');
   });
 
   it('leaves no workspace behind from the runs above but the one retained on purpose', async () => {

@@ -57,10 +57,12 @@ export const WRAPPER = [
   `cd "$w" 2>/dev/null || { printf '%s cwd\\n' "$m" >&2; exit 127; }`,
   `case $1 in */*) [ -f "$1" ] && [ -x "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 ;; esac || { printf '%s command\\n' "$m" >&2; exit 127; }`,
   '"$@" & c=$!',
-  "trap 'kill -TERM $c 2>/dev/null' TERM INT HUP",
+  "trap 'kill -TERM $c 2>/dev/null; t=1' TERM INT HUP",
   'g=',
   `if [ "$d" -gt 0 ]; then ( s=; trap 'kill $s 2>/dev/null; exit 0' TERM; sleep "$d" & s=$!; wait $s || exit 0; printf '%s deadline\\n' "$m" >&2; kill -KILL -1 ) & g=$!; fi`,
-  'while :; do wait $c; r=$?; kill -0 $c 2>/dev/null || break; done',
+  // A wait a signal interrupted (t set) says nothing of the command: wait again while it
+  // lives; once it is gone, its own status (127 here: it was already reported, r holds it).
+  'while :; do t=; wait $c; r=$?; [ -z "$t" ] && break; kill -0 $c 2>/dev/null && continue; wait $c; q=$?; [ $q -eq 127 ] || r=$q; break; done',
   '[ -z "$g" ] || kill $g 2>/dev/null',
   'exit $r',
 ].join('\n');
@@ -546,6 +548,20 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         // Gone, or not running: nothing to signal.
         if (notRunning(err)) return;
         throw err;
+      }
+    },
+
+    /** A kept resource (retained or reused lease): its container stopped (PID 1 ends what is left, then the engine kills), not removed. */
+    async suspend(env, resource, signal) {
+      const cfg = configOf(env);
+      const info = await inspectOwn(cfg, resource.resourceId, signal);
+      if (!info || !info.State.Running) return;
+      try {
+        await call(`stopping ${info.Name.replace(/^\//, '')}`, cfg, (s) => client(cfg).getContainer(info.Id).stop({ t: 5, abortSignal: s } as Docker.ContainerStopOptions), signal);
+      } catch (err) {
+        // 304: stopped meanwhile; 404: gone (a later provision makes it again, a destroy finds nothing).
+        const code = (err as { statusCode?: number }).statusCode;
+        if (code !== 304 && code !== 404 && !/no such container/i.test((err as Error).message)) throw err;
       }
     },
 

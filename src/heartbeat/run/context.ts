@@ -60,6 +60,8 @@ export interface RunState {
   waitFor: string | null;
   /** The run was finalized by another server before it started here. */
   taken: boolean;
+  /** Its lease is a retained one reused (reuse_by_environment): its resource is the one an earlier run left. */
+  reacquired?: boolean;
   /** Left running for the next server to adopt: nothing is destroyed, released or finalized here. */
   handedOff: boolean;
 }

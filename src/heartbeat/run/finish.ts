@@ -24,6 +24,17 @@ async function destroyNow(st: RunState): Promise<{ ok: boolean; error?: string; 
   }
 }
 
+/** Stop what runs in a kept resource, with a deadline (never throws: a failure is logged, the resource is kept either way). */
+async function suspendNow(st: RunState): Promise<void> {
+  if (!st.driver?.suspend || !st.resource || !st.environment) return;
+  const stop = new AbortController();
+  try {
+    await withDeadline(st.driver.suspend(st.environment, st.resource, stop.signal), st.deps.cleanupTimeoutMs ?? 120_000, 'cleanup_timeout', 'stopping the kept resource', stop);
+  } catch (err) {
+    void st.log.write('system', `could not stop the kept resource: ${storableText((err as Error).message)}\n`);
+  }
+}
+
 export async function finish(st: RunState): Promise<HeartbeatRun | null> {
   const { deps, run, outcome } = st;
   await st.callback?.close().catch(() => {});
@@ -41,9 +52,13 @@ export async function finish(st: RunState): Promise<HeartbeatRun | null> {
   if (st.execution && !st.exited && st.driver && st.environment) {
     await st.driver.signal(st.environment, st.execution, 'KILL').catch((err: unknown) => void st.log.write('system', `could not stop the process: ${storableText((err as Error).message)}\n`));
   }
-  // retain_on_failure keeps a failed run's resources for inspection until the lease's
-  // retention deadline: no destroy now.
-  const retained = !st.taken && lease !== null && lease.leasePolicy === 'retain_on_failure' && leaseStatusForRunOutcome(outcome.status) === 'failed';
+  // retain_on_failure keeps a failed run's resources for inspection, reuse_by_environment a
+  // finished run's for the next run, until the lease's retention deadline: no destroy now,
+  // but what runs there is stopped (a container is left stopped, not removed).
+  const requested = leaseStatusForRunOutcome(outcome.status);
+  const retained = !st.taken && lease !== null &&
+    ((lease.leasePolicy === 'retain_on_failure' && requested === 'failed') || (lease.leasePolicy === 'reuse_by_environment' && requested === 'released'));
+  if (retained) await suspendNow(st);
   // Null when nothing was reserved (the run failed before its lease): nothing to destroy.
   const destroyed = retained ? null : await destroyNow(st);
   st.keepalive?.stop();
@@ -56,7 +71,7 @@ export async function finish(st: RunState): Promise<HeartbeatRun | null> {
     return null;
   }
 
-  const leaseStatus = leaseStatusForRunOutcome(outcome.status);
+  const leaseStatus = requested;
   const failureReason = outcome.error ? { failureReason: storableText(outcome.error).slice(0, 4000) } : {};
   const cleanupStatus = retained || destroyed === null ? {} : { cleanupStatus: destroyed.ok ? ('success' as const) : ('failed' as const) };
   const resourceId = st.resource?.resourceId ?? lease?.resourceId ?? null;

@@ -8,15 +8,20 @@ import { keepLeaseAlive } from './keepalive.js';
 import type { RunState } from './context.js';
 
 /**
- * The lease policy a run takes on an environment: `ephemeral`, or `retain_on_failure`
- * when the environment's metadata says `leasePolicy: "retain_on_failure"`. The reuse
- * policies hand a lease's resources to a later run, which runs do not do (yet): refused.
+ * The lease policy a run takes on an environment (its metadata's `leasePolicy`):
+ * `ephemeral` (the default: what the run made is destroyed at its end),
+ * `retain_on_failure` (a failed run's resources are kept until the retention deadline), or
+ * `reuse_by_environment` (a run's resources are kept, stopped, after it ends and the next
+ * run on the environment gets them back, while the environment's config is unchanged).
+ * `reuse_by_execution_workspace` needs an execution workspace, which runs do not have: refused.
  */
-export function runLeasePolicy(envMetadata: Record<string, unknown>): 'ephemeral' | 'retain_on_failure' {
+export function runLeasePolicy(envMetadata: Record<string, unknown>): 'ephemeral' | 'retain_on_failure' | 'reuse_by_environment' {
   const p = envMetadata.leasePolicy;
   if (p === undefined || p === 'ephemeral') return 'ephemeral';
-  if (p === 'retain_on_failure') return 'retain_on_failure';
-  throw Object.assign(new Error(`environment metadata.leasePolicy ${JSON.stringify(p)} is not a policy runs can take: use "ephemeral" or "retain_on_failure"`), { code: 'invalid_lease_policy' });
+  if (p === 'retain_on_failure' || p === 'reuse_by_environment') return p;
+  throw Object.assign(new Error(`environment metadata.leasePolicy ${JSON.stringify(p)} is not a policy runs can take: use "ephemeral", "retain_on_failure" or "reuse_by_environment"`), {
+    code: 'invalid_lease_policy',
+  });
 }
 
 export async function place(st: RunState): Promise<void> {
@@ -36,13 +41,14 @@ export async function place(st: RunState): Promise<void> {
   st.driver = drv;
   if (drv.connect) await drv.connect(env, st.abort.signal);
 
-  const { lease } = await s.leases.acquire(
+  const { lease, reacquired } = await s.leases.acquire(
     run.companyId,
     { environmentId: envId, heartbeatRunId: run.id, ttlSeconds: deps.leaseTtlSeconds, policy: runLeasePolicy(env.metadata), idempotencyKey: `run:${run.id}` },
     st.actor,
     { driver: drv.kind, reserveResource: true },
   );
   st.lease = lease;
+  st.reacquired = reacquired;
   // Destroyable from here on, even if provision never returns: destroy is idempotent and finds what it made by this id.
   if (lease.resourceId) st.resource = { resourceId: lease.resourceId, providerId: null, state: {} };
   keepAlive(st);

@@ -17,7 +17,8 @@ export async function activate(st: RunState, made: ProvisionedResource): Promise
   const env = st.environment!;
   const granted = st.lease!;
   const token = newRunToken();
-  const paperclipEnvironment = { id: env.id, name: env.name, driver: env.driver, leaseId: granted.id, fence: granted.fence, ...made.details };
+  const reuse = granted.leasePolicy === 'reuse_by_environment' ? { reused: st.reacquired === true } : {};
+  const paperclipEnvironment = { id: env.id, name: env.name, driver: env.driver, leaseId: granted.id, fence: granted.fence, ...reuse, ...made.details };
   const providerLeaseId = typeof made.details.providerLeaseId === 'string' ? made.details.providerLeaseId : made.providerId;
   st.lease = await deps.transact(async (ts) => {
     const active = await ts.resources.activate(run.companyId, {

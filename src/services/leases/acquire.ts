@@ -95,6 +95,9 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
                             WHERE c.environment_id = ok.id AND c.company_id = ok.company_id AND c.status = 'retained'
                               AND c.lease_policy = ${P('policy')}
                               ${v.policy === 'reuse_by_execution_workspace' ? sql`AND c.execution_workspace_id = ${P('wsId')}` : sql``}
+                              ${reserve ? sql`AND EXISTS (SELECT 1 FROM provider_resources p JOIN environments e ON e.id = c.environment_id
+                                                 WHERE p.id = c.resource_id AND p.status = 'draining'
+                                                   AND p.config_snapshot = jsonb_build_object('driver', e.driver, 'config', e.config))` : sql``}
                             ORDER BY c.last_used_at DESC LIMIT 1 FOR UPDATE SKIP LOCKED)
                 AND l.status = 'retained'
               RETURNING l.*`;
@@ -129,6 +132,13 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
                  LATERAL (SELECT floor(random() * n.free)::int AS k0) r),
           ok AS (SELECT pick.* FROM pick WHERE pick.status = 'active' AND (pick.capacity IS NULL OR pick.slot IS NOT NULL)),
           ${reuse ? sql`reused AS (${reused}),` : sql``}
+          ${reuse && reserve ? sql`kept AS (
+            -- A reused lease takes its kept resource back (only one made under the environment's
+            -- config as it is now: see the reuse above): provisioned again (the driver finds it by
+            -- its id and starts it), no longer due for a destroy.
+            UPDATE provider_resources p SET status = 'provisioning', destroy_after = NULL, next_attempt_at = NULL, updated_at = now()
+            FROM reused WHERE p.id = reused.resource_id AND p.status = 'draining'
+            RETURNING p.id),` : sql``}
           ins AS (
             INSERT INTO environment_leases (company_id, environment_id, execution_workspace_id, issue_id, heartbeat_run_id,
               status, lease_policy, driver, fence, idempotency_key, expires_at, max_expires_at, metadata, resource_id, slot)
