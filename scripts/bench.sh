@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a benchmark from bench/ with PostgreSQL provided as for the tests
 # (TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster), and sshd or
-# Chromium for the benchmarks that need them (`cli` needs none of them).
+# Chromium, dockerd and podman for the benchmarks that need them (`cli` needs none of them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-env.sh
@@ -10,5 +10,6 @@ trap berth_cleanup EXIT
 case "$1" in
   ssh) berth_ensure_sshd || exit 1 ;;
   dashboard) berth_ensure_chromium || exit 1 ;;
+  containers) berth_ensure_docker || exit 1 ;;
 esac
 npx tsx "bench/$1.ts" "${@:2}"

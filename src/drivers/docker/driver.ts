@@ -57,9 +57,15 @@ export const WRAPPER = [
   `cd "$w" 2>/dev/null || { printf '%s cwd\\n' "$m" >&2; exit 127; }`,
   `case $1 in */*) [ -f "$1" ] && [ -x "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 ;; esac || { printf '%s command\\n' "$m" >&2; exit 127; }`,
   '"$@" & c=$!',
-  "trap 'kill -TERM $c 2>/dev/null; t=1' TERM INT HUP",
+  // The deadline guard: a subshell that holds none of the exec's pipes (the engine ends the
+  // output stream once nothing holds them: a guard holding stderr kept a quick command's
+  // stream open for the engine's 2 s timeout), made before the wrapper sets its trap, so a
+  // TERM ends it whenever it comes (a subshell keeps the traps it was forked with). Past the
+  // deadline it kills everything; the driver knows it from a SIGKILL it did not send, at or
+  // after the deadline.
   'g=',
-  `if [ "$d" -gt 0 ]; then ( s=; trap 'kill $s 2>/dev/null; exit 0' TERM; sleep "$d" & s=$!; wait $s || exit 0; printf '%s deadline\\n' "$m" >&2; kill -KILL -1 ) & g=$!; fi`,
+  `if [ "$d" -gt 0 ]; then ( s=; trap 'kill $s 2>/dev/null; exit 0' TERM; sleep "$d" & s=$!; wait $s || exit 0; kill -KILL -1 ) </dev/null >/dev/null 2>&1 & g=$!; fi`,
+  "t=; trap 'kill -TERM $c 2>/dev/null; t=1' TERM INT HUP",
   // A wait a signal interrupted (t set) says nothing of the command: wait again while it
   // lives; once it is gone, its own status (127 here: it was already reported, r holds it).
   'while :; do t=; wait $c; r=$?; [ -z "$t" ] && break; kill -0 $c 2>/dev/null && continue; wait $c; q=$?; [ $q -eq 127 ] || r=$q; break; done',
@@ -307,7 +313,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     return name;
   }
 
-  function execRef(exe: ExecutionHandle): { execId: string; container: string; marker: string; deadlineSec: number } | { spawnError: string } {
+  function execRef(exe: ExecutionHandle): { execId: string; container: string; marker: string; deadlineSec: number; startedAt: number } | { spawnError: string } {
     if (exe.driver !== 'docker') throw new Error(`not a docker execution (driver ${JSON.stringify(exe.driver)})`);
     const r = exe.ref ?? {};
     if (typeof r.spawnError === 'string') return { spawnError: r.spawnError };
@@ -315,7 +321,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     if (typeof execId !== 'string' || !/^[0-9a-f]{12,128}$/i.test(execId) || typeof container !== 'string' || !/^berth-[0-9a-f-]{36}$/.test(container) || typeof marker !== 'string') {
       throw new Error(`not an execution handle this driver made: ${JSON.stringify(r).slice(0, 300)}`);
     }
-    return { execId, container, marker, deadlineSec: typeof deadlineSec === 'number' ? deadlineSec : 0 };
+    return { execId, container, marker, deadlineSec: typeof deadlineSec === 'number' ? deadlineSec : 0, startedAt: typeof r.startedAt === 'number' ? r.startedAt : 0 };
   }
 
   return {
@@ -412,6 +418,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         if (v.includes('\0')) throw new Error(`environment variable ${k} contains a NUL byte`);
         envList.push(`${k}=${v}`);
       }
+      const startedAt = Date.now();
       const marker = `berth-${randomBytes(6).toString('hex')}`;
       const container = client(cfg).getContainer(name);
       // The values travel in the exec's create body (its Env), never in its command line.
@@ -439,7 +446,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       } catch {
         /* the pid is for the log only */
       }
-      return { driver: 'docker', host: where(cfg), ref: { execId: ex.id, container: name, marker, ...(pid ? { pid } : {}), ...(deadlineSec > 0 ? { deadlineSec } : {}) } };
+      return { driver: 'docker', host: where(cfg), ref: { execId: ex.id, container: name, marker, ...(pid ? { pid } : {}), ...(deadlineSec > 0 ? { deadlineSec, startedAt } : {}) } };
     },
 
     async watch(env, exe, sink: OutputListener): Promise<ExitResult> {
@@ -517,7 +524,12 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       }
       const sig = status > 128 ? SIGNAL_BY_NUMBER[status - 128] : undefined;
       const ended = sig ? { exitCode: null, signal: sig } : { exitCode: status, signal: null };
-      if (deadline) return { ...ended, ...extra, error: `the process passed its deadline of ${ref.deadlineSec} s in ${ref.container} and was killed there`, errorCode: 'timeout' };
+      // The guard's SIGKILL (none of Berth's): the deadline passed.
+      if (!deadline && sig === 'SIGKILL' && !l.signalled && ref.deadlineSec > 0 && ref.startedAt > 0 && Date.now() - ref.startedAt >= ref.deadlineSec * 1000) deadline = true;
+      if (deadline) {
+        await call(`stopping ${ref.container}`, cfg, (s) => client(cfg).getContainer(ref.container).kill({ signal: 'SIGKILL', abortSignal: s })).catch(() => {});
+        return { ...ended, ...extra, error: `the process passed its deadline of ${ref.deadlineSec} s in ${ref.container} and was killed there`, errorCode: 'timeout' };
+      }
       return { ...ended, ...extra };
     },
 
