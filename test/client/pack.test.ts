@@ -2,7 +2,8 @@
 // (`npm install ./berth-*.tgz`, from the npm cache when it holds the dependencies), and
 // there `npx berth serve --demo` serves from the compiled JavaScript: no sources, no tsx,
 // no tests in the package. A small .mjs in that directory imports `berth/client` and
-// calls the server with it, and a .ts consumer typechecks against the shipped declarations.
+// calls the server with it (so does the README's example, run as written), and a .ts
+// consumer typechecks against the shipped declarations.
 // On the postgres project the installed server runs on a database of its own (DATABASE_URL).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -133,6 +134,16 @@ console.log(JSON.stringify({ status: done.status, logged: log.join('').length, l
     expect(result.leaseKey).toMatch(/^[0-9a-f-]{36}$/);
     expect(result.refused[0]).toBeGreaterThanOrEqual(400);
     expect(result.refused[0]).toBeLessThan(500);
+
+    // The README's example, as it is written there.
+    const readme = readFileSync(join(repo, 'README.md'), 'utf8');
+    const example = /### Typed client[\s\S]*?```js\n([\s\S]*?)```/.exec(readme)?.[1];
+    expect(example, 'README: a js block under ### Typed client').toBeTruthy();
+    writeFileSync(join(app, 'run-demo.mjs'), example!);
+    const printed = sh(process.execPath, ['run-demo.mjs'], app, cleanEnv({ BERTH_URL: url, BERTH_API_KEY: creds.apiKey, BERTH_COMPANY_ID: creds.companyId }));
+    expect(printed).toMatch(/^run [0-9a-f-]{36} succeeded$/m);
+    expect(printed).toMatch(/^lease [0-9a-f-]{36} \(key [0-9a-f-]{36}\) released$/m);
+    expect(printed).toMatch(/^refused: HTTP 404 not_found$/m);
   }, 240_000);
 
   it('berth/client typechecks from the shipped declarations (a route that does not exist does not)', () => {
