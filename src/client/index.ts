@@ -211,8 +211,24 @@ export function createClient(options: BerthClientOptions): BerthClient {
     )) as { data?: ReadableStream<Uint8Array> | null; error?: unknown; response: Response };
     if (!r.response.ok) throw apiError(r.response.status, r.error, baseUrl);
     if (!r.data) return;
-    for await (const ev of parseSse(r.data)) {
-      yield { event: ev.event, data: JSON.parse(ev.data), ...(ev.id !== undefined ? { id: ev.id } : {}) } as LogEvent;
+    const events = parseSse(r.data);
+    try {
+      for (;;) {
+        let next: IteratorResult<{ event: string; data: string; id?: string }>;
+        try {
+          next = await events.next();
+        } catch (err) {
+          // The connection broke mid-stream (fetch's "terminated", a reset): no answer, as before it started.
+          if (err instanceof BerthConnectionError || (err as Error)?.name === 'AbortError' || opts.signal?.aborted) throw err;
+          const code = (err as { cause?: { code?: string }; code?: string })?.cause?.code ?? (err as { code?: string })?.code;
+          throw new BerthConnectionError((err as Error)?.message ?? String(err), code, { cause: err });
+        }
+        if (next.done) return;
+        const ev = next.value;
+        yield { event: ev.event, data: JSON.parse(ev.data), ...(ev.id !== undefined ? { id: ev.id } : {}) } as LogEvent;
+      }
+    } finally {
+      await events.return(undefined);
     }
   }
 

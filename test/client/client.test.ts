@@ -101,6 +101,53 @@ describe('berth/client', () => {
     expect(done.exitCode).toBe(0);
   });
 
+  it('followLog resumes after the last chunk when the connection drops mid-stream: every chunk once', async () => {
+    const { data: agent } = await berth.POST('/api/companies/{companyId}/agents', {
+      params: { path: { companyId: co.id } },
+      body: { name: 'counter', adapterType: 'process', adapterConfig: { command: 'sh', args: ['-c', 'for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.15; done'] } },
+    });
+    const { data: queued } = await berth.POST('/api/agents/{id}/wakeup', { params: { path: { id: agent.id } }, body: { source: 'on_demand' } });
+    // The first two log connections are cut after their first `log` event.
+    const streams: string[] = [];
+    const cutting = createClient({
+      baseUrl: api.url,
+      apiKey: co.key,
+      fetch: async (req) => {
+        const res = await fetch(req);
+        if (!req.url.includes('/log?')) return res;
+        streams.push(new URL(req.url).searchParams.get('after')!);
+        if (streams.length > 2) return res;
+        const reader = res.body!.getReader();
+        let seen = '';
+        const body = new ReadableStream<Uint8Array>({
+          async pull(ctl) {
+            const { value, done } = await reader.read();
+            if (done) return ctl.close();
+            seen += new TextDecoder().decode(value);
+            const cut = seen.indexOf('event: log');
+            if (cut >= 0 && seen.indexOf('\n\n', cut) >= 0) {
+              ctl.enqueue(new TextEncoder().encode(seen.slice(0, seen.indexOf('\n\n', cut) + 2)));
+              await reader.cancel();
+              return ctl.error(Object.assign(new TypeError('terminated'), { cause: { code: 'ECONNRESET' } }));
+            }
+          },
+        });
+        return new Response(body, { status: res.status, headers: res.headers });
+      },
+    });
+    const lines: string[] = [];
+    let end: LogEvent | undefined;
+    for await (const ev of cutting.followLog(queued.id, { patienceMs: 10_000 })) {
+      if (ev.event === 'log' && ev.data.stream === 'stdout') lines.push(ev.data.chunk);
+      if (ev.event === 'end') end = ev;
+    }
+    expect(streams.length).toBeGreaterThanOrEqual(3);
+    expect(streams[0]).toBe('0');
+    expect(Number(streams[1])).toBeGreaterThan(0);
+    expect(lines.join('')).toBe('line-1\nline-2\nline-3\nline-4\nline-5\nline-6\n');
+    expect(end?.event === 'end' && end.data.status).toBe('succeeded');
+  });
+
   it('followLog throws the server’s error for a run that does not exist', async () => {
     const it = berth.followLog('00000000-0000-4000-8000-000000000000', { patienceMs: 1000 });
     const err = (await it.next().catch((x: unknown) => x)) as BerthApiError;
