@@ -1,5 +1,5 @@
 // `npm run build` (and `prepare`, so `npm install` and `npm ci` run it): compiles src/
-// to dist/ with tsc and copies the files the code reads at run time (migrations, the
+// to dist/ with tsc (with the declarations of the typed client, src/client) and copies the files the code reads at run time (migrations, the
 // dashboard, the driver helper scripts) beside the compiled modules, which find them
 // by the same relative paths as in src/. The new dist/ replaces the old in one rename.
 // With --if-stale it does nothing when dist/ was built from the sources as they are.
@@ -31,6 +31,13 @@ if (r.status !== 0) {
   rmSync(tmp, { recursive: true, force: true });
   console.error('berth build: tsc failed');
   process.exit(r.status ?? 1);
+}
+// The typed client (`berth/client`) is imported by other programs: its declarations too.
+const d = spawnSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.client.json'), '--outDir', tmp], { cwd: root, stdio: 'inherit' });
+if (d.status !== 0) {
+  rmSync(tmp, { recursive: true, force: true });
+  console.error('berth build: tsc (client declarations) failed');
+  process.exit(d.status ?? 1);
 }
 cpSync(join(root, 'src'), tmp, { recursive: true, filter: (src) => !/\.[cm]?ts$/.test(src) });
 writeFileSync(join(tmp, '.built-from.json'), `${JSON.stringify({ files }, null, 1)}\n`);

@@ -5,11 +5,15 @@ import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { berthHome } from '../home.js';
 import { readAdminKey, readCredentials, readServerInfo } from '../server/home-files.js';
-import { ApiError, BerthClient, checkServerUrl, NoServerError } from './client.js';
+import { ApiError, checkServerUrl, connect, NoServerError, type CliClient } from './client.js';
+import type { Body, HeartbeatRun, Ok } from '../client/index.js';
 import { TERMINAL_LEASE_STATUSES } from '../domain/enums.js';
 import { ago, paint, status, table } from './format.js';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/** What the user typed (a query parameter, a body field, JSON): the server checks it and names the field when it refuses it. */
+const asTyped = (v: string | undefined) => v as never;
 
 const DEFAULT_URL = 'http://127.0.0.1:3710';
 
@@ -21,40 +25,45 @@ function serverUrl(): string {
   return readServerInfo()?.url || readCredentials()?.url || DEFAULT_URL;
 }
 
-function companyClient(): BerthClient {
+async function companyClient(): Promise<CliClient> {
   const key = process.env.BERTH_API_KEY || readCredentials()?.apiKey || null;
   if (!key) throw new UsageError(`no API key: set BERTH_API_KEY (a company key, printed once by \`berth company create\`), or start the demo with \`npm start\``);
-  return new BerthClient(serverUrl(), key);
+  return connect(serverUrl(), key);
 }
 
-function adminClient(): BerthClient {
+async function adminClient(): Promise<CliClient> {
   const key = process.env.BERTH_ADMIN_KEY || readAdminKey() || process.env.BERTH_API_KEY || null;
   if (!key) throw new UsageError(`no admin key: set BERTH_ADMIN_KEY, or run this where ${berthHome()}/admin.key is readable`);
-  return new BerthClient(serverUrl(), key);
+  return connect(serverUrl(), key);
 }
 
-async function companyId(client: BerthClient): Promise<string> {
+async function companyId(client: CliClient): Promise<string> {
   if (process.env.BERTH_COMPANY_ID) return process.env.BERTH_COMPANY_ID;
   const saved = readCredentials();
   if (!process.env.BERTH_API_KEY && saved) return saved.companyId;
-  const companies = await client.get<Json[]>('/api/companies');
+  const { data: companies } = await client.GET('/api/companies');
   if (companies.length !== 1) throw new UsageError('this key sees several companies (the admin key?): name one with BERTH_COMPANY_ID');
   return companies[0]!.id as string;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-async function environmentByRef(client: BerthClient, ref: string): Promise<Json> {
-  if (UUID.test(ref)) return client.get<Json>(`/api/environments/${ref}`);
-  const all = await client.get<Json[]>(`/api/companies/${await companyId(client)}/environments`);
+type Environment = Ok<'get', '/api/environments/{id}'>;
+type Agent = Ok<'get', '/api/agents/{id}'>;
+
+async function environmentByRef(client: CliClient, ref: string): Promise<Environment> {
+  if (UUID.test(ref)) return (await client.GET('/api/environments/{id}', { params: { path: { id: ref } } })).data;
+  const { data: all } = await client.GET('/api/companies/{companyId}/environments', { params: { path: { companyId: await companyId(client) } } });
   const found = all.find((e) => e.name === ref);
   if (!found) throw new UsageError(`no environment named "${ref}" (see \`berth env list\`)`);
   return found;
 }
 
-async function agentByRef(client: BerthClient, ref: string): Promise<Json> {
-  if (UUID.test(ref)) return client.get<Json>(`/api/agents/${ref}`);
-  const [found] = await client.get<Json[]>(`/api/companies/${await companyId(client)}/agents`, { name: ref });
+async function agentByRef(client: CliClient, ref: string): Promise<Agent> {
+  if (UUID.test(ref)) return (await client.GET('/api/agents/{id}', { params: { path: { id: ref } } })).data;
+  const {
+    data: [found],
+  } = await client.GET('/api/companies/{companyId}/agents', { params: { path: { companyId: await companyId(client) }, query: { name: ref } } });
   if (!found) throw new UsageError(`no agent named "${ref}" (see \`berth agent list\`)`);
   return found;
 }
@@ -156,12 +165,12 @@ function showLease(l: Json): string {
 /** How long `run` and `runs log -f` keep trying to follow a log while the server is away. */
 const FOLLOW_PATIENCE_MS = 60_000;
 
-async function followRun(client: BerthClient, run: Json, opts: { quiet: boolean }): Promise<Json> {
+async function followRun(client: CliClient, run: { id: string }, opts: { quiet: boolean }): Promise<HeartbeatRun> {
   const say = (line: string) => !opts.quiet && process.stderr.write(`${paint('dim', '▸')} ${line}\n`);
   let shownEnv = false;
   let after = 0;
   let c = client;
-  const showEnv = (r: Json) => {
+  const showEnv = (r: HeartbeatRun) => {
     const pe = r.contextSnapshot?.paperclipEnvironment as Json | undefined;
     if (shownEnv || !pe) return;
     shownEnv = true;
@@ -172,24 +181,25 @@ async function followRun(client: BerthClient, run: Json, opts: { quiet: boolean 
   let saidRunning = false;
   for (let attempt = 0; ; attempt++) {
     try {
-      for await (const ev of c.events(`/api/heartbeat-runs/${run.id}/log`, { follow: 'true', after })) {
+      for await (const ev of c.logEvents(run.id, { after })) {
         lastProgress = Date.now();
         attempt = 0;
-        const data = JSON.parse(ev.data) as Json;
         if (ev.event === 'log') {
+          const data = ev.data;
           after = data.seq;
-          if (!shownEnv) showEnv(await c.get<Json>(`/api/heartbeat-runs/${run.id}`));
+          if (!shownEnv) showEnv((await c.GET('/api/heartbeat-runs/{id}', { params: { path: { id: run.id } } })).data);
           if (opts.quiet) continue;
           if (data.stream === 'stdout') process.stdout.write(data.chunk);
           else if (data.stream === 'stderr') process.stderr.write(data.chunk);
           else process.stderr.write(paint('dim', `[berth] ${data.chunk}`));
         } else if (ev.event === 'status') {
+          const data = ev.data;
           if (data.status === 'running' && !saidRunning) say(`running on ${data.hostname ?? 'a server'}`);
           if (data.status === 'running') saidRunning = true;
           showEnv(data);
         } else if (ev.event === 'end') {
-          showEnv(data);
-          return data;
+          showEnv(ev.data);
+          return ev.data;
         }
       }
       throw new NoServerError('the log stream ended before the run did');
@@ -202,7 +212,7 @@ async function followRun(client: BerthClient, run: Json, opts: { quiet: boolean 
         warned = true;
       }
       await new Promise((r) => setTimeout(r, Math.min(250 * 2 ** attempt, 3000)));
-      c = c.withUrl(process.env.BERTH_URL || readServerInfo()?.url || c.url);
+      c = await c.withUrl(process.env.BERTH_URL || readServerInfo()?.url || c.url);
     }
   }
 }
@@ -240,7 +250,7 @@ export function buildProgram(): Command {
     .description('Create a company; prints its API key once')
     .option('--json', 'print JSON')
     .action(async (name: string, o: { json?: boolean }) => {
-      const res = await adminClient().post<Json>('/api/companies', { name });
+      const { data: res } = await (await adminClient()).POST('/api/companies', { body: { name } });
       print(res, !!o.json, () =>
         [`company ${res.company.name}  ${res.company.id}`, `API key (shown once; keep it): ${res.apiKey}`, `use it: export BERTH_API_KEY=${res.apiKey}`].join('\n'),
       );
@@ -249,7 +259,7 @@ export function buildProgram(): Command {
     .command('list')
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
-      const list = await adminClient().get<Json[]>('/api/companies');
+      const { data: list } = await (await adminClient()).GET('/api/companies');
       print(list, !!o.json, () => table(['NAME', 'ID', 'CREATED'], list.map((c) => [c.name, c.id, ago(c.createdAt)])));
     });
 
@@ -260,8 +270,10 @@ export function buildProgram(): Command {
     .option('--driver <driver>', 'only this driver kind (`berth env drivers` lists them)')
     .option('--json', 'print JSON')
     .action(async (o: { status?: string; driver?: string; json?: boolean }) => {
-      const client = companyClient();
-      const list = await client.get<Json[]>(`/api/companies/${await companyId(client)}/environments`, { status: o.status, driver: o.driver });
+      const client = await companyClient();
+      const { data: list } = await client.GET('/api/companies/{companyId}/environments', {
+        params: { path: { companyId: await companyId(client) }, query: { status: asTyped(o.status), driver: asTyped(o.driver) } },
+      });
       print(list, !!o.json, () =>
         table(
           ['NAME', 'DRIVER', 'STATUS', 'CAPACITY', 'LAST PROBE', 'UPDATED', 'ID'],
@@ -274,7 +286,7 @@ export function buildProgram(): Command {
     .description('The drivers the server knows: what each environment kind is, and whether this server runs it')
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
-      const list = await companyClient().get<Json[]>('/api/drivers');
+      const { data: list } = await (await companyClient()).GET('/api/drivers');
       const caps = (c: Json) => Object.entries(c).filter(([, v]) => v === true).map(([k]) => k).join(',') || '-';
       print(list, !!o.json, () =>
         table(
@@ -317,11 +329,11 @@ export function buildProgram(): Command {
         if (o.knownHostsFile) config.knownHosts = readFileSync(o.knownHostsFile as string, 'utf8');
         if (o.strictHostKeyChecking === false) config.strictHostKeyChecking = false;
       }
-      const client = companyClient();
-      const body: Json = { name, driver: o.driver, config, envVars: keyValues(o.env as string[], '--env') };
+      const client = await companyClient();
+      const body: Body<'post', '/api/companies/{companyId}/environments'> = { name, driver: asTyped(o.driver), config: config as never, envVars: keyValues(o.env as string[], '--env') };
       if (o.description) body.description = o.description;
       if (o.capacity !== undefined) body.capacity = intOption(o.capacity as string, '--capacity');
-      const created = await client.post<Json>(`/api/companies/${await companyId(client)}/environments`, body);
+      const { data: created } = await client.POST('/api/companies/{companyId}/environments', { params: { path: { companyId: await companyId(client) } }, body });
       print(created, !!o.json, () => showEnvironment(created));
     });
   env
@@ -329,7 +341,7 @@ export function buildProgram(): Command {
     .description('One environment, by name or id')
     .option('--json', 'print JSON')
     .action(async (ref: string, o: { json?: boolean }) => {
-      const e = await environmentByRef(companyClient(), ref);
+      const e = await environmentByRef(await companyClient(), ref);
       print(e, !!o.json, () => showEnvironment(e));
     });
   env
@@ -337,9 +349,9 @@ export function buildProgram(): Command {
     .description('Is it reachable and usable now?')
     .option('--json', 'print JSON')
     .action(async (ref: string, o: { json?: boolean }) => {
-      const client = companyClient();
+      const client = await companyClient();
       const e = await environmentByRef(client, ref);
-      const probe = await client.post<Json>(`/api/environments/${e.id}/probe`);
+      const { data: probe } = await client.POST('/api/environments/{id}/probe', { params: { path: { id: e.id } } });
       print(probe, !!o.json, () => `${e.name}: ${probe.ok ? paint('green', 'ok') : paint('red', 'failed')} in ${probe.latencyMs} ms${probe.error ? ` — ${probe.error}` : ''}\n${details(probe.details)}`);
       if (!probe.ok) process.exitCode = 1;
     });
@@ -348,8 +360,8 @@ export function buildProgram(): Command {
     .description('Take no new leases')
     .option('--json', 'print JSON')
     .action(async (ref: string, o: { json?: boolean }) => {
-      const client = companyClient();
-      const e = await client.post<Json>(`/api/environments/${(await environmentByRef(client, ref)).id}/archive`);
+      const client = await companyClient();
+      const { data: e } = await client.POST('/api/environments/{id}/archive', { params: { path: { id: (await environmentByRef(client, ref)).id } } });
       print(e, !!o.json, () => `archived ${e.name}`);
     });
   env
@@ -357,8 +369,8 @@ export function buildProgram(): Command {
     .description("Delete (refused for the company's Local, or while leases are not terminal)")
     .option('--json', 'print JSON')
     .action(async (ref: string, o: { json?: boolean }) => {
-      const client = companyClient();
-      const e = await client.delete<Json>(`/api/environments/${(await environmentByRef(client, ref)).id}`);
+      const client = await companyClient();
+      const { data: e } = await client.DELETE('/api/environments/{id}', { params: { path: { id: (await environmentByRef(client, ref)).id } } });
       print(e, !!o.json, () => `deleted ${e.name}`);
     });
 
@@ -371,10 +383,12 @@ export function buildProgram(): Command {
     .option('--cursor <cursor>', 'the next page, as printed after a full page')
     .option('--json', 'print JSON')
     .action(async (ref: string, o: { status?: string; limit?: string; cursor?: string; json?: boolean }) => {
-      const client = companyClient();
+      const client = await companyClient();
       const e = await environmentByRef(client, ref);
-      const res = await client.request<Json[]>('GET', `/api/environments/${e.id}/leases`, { query: { status: o.status, limit: o.limit, cursor: o.cursor } });
-      const next = res.headers.get('x-next-cursor');
+      const res = await client.GET('/api/environments/{id}/leases', {
+        params: { path: { id: e.id }, query: { status: asTyped(o.status), limit: asTyped(o.limit), cursor: asTyped(o.cursor) } },
+      });
+      const next = res.response.headers.get('x-next-cursor');
       print(res.data, !!o.json, () =>
         table(
           ['ID', 'STATUS', 'POLICY', 'FENCE', 'RUN', 'ACQUIRED', 'ENDED', 'CLEANUP'],
@@ -386,7 +400,7 @@ export function buildProgram(): Command {
     .command('show <lease>')
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
-      const l = await companyClient().get<Json>(`/api/environment-leases/${encodeURIComponent(id)}`);
+      const { data: l } = await (await companyClient()).GET('/api/environment-leases/{leaseId}', { params: { path: { leaseId: id } } });
       print(l, !!o.json, () => showLease(l));
     });
   lease
@@ -397,13 +411,16 @@ export function buildProgram(): Command {
     .option('--no-cleanup', "leave the lease's resources as they are (by default what its driver made is cleaned up)")
     .option('--json', 'print JSON')
     .action(async (id: string, o: { status: string; reason?: string; cleanup: boolean; json?: boolean }) => {
-      const client = companyClient();
-      const current = await client.get<Json>(`/api/environment-leases/${encodeURIComponent(id)}`);
-      const res = await client.post<Json>(`/api/environment-leases/${current.id}/release`, {
-        fence: current.fence,
-        status: o.status,
-        ...(o.reason ? { failureReason: o.reason } : {}),
-        ...(o.cleanup ? {} : { cleanupStatus: 'skipped' }),
+      const client = await companyClient();
+      const { data: current } = await client.GET('/api/environment-leases/{leaseId}', { params: { path: { leaseId: id } } });
+      const { data: res } = await client.POST('/api/environment-leases/{leaseId}/release', {
+        params: { path: { leaseId: current.id } },
+        body: {
+          fence: current.fence,
+          status: asTyped(o.status),
+          ...(o.reason ? { failureReason: o.reason } : {}),
+          ...(o.cleanup ? {} : { cleanupStatus: 'skipped' as const }),
+        },
       });
       const cleanup = res.lease.cleanupStatus ? ` · cleanup ${res.lease.cleanupStatus}` : '';
       print(res, !!o.json, () => (res.changed ? `lease ${current.id} is now ${status(res.lease.status)}${cleanup}` : `lease ${current.id} had already ended: ${status(res.lease.status)}`));
@@ -425,7 +442,7 @@ export function buildProgram(): Command {
     .option('--interval <seconds>', 'run on a timer every this many seconds')
     .option('--json', 'print JSON')
     .action(async (name: string, argv: string[], o: Json) => {
-      const client = companyClient();
+      const client = await companyClient();
       if (argv.length > 0) {
         if (o.command || o.arg) throw new UsageError('give the command after -- or with --command/--arg, not both');
         o.command = argv[0];
@@ -442,19 +459,19 @@ export function buildProgram(): Command {
             ...(o.timeout ? { timeoutSec: Number(o.timeout) } : {}),
             ...(o.grace ? { graceSec: Number(o.grace) } : {}),
           };
-      const body: Json = { name, adapterType: o.url ? 'http' : 'process', adapterConfig };
+      const body: Body<'post', '/api/companies/{companyId}/agents'> = { name, adapterType: o.url ? 'http' : 'process', adapterConfig: adapterConfig as never };
       if (o.environment) body.defaultEnvironmentId = (await environmentByRef(client, o.environment as string)).id;
       if (o.maxRuns) body.maxConcurrentRuns = intOption(o.maxRuns as string, '--max-runs');
       if (o.interval) body.intervalSec = intOption(o.interval as string, '--interval');
-      const created = await client.post<Json>(`/api/companies/${await companyId(client)}/agents`, body);
+      const { data: created } = await client.POST('/api/companies/{companyId}/agents', { params: { path: { companyId: await companyId(client) } }, body });
       print(created, !!o.json, () => `agent ${created.name}  ${created.id}`);
     });
   agent
     .command('list')
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
-      const client = companyClient();
-      const list = await client.get<Json[]>(`/api/companies/${await companyId(client)}/agents`);
+      const client = await companyClient();
+      const { data: list } = await client.GET('/api/companies/{companyId}/agents', { params: { path: { companyId: await companyId(client) } } });
       print(list, !!o.json, () =>
         table(
           ['NAME', 'ADAPTER', 'STATUS', 'RUNNING', 'MAX', 'COMMAND', 'ID'],
@@ -469,9 +486,9 @@ export function buildProgram(): Command {
     .option('--no-follow', 'queue it and print its id without waiting')
     .option('--json', 'print the finished run as JSON (and no log)')
     .action(async (ref: string, o: { follow: boolean; json?: boolean }) => {
-      const client = companyClient();
+      const client = await companyClient();
       const a = await agentByRef(client, ref);
-      const queued = await client.post<Json>(`/api/agents/${a.id}/wakeup`, { source: 'on_demand' });
+      const { data: queued } = await client.POST('/api/agents/{id}/wakeup', { params: { path: { id: a.id } }, body: { source: 'on_demand' } });
       if (!o.follow) {
         print(queued, !!o.json, () => queued.id as string);
         return;
@@ -482,7 +499,7 @@ export function buildProgram(): Command {
         if (cancelling) process.exit(130);
         cancelling = true;
         process.stderr.write(`\n${paint('dim', '▸')} cancelling run ${queued.id} (Ctrl-C again to stop waiting)\n`);
-        void client.post(`/api/heartbeat-runs/${queued.id}/cancel`).catch(() => {});
+        void client.POST('/api/heartbeat-runs/{id}/cancel', { params: { path: { id: queued.id } } }).catch(() => {});
       };
       process.on('SIGINT', onSigint);
       const finished = await followRun(client, queued, { quiet: !!o.json });
@@ -493,7 +510,10 @@ export function buildProgram(): Command {
         const say = (line: string) => process.stderr.write(`${paint('dim', '▸')} ${line}\n`);
         if (finished.leaseId) {
           // The server may be going away (it cancelled this run because it is stopping).
-          const l = await client.get<Json>(`/api/environment-leases/${finished.leaseId}`).catch(() => null);
+          const l = await client
+            .GET('/api/environment-leases/{leaseId}', { params: { path: { leaseId: finished.leaseId } } })
+            .then((r) => r.data)
+            .catch(() => null);
           if (l) say(`lease ${l.id} ${status(l.status)}${l.cleanupStatus ? ` · cleanup ${l.cleanupStatus}` : ''}`);
         }
         const outcome = finished.error ? ` — ${finished.error}` : finished.exitCode !== null ? ` (exit ${finished.exitCode})` : '';
@@ -512,16 +532,18 @@ export function buildProgram(): Command {
     .option('--all', 'every page, to the end')
     .option('--json', 'print JSON')
     .action(async (o: { agent?: string; status?: string; limit?: string; cursor?: string; all?: boolean; json?: boolean }) => {
-      const client = companyClient();
+      const client = await companyClient();
       const cid = await companyId(client);
-      const agents = await client.get<Json[]>(`/api/companies/${cid}/agents`);
+      const { data: agents } = await client.GET('/api/companies/{companyId}/agents', { params: { path: { companyId: cid } } });
       const agentId = o.agent ? (await agentByRef(client, o.agent)).id : undefined;
-      const list: Json[] = [];
+      const list: HeartbeatRun[] = [];
       let cursor: string | undefined = o.cursor;
       for (;;) {
-        const res = await client.request<Json[]>('GET', `/api/companies/${cid}/heartbeat-runs`, { query: { agentId, status: o.status, limit: o.limit, cursor } });
+        const res = await client.GET('/api/companies/{companyId}/heartbeat-runs', {
+          params: { path: { companyId: cid }, query: { agentId, status: asTyped(o.status), limit: asTyped(o.limit), cursor } },
+        });
         list.push(...res.data);
-        cursor = res.headers.get('x-next-cursor') ?? undefined;
+        cursor = res.response.headers.get('x-next-cursor') ?? undefined;
         if (!o.all || !cursor) break;
       }
       const names = new Map(agents.map((a) => [a.id, a.name]));
@@ -536,21 +558,21 @@ export function buildProgram(): Command {
     .command('show <run>')
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
-      const r = await companyClient().get<Json>(`/api/heartbeat-runs/${encodeURIComponent(id)}`);
+      const { data: r } = await (await companyClient()).GET('/api/heartbeat-runs/{id}', { params: { path: { id } } });
       print(r, !!o.json, () => JSON.stringify(r, null, 2));
     });
   runs
     .command('cancel <run>')
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
-      const r = await companyClient().post<Json>(`/api/heartbeat-runs/${encodeURIComponent(id)}/cancel`);
+      const { data: r } = await (await companyClient()).POST('/api/heartbeat-runs/{id}/cancel', { params: { path: { id } } });
       print(r, !!o.json, () => `run ${r.id}: ${status(r.status)}${r.cancelRequestedAt && r.status === 'running' ? ' (cancel requested)' : ''}`);
     });
   runs
     .command('log <run>')
     .option('-f, --follow', 'follow until the run ends')
     .action(async (id: string, o: { follow?: boolean }) => {
-      const client = companyClient();
+      const client = await companyClient();
       if (o.follow) {
         const finished = await followRun(client, { id }, { quiet: false });
         process.exitCode = exitCodeForRun(finished);
@@ -558,9 +580,9 @@ export function buildProgram(): Command {
       }
       let after = 0;
       for (;;) {
-        const page = await client.get<Json>(`/api/heartbeat-runs/${encodeURIComponent(id)}/log`, { after });
-        for (const ch of page.chunks as Json[]) (ch.stream === 'stderr' || ch.stream === 'system' ? process.stderr : process.stdout).write(ch.chunk);
-        if ((page.chunks as Json[]).length < 1000) break;
+        const { data: page } = await client.GET('/api/heartbeat-runs/{id}/log', { params: { path: { id }, query: { after } } });
+        for (const ch of page.chunks) (ch.stream === 'stderr' || ch.stream === 'system' ? process.stderr : process.stdout).write(ch.chunk);
+        if (page.chunks.length < 1000) break;
         after = page.lastSeq;
       }
     });
@@ -576,11 +598,14 @@ export function buildProgram(): Command {
     .option('--before <cursor>', 'older than this (the cursor printed after a full page)')
     .option('--json', 'print JSON')
     .action(async (o: { action?: string; entityType?: string; entity?: string; run?: string; limit?: string; before?: string; json?: boolean }) => {
-      const client = companyClient();
-      const res = await client.request<Json[]>('GET', `/api/companies/${await companyId(client)}/activity`, {
-        query: { action: o.action, entityType: o.entityType, entityId: o.entity, runId: o.run, limit: o.limit, before: o.before },
+      const client = await companyClient();
+      const res = await client.GET('/api/companies/{companyId}/activity', {
+        params: {
+          path: { companyId: await companyId(client) },
+          query: { action: o.action, entityType: o.entityType, entityId: o.entity, runId: o.run, limit: asTyped(o.limit), before: asTyped(o.before) },
+        },
       });
-      const next = res.headers.get('x-next-cursor');
+      const next = res.response.headers.get('x-next-cursor');
       print(res.data, !!o.json, () =>
         table(
           ['WHEN', 'ACTOR', 'ACTION', 'ENTITY', 'DETAILS'],
