@@ -10,5 +10,6 @@ trap berth_cleanup EXIT
 case "$1" in
   ssh) berth_ensure_sshd || exit 1 ;;
   dashboard) berth_ensure_chromium || exit 1 ;;
+  bwrap) berth_ensure_bwrap || exit 1 ;;
 esac
 npx tsx "bench/$1.ts" "${@:2}"
