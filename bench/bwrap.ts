@@ -20,7 +20,7 @@ const workspaceRoot = mkdtempSync(join(tmpdir(), 'berth-bench-bwrap-'));
 
 /** `bwrap <the sandbox Berth makes> true`, spawned directly: the sandbox's own cost. */
 function spawnBwrapTrue(cwd: string): Promise<number> {
-  const args = sandboxArgs({ isolation: 'bubblewrap', network: 'host' }, cwd, 'true', [], null);
+  const args = sandboxArgs({ isolation: 'bubblewrap', network: 'host' }, cwd, 'true', []);
   const t = performance.now();
   return new Promise((resolve, reject) => {
     const child = spawn('bwrap', args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });

@@ -6,10 +6,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { homedir, networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { serve, type ServerType } from '@hono/node-server';
 import pino from 'pino';
 import { localDriver } from '../../src/drivers/local/driver.js';
@@ -87,6 +88,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await runtime?.stop({ graceMs: 0 });
+  local?.close?.();
   if (server) {
     await new Promise<void>((r) => {
       server.close(() => r());
@@ -191,6 +193,8 @@ describe('bubblewrap runs: the network', () => {
     const { run, log } = await runToEnd(agent.id);
     expect(run.status, log).toBe('succeeded');
     expect(log).toContain(`http=200 status=running id=${run.id} loopback=blocked external=blocked`);
+    // The run's namespace and relay are gone with it: what is left is the one held ready for the next run.
+    await waitFor('the run\'s relay to be closed', async () => processesWith(fileURLToPath(new URL('../../src/drivers/isolation/relay-main.mjs', import.meta.url))).length === 1, 5000);
 
     // The positive control: on this machine, un-isolated, both listeners answer.
     const plain = await t.services.environments.ensureLocalEnvironment(companyId);
@@ -199,6 +203,18 @@ describe('bubblewrap runs: the network', () => {
     const control = await runToEnd(onHost.id);
     expect(control.run.status, control.log).toBe('succeeded');
     expect(control.log).toContain('loopback=open external=open');
+  });
+
+  it('each run with network none has a network namespace of its own, not the host\'s', async () => {
+    const { agent } = await sandboxAgent({ command: 'sh', args: ['-c', 'echo "ns=$(readlink /proc/self/ns/net)"'] });
+    const first = await runToEnd(agent.id);
+    const second = await runToEnd(agent.id);
+    const nsOf = (log: string) => /ns=(net:\[\d+\])/.exec(log)?.[1];
+    expect(nsOf(first.log), first.log).toBeDefined();
+    expect(nsOf(second.log), second.log).toBeDefined();
+    expect(nsOf(first.log)).not.toBe(nsOf(second.log));
+    const hostNs = readlinkSync('/proc/self/ns/net');
+    expect([nsOf(first.log), nsOf(second.log)]).not.toContain(hostNs);
   });
 
   it('with network host it shares the host network (and still writes only its workspace)', async () => {

@@ -29,6 +29,8 @@ export interface NetnsRelayOptions {
   /** How long the inside end may take to listen (default 5 s). */
   readyTimeoutMs?: number;
   signal?: AbortSignal;
+  /** Once listening, keep neither end from letting this process exit (a relay held ready before any run needs it). */
+  unref?: boolean;
 }
 
 export interface NetnsRelay {
@@ -177,5 +179,10 @@ export async function startNetnsRelay(opts: NetnsRelayOptions): Promise<NetnsRel
   // Once listening, its output is of no interest; draining keeps it from blocking on a full pipe.
   child.stdout!.resume();
   child.stderr!.resume();
+  if (opts.unref) {
+    child.unref();
+    for (const io of [child.stdin, child.stdout, child.stderr]) (io as unknown as { unref?: () => void } | null)?.unref?.();
+    outside.unref();
+  }
   return { url: `http://127.0.0.1:${port}`, port, pid: child.pid!, close };
 }

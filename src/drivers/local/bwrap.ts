@@ -8,16 +8,18 @@
 //   - no capabilities (`--cap-drop ALL`, and no_new_privs as bwrap always sets);
 //   - with network `none` (the default) a network namespace of its own holding only a
 //     loopback, where Berth's netns relay (../isolation/netns-relay.ts) listens on the
-//     port of PAPERCLIP_API_URL: the run reaches Berth and nothing else.
+//     port of PAPERCLIP_API_URL: the run reaches Berth and nothing else. The namespace and
+//     its relay are made before the run starts (openSandboxNet; the driver keeps one
+//     ready), so the command starts with its route open and the relay's start-up is not
+//     on the run's path.
 // The run's variables (secrets among them) reach it through the environment bwrap
-// inherits, never as arguments. The sandbox waits, before the command starts, until its
-// relay listens: a holder shell reads a line from a FIFO that only the server writes.
-import { execFile } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync, statSync, closeSync, writeSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+// inherits, never as arguments.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { resolve } from 'node:path';
 import { berthHome } from '../../db/client.js';
-import { networkNamespaceOf } from '../isolation/netns-relay.js';
+import { networkNamespaceOf, startNetnsRelay, type NetnsRelay } from '../isolation/netns-relay.js';
 import type { LocalConfig } from './descriptor.js';
 
 /** Why a sandboxed run cannot start (the run's errorCode, the probe's error). */
@@ -86,41 +88,55 @@ export async function checkBubblewrap(): Promise<BwrapCheck> {
   return check;
 }
 
-/** Where the holder in the sandbox finds the server's go-ahead. */
-const SYNC_MOUNT = '/tmp/.berth-sync';
-
-/** The directory of a sandbox's FIFO: made before the spawn, removed once the run is over. */
-export interface SandboxSync {
-  dir: string;
-  /** Tell the holder to exec the command (its relay listens). */
-  go(): void;
-  /** Close the FIFO (a holder still waiting reads end of file and exits 1) and remove the directory. */
-  close(): void;
+/**
+ * A network namespace made ahead of a sandbox that has no network: only a loopback, where
+ * Berth's relay to the server already listens. A sandbox joins it (nsenter, then bwrap
+ * without --unshare-net), so its command starts with its route to Berth open. Each is
+ * used by one run only, then closed. It is held by a `cat` in a bwrap of its own (its
+ * stdin this server's: it ends when this server does) and named by a file descriptor of
+ * this server's, never by a pid that could be reused.
+ */
+export interface SandboxNet {
+  /** nsenter's `--net=` path: this server's descriptor of the namespace. */
+  nsPath: string;
+  /** Stops the relay and the holder. Never throws; safe to call twice. */
+  close(): Promise<void>;
 }
 
-/** A FIFO in a fresh 0700 directory, held open read-write by this server, so neither side ever blocks on opening it. */
-export async function makeSync(): Promise<SandboxSync> {
-  const dir = mkdtempSync(join(tmpdir(), `berth-bwrap-${process.pid}-`));
-  const fifo = join(dir, 'go');
-  const made = await run('mkfifo', ['-m', '0600', fifo]);
-  if (made.code !== 0) {
-    rmSync(dir, { recursive: true, force: true });
-    throw new IsolationError('isolation_unavailable', `cannot make the sandbox's FIFO ${fifo}: ${(made.stderr || made.error?.message || '').trim()}`);
-  }
-  const fd = openSync(fifo, 'r+');
-  let open = true;
-  return {
-    dir,
-    go() {
-      if (open) writeSync(fd, 'go\n');
-    },
-    close() {
-      if (!open) return;
-      open = false;
-      closeSync(fd);
-      rmSync(dir, { recursive: true, force: true });
-    },
+export async function openSandboxNet(bwrap: string, port: number, target: { host: string; port: number }): Promise<SandboxNet> {
+  const holder: ChildProcess = spawn(bwrap, ['--die-with-parent', '--unshare-net', '--unshare-pid', '--cap-drop', 'ALL', '--ro-bind', '/', '/', '--', 'cat'], { stdio: ['pipe', 'ignore', 'pipe'] });
+  let stderr = '';
+  holder.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-1000)));
+  holder.once('error', () => {});
+  holder.unref();
+  for (const io of [holder.stdin, holder.stderr]) (io as unknown as { unref?: () => void } | null)?.unref?.();
+  let fd: number | null = null;
+  let relay: NetnsRelay | null = null;
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await relay?.close();
+    holder.stdin?.destroy();
+    holder.kill('SIGKILL');
+    if (fd !== null) closeSync(fd);
   };
+  try {
+    const spawned = await new Promise<number | null>((done) => {
+      if (holder.pid) return done(holder.pid);
+      holder.once('error', () => done(null));
+    });
+    const init = spawned === null ? null : await sandboxInit(spawned);
+    if (init === null) throw new IsolationError('isolation_unavailable', `bubblewrap (${bwrap}) could not make a network namespace for the sandbox${stderr.trim() ? `: ${stderr.trim()}` : ''}`);
+    fd = openSync(`/proc/${init}/ns/net`, 'r');
+    const ns = readlinkSync(`/proc/self/fd/${fd}`);
+    if (ns === networkNamespaceOf('self')) throw new IsolationError('isolation_unavailable', 'the sandbox\'s network namespace turned out to be this server\'s');
+    relay = await startNetnsRelay({ pid: init, port, target, unref: true });
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  return { nsPath: `/proc/${process.pid}/fd/${fd}`, close };
 }
 
 const kindOf = (p: string): 'dir' | 'file' | null => {
@@ -136,15 +152,13 @@ export function defaultHiddenPaths(): string[] {
   return [homedir(), berthHome(), '/run'];
 }
 
-/**
- * bwrap's arguments for one run: the sandbox, then the command. With `sync`, the command
- * is started by a holder shell once the server writes its go-ahead to the FIFO.
- */
-export function sandboxArgs(cfg: LocalConfig, cwd: string, command: string, args: string[], sync: SandboxSync | null): string[] {
+/** bwrap's arguments for one run: the sandbox, then the command. */
+export function sandboxArgs(cfg: LocalConfig, cwd: string, command: string, args: string[], opts: { joinedNetwork?: boolean } = {}): string[] {
   const workspace = resolve(cwd);
   if (workspace === '/') throw new IsolationError('isolation_refused', 'a sandboxed run cannot have / as its working directory: it would make the whole system writable');
   const out = [...BASE_FLAGS];
-  if ((cfg.network ?? 'none') === 'none') out.push('--unshare-net');
+  // Network none: a namespace of its own, unless it was started inside one made for it (openSandboxNet).
+  if ((cfg.network ?? 'none') === 'none' && !opts.joinedNetwork) out.push('--unshare-net');
   out.push('--ro-bind', '/', '/', '--dev', '/dev', '--proc', '/proc', '--tmpfs', '/tmp');
   // Parents before children: a tmpfs over a parent would hide a child mounted first.
   const hidden = [...new Set([...defaultHiddenPaths(), ...(cfg.hiddenPaths ?? [])].map((p) => resolve(p)))]
@@ -156,12 +170,10 @@ export function sandboxArgs(cfg: LocalConfig, cwd: string, command: string, args
   for (const p of cfg.readOnlyPaths ?? []) out.push('--ro-bind', resolve(p), resolve(p));
   for (const p of cfg.writablePaths ?? []) out.push('--bind', resolve(p), resolve(p));
   out.push('--bind', workspace, workspace);
-  if (sync) out.push('--ro-bind', sync.dir, SYNC_MOUNT);
   // Made read-only last: the binds above needed their mount points made in them.
   for (const h of hiddenDirs) out.push('--remount-ro', h);
   out.push('--chdir', workspace, '--');
-  if (sync) out.push('/bin/sh', '-c', `read -r _ < ${SYNC_MOUNT}/go && exec "$@"`, 'berth-sandbox', command, ...args);
-  else out.push(command, ...args);
+  out.push(command, ...args);
   return out;
 }
 

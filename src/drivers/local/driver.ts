@@ -22,8 +22,7 @@ import {
   type OutputListener,
   type ProcessSpec,
 } from '../contract.js';
-import { startNetnsRelay, type NetnsRelay } from '../isolation/netns-relay.js';
-import { checkBubblewrap, makeSync, sandboxArgs, sandboxInit, IsolationError } from './bwrap.js';
+import { checkBubblewrap, openSandboxNet, sandboxArgs, type IsolationError, type SandboxNet } from './bwrap.js';
 import { localConfigSchema, localDescriptor, type LocalConfig } from './descriptor.js';
 import { bootId, isSameProcess, processIdentity } from './process-identity.js';
 import { signalTree, startLocalProcess, type StartedProcess } from './process-tree.js';
@@ -43,7 +42,8 @@ interface LiveExecution {
 interface SandboxRoute {
   port: number;
   target: { host: string; port: number };
-  relay: NetnsRelay | null;
+  /** The network namespace (with its relay) exec started the run in. */
+  net: SandboxNet | null;
 }
 
 function configOf(env: DriverEnvironment): LocalConfig {
@@ -60,6 +60,23 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
   const host = () => thisHost;
   /** Routes to the server opened for sandboxed runs with no network, by resource id: exec starts their relays. */
   const routes = new Map<string, SandboxRoute>();
+  /**
+   * One network namespace with its relay held ready per route target, made after a run
+   * takes the last one: the relay's start-up (a node process) stays off the next run's path.
+   */
+  const spares = new Map<string, Promise<SandboxNet>>();
+  const takeNet = async (bwrap: string, route: SandboxRoute): Promise<SandboxNet> => {
+    const key = `${bwrap}|${route.port}|${route.target.host}|${route.target.port}`;
+    const ready = spares.get(key);
+    spares.delete(key);
+    const net = (ready ? await ready.catch(() => null) : null) ?? (await openSandboxNet(bwrap, route.port, route.target));
+    if (!spares.has(key)) {
+      const next = openSandboxNet(bwrap, route.port, route.target);
+      next.catch(() => spares.get(key) === next && spares.delete(key));
+      spares.set(key, next);
+    }
+    return net;
+  };
 
   /** Stop an execution nobody watches yet: its output is dropped so it can exit, and it is forgotten once it has. */
   const killUnwatched = async (execId: string): Promise<void> => {
@@ -74,44 +91,30 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
 
   /**
    * Start `spec` in a bubblewrap sandbox. With no network and a route to the server, the
-   * sandbox's holder waits until the relay listens in its network namespace; a relay that
-   * cannot be opened kills the sandbox before its command ever runs.
+   * sandbox starts inside a network namespace whose relay already listens (nsenter, then
+   * bwrap): its command finds PAPERCLIP_API_URL answering from its first instant.
    */
-  async function execSandboxed(cfg: LocalConfig, resourceId: string, spec: ProcessSpec, signal?: AbortSignal): Promise<ExecutionHandle> {
+  async function execSandboxed(cfg: LocalConfig, resourceId: string, spec: ProcessSpec): Promise<ExecutionHandle> {
     const check = await checkBubblewrap();
     const route = (cfg.network ?? 'none') === 'none' ? (routes.get(resourceId) ?? null) : null;
-    const sync = route ? await makeSync() : null;
+    const net = route ? await takeNet(check.path, route) : null;
     let args: string[];
     try {
-      args = sandboxArgs(cfg, spec.cwd, spec.command, spec.args, sync);
+      args = sandboxArgs(cfg, spec.cwd, spec.command, spec.args, { joinedNetwork: net !== null });
     } catch (err) {
-      sync?.close();
+      await net?.close();
       throw err;
     }
+    if (route) route.net = net;
     const id = randomUUID();
     let attach!: (sink: OutputListener) => void;
     const sink = new Promise<OutputListener>((r) => (attach = r));
     // bwrap inherits the run's environment and hands it to the command: no variable is an argument.
-    const proc = startLocalProcess({ ...spec, command: check.path, args }, async (stream, text) => (await sink)(stream, text));
+    const command = net ? { command: 'nsenter', args: [`--net=${net.nsPath}`, '--', check.path, ...args] } : { command: check.path, args };
+    const proc = startLocalProcess({ ...spec, ...command }, async (stream, text) => (await sink)(stream, text));
     live.set(id, { proc, sink, attach, watched: false });
-    if (sync) {
-      void proc.exited.then(() => {
-        sync.close();
-        return route!.relay?.close();
-      });
-    }
+    if (net) void proc.exited.then(() => net.close());
     const pid = await proc.spawned;
-    if (sync && route && pid !== null) {
-      try {
-        const init = await sandboxInit(pid);
-        if (init === null) throw new IsolationError('isolation_unavailable', `the bubblewrap sandbox (pid ${pid}) ended before its network namespace could be found`);
-        route.relay = await startNetnsRelay({ pid: init, port: route.port, target: route.target, ...(signal ? { signal } : {}) });
-        sync.go();
-      } catch (err) {
-        await killUnwatched(id);
-        throw err;
-      }
-    }
     const identity = pid === null ? null : processIdentity(pid);
     return { driver: 'local', host: host(), ref: { execId: id, pid, identity, isolation: 'bubblewrap' } };
   }
@@ -146,9 +149,9 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
       return { resourceId: req.resourceId, providerId: dir, state: { dir }, cwd: dir, details: { hostname: hostname(), cwd: dir, workspaceOwned: true, ...isolation } };
     },
 
-    async exec(env, resource, spec, signal): Promise<ExecutionHandle> {
+    async exec(env, resource, spec): Promise<ExecutionHandle> {
       const cfg = configOf(env);
-      if (sandboxed(cfg)) return execSandboxed(cfg, resource.resourceId, spec, signal);
+      if (sandboxed(cfg)) return execSandboxed(cfg, resource.resourceId, spec);
       const id = randomUUID();
       let attach!: (sink: OutputListener) => void;
       const sink = new Promise<OutputListener>((r) => (attach = r));
@@ -174,13 +177,13 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
       const t = new URL(target);
       if (t.protocol !== 'http:') return direct;
       const port = Number(t.port || 80);
-      const route: SandboxRoute = { port, target: { host: t.hostname.replace(/^\[|\]$/g, ''), port }, relay: null };
+      const route: SandboxRoute = { port, target: { host: t.hostname.replace(/^\[|\]$/g, ''), port }, net: null };
       routes.set(resource.resourceId, route);
       return {
         url: `http://127.0.0.1:${port}${t.pathname.replace(/\/+$/, '')}`,
         close: async () => {
           if (routes.get(resource.resourceId) === route) routes.delete(resource.resourceId);
-          await route.relay?.close();
+          await route.net?.close();
         },
       };
     },
@@ -219,6 +222,12 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
 
     async destroy(_env, resource): Promise<CleanupReport> {
       return removeOwnWorkspace(root(), resource.resourceId);
+    },
+
+    /** Let go of the network namespaces held ready for sandboxed runs. */
+    close() {
+      for (const spare of spares.values()) void spare.then((n) => n.close(), () => {});
+      spares.clear();
     },
 
     async *list(env): AsyncIterable<ListedResource> {
