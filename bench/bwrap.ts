@@ -6,7 +6,7 @@
 // sandbox itself costs. Target: bubblewrap adds at most +10 ms p50 over the un-isolated run.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openDatabase } from '../src/db/client.js';
 import { localDriver } from '../src/drivers/local/driver.js';
@@ -33,7 +33,8 @@ const scratch = await createScratchDatabase();
 const database = await openDatabase({ databaseUrl: scratch.url, poolSize: 16 });
 try {
   const s = createServices(database.db);
-  const bench = await startBenchRuntime({ services: s, db: database.db, drivers: new Map([['local', localDriver({ workspaceRoot })]]) });
+  const local = localDriver({ workspaceRoot });
+  const bench = await startBenchRuntime({ services: s, db: database.db, drivers: new Map([['local', local]]) });
   // One local environment per company: one company per variant.
   const variant = async (name: string, config: Record<string, unknown>) => {
     const company = await s.companies.create({ name: `bench bwrap ${name}` });
@@ -61,11 +62,12 @@ try {
   for (let i = 0; i < 10; i++) await once(false);
   for (let i = 0; i < RUNS; i++) await once(true);
   await bench.runtime.stop({ graceMs: 0 });
+  local.close?.();
 
   const sorted = (xs: number[]) => [...xs].sort((x, y) => x - y);
   const p = (xs: number[], q: number) => percentile(sorted(xs), q);
   const line = (label: string, xs: number[]) => `${label.padEnd(34)} p50 ${fmt(p(xs, 50)).padStart(6)} ms  p95 ${fmt(p(xs, 95)).padStart(6)} ms`;
-  console.log(`${RUNS} of each, interleaved (PostgreSQL, after 10 warm-up rounds):`);
+  console.log(`${RUNS} of each, interleaved (PostgreSQL, after 10 warm-up rounds; load average ${loadavg().map((l) => fmt(l, 2)).join(' ')}):`);
   console.log(line('bare spawn of `true`', bare));
   console.log(line('bare `bwrap <sandbox> true`', bareBwrap));
   const base = variants[0]!;

@@ -61,22 +61,26 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
   /** Routes to the server opened for sandboxed runs with no network, by resource id: exec starts their relays. */
   const routes = new Map<string, SandboxRoute>();
   /**
-   * One network namespace with its relay held ready per route target, made after a run
-   * takes the last one: the relay's start-up (a node process) stays off the next run's path.
+   * One network namespace with its relay held ready per route target, made once a run that
+   * took the last one has ended: the relay's start-up (a node process) is neither on the
+   * next run's path nor competing with the run that needed it.
    */
   const spares = new Map<string, Promise<SandboxNet>>();
+  const spareKey = (bwrap: string, route: SandboxRoute) => `${bwrap}|${route.port}|${route.target.host}|${route.target.port}`;
   const takeNet = async (bwrap: string, route: SandboxRoute): Promise<SandboxNet> => {
-    const key = `${bwrap}|${route.port}|${route.target.host}|${route.target.port}`;
+    const key = spareKey(bwrap, route);
     const ready = spares.get(key);
     spares.delete(key);
-    const net = (ready ? await ready.catch(() => null) : null) ?? (await openSandboxNet(bwrap, route.port, route.target));
-    if (!spares.has(key)) {
-      const next = openSandboxNet(bwrap, route.port, route.target);
-      next.catch(() => spares.get(key) === next && spares.delete(key));
-      spares.set(key, next);
-    }
-    return net;
+    return (ready ? await ready.catch(() => null) : null) ?? (await openSandboxNet(bwrap, route.port, route.target));
   };
+  const refill = (bwrap: string, route: SandboxRoute): void => {
+    const key = spareKey(bwrap, route);
+    if (spares.has(key) || closed) return;
+    const next = openSandboxNet(bwrap, route.port, route.target);
+    next.catch(() => spares.get(key) === next && spares.delete(key));
+    spares.set(key, next);
+  };
+  let closed = false;
 
   /** Stop an execution nobody watches yet: its output is dropped so it can exit, and it is forgotten once it has. */
   const killUnwatched = async (execId: string): Promise<void> => {
@@ -113,7 +117,7 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
     const command = net ? { command: 'nsenter', args: [`--net=${net.nsPath}`, '--', check.path, ...args] } : { command: check.path, args };
     const proc = startLocalProcess({ ...spec, ...command }, async (stream, text) => (await sink)(stream, text));
     live.set(id, { proc, sink, attach, watched: false });
-    if (net) void proc.exited.then(() => net.close());
+    if (net) void proc.exited.then(() => (refill(check.path, route!), net.close()));
     const pid = await proc.spawned;
     const identity = pid === null ? null : processIdentity(pid);
     return { driver: 'local', host: host(), ref: { execId: id, pid, identity, isolation: 'bubblewrap' } };
@@ -183,7 +187,8 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
         url: `http://127.0.0.1:${port}${t.pathname.replace(/\/+$/, '')}`,
         close: async () => {
           if (routes.get(resource.resourceId) === route) routes.delete(resource.resourceId);
-          await route.net?.close();
+          // Not awaited: the sandbox is gone by now, and the relay's exit need not hold up the run's finish.
+          void route.net?.close();
         },
       };
     },
@@ -226,6 +231,7 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
 
     /** Let go of the network namespaces held ready for sandboxed runs. */
     close() {
+      closed = true;
       for (const spare of spares.values()) void spare.then((n) => n.close(), () => {});
       spares.clear();
     },
