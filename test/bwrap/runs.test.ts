@@ -305,6 +305,46 @@ describe('bubblewrap runs: where bwrap is missing', () => {
   });
 });
 
+describe('bubblewrap runs: where namespaces are not allowed', () => {
+  it('a bwrap that cannot make its namespaces fails the run with isolation_unavailable, with bwrap\'s own words', async () => {
+    // A stand-in for bwrap on a host without user namespaces: it answers --version, then refuses as bwrap does there.
+    const fake = join(root, 'bwrap-no-userns');
+    writeFileSync(fake, '#!/bin/sh\n[ "$1" = --version ] && { echo "bubblewrap 0.8.0"; exit 0; }\necho "bwrap: No permissions to create new namespace, likely because the kernel does not allow non-privileged user namespaces." >&2\nexit 1\n', { mode: 0o755 });
+    const before = process.env.BERTH_BWRAP;
+    process.env.BERTH_BWRAP = fake;
+    try {
+      const { env, agent, companyId } = await sandboxAgent({ command: 'true', args: [] });
+      const { run } = await runToEnd(agent.id);
+      expect(run.status).toBe('failed');
+      expect(run.errorCode).toBe('isolation_unavailable');
+      expect(run.error).toMatch(/cannot create a sandbox here: bwrap: No permissions to create new namespace.*user namespaces/);
+      const probe = await local.probe(await t.services.environments.getWithSecrets(companyId, env.id));
+      expect(probe.ok).toBe(false);
+      expect(probe.error).toMatch(/No permissions to create new namespace/);
+    } finally {
+      if (before === undefined) delete process.env.BERTH_BWRAP;
+      else process.env.BERTH_BWRAP = before;
+    }
+  });
+
+  it("a company's Local environment becomes sandboxed by a config update, and back", async () => {
+    const companyId = (await t.services.companies.create({ name: `Local Co ${++n}` })).id;
+    const env = await t.services.environments.ensureLocalEnvironment(companyId);
+    const agent = await t.services.agents.create(companyId, { name: `ns-${++n}`, adapterType: 'process', adapterConfig: { command: 'sh', args: ['-c', 'echo "ns=$(readlink /proc/self/ns/net)"'] } as never, defaultEnvironmentId: env.id });
+    companyOf.set(agent.id, companyId);
+    const hostNs = readlinkSync('/proc/self/ns/net');
+    const plain = await runToEnd(agent.id);
+    expect(plain.log).toContain(`ns=${hostNs}`);
+    await t.services.environments.update(companyId, env.id, { config: { isolation: 'bubblewrap' } } as never);
+    const boxed = await runToEnd(agent.id);
+    expect(boxed.run.status, boxed.log).toBe('succeeded');
+    expect(boxed.log).toMatch(/ns=net:\[\d+\]/);
+    expect(boxed.log).not.toContain(`ns=${hostNs}`);
+    await t.services.environments.update(companyId, env.id, { config: {} } as never);
+    expect((await runToEnd(agent.id)).log).toContain(`ns=${hostNs}`);
+  });
+});
+
 describe('bubblewrap config', () => {
   it.each([
     [{ isolation: 'docker' }, 'config.isolation'],
