@@ -165,7 +165,7 @@ export function sandboxArgs(cfg: LocalConfig, cwd: string, command: string, args
     .filter((p) => p !== '/' && p !== '/tmp' && kindOf(p) !== null)
     .sort((a, b) => a.length - b.length);
   const hiddenDirs = hidden.filter((p) => kindOf(p) === 'dir');
-  // A directory becomes an empty tmpfs (made read-only below); a file, an empty one.
+  // A directory becomes an empty tmpfs (made read-only below); a file, /dev/null bound where nothing can read it (nodev).
   for (const h of hidden) out.push(...(hiddenDirs.includes(h) ? ['--tmpfs', h] : ['--ro-bind', '/dev/null', h]));
   for (const p of cfg.readOnlyPaths ?? []) out.push('--ro-bind', resolve(p), resolve(p));
   for (const p of cfg.writablePaths ?? []) out.push('--bind', resolve(p), resolve(p));
