@@ -194,7 +194,7 @@ describe('bubblewrap runs: the network', () => {
     expect(run.status, log).toBe('succeeded');
     expect(log).toContain(`http=200 status=running id=${run.id} loopback=blocked external=blocked`);
     // The run's namespace and relay are gone with it: what is left is the one held ready for the next run.
-    await waitFor('the run\'s relay to be closed', async () => processesWith(fileURLToPath(new URL('../../src/drivers/isolation/relay-main.mjs', import.meta.url))).length === 1, 5000);
+    await waitFor('the run\'s relay to be closed', async () => processesWith(fileURLToPath(new URL('../../src/drivers/isolation/relay-main.pl', import.meta.url))).length === 1, 5000);
 
     // The positive control: on this machine, un-isolated, both listeners answer.
     const plain = await t.services.environments.ensureLocalEnvironment(companyId);

@@ -131,7 +131,7 @@ export async function openSandboxNet(bwrap: string, port: number, target: { host
     fd = openSync(`/proc/${init}/ns/net`, 'r');
     const ns = readlinkSync(`/proc/self/fd/${fd}`);
     if (ns === networkNamespaceOf('self')) throw new IsolationError('isolation_unavailable', 'the sandbox\'s network namespace turned out to be this server\'s');
-    relay = await startNetnsRelay({ pid: init, port, target, unref: true });
+    relay = await startNetnsRelay({ pid: init, port, target, unref: true, inside: 'perl' });
   } catch (err) {
     await close();
     throw err;
