@@ -1,29 +1,40 @@
-// The netns relay with its inside end in Perl (relay-main.pl), as sandboxed local runs use
-// it: it carries requests and large bodies both ways from inside an isolated namespace to
-// the server, several connections at once, fails with the reason on a taken port, and
-// once closed nothing listens inside any more.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+// The network a sandboxed run with no network joins (openSandboxNet): a fresh namespace
+// whose first process is the relay's Perl inside end (relay-main.pl). From inside it, the
+// server answers at the relay's port (requests, large bodies both ways, parallel
+// connections) and nothing else of the host does; the port cannot be taken twice; once
+// closed, nothing listens and no process of it is left.
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { networkNamespaceOf, startNetnsRelay } from '../../src/drivers/isolation/netns-relay.js';
-import { isAlive, waitFor } from '../support/wait.js';
+import { networkNamespaceOf, relayMainPerl } from '../../src/drivers/isolation/netns-relay.js';
+import { openSandboxNet } from '../../src/drivers/local/bwrap.js';
 
 const run = promisify(execFile);
-let isolated: ChildProcess;
 let api: http.Server;
 let apiPort: number;
 
-/** Run a node script inside the isolated namespace, as a sandboxed run would; its stdout. */
-async function inside(code: string): Promise<string> {
-  const { stdout } = await run('nsenter', [`--net=/proc/${isolated.pid}/ns/net`, '--', process.execPath, '--input-type=module', '-e', code], { encoding: 'utf8', timeout: 20_000 });
+/** Run a node script in the namespace at `nsPath`, as a sandboxed run would; its stdout. */
+async function inside(nsPath: string, code: string): Promise<string> {
+  const { stdout } = await run('nsenter', [`--net=${nsPath}`, '--', process.execPath, '--input-type=module', '-e', code], { encoding: 'utf8', timeout: 20_000 });
   return stdout.trim();
 }
 
+/** Pids on this host in the network namespace `ns` (`net:[inode]`). */
+const inNetwork = (ns: string) =>
+  readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        return readlinkSync(`/proc/${p}/ns/net`) === ns;
+      } catch {
+        return false;
+      }
+    });
+
 beforeAll(async () => {
-  // Echoes: GET /x answers "berth api /x"; POST answers the sha-less length and the first/last bytes of its body.
   api = http.createServer((req, res) => {
     if (req.method === 'POST') {
       let n = 0;
@@ -42,38 +53,51 @@ beforeAll(async () => {
   });
   await new Promise<void>((r) => api.listen(0, '127.0.0.1', () => r()));
   apiPort = (api.address() as AddressInfo).port;
-  isolated = spawn('unshare', ['--net', 'sh', '-c', 'ip link set lo up && exec sleep 600'], { stdio: 'ignore' });
-  await waitFor('the isolated namespace', async () => {
-    const ns = networkNamespaceOf(isolated.pid!);
-    return ns !== null && ns !== networkNamespaceOf('self') && readFileSync(`/proc/${isolated.pid}/cmdline`, 'utf8').startsWith('sleep');
-  }, 5000);
 });
 
 afterAll(async () => {
-  isolated?.kill('SIGKILL');
   await new Promise<void>((r) => api?.close(() => r()));
 });
 
-describe('netns relay, Perl inside end', () => {
-  it('carries requests, large bodies both ways and parallel connections; closed, nothing listens', async () => {
-    const relay = await startNetnsRelay({ pid: isolated.pid!, port: 43217, target: { host: '127.0.0.1', port: apiPort }, inside: 'perl' });
+describe('a sandbox network with its Perl relay', () => {
+  it('carries requests, large bodies both ways and parallel connections to the server, and nothing else; closed, nothing is left', async () => {
+    const net = await openSandboxNet('bwrap', 43217, { host: '127.0.0.1', port: apiPort });
+    const ns = readlinkSync(net.nsPath);
     try {
-      expect(readFileSync(`/proc/${relay.pid}/cmdline`, 'utf8')).toContain('relay-main.pl');
-      const out = await inside(`
-        const u = ${JSON.stringify(relay.url)};
+      const out = await inside(net.nsPath, `
+        const u = 'http://127.0.0.1:43217';
         const one = await (await fetch(u + '/api/health')).text();
         const big = (await (await fetch(u + '/big')).text()).length;
         const body = 'a' + 'b'.repeat(3 * 1024 * 1024) + 'c';
         const up = await (await fetch(u + '/up', { method: 'POST', body })).text();
         const many = await Promise.all(Array.from({ length: 20 }, (_, i) => fetch(u + '/p' + i).then((r) => r.text())));
         const direct = await fetch('http://127.0.0.1:${apiPort}/x').then(() => 'open', (e) => e.cause?.code ?? 'error');
-        console.log(JSON.stringify({ one, big, up, many: many.every((t, i) => t === 'berth api /p' + i), direct }));`);
-      expect(JSON.parse(out)).toEqual({ one: 'berth api /api/health', big: 4 * 1024 * 1024, up: `got ${3 * 1024 * 1024 + 2} ac`, many: true, direct: 'ECONNREFUSED' });
-      await expect(startNetnsRelay({ pid: isolated.pid!, port: 43217, target: { host: '127.0.0.1', port: apiPort }, inside: 'perl' })).rejects.toThrow(/cannot listen on 127.0.0.1:43217.*in use/i);
+        const { readlinkSync } = await import('node:fs');
+        console.log(JSON.stringify({ one, big, up, many: many.every((t, i) => t === 'berth api /p' + i), direct, ns: readlinkSync('/proc/self/ns/net') }));`);
+      const seen = JSON.parse(out);
+      expect(seen).toMatchObject({ one: 'berth api /api/health', big: 4 * 1024 * 1024, up: `got ${3 * 1024 * 1024 + 2} ac`, many: true, direct: 'ECONNREFUSED' });
+      expect(seen.ns).toBe(ns);
+      expect(ns).not.toBe(networkNamespaceOf('self'));
+      // The port is the relay's: a second listener there is refused, with the reason.
+      const again = await run('nsenter', [`--net=${net.nsPath}`, '--', 'perl', relayMainPerl, '43217', '/nonexistent', 'nostdin'], { encoding: 'utf8' }).then(
+        () => 'listened',
+        (e: { code?: number; stderr?: string }) => `${e.code} ${e.stderr}`,
+      );
+      expect(again).toMatch(/^3 relay: cannot listen on 127\.0\.0\.1:43217 in this network namespace: Address already in use/);
+      // Held by the relay (and bwrap's init), nothing else.
+      const held = inNetwork(ns).map((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').slice(0, 2).join(' '));
+      expect(held.length).toBeGreaterThan(0);
+      for (const h of held) expect(h).toMatch(/^(bwrap --die-with-parent|perl .*relay-main\.pl)/);
     } finally {
-      await relay.close();
+      await net.close();
     }
-    expect(isAlive(relay.pid)).toBe(false);
-    expect(await inside(`console.log(await fetch('http://127.0.0.1:43217/').then(() => 'open', (e) => e.cause?.code))`)).toBe('ECONNREFUSED');
+    await net.close(); // twice is fine
+    const deadline = Date.now() + 5000;
+    while (inNetwork(ns).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(inNetwork(ns)).toEqual([]);
+  });
+
+  it('a port that cannot be listened on fails with the relay\'s reason', async () => {
+    await expect(openSandboxNet('bwrap', 70000, { host: '127.0.0.1', port: apiPort })).rejects.toThrow(/relay for a sandbox with no network could not start: it exited \(code 2\): usage: relay-main.pl/);
   });
 });

@@ -10,7 +10,6 @@ import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFile
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { homedir, networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { serve, type ServerType } from '@hono/node-server';
 import pino from 'pino';
 import { localDriver } from '../../src/drivers/local/driver.js';
@@ -52,6 +51,8 @@ const u = process.env.PAPERCLIP_API_URL;
 const r = await fetch(u + '/api/heartbeat-runs/' + process.env.PAPERCLIP_RUN_ID, { headers: { authorization: 'Bearer ' + process.env.PAPERCLIP_API_KEY } });
 const body = await r.json();
 const [lp, ep, eh] = process.argv.slice(1);
+const { readlinkSync } = await import('node:fs');
+console.log('ns=' + readlinkSync('/proc/self/ns/net'));
 console.log('http=' + r.status + ' status=' + body.status + ' id=' + body.id + ' loopback=' + (await reach('127.0.0.1', Number(lp))) + ' external=' + (await reach(eh, Number(ep))));`;
 
 function listen(host: string): Promise<Server> {
@@ -124,6 +125,20 @@ async function runToEnd(agentId: string, ms = 60_000): Promise<{ run: HeartbeatR
 }
 const logOf = async (runId: string, co: string) => (await t.services.runs.readLog(co, runId, { limit: 10_000 })).map((c) => c.chunk).join('');
 
+/** Pids on this host in the network namespace `ns` (`net:[inode]`). */
+function processesInNetwork(ns: string): number[] {
+  return readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        return readlinkSync(`/proc/${p}/ns/net`) === ns;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
 /** Pids on this host running `sleep <marker>`. */
 const sleepers = (marker: string) => processesWith(`sleep\0${marker}\0`);
 
@@ -193,8 +208,10 @@ describe('bubblewrap runs: the network', () => {
     const { run, log } = await runToEnd(agent.id);
     expect(run.status, log).toBe('succeeded');
     expect(log).toContain(`http=200 status=running id=${run.id} loopback=blocked external=blocked`);
-    // The run's namespace and relay are gone with it: what is left is the one held ready for the next run.
-    await waitFor('the run\'s relay to be closed', async () => processesWith(fileURLToPath(new URL('../../src/drivers/isolation/relay-main.pl', import.meta.url))).length === 1, 5000);
+    // The run's namespace is gone with it: no process is left in it (its relay included).
+    const ns = /ns=(net:\[\d+\])/.exec(log)?.[1];
+    expect(ns, log).toBeDefined();
+    await waitFor('the run\'s namespace to be empty', async () => processesInNetwork(ns!).length === 0, 5000);
 
     // The positive control: on this machine, un-isolated, both listeners answer.
     const plain = await t.services.environments.ensureLocalEnvironment(companyId);

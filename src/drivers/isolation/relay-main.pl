@@ -2,18 +2,20 @@
 # as relay-main.mjs (listen on 127.0.0.1:<port> in the namespace nsenter put it in, carry
 # each connection to the unix socket <path>, print `ready <port>` once listening, end when
 # stdin closes or on SIGTERM), at a tenth of node's start-up cost: a relay per sandboxed
-# run (bwrap.ts) starts in milliseconds. Only modules of perl-base, which every Debian
-# system has. One forked process per connection; either side's end or error ends both,
-# as splice.mjs does.
+# run (../local/bwrap.ts) starts in milliseconds. Only modules of perl-base, which every
+# Debian system has. One forked process per connection; either side's end or error ends
+# both, as splice.mjs does. With `nostdin` it does not watch stdin: whoever started it
+# holds it otherwise (a cgroup, a pid namespace that ends with its parent).
 #
-#   perl relay-main.pl <port> <unix socket path>
+#   perl relay-main.pl <port> <unix socket path> [nostdin]
 use strict;
 use warnings;
 use IO::Socket::INET;
 use IO::Socket::UNIX;
 use IO::Select;
 
-my ($port, $path) = @ARGV;
+my ($port, $path, $mode) = @ARGV;
+my $watch_stdin = !(defined $mode && $mode eq 'nostdin');
 unless (defined $port && $port =~ /^\d{1,5}$/ && $port >= 1 && $port <= 65535 && defined $path && length $path) {
   print STDERR "usage: relay-main.pl <port 1-65535> <unix socket path>\n";
   exit 2;
@@ -50,7 +52,7 @@ sub carry {
 }
 
 my $stdin = IO::Handle->new_from_fd(fileno(STDIN), 'r');
-my $sel = IO::Select->new($listener, $stdin);
+my $sel = IO::Select->new($listener, $watch_stdin ? ($stdin) : ());
 while (1) {
   for my $h ($sel->can_read) {
     if ($h == $stdin) {

@@ -11,15 +11,16 @@
 //     port of PAPERCLIP_API_URL: the run reaches Berth and nothing else. The namespace and
 //     its relay are made before the run starts (openSandboxNet; the driver keeps one
 //     ready), so the command starts with its route open and the relay's start-up is not
-//     on the run's path.
+//     on the run's path; the relay's inside end is in Perl and starts in a few ms.
 // The run's variables (secrets among them) reach it through the environment bwrap
 // inherits, never as arguments.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { resolve } from 'node:path';
 import { berthHome } from '../../db/client.js';
-import { networkNamespaceOf, startNetnsRelay, type NetnsRelay } from '../isolation/netns-relay.js';
+import { networkNamespaceOf, openRelayOutside, relayMainPerl } from '../isolation/netns-relay.js';
+import { startLocalProcess } from './process-tree.js';
 import type { LocalConfig } from './descriptor.js';
 
 /** Why a sandboxed run cannot start (the run's errorCode, the probe's error). */
@@ -92,46 +93,60 @@ export async function checkBubblewrap(): Promise<BwrapCheck> {
  * A network namespace made ahead of a sandbox that has no network: only a loopback, where
  * Berth's relay to the server already listens. A sandbox joins it (nsenter, then bwrap
  * without --unshare-net), so its command starts with its route to Berth open. Each is
- * used by one run only, then closed. It is held by a `cat` in a bwrap of its own (its
- * stdin this server's: it ends when this server does) and named by a file descriptor of
+ * used by one run only, then closed. Its first process is the relay's inside end itself
+ * (relay-main.pl, in a bwrap of its own with no capabilities), started through the spawner
+ * helper like a run (its cgroup, and it dies with this server), connecting to an outside
+ * end in this server (openRelayOutside). The namespace is named by a file descriptor of
  * this server's, never by a pid that could be reused.
  */
 export interface SandboxNet {
   /** nsenter's `--net=` path: this server's descriptor of the namespace. */
   nsPath: string;
-  /** Stops the relay and the holder. Never throws; safe to call twice. */
+  /** Stops the relay. Never throws; safe to call twice. */
   close(): Promise<void>;
 }
 
-export async function openSandboxNet(bwrap: string, port: number, target: { host: string; port: number }): Promise<SandboxNet> {
-  const holder: ChildProcess = spawn(bwrap, ['--die-with-parent', '--unshare-net', '--unshare-pid', '--cap-drop', 'ALL', '--ro-bind', '/', '/', '--', 'cat'], { stdio: ['pipe', 'ignore', 'pipe'] });
+export async function openSandboxNet(bwrap: string, port: number, target: { host: string; port: number }, readyTimeoutMs = 5000): Promise<SandboxNet> {
+  const outside = await openRelayOutside(target);
+  let out = '';
   let stderr = '';
-  holder.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-1000)));
-  holder.once('error', () => {});
-  holder.unref();
-  for (const io of [holder.stdin, holder.stderr]) (io as unknown as { unref?: () => void } | null)?.unref?.();
+  let listening!: () => void;
+  const ready = new Promise<void>((r) => (listening = r));
+  const proc = startLocalProcess(
+    {
+      command: bwrap,
+      args: ['--die-with-parent', '--unshare-net', '--unshare-pid', '--unshare-ipc', '--cap-drop', 'ALL', '--ro-bind', '/', '/', '--', 'perl', relayMainPerl, String(port), outside.socketPath, 'nostdin'],
+      cwd: '/',
+      env: { PATH: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin' },
+    },
+    (stream, text) => {
+      if (stream === 'stderr') stderr = (stderr + text).slice(-1000);
+      else if (/^ready \d+\n/.test((out += text))) listening();
+    },
+  );
   let fd: number | null = null;
-  let relay: NetnsRelay | null = null;
   let closed = false;
   const close = async () => {
     if (closed) return;
     closed = true;
-    await relay?.close();
-    holder.stdin?.destroy();
-    holder.kill('SIGKILL');
+    proc.kill('SIGKILL');
     if (fd !== null) closeSync(fd);
+    await outside.close();
   };
   try {
-    const spawned = await new Promise<number | null>((done) => {
-      if (holder.pid) return done(holder.pid);
-      holder.once('error', () => done(null));
-    });
-    const init = spawned === null ? null : await sandboxInit(spawned);
-    if (init === null) throw new IsolationError('isolation_unavailable', `bubblewrap (${bwrap}) could not make a network namespace for the sandbox${stderr.trim() ? `: ${stderr.trim()}` : ''}`);
+    let timer: NodeJS.Timeout | undefined;
+    const outcome = await Promise.race([
+      ready.then(() => 'ready' as const),
+      proc.exited.then((e) => `it exited (${e.spawnError ?? e.signal ?? `code ${e.exitCode}`})`),
+      new Promise<string>((r) => (timer = setTimeout(() => r(`it did not listen within ${readyTimeoutMs} ms`), readyTimeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (outcome !== 'ready') throw new IsolationError('isolation_unavailable', `the relay for a sandbox with no network could not start: ${outcome}${stderr.trim() ? `: ${stderr.trim()}` : ''}`);
+    const pid = await proc.spawned;
+    const init = pid === null ? null : await sandboxInit(pid);
+    if (init === null) throw new IsolationError('isolation_unavailable', 'the relay for a sandbox with no network ended before its namespace could be taken');
     fd = openSync(`/proc/${init}/ns/net`, 'r');
-    const ns = readlinkSync(`/proc/self/fd/${fd}`);
-    if (ns === networkNamespaceOf('self')) throw new IsolationError('isolation_unavailable', 'the sandbox\'s network namespace turned out to be this server\'s');
-    relay = await startNetnsRelay({ pid: init, port, target, unref: true, inside: 'perl' });
+    if (readlinkSync(`/proc/self/fd/${fd}`) === networkNamespaceOf('self')) throw new IsolationError('isolation_unavailable', "the sandbox's network namespace turned out to be this server's");
   } catch (err) {
     await close();
     throw err;
