@@ -97,6 +97,15 @@ describe('a sandbox network with its Perl relay', () => {
     expect(inNetwork(ns)).toEqual([]);
   });
 
+  it('listens on a port below 1024 too (a server on port 80)', async () => {
+    const net = await openSandboxNet('bwrap', 80, { host: '127.0.0.1', port: apiPort });
+    try {
+      expect(await inside(net.nsPath, `console.log(await (await fetch('http://127.0.0.1:80/low')).text())`)).toBe('berth api /low');
+    } finally {
+      await net.close();
+    }
+  });
+
   it('a port that cannot be listened on fails with the relay\'s reason', async () => {
     await expect(openSandboxNet('bwrap', 70000, { host: '127.0.0.1', port: apiPort })).rejects.toThrow(/relay for a sandbox with no network could not start: it exited \(code 2\): usage: relay-main.pl/);
   });

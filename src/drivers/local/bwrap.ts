@@ -115,7 +115,8 @@ export async function openSandboxNet(bwrap: string, port: number, target: { host
   const proc = startLocalProcess(
     {
       command: bwrap,
-      args: ['--die-with-parent', '--unshare-net', '--unshare-pid', '--unshare-ipc', '--cap-drop', 'ALL', '--ro-bind', '/', '/', '--', 'perl', relayMainPerl, String(port), outside.socketPath, 'nostdin'],
+      // Only the capability to listen on the server's port where it is below 1024.
+      args: ['--die-with-parent', '--unshare-net', '--unshare-pid', '--unshare-ipc', '--cap-drop', 'ALL', '--cap-add', 'CAP_NET_BIND_SERVICE', '--ro-bind', '/', '/', '--', 'perl', relayMainPerl, String(port), outside.socketPath, 'nostdin'],
       cwd: '/',
       env: { PATH: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin' },
     },
