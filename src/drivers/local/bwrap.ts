@@ -102,6 +102,8 @@ export async function checkBubblewrap(): Promise<BwrapCheck> {
 export interface SandboxNet {
   /** nsenter's `--net=` path: this server's descriptor of the namespace. */
   nsPath: string;
+  /** False once its relay has ended (killed, or its spawner helper died): a spare in that state is of no use. */
+  alive(): boolean;
   /** Stops the relay. Never throws; safe to call twice. */
   close(): Promise<void>;
 }
@@ -127,6 +129,8 @@ export async function openSandboxNet(bwrap: string, port: number, target: { host
   );
   let fd: number | null = null;
   let closed = false;
+  let exited = false;
+  void proc.exited.then(() => (exited = true));
   const close = async () => {
     if (closed) return;
     closed = true;
@@ -152,7 +156,7 @@ export async function openSandboxNet(bwrap: string, port: number, target: { host
     await close();
     throw err;
   }
-  return { nsPath: `/proc/${process.pid}/fd/${fd}`, close };
+  return { nsPath: `/proc/${process.pid}/fd/${fd}`, alive: () => !exited && !closed, close };
 }
 
 const kindOf = (p: string): 'dir' | 'file' | null => {

@@ -71,7 +71,10 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
     const key = spareKey(bwrap, route);
     const ready = spares.get(key);
     spares.delete(key);
-    return (ready ? await ready.catch(() => null) : null) ?? (await openSandboxNet(bwrap, route.port, route.target));
+    const spare = ready ? await ready.catch(() => null) : null;
+    if (spare?.alive()) return spare;
+    void spare?.close();
+    return openSandboxNet(bwrap, route.port, route.target);
   };
   const refill = (bwrap: string, route: SandboxRoute): void => {
     const key = spareKey(bwrap, route);
