@@ -5,20 +5,32 @@
 # run (../local/bwrap.ts) starts in milliseconds. Only modules of perl-base, which every
 # Debian system has. One forked process per connection; either side's end or error ends
 # both, as splice.mjs does. With `nostdin` it does not watch stdin: whoever started it
-# holds it otherwise (a cgroup, a pid namespace that ends with its parent).
+# holds it otherwise (a cgroup). With `lo-up` it first brings up the loopback of a
+# namespace just made for it (`unshare --net`), which needs CAP_NET_ADMIN there.
 #
-#   perl relay-main.pl <port> <unix socket path> [nostdin]
+#   perl relay-main.pl <port> <unix socket path> [nostdin] [lo-up]
 use strict;
 use warnings;
+use Socket qw(AF_INET SOCK_DGRAM SOCK_STREAM);
 use IO::Socket::INET;
 use IO::Socket::UNIX;
 use IO::Select;
 
-my ($port, $path, $mode) = @ARGV;
-my $watch_stdin = !(defined $mode && $mode eq 'nostdin');
+my ($port, $path, @flags) = @ARGV;
+my %flag = map { $_ => 1 } @flags;
+my $watch_stdin = !$flag{nostdin};
 unless (defined $port && $port =~ /^\d{1,5}$/ && $port >= 1 && $port <= 65535 && defined $path && length $path) {
   print STDERR "usage: relay-main.pl <port 1-65535> <unix socket path>\n";
   exit 2;
+}
+if ($flag{'lo-up'}) {
+  # SIOCGIFFLAGS / SIOCSIFFLAGS on `lo` (struct ifreq: 16 bytes of name, 24 of union): add IFF_UP | IFF_RUNNING.
+  socket(my $s, AF_INET, SOCK_DGRAM, 0) or do { print STDERR "relay: no socket to bring up lo: $!\n"; exit 4 };
+  my $ifr = pack('a16 x24', 'lo');
+  ioctl($s, 0x8913, $ifr) or do { print STDERR "relay: cannot read the flags of lo: $!\n"; exit 4 };
+  my $flags = unpack('x16 s', $ifr);
+  ioctl($s, 0x8914, pack('a16 s x22', 'lo', $flags | 0x1 | 0x40)) or do { print STDERR "relay: cannot bring up lo: $!\n"; exit 4 };
+  close $s;
 }
 my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port, Listen => 128, ReuseAddr => 1, Proto => 'tcp');
 unless ($listener) {

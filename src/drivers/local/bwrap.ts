@@ -15,7 +15,7 @@
 // The run's variables (secrets among them) reach it through the environment bwrap
 // inherits, never as arguments.
 import { execFile } from 'node:child_process';
-import { closeSync, openSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { closeSync, openSync, readlinkSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { resolve } from 'node:path';
 import { berthHome } from '../../db/client.js';
@@ -93,10 +93,10 @@ export async function checkBubblewrap(): Promise<BwrapCheck> {
  * A network namespace made ahead of a sandbox that has no network: only a loopback, where
  * Berth's relay to the server already listens. A sandbox joins it (nsenter, then bwrap
  * without --unshare-net), so its command starts with its route to Berth open. Each is
- * used by one run only, then closed. Its first process is the relay's inside end itself
- * (relay-main.pl, in a bwrap of its own with no capabilities), started through the spawner
- * helper like a run (its cgroup, and it dies with this server), connecting to an outside
- * end in this server (openRelayOutside). The namespace is named by a file descriptor of
+ * used by one run only, then closed. Its only process is the relay's inside end itself
+ * (`unshare --net perl relay-main.pl`, which brings up its loopback), started through the
+ * spawner helper like a run (its cgroup, and it dies with this server), connecting to an
+ * outside end in this server (openRelayOutside). The namespace is named by a file descriptor of
  * this server's, never by a pid that could be reused.
  */
 export interface SandboxNet {
@@ -108,7 +108,7 @@ export interface SandboxNet {
   close(): Promise<void>;
 }
 
-export async function openSandboxNet(bwrap: string, port: number, target: { host: string; port: number }, readyTimeoutMs = 5000): Promise<SandboxNet> {
+export async function openSandboxNet(port: number, target: { host: string; port: number }, readyTimeoutMs = 5000): Promise<SandboxNet> {
   const outside = await openRelayOutside(target);
   let out = '';
   let stderr = '';
@@ -116,9 +116,9 @@ export async function openSandboxNet(bwrap: string, port: number, target: { host
   const ready = new Promise<void>((r) => (listening = r));
   const proc = startLocalProcess(
     {
-      command: bwrap,
-      // Only the capability to listen on the server's port where it is below 1024.
-      args: ['--die-with-parent', '--unshare-net', '--unshare-pid', '--unshare-ipc', '--cap-drop', 'ALL', '--cap-add', 'CAP_NET_BIND_SERVICE', '--ro-bind', '/', '/', '--', 'perl', relayMainPerl, String(port), outside.socketPath, 'nostdin'],
+      // A network namespace of its own (unshare, util-linux), its loopback brought up by the relay.
+      command: 'unshare',
+      args: ['--net', '--', 'perl', relayMainPerl, String(port), outside.socketPath, 'nostdin', 'lo-up'],
       cwd: '/',
       env: { PATH: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin' },
     },
@@ -147,10 +147,10 @@ export async function openSandboxNet(bwrap: string, port: number, target: { host
     ]);
     clearTimeout(timer);
     if (outcome !== 'ready') throw new IsolationError('isolation_unavailable', `the relay for a sandbox with no network could not start: ${outcome}${stderr.trim() ? `: ${stderr.trim()}` : ''}`);
+    // The relay is unshare's exec: the process said ready from inside its namespace.
     const pid = await proc.spawned;
-    const init = pid === null ? null : await sandboxInit(pid);
-    if (init === null) throw new IsolationError('isolation_unavailable', 'the relay for a sandbox with no network ended before its namespace could be taken');
-    fd = openSync(`/proc/${init}/ns/net`, 'r');
+    if (pid === null) throw new IsolationError('isolation_unavailable', 'the relay for a sandbox with no network ended before its namespace could be taken');
+    fd = openSync(`/proc/${pid}/ns/net`, 'r');
     if (readlinkSync(`/proc/self/fd/${fd}`) === networkNamespaceOf('self')) throw new IsolationError('isolation_unavailable', "the sandbox's network namespace turned out to be this server's");
   } catch (err) {
     await close();
@@ -195,28 +195,4 @@ export function sandboxArgs(cfg: LocalConfig, cwd: string, command: string, args
   out.push('--chdir', workspace, '--');
   out.push(command, ...args);
   return out;
-}
-
-/**
- * The sandbox's first process (its pid namespace's init, on this host's pid numbering):
- * the child of bwrap that is in a network namespace other than this server's. Waits for
- * bwrap to make it (a few ms); null if bwrap exits first or `timeoutMs` passes.
- */
-export async function sandboxInit(bwrapPid: number, timeoutMs = 5000): Promise<number | null> {
-  const own = networkNamespaceOf('self');
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    let children: number[];
-    try {
-      children = readFileSync(`/proc/${bwrapPid}/task/${bwrapPid}/children`, 'utf8').split(/\s+/).filter(Boolean).map(Number);
-    } catch {
-      return null; // bwrap is gone
-    }
-    for (const c of children) {
-      const ns = networkNamespaceOf(c);
-      if (ns !== null && ns !== own) return c;
-    }
-    await new Promise((r) => setTimeout(r, 1));
-  }
-  return null;
 }

@@ -74,12 +74,12 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
     const spare = ready ? await ready.catch(() => null) : null;
     if (spare?.alive()) return spare;
     void spare?.close();
-    return openSandboxNet(bwrap, route.port, route.target);
+    return openSandboxNet(route.port, route.target);
   };
   const refill = (bwrap: string, route: SandboxRoute): void => {
     const key = spareKey(bwrap, route);
     if (spares.has(key) || closed) return;
-    const next = openSandboxNet(bwrap, route.port, route.target);
+    const next = openSandboxNet(route.port, route.target);
     next.catch(() => spares.get(key) === next && spares.delete(key));
     spares.set(key, next);
   };
