@@ -2,7 +2,7 @@
 # Debian's bubblewrap, installed if missing, then proven able to make the namespaces a
 # sandbox needs (pid, ipc, uts, network; user namespaces where it runs unprivileged), with
 # the same flags Berth uses. The relay into a sandbox's network also needs nsenter and
-# setpriv (util-linux) and mkfifo (coreutils). Sourced by scripts/test-env.sh.
+# unshare (util-linux) and perl (perl-base). Sourced by scripts/test-env.sh.
 
 berth_ensure_bwrap() {
   if ! command -v bwrap >/dev/null 2>&1; then
@@ -10,8 +10,8 @@ berth_ensure_bwrap() {
     command -v bwrap >/dev/null 2>&1 || { berth_log "bubblewrap installed but no bwrap on PATH"; return 1; }
   fi
   local t
-  for t in nsenter setpriv mkfifo; do
-    command -v "$t" >/dev/null 2>&1 || { berth_log "bubblewrap runs need $t (util-linux / coreutils) and it is missing"; return 1; }
+  for t in nsenter unshare perl; do
+    command -v "$t" >/dev/null 2>&1 || { berth_log "bubblewrap runs need $t (util-linux / perl-base) and it is missing"; return 1; }
   done
   local err
   if ! err=$(bwrap --die-with-parent --new-session --unshare-pid --unshare-ipc --unshare-uts --unshare-net --cap-drop ALL \
