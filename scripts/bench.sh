@@ -11,5 +11,6 @@ case "$1" in
   ssh) berth_ensure_sshd || exit 1 ;;
   dashboard) berth_ensure_chromium || exit 1 ;;
   containers) berth_ensure_docker || exit 1 ;;
+  bwrap) berth_ensure_bwrap || exit 1 ;;
 esac
 npx tsx "bench/$1.ts" "${@:2}"

@@ -9,6 +9,10 @@
 // the namespace of a process of the run (needs root, as the engines here do). It is this
 // server's child with a parent-death signal, so it never outlives the server, and it holds
 // nothing of the run's but the namespace.
+//
+// A bubblewrap sandbox (../local/bwrap.ts) starts its inside end another way: the first
+// process of a fresh network namespace is relay-main.pl (the same contract in Perl, quick
+// to start), connecting to an outside end opened with openRelayOutside.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -80,17 +84,21 @@ function sweepDeadServersDirs(): void {
   }
 }
 
-export async function startNetnsRelay(opts: NetnsRelayOptions): Promise<NetnsRelay> {
-  const { pid, port, target } = opts;
-  if (!Number.isInteger(pid) || pid < 1) throw new RelayError(`relay: no process ${pid} to take a network namespace from`);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RelayError(`relay: port ${port} is not 1-65535`);
-  const theirs = networkNamespaceOf(pid);
-  if (theirs === null) throw new RelayError(`relay: process ${pid} is gone, or its network namespace cannot be read (the relay needs root)`);
-  if (theirs === networkNamespaceOf('self')) {
-    throw new RelayError(`relay: process ${pid} shares this server's network namespace: it needs no relay, and one would listen on the host`);
-  }
+/** The outside end of a relay: a unix socket, as a relay's inside end connects to it. */
+export interface RelayOutside {
+  socketPath: string;
+  /** The connections being carried. */
+  carried: Set<net.Socket>;
+  /** Ends every connection and removes the socket. Never throws; safe to call twice. */
+  close(): Promise<void>;
+}
 
-  // The outside end: a unix socket in a fresh 0700 directory, each connection carried to the target.
+/**
+ * The outside end alone: a unix socket in a fresh 0700 directory, each connection carried
+ * to the target. For an inside end started some other way than startNetnsRelay (a sandbox
+ * whose first process is the relay: ../local/bwrap.ts).
+ */
+export async function openRelayOutside(target: { host: string; port: number }): Promise<RelayOutside> {
   sweepDeadServersDirs();
   const dir = mkdtempSync(join(tmpdir(), `berth-relay-${process.pid}-`));
   const socketPath = join(dir, 's');
@@ -105,6 +113,34 @@ export async function startNetnsRelay(opts: NetnsRelayOptions): Promise<NetnsRel
     rmSync(dir, { recursive: true, force: true });
     throw new RelayError(`relay: cannot listen on ${socketPath}: ${(err as Error).message}`);
   }
+  let closed = false;
+  return {
+    socketPath,
+    carried,
+    async close() {
+      if (closed) return;
+      closed = true;
+      for (const c of carried) c.destroy();
+      await new Promise<void>((resolve) => outside.close(() => resolve()));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The inside end in Perl (perl-base only; the contract of relay-main.mjs): `perl <this> <port> <socket> [nostdin]`. */
+export const relayMainPerl = fileURLToPath(new URL('./relay-main.pl', import.meta.url));
+
+export async function startNetnsRelay(opts: NetnsRelayOptions): Promise<NetnsRelay> {
+  const { pid, port, target } = opts;
+  if (!Number.isInteger(pid) || pid < 1) throw new RelayError(`relay: no process ${pid} to take a network namespace from`);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RelayError(`relay: port ${port} is not 1-65535`);
+  const theirs = networkNamespaceOf(pid);
+  if (theirs === null) throw new RelayError(`relay: process ${pid} is gone, or its network namespace cannot be read (the relay needs root)`);
+  if (theirs === networkNamespaceOf('self')) {
+    throw new RelayError(`relay: process ${pid} shares this server's network namespace: it needs no relay, and one would listen on the host`);
+  }
+
+  const { socketPath, close: closeOutside } = await openRelayOutside(target);
 
   // The inside end. setpriv's parent-death signal survives nsenter's exec: if this server
   // dies, the relay dies with it (and its stdin closes as well).
@@ -135,9 +171,7 @@ export async function startNetnsRelay(opts: NetnsRelayOptions): Promise<NetnsRel
       await gone;
       clearTimeout(killer);
     }
-    for (const c of carried) c.destroy();
-    await new Promise<void>((resolve) => outside.close(() => resolve()));
-    rmSync(dir, { recursive: true, force: true });
+    await closeOutside();
   };
 
   try {
