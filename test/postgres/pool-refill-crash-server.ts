@@ -1,7 +1,7 @@
 // A server (a process of its own) whose warm-pool refill stops dead inside a driver's
 // provision: the local workspace is made, then it writes POOL_MARKER and waits forever,
 // for test/postgres/pool-crash.test.ts to SIGKILL it right there.
-import { writeFileSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
 import { openDatabase } from '../../src/db/client.js';
 import { localDriver } from '../../src/drivers/local/driver.js';
 import { startRuntime } from '../../src/heartbeat/runtime.js';
@@ -21,7 +21,9 @@ await startRuntime({
       async provision(env, req, signal) {
         const r = await local.provision(env, req, signal);
         if (++made >= Number(process.env.POOL_HOLD_AFTER ?? 1)) {
-          writeFileSync(process.env.POOL_MARKER!, req.resourceId);
+          // Whole or not at all: the test reads it as soon as it exists.
+          writeFileSync(`${process.env.POOL_MARKER!}.${req.resourceId}`, req.resourceId);
+          renameSync(`${process.env.POOL_MARKER!}.${req.resourceId}`, process.env.POOL_MARKER!);
           await new Promise(() => {});
         }
         return r;
