@@ -412,7 +412,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   // Warm pools: every server with the driver refills (gate 'any'): reserve statements take the
   // pool's advisory lock, so two servers never fill one gap twice. A claim (any server's:
   // POOLS_CHANNEL) or this server's own wakes it at once; a wake while a pass runs makes
-  // another pass after it. With no pool anywhere it looks only once a minute.
+  // another pass after it. With wake-ups and no pool anywhere it looks only once a minute
+  // (a pool set anywhere notifies).
   const refiller = poolRefiller({ services: s, drivers, serverId, staleSeconds, onError });
   let refilling = false;
   let refillAgain = false;
@@ -421,7 +422,8 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   scheduler.every('pool-refill', poolRefillMs, {
     gate: 'any',
     timeoutMs: 5 * sweepDeadline + 300_000,
-    when: () => refiller.hasPools() || performance.now() - lastPoolLook >= 60_000,
+    // Without wake-ups a new pool is only found by looking: every tick then.
+    when: () => !wakeups || refiller.hasPools() || performance.now() - lastPoolLook >= 60_000,
   }, async () => {
     refilling = true;
     try {
