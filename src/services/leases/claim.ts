@@ -28,8 +28,8 @@ type ClaimVariant = `lease.claim-warm.${'ttl' | 'at' | 'no-expiry'}${'' | '.max-
  * claim holds (FOR UPDATE SKIP LOCKED: claimers on every server skip each other's, none
  * waits), its placeholder lease (status `pooled`, holding the member's capacity slot since
  * the refill reserved it) turned into this caller's active lease with a new fence, the member
- * marked leased, the lease's activity row, and a wake-up for the refill (POOLS_CHANNEL, at
- * commit). The slot does not change hands, so a claim never changes how many places are held.
+ * marked leased, the lease's activity row, and, when it took the last ready member, a wake-up
+ * for every server's refill (POOLS_CHANNEL, at commit; the claiming server wakes its own). The slot does not change hands, so a claim never changes how many places are held.
  * Nothing when no member is ready, or when the caller already holds a lease under its
  * idempotency key or run (the normal acquire then finds it).
  */
@@ -77,7 +77,12 @@ export async function claimWarm(conn: Db, companyId: string, v: AcquireValues, a
         )})
         SELECT claimed.*, res.provider_id AS member_provider_id, res.state AS member_state, res.ready_details AS member_ready
         FROM claimed JOIN res ON res.id = claimed.resource_id
-          CROSS JOIN ${notifyEach(POOLS_CHANNEL, sql`claimed.environment_id`)}`;
+          -- Every server's refill is woken only when this took the last ready member (a burst
+          -- all servers help refill); otherwise the claiming server wakes its own (in process):
+          -- a NOTIFY per claim would serialize every claim's commit on the notification queue.
+          CROSS JOIN ${notifyEach(POOLS_CHANNEL, sql`claimed.environment_id`, sql`NOT EXISTS (
+            SELECT 1 FROM provider_resources o WHERE o.environment_id = claimed.environment_id AND o.status = 'ready' AND o.pool_member
+              AND o.id <> claimed.resource_id)`)}`;
   }, {
     envId: v.environmentId,
     companyId,

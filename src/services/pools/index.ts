@@ -24,8 +24,11 @@
 // environment (FOR UPDATE SKIP LOCKED on its resource row, so concurrent claimers on every
 // server skip each other's and none waits), its placeholder turned into the caller's active
 // lease (new fence, its TTL, metadata.warm = true; the slot stays, so a claim never changes
-// how many places are held), the resource marked leased, the lease's activity row, and a
-// NOTIFY on POOLS_CHANNEL to wake the refill at commit. None ready (or the caller already has
+// how many places are held), the resource marked leased, the lease's activity row, and,
+// when it took the last ready member, a NOTIFY on POOLS_CHANNEL that wakes every server's
+// refill at commit (the claiming server wakes its own in process after every claim; a NOTIFY
+// per claim would serialize all claims' commits on PostgreSQL's notification queue: measured
+// in bench:pools, about half the claim rate at 16 clients). None ready (or the caller already has
 // its lease): the normal cold acquire, with metadata.warm = false. The run's
 // paperclipEnvironment says `warm: true|false` too. Idempotent acquire keeps working: the
 // claim skips a caller whose idempotency key or run already has a lease, and the cold path
