@@ -151,6 +151,33 @@ describe('warm pool on the local driver', () => {
     await t.services.leases.release(co.id, a.lease.id, { fence: a.lease.fence, status: 'released' });
   });
 
+  it("a run on a pool with no member ready yet is cold: warm: false in its paperclipEnvironment and lease", async () => {
+    const co = await t.services.companies.create({ name: 'Pool cold run' });
+    const env = await t.services.environments.ensureLocalEnvironment(co.id);
+    // The member's setup takes a while: the run comes first and finds none ready.
+    await t.services.environments.update(co.id, env.id, { pool: { minReady: 1, setup: { command: 'sleep 2', timeoutSeconds: 20 } } });
+    const runtime = await start();
+    try {
+      const agent = await t.services.agents.create(co.id, { name: 'cold', adapterType: 'process', adapterConfig: { command: 'true', args: [] } });
+      const run = await t.services.runs.invoke(co.id, agent.id);
+      const done = await waitFor('the run to finish', async () => {
+        const r = await t.services.runs.get(co.id, run.id);
+        return r.finishedAt ? r : null;
+      });
+      expect(done.status).toBe('succeeded');
+      expect((done.contextSnapshot.paperclipEnvironment as Record<string, unknown>).warm).toBe(false);
+      const lease = await t.services.leases.get(co.id, done.leaseId!);
+      expect(lease.metadata.warm).toBe(false);
+      const [res] = await queryRows(t.db, sql`SELECT pool_member FROM provider_resources WHERE id = ${lease.resourceId}`);
+      expect(res!.pool_member).toBe(false);
+      await waitFor('the member ready after its setup', async () => (await members(env.id, 'ready')).length === 1, 20_000);
+    } finally {
+      await t.services.environments.update(co.id, env.id, { pool: null });
+      await waitFor('the pool drained', async () => (await members(env.id, 'ready')).length === 0);
+      await runtime.stop({ graceMs: 0 });
+    }
+  });
+
   it('a warm claim is idempotent too, and members count toward the capacity', async () => {
     const co = await t.services.companies.create({ name: 'Pool capacity' });
     const env = await t.services.environments.ensureLocalEnvironment(co.id);
