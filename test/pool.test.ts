@@ -263,3 +263,21 @@ describe('warm pool on the local driver', () => {
     }
   });
 });
+
+describe('deleting a pooled environment', () => {
+  it('is refused while the pool holds members, saying how; once the pool is off and drained it goes', async () => {
+    const co = await t.services.companies.create({ name: 'Pool delete' });
+    const env = await t.services.environments.create(co.id, { name: 'pooled-ssh', driver: 'ssh', config: { host: 'h.invalid', username: 'u', remoteWorkspacePath: '/w', strictHostKeyChecking: false }, pool: { minReady: 1 } });
+    const [m] = await t.services.pools.reserve(env.id, 'srv_test');
+    await t.services.pools.markReady(m!.resourceId, { providerId: null, state: {}, cwd: '/w', details: {} });
+    const r = await t.services.environments.delete(co.id, env.id).then(() => null, (e: unknown) => e as { code: string; details: { reasons: string[] } });
+    expect(r?.code).toBe('conflict');
+    expect(r!.details.reasons).toContainEqual(expect.stringMatching(/warm pool holding 1 idle member: set its pool to null/));
+    expect(r!.details.reasons.some((x) => /not terminal/.test(x))).toBe(false);
+    // The pool off, its member retired (as a refill does) and destroyed (as resource GC does): deletable.
+    await t.services.environments.update(co.id, env.id, { pool: null });
+    expect(await t.services.pools.retire(env.id, { staleSeconds: 5, provisionDeadlineSeconds: 600 })).toEqual([m!.resourceId]);
+    await t.services.resources.recordDestroyAttempt(m!.resourceId, { ok: true });
+    await t.services.environments.delete(co.id, env.id);
+  });
+});

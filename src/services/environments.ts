@@ -274,7 +274,10 @@ export function environmentService(db: Db) {
               GROUP BY status ORDER BY status`,
         );
         const listed = (rows: typeof open) => rows.map((o) => `${o.n} ${o.status}`).join(', ');
-        const live = open.filter((o) => !o.terminal);
+        // A warm pool's idle members hold placeholder leases (status pooled): not anyone's leases.
+        const pooled = open.find((o) => o.status === 'pooled');
+        if (pooled) reasons.push(`it has a warm pool holding ${pooled.n} idle member${pooled.n === 1 ? '' : 's'}: set its pool to null and wait until they are destroyed`);
+        const live = open.filter((o) => !o.terminal && o.status !== 'pooled');
         const owing = open.filter((o) => o.terminal);
         if (live.length > 0) reasons.push(`it has leases that are not terminal (${listed(live)})`);
         if (owing.length > 0) reasons.push(`it has ended leases that still owe cleanup (${listed(owing)}): wait for their cleanup to finish`);
