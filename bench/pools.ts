@@ -16,12 +16,15 @@ import type { DriverEnvironment, EnvironmentDriver } from '../src/drivers/contra
 import { dockerDriver } from '../src/drivers/docker/driver.js';
 import { localDriver } from '../src/drivers/local/driver.js';
 import { resourceLabels } from '../src/heartbeat/run/provision.js';
+import { startRuntime } from '../src/heartbeat/runtime.js';
+import type { HeartbeatRun } from '../src/domain/types.js';
 import { createServices, type Services } from '../src/services/index.js';
 import { createScratchDatabase } from '../test/support/db.js';
 import { fmt, percentile, runConcurrent } from './support.js';
 
 const LATENCY_OPS = Number(process.env.BENCH_POOL_OPS ?? 300);
 const CONTAINER_OPS = Number(process.env.BENCH_POOL_CONTAINER_OPS ?? 20);
+const CONTAINER_RUNS = Number(process.env.BENCH_POOL_RUNS ?? 10);
 // A pool keeps at most 1000 idle members (MAX_POOL_MEMBERS): a round's warm side claims one full pool.
 const CLAIM_CYCLES = Math.min(1000, Number(process.env.BENCH_POOL_CLAIMS ?? 1000));
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -113,6 +116,69 @@ function line(name: string, side: Side): string {
 }
 const p50 = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
 
+/**
+ * Whole runs of `true` through the heartbeat runtime (invoke -> finished: claim, lease, the
+ * container, exec, release and its destroy), on a pooled and an unpooled environment of the
+ * same engine and image, interleaved; before each run the pool is back to full, so no refill
+ * runs during a timed run.
+ */
+async function runOverhead(s: Services, database: Database, drv: EnvironmentDriver, companyId: string, config: Record<string, unknown>): Promise<{ warm: number[]; cold: number[]; warmFlags: boolean[] }> {
+  const finished = new Map<string, (r: HeartbeatRun) => void>();
+  const runtime = await startRuntime({
+    services: s,
+    db: database.db,
+    drivers: new Map([[drv.kind, drv]]),
+    apiUrl: 'http://127.0.0.1:9',
+    localUrl: 'http://127.0.0.1:9',
+    poolRefillMs: 50,
+    onRunFinished: (r) => finished.get(r.id)?.(r),
+    onError: (where, err) => console.error(where, err),
+  });
+  try {
+    const pooled = await s.environments.create(companyId, { name: 'runs-pooled', driver: 'docker', config, pool: { minReady: 1, maxReady: 1 } } as never);
+    const plain = await s.environments.create(companyId, { name: 'runs-cold', driver: 'docker', config } as never);
+    const agentOn = async (envId: string, name: string) => (await s.agents.create(companyId, { name, adapterType: 'process', adapterConfig: { command: 'true', args: [] }, defaultEnvironmentId: envId, maxConcurrentRuns: 1 })).id;
+    const wa = await agentOn(pooled.id, 'true-warm');
+    const ca = await agentOn(plain.id, 'true-cold');
+    const poolFull = async () => {
+      for (;;) {
+        const st = (await s.pools.states([pooled.id])).get(pooled.id);
+        if (st && st.ready === 1) return;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    const once = async (agentId: string): Promise<{ ms: number; run: HeartbeatRun }> => {
+      const t = performance.now();
+      let done!: (r: HeartbeatRun) => void;
+      const ended = new Promise<HeartbeatRun>((r) => (done = r));
+      const run = await s.runs.invoke(companyId, agentId);
+      finished.set(run.id, done);
+      runtime.poke();
+      const r = await ended;
+      finished.delete(run.id);
+      if (r.status !== 'succeeded') throw new Error(`run ${r.id} ${r.status}: ${r.error}`);
+      return { ms: performance.now() - t, run: r };
+    };
+    const warm: number[] = [];
+    const cold: number[] = [];
+    const warmFlags: boolean[] = [];
+    for (let i = 0; i < CONTAINER_RUNS + 1; i++) {
+      await poolFull();
+      const w = await once(wa);
+      await poolFull();
+      const c = await once(ca);
+      if (i === 0) continue; // warm-up
+      warm.push(w.ms);
+      warmFlags.push((w.run.contextSnapshot.paperclipEnvironment as Record<string, unknown>).warm === true);
+      cold.push(c.ms);
+    }
+    await s.environments.update(companyId, pooled.id, { pool: null });
+    return { warm, cold, warmFlags };
+  } finally {
+    await runtime.stop({ graceMs: 0 });
+  }
+}
+
 async function main(): Promise<void> {
   const scratch = await createScratchDatabase();
   const database: Database = await openDatabase({ databaseUrl: scratch.url, poolSize: 20 });
@@ -148,6 +214,12 @@ async function main(): Promise<void> {
         console.log(line('cold', c.cold));
         console.log(`  cold/warm p50 ${fmt(p50(c.cold.lat) / p50(c.warm.lat), 1)}x`);
         console.log(`  lease-to-ready + \`true\` in it: warm p50 ${fmt(p50(c.warmTrue), 1)} ms, cold p50 ${fmt(p50(c.coldTrue), 1)} ms (cold/warm ${fmt(p50(c.coldTrue) / p50(c.warmTrue), 2)}x)`);
+        const r = await runOverhead(s, database, dd, co.id, { endpoint: `unix://${socket}`, image });
+        const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
+        console.log(`\nruns of \`true\` in containers through the runtime (invoke -> finished), ${r.warm.length} each, interleaved:`);
+        console.log(`  warm   p50 ${fmt(p50(r.warm), 1).padStart(7)} ms  p99 ${fmt(percentile(sorted(r.warm), 99), 1).padStart(7)} ms  (${r.warmFlags.filter(Boolean).length} of ${r.warm.length} warm)`);
+        console.log(`  cold   p50 ${fmt(p50(r.cold), 1).padStart(7)} ms  p99 ${fmt(percentile(sorted(r.cold), 99), 1).padStart(7)} ms`);
+        console.log(`  cold/warm p50 ${fmt(p50(r.cold) / p50(r.warm), 2)}x; a warm run saves ${fmt(p50(r.cold) - p50(r.warm), 0)} ms at p50`);
       } finally {
         dd.close?.();
       }
