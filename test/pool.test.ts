@@ -244,9 +244,11 @@ describe('warm pool on the local driver', () => {
       expect(String(acts.items[0]?.details.output)).toContain('set-up-output');
 
       await t.services.environments.update(co.id, env.id, { pool: { minReady: 1, setup: { command: 'echo broken >&2; exit 3', timeoutSeconds: 20 } } });
-      // The existing member is claimable as it is; a new one fails its setup once it is gone.
+      // The member set up by the old command is retired by the change (never handed out); its replacement fails its setup.
+      const [gone] = await queryRows(t.db, sql`SELECT status FROM provider_resources WHERE id = ${m!.id}`);
+      expect(['destroying', 'destroyed']).toContain(gone!.status);
       const a = await t.services.leases.acquire(co.id, { environmentId: env.id, ttlSeconds: 60 }, undefined, { driver: 'local', reserveResource: true, warm: true });
-      expect(a.warm).toBe(true);
+      expect(a.warm).toBe(false);
       const st = await waitFor('a refill failure counted', async () => {
         const s = (await t.services.pools.states([env.id])).get(env.id)!;
         return s.refillFailures > 0 ? s : null;
@@ -279,5 +281,34 @@ describe('deleting a pooled environment', () => {
     expect(await t.services.pools.retire(env.id, { staleSeconds: 5, provisionDeadlineSeconds: 600 })).toEqual([m!.resourceId]);
     await t.services.resources.recordDestroyAttempt(m!.resourceId, { ok: true });
     await t.services.environments.delete(co.id, env.id);
+  });
+});
+
+describe('members made under an older environment', () => {
+  it('a member made before a config change is never claimed and is retired; new variables or setup retire ready members', async () => {
+    const co = await t.services.companies.create({ name: 'Pool config change' });
+    const ssh = { host: 'h.invalid', username: 'u', remoteWorkspacePath: '/w', strictHostKeyChecking: false };
+    const env = await t.services.environments.create(co.id, { name: 'pooled-ssh', driver: 'ssh', config: ssh, pool: { minReady: 2 } });
+    const made = await t.services.pools.reserve(env.id, 'srv_test');
+    for (const m of made) await t.services.pools.markReady(m.resourceId, { providerId: null, state: {}, cwd: '/w', details: {} });
+    await t.services.environments.update(co.id, env.id, { config: { ...ssh, remoteWorkspacePath: '/elsewhere' } });
+    // Not handed out: the claim falls back to cold.
+    const a = await t.services.leases.acquire(co.id, { environmentId: env.id, ttlSeconds: 60 }, undefined, { driver: 'ssh', reserveResource: true, warm: true });
+    expect(a.warm).toBe(false);
+    expect(made.map((m) => m.resourceId)).not.toContain(a.lease.resourceId);
+    expect(new Set(await t.services.pools.retire(env.id, { staleSeconds: 5, provisionDeadlineSeconds: 600 }))).toEqual(new Set(made.map((m) => m.resourceId)));
+    // Members made under the new config are claimed; new variables retire the ready ones in the same change.
+    const fresh = await t.services.pools.reserve(env.id, 'srv_test');
+    expect(fresh).toHaveLength(2);
+    await t.services.pools.markReady(fresh[0]!.resourceId, { providerId: null, state: {}, cwd: '/elsewhere', details: {} });
+    const b = await t.services.leases.acquire(co.id, { environmentId: env.id, ttlSeconds: 60 }, undefined, { driver: 'ssh', reserveResource: true, warm: true });
+    expect(b.warm).toBe(true);
+    expect(b.lease.resourceId).toBe(fresh[0]!.resourceId);
+    await t.services.pools.markReady(fresh[1]!.resourceId, { providerId: null, state: {}, cwd: '/elsewhere', details: {} });
+    await t.services.environments.update(co.id, env.id, { envVars: { NEW: '1' } });
+    expect((await t.services.pools.states([env.id])).get(env.id)).toMatchObject({ size: 0, ready: 0, claimed: 1 });
+    const [{ status }] = (await queryRows(t.db, sql`SELECT status FROM provider_resources WHERE id = ${fresh[1]!.resourceId}`)) as [{ status: string }];
+    expect(status).toBe('destroying');
+    for (const l of [a.lease, b.lease]) await t.services.leases.release(co.id, l.id, { fence: l.fence, status: 'released' });
   });
 });

@@ -96,7 +96,7 @@ export function poolRefiller(o: PoolRefillOptions) {
 
   async function refill(w: PoolWork): Promise<void> {
     const pool = w.pool;
-    const needsRetire = w.idle > 0 && (!w.active || pool === null || w.provisioning > 0 || w.idle > pool.maxReady
+    const needsRetire = w.idle > 0 && (!w.active || pool === null || w.provisioning > 0 || w.stale > 0 || w.idle > pool.maxReady
       || (w.oldestReadySeconds !== null && w.oldestReadySeconds >= pool.maxAgeSeconds));
     if (needsRetire) await s.pools.retire(w.environmentId, { staleSeconds: o.staleSeconds, provisionDeadlineSeconds: deadlineSeconds });
     if (!w.active || pool === null || stopping) return;

@@ -20,7 +20,7 @@ import { environmentSecretPaths, keepUnnamedSecrets, openSecrets, sealSecrets } 
 import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
 import { notifyEach, POOLS_CHANNEL } from '../db/notify.js';
 import type { PoolConfig } from '../domain/validators.js';
-import { checkPool, retireExcessPoolMembers } from './pools/config.js';
+import { checkPool, retireExcessPoolMembers, retireSql } from './pools/config.js';
 
 export const LOCAL_ENVIRONMENT_DEFAULTS = {
   name: 'Local',
@@ -237,6 +237,14 @@ export function environmentService(db: Db) {
                 act AS (${environmentActivity(actor, action, sql`jsonb_build_object('name', changed.name, 'changedFields', ${JSON.stringify(changedFields)}::jsonb)`)})
                 SELECT changed.* FROM changed ${v.pool !== undefined || v.status !== undefined ? sql`CROSS JOIN ${notifyEach(POOLS_CHANNEL, sql`changed.id`)}` : sql``}`,
           );
+          // Idle members were made with the variables and setup the environment had: when those
+          // change they are retired (the refill makes new ones). A config change needs nothing
+          // here: a member whose config snapshot is not the environment's is never claimed, and
+          // the refill retires it.
+          const setupChanged = v.pool !== undefined && JSON.stringify((current.pool as PoolConfig | null)?.setup ?? null) !== JSON.stringify(v.pool?.setup ?? null);
+          if (v.envVars !== undefined || setupChanged) {
+            await queryRows(tx, retireSql(sql`SELECT p.id FROM provider_resources p WHERE p.environment_id = ${id} AND p.pool_member AND p.status = 'ready' FOR UPDATE OF p SKIP LOCKED`));
+          }
           return toEnvironment(row!);
         });
       } catch (err) {

@@ -56,7 +56,7 @@ export interface RunState {
   resource: ResourceHandle | null;
   /** The lease was a warm claim: the pool member, made ahead, that the run uses instead of provisioning. */
   warm?: WarmMember;
-  /** The environment has a pool: whether this run's lease was warm (paperclipEnvironment.warm). */
+  /** The run asked its pooled environment for a warm claim: its paperclipEnvironment says whether it got one (warm). */
   pooled?: boolean;
   execution: ExecutionHandle | null;
   /** The execution was watched to its end (its exit is known). */

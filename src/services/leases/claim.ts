@@ -24,8 +24,8 @@ export interface WarmMember {
 type ClaimVariant = `lease.claim-warm.${'ttl' | 'at' | 'no-expiry'}${'' | '.max-lifetime'}`;
 
 /**
- * One autocommit statement: the oldest ready member of the environment's pool that no other
- * claim holds (FOR UPDATE SKIP LOCKED: claimers on every server skip each other's, none
+ * One autocommit statement: the oldest ready member of the environment's pool, made under its
+ * config as it is now, that no other claim holds (FOR UPDATE SKIP LOCKED: claimers on every server skip each other's, none
  * waits), its placeholder lease (status `pooled`, holding the member's capacity slot since
  * the refill reserved it) turned into this caller's active lease with a new fence, the member
  * marked leased, the lease's activity row, and, when it took the last ready member, a wake-up
@@ -42,12 +42,14 @@ export async function claimWarm(conn: Db, companyId: string, v: AcquireValues, a
       : expiry === 'at' ? sql`${P('expiresAt')}::timestamptz` : sql`NULL::timestamptz`;
     const maxExpires = v.maxLifetimeSeconds !== undefined ? sql`now() + make_interval(secs => ${P('maxLifetime')})` : sql`NULL::timestamptz`;
     return sql`WITH env AS (
-          SELECT id FROM environments
+          SELECT id, config FROM environments
           WHERE id = ${P('envId')} AND company_id = ${P('companyId')} AND status = 'active' AND pool IS NOT NULL
           FOR KEY SHARE),
         member AS (
           SELECT p.id, p.lease_id FROM provider_resources p, env
           WHERE p.environment_id = env.id AND p.status = 'ready' AND p.pool_member
+            -- Made under the environment's config as it is now (a member made before a config change is never handed out).
+            AND p.config_snapshot->'config' = env.config
             AND NOT EXISTS (SELECT 1 FROM environment_leases d
                             WHERE d.company_id = ${P('companyId')} AND d.idempotency_key = ${P('key')}::text)
             AND NOT EXISTS (SELECT 1 FROM environment_leases d

@@ -37,6 +37,7 @@
 // Refill (heartbeat/pool-refill.ts): a scheduled task (interval, and woken by POOLS_CHANNEL
 // after each claim or pool change), on every server that has the driver:
 //   1. retire (one statement): idle ready members older than maxAgeSeconds, beyond maxReady,
+//      made under a config the environment no longer has (a claim never takes those either),
 //      or of an environment with no pool any more / archived; and provisioning members whose
 //      maker server is gone (no heartbeat for staleSeconds) or that are past the provision
 //      deadline. Retiring deletes the placeholder and marks the resource destroying; the
@@ -95,6 +96,8 @@ export interface PoolWork {
   provisioning: number;
   /** Age of its oldest idle ready member, seconds. */
   oldestReadySeconds: number | null;
+  /** Idle ready members made under a config the environment no longer has. */
+  stale: number;
 }
 
 const IDLE_MEMBER = sql`p.pool_member AND p.status IN ('provisioning', 'ready')`;
@@ -114,7 +117,8 @@ export function poolService(db: Db) {
         sql`SELECT e.id, e.company_id, e.driver, e.status, e.pool,
               count(p.id)::int AS idle,
               count(p.id) FILTER (WHERE p.status = 'provisioning')::int AS provisioning,
-              extract(epoch FROM now() - min(p.created_at) FILTER (WHERE p.status = 'ready'))::float8 AS oldest_ready
+              extract(epoch FROM now() - min(p.created_at) FILTER (WHERE p.status = 'ready'))::float8 AS oldest_ready,
+              count(p.id) FILTER (WHERE p.status = 'ready' AND p.config_snapshot->'config' IS DISTINCT FROM e.config)::int AS stale
             FROM environments e
             LEFT JOIN provider_resources p ON p.environment_id = e.id AND ${IDLE_MEMBER}
             WHERE e.driver = ANY (${textArrayLiteral(drivers)}::text[])
@@ -130,6 +134,7 @@ export function poolService(db: Db) {
         idle: Number(r.idle),
         provisioning: Number(r.provisioning),
         oldestReadySeconds: r.oldest_ready === null || r.oldest_ready === undefined ? null : Number(r.oldest_ready),
+        stale: Number(r.stale),
       }));
     },
 
@@ -145,12 +150,13 @@ export function poolService(db: Db) {
         retireSql(sql`SELECT p.id FROM provider_resources p
             WHERE p.id IN (
               SELECT m.id FROM (
-                SELECT p2.id, p2.status, p2.created_at, p2.made_by,
+                SELECT p2.id, p2.status, p2.created_at, p2.made_by, p2.config_snapshot->'config' AS config,
                        row_number() OVER (ORDER BY p2.created_at DESC, p2.id) AS rn
                 FROM provider_resources p2 JOIN environment_leases l ON l.id = p2.lease_id AND l.status = 'pooled'
                 WHERE p2.environment_id = ${environmentId} AND p2.pool_member AND p2.status IN ('provisioning', 'ready')) m
               LEFT JOIN environments e ON e.id = ${environmentId}
               WHERE (m.status = 'ready' AND (e.id IS NULL OR e.status <> 'active' OR e.pool IS NULL
+                       OR m.config IS DISTINCT FROM e.config
                        OR m.created_at <= now() - make_interval(secs => (e.pool->>'maxAgeSeconds')::float8)
                        OR m.rn > (e.pool->>'maxReady')::int))
                  OR (m.status = 'provisioning' AND (m.created_at <= now() - make_interval(secs => ${opts.provisionDeadlineSeconds}::float8)
