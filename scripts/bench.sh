@@ -2,6 +2,7 @@
 # Runs a benchmark from bench/ with PostgreSQL provided as for the tests
 # (TEST_DATABASE_URL, else 127.0.0.1:5432, else a throwaway cluster), and sshd or
 # Chromium, dockerd and podman for the benchmarks that need them (`cli` needs none of them).
+# `pools` measures containers too when BERTH_TEST_DOCKER_SOCKET and BERTH_TEST_IMAGE name a running engine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-env.sh

@@ -125,6 +125,17 @@ export function exitCodeForRun(run: Json): number {
   }
 }
 
+/** A warm pool's lines of `env show`: its config, and what it holds now (poolState). */
+function showPool(e: Json): string[] {
+  const p = e.pool as Json | null | undefined;
+  if (!p) return [];
+  const st = e.poolState as Json | undefined;
+  return [
+    `pool         min ${p.minReady} ready, max ${p.maxReady} idle, replaced after ${p.maxAgeSeconds} s${p.setup ? `, setup: ${(p.setup as Json).command}` : ''}`,
+    `pool now     ${st ? `${st.size} idle (${st.ready} ready, ${st.provisioning} provisioning), ${st.claimed} claimed, ${st.refillFailures} refill failure${st.refillFailures === 1 ? '' : 's'}${st.lastError ? ` — last ${ago(st.lastErrorAt)}: ${st.lastError}` : ''}` : '-'}`,
+  ];
+}
+
 function showEnvironment(e: Json): string {
   const probe = e.lastProbe as Json | null;
   const lines = [
@@ -132,6 +143,7 @@ function showEnvironment(e: Json): string {
     `driver       ${e.driver}`,
     `status       ${status(e.status)}`,
     `capacity     ${e.capacity ?? 'unlimited'}`,
+    ...showPool(e),
     `description  ${e.description ?? '-'}`,
     `config       ${JSON.stringify(e.config)}`,
     `env vars     ${(e.envVarNames as string[]).join(', ') || '-'}`,

@@ -948,6 +948,24 @@ export interface paths {
                                 [key: string]: unknown;
                             };
                             capacity: number | null;
+                            pool: {
+                                minReady: number;
+                                maxReady: number;
+                                maxAgeSeconds: number;
+                                setup?: {
+                                    command: string;
+                                    timeoutSeconds: number;
+                                };
+                            } | null;
+                            poolState?: {
+                                size: number;
+                                ready: number;
+                                provisioning: number;
+                                claimed: number;
+                                refillFailures: number;
+                                lastError: string | null;
+                                lastErrorAt: string | null;
+                            };
                             lastProbe: {
                                 ok: boolean;
                                 latencyMs: number;
@@ -1057,6 +1075,17 @@ export interface paths {
             requestBody: {
                 content: {
                     "application/json": {
+                        pool?: {
+                            minReady: number;
+                            maxReady?: number;
+                            /** @default 3600 */
+                            maxAgeSeconds?: number;
+                            setup?: {
+                                command: string;
+                                /** @default 300 */
+                                timeoutSeconds?: number;
+                            };
+                        } | null;
                         name: string;
                         description?: string | null;
                         /** @default {} */
@@ -1072,8 +1101,27 @@ export interface paths {
                         /** @constant */
                         driver: "local";
                         /** @default {} */
-                        config?: Record<string, never>;
+                        config?: {
+                            /** @enum {string} */
+                            isolation?: "none" | "bubblewrap";
+                            /** @enum {string} */
+                            network?: "none" | "host";
+                            writablePaths?: string[];
+                            readOnlyPaths?: string[];
+                            hiddenPaths?: string[];
+                        };
                     } | {
+                        pool?: {
+                            minReady: number;
+                            maxReady?: number;
+                            /** @default 3600 */
+                            maxAgeSeconds?: number;
+                            setup?: {
+                                command: string;
+                                /** @default 300 */
+                                timeoutSeconds?: number;
+                            };
+                        } | null;
                         name: string;
                         description?: string | null;
                         /** @default {} */
@@ -1100,6 +1148,17 @@ export interface paths {
                             strictHostKeyChecking?: boolean;
                         };
                     } | {
+                        pool?: {
+                            minReady: number;
+                            maxReady?: number;
+                            /** @default 3600 */
+                            maxAgeSeconds?: number;
+                            setup?: {
+                                command: string;
+                                /** @default 300 */
+                                timeoutSeconds?: number;
+                            };
+                        } | null;
                         name: string;
                         description?: string | null;
                         /** @default {} */
@@ -1147,6 +1206,17 @@ export interface paths {
                             };
                         };
                     } | {
+                        pool?: {
+                            minReady: number;
+                            maxReady?: number;
+                            /** @default 3600 */
+                            maxAgeSeconds?: number;
+                            setup?: {
+                                command: string;
+                                /** @default 300 */
+                                timeoutSeconds?: number;
+                            };
+                        } | null;
                         name: string;
                         description?: string | null;
                         /** @default {} */
@@ -1195,6 +1265,24 @@ export interface paths {
                                 [key: string]: unknown;
                             };
                             capacity: number | null;
+                            pool: {
+                                minReady: number;
+                                maxReady: number;
+                                maxAgeSeconds: number;
+                                setup?: {
+                                    command: string;
+                                    timeoutSeconds: number;
+                                };
+                            } | null;
+                            poolState?: {
+                                size: number;
+                                ready: number;
+                                provisioning: number;
+                                claimed: number;
+                                refillFailures: number;
+                                lastError: string | null;
+                                lastErrorAt: string | null;
+                            };
                             lastProbe: {
                                 ok: boolean;
                                 latencyMs: number;
@@ -1303,7 +1391,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One environment */
+        /** One environment, with its count of active leases and, when it has a warm pool, what the pool holds (poolState) */
         get: {
             parameters: {
                 query?: never;
@@ -1338,6 +1426,24 @@ export interface paths {
                                 [key: string]: unknown;
                             };
                             capacity: number | null;
+                            pool: {
+                                minReady: number;
+                                maxReady: number;
+                                maxAgeSeconds: number;
+                                setup?: {
+                                    command: string;
+                                    timeoutSeconds: number;
+                                };
+                            } | null;
+                            poolState?: {
+                                size: number;
+                                ready: number;
+                                provisioning: number;
+                                claimed: number;
+                                refillFailures: number;
+                                lastError: string | null;
+                                lastErrorAt: string | null;
+                            };
                             lastProbe: {
                                 ok: boolean;
                                 latencyMs: number;
@@ -1470,6 +1576,24 @@ export interface paths {
                                 [key: string]: unknown;
                             };
                             capacity: number | null;
+                            pool: {
+                                minReady: number;
+                                maxReady: number;
+                                maxAgeSeconds: number;
+                                setup?: {
+                                    command: string;
+                                    timeoutSeconds: number;
+                                };
+                            } | null;
+                            poolState?: {
+                                size: number;
+                                ready: number;
+                                provisioning: number;
+                                claimed: number;
+                                refillFailures: number;
+                                lastError: string | null;
+                                lastErrorAt: string | null;
+                            };
                             lastProbe: {
                                 ok: boolean;
                                 latencyMs: number;
@@ -1592,6 +1716,17 @@ export interface paths {
                             [key: string]: unknown;
                         };
                         capacity?: number | null;
+                        pool?: {
+                            minReady: number;
+                            maxReady?: number;
+                            /** @default 3600 */
+                            maxAgeSeconds?: number;
+                            setup?: {
+                                command: string;
+                                /** @default 300 */
+                                timeoutSeconds?: number;
+                            };
+                        } | null;
                     };
                 };
             };
@@ -1619,6 +1754,24 @@ export interface paths {
                                 [key: string]: unknown;
                             };
                             capacity: number | null;
+                            pool: {
+                                minReady: number;
+                                maxReady: number;
+                                maxAgeSeconds: number;
+                                setup?: {
+                                    command: string;
+                                    timeoutSeconds: number;
+                                };
+                            } | null;
+                            poolState?: {
+                                size: number;
+                                ready: number;
+                                provisioning: number;
+                                claimed: number;
+                                refillFailures: number;
+                                lastError: string | null;
+                                lastErrorAt: string | null;
+                            };
                             lastProbe: {
                                 ok: boolean;
                                 latencyMs: number;
@@ -1760,6 +1913,24 @@ export interface paths {
                                 [key: string]: unknown;
                             };
                             capacity: number | null;
+                            pool: {
+                                minReady: number;
+                                maxReady: number;
+                                maxAgeSeconds: number;
+                                setup?: {
+                                    command: string;
+                                    timeoutSeconds: number;
+                                };
+                            } | null;
+                            poolState?: {
+                                size: number;
+                                ready: number;
+                                provisioning: number;
+                                claimed: number;
+                                refillFailures: number;
+                                lastError: string | null;
+                                lastErrorAt: string | null;
+                            };
                             lastProbe: {
                                 ok: boolean;
                                 latencyMs: number;

@@ -13,8 +13,10 @@ import pg from 'pg';
 export const RUNS_CHANNEL = 'berth_runs';
 /** A cancel was asked for a running run. Payload: the id of the server running it. */
 export const CANCELS_CHANNEL = 'berth_cancels';
-export type Channel = typeof RUNS_CHANNEL | typeof CANCELS_CHANNEL;
-const CHANNELS: readonly Channel[] = [RUNS_CHANNEL, CANCELS_CHANNEL];
+/** A warm pool may want a refill (a member was claimed, its pool changed). Payload: the environment id. */
+export const POOLS_CHANNEL = 'berth_pools';
+export type Channel = typeof RUNS_CHANNEL | typeof CANCELS_CHANNEL | typeof POOLS_CHANNEL;
+const CHANNELS: readonly Channel[] = [RUNS_CHANNEL, CANCELS_CHANNEL, POOLS_CHANNEL];
 
 /**
  * A FROM item that notifies `channel` once per row it is joined with, in the statement's

@@ -10,6 +10,7 @@ import {
   type ResourceStatus,
 } from '../domain/enums.js';
 import { agentSecretPaths, environmentSecretPaths, redactSecrets } from '../secrets/config.js';
+import type { PoolConfig } from '../domain/validators.js';
 import type { ActivityEntry, Agent, ApiKeyRecord, Company, Environment, HeartbeatRun, Lease, ProviderResource, RunLogChunk } from '../domain/types.js';
 import type { activityLog, agents, apiKeys, companies, environments, heartbeatRunLogs } from './schema.js';
 
@@ -31,8 +32,8 @@ type Mapped<T extends true> = T;
  */
 export type DomainTypesCoverColumns = [
   Mapped<ColumnsShown<typeof companies, Company>>,
-  // envVars: shown as envVarNames only (their values are secrets).
-  Mapped<ColumnsShown<typeof environments, Environment, 'envVars'>>,
+  // envVars: shown as envVarNames only (their values are secrets). poolStatus: shown through the pool's state (services/pools).
+  Mapped<ColumnsShown<typeof environments, Environment, 'envVars' | 'poolStatus'>>,
   // lastTimerAt: the scheduler's own mark of the last timer run it queued.
   Mapped<ColumnsShown<typeof agents, Agent, 'lastTimerAt'>>,
   // keyHash: the key's hash, a credential.
@@ -96,6 +97,7 @@ export function toEnvironment(r: Row): Environment {
     ...shownEnvironmentSecrets(r),
     metadata: obj(r.metadata),
     capacity: r.capacity === null || r.capacity === undefined ? null : num(r.capacity),
+    pool: r.pool === null || r.pool === undefined ? null : (obj(r.pool) as unknown as PoolConfig),
     lastProbe: r.last_probe === null || r.last_probe === undefined ? null : obj(r.last_probe),
     createdAt: date(r.created_at),
     updatedAt: date(r.updated_at),
@@ -237,6 +239,9 @@ export function toResource(r: Row): ProviderResource {
     readyAt: dateOrNull(r.ready_at),
     destroyAfter: dateOrNull(r.destroy_after),
     destroyedAt: dateOrNull(r.destroyed_at),
+    poolMember: r.pool_member === true,
+    madeBy: strOrNull(r.made_by),
+    readyDetails: r.ready_details === null || r.ready_details === undefined ? null : obj(r.ready_details),
     updatedAt: date(r.updated_at),
   };
 }

@@ -48,6 +48,10 @@ export const environments = pgTable(
     capacity: integer('capacity'),
     /** The last probe's result ({ok, latencyMs, details, error, at}); null until probed. */
     lastProbe: jsonb('last_probe').$type<Record<string, unknown>>(),
+    /** Warm pool ({minReady, maxReady, maxAgeSeconds, setup?}); null = none. Only for drivers whose descriptor says `pool`. */
+    pool: jsonb('pool').$type<Record<string, unknown>>(),
+    /** What the pool's refill last did wrong ({refillFailures, lastError, lastErrorAt}); server-written. */
+    poolStatus: jsonObject('pool_status'),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },
@@ -143,9 +147,13 @@ export const environmentLeases = pgTable(
     // Capacity: at most one active lease per (environment, slot), and a grant only takes a
     // slot below the capacity, so no number of concurrent acquirers on any number of servers
     // can hold more than `capacity` at once, and none waits on a lock held by another.
+    // A warm pool's idle member holds its place too (a `pooled` lease row: see services/pools), so
+    // idle members and active leases together never exceed the capacity.
     uniqueIndex('environment_leases_active_slot_uq')
       .on(t.environmentId, t.slot)
-      .where(sql`${t.status} = 'active' AND ${t.slot} IS NOT NULL`),
+      .where(sql`${t.status} IN ('active', 'pooled') AND ${t.slot} IS NOT NULL`),
+    // A pool's idle members (their placeholder leases), per environment.
+    index('environment_leases_pooled_idx').on(t.environmentId).where(sql`${t.status} = 'pooled'`),
     // Listing an environment's leases, most recently used first (keyset paging), and
     // its active ones, which the capacity check counts. Partial indexes are touched
     // only while their predicate holds: releasing a lease does not write the second.
@@ -375,9 +383,17 @@ export const providerResources = pgTable(
     /** A draining resource is destroyed at this time (its lease's retention). */
     destroyAfter: timestamp('destroy_after', { withTimezone: true }),
     destroyedAt: timestamp('destroyed_at', { withTimezone: true }),
+    /** Made ahead of any lease by a warm pool's refill (services/pools). */
+    poolMember: boolean('pool_member').notNull().default(false),
+    /** The server whose refill is provisioning it: a member whose maker is gone is retired. */
+    madeBy: text('made_by'),
+    /** A pool member's ready workspace ({cwd, details}): what a warm claim hands the run instead of provisioning. */
+    readyDetails: jsonb('ready_details').$type<Record<string, unknown>>(),
     updatedAt: updatedAt(),
   },
   (t) => [
+    // A pool's ready members, oldest ready first (what a warm claim takes).
+    index('provider_resources_pool_ready_idx').on(t.environmentId, t.readyAt).where(sql`${t.status} = 'ready' AND ${t.poolMember}`),
     uniqueIndex('provider_resources_lease_uq').on(t.leaseId).where(sql`${t.leaseId} IS NOT NULL`),
     // Resource GC reads only what is owed a destroy, due first.
     index('provider_resources_due_idx').on(t.nextAttemptAt).where(sql`${t.status} = 'destroying'`),

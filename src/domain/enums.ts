@@ -66,6 +66,10 @@ export const ACTIONS = {
   leaseActivated: 'environment.lease_activated',
   /** Reconciliation destroyed what a provider held under Berth's labels with no record. */
   resourceOrphanDestroyed: 'environment.resource_orphan_destroyed',
+  /** A warm pool's setup command ran in a new member (its exit, time and output tail). */
+  poolMemberSetUp: 'environment.pool_member_set_up',
+  /** A warm pool's refill could not make a member (the error). */
+  poolRefillFailed: 'environment.pool_refill_failed',
 } as const;
 
 /** A provider resource's life (provider_resources.status): see src/db/schema.ts. */

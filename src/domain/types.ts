@@ -9,6 +9,7 @@ import type {
   LeaseStatus,
   ResourceStatus,
 } from './enums.js';
+import type { PoolConfig } from './validators.js';
 import type { environmentLeases, heartbeatRuns, providerResources, runExecutions } from '../db/schema.js';
 
 /** Who caused a change; written into every activity row. */
@@ -41,6 +42,8 @@ export interface Environment {
   envVarNames: string[];
   metadata: Record<string, unknown>;
   capacity: number | null;
+  /** Its warm pool (services/pools); null = none (absent in an environment built by hand). */
+  pool?: PoolConfig | null;
   /** The last probe's result ({ok, latencyMs, details, error, at}); null until probed. */
   lastProbe: Record<string, unknown> | null;
   createdAt: Date;

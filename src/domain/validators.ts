@@ -13,8 +13,38 @@ const envVarName = z.string().regex(ENV_VAR_NAME_RE, 'must be a valid environmen
 const envVars = z.record(envVarName, z.string().max(65536, 'must be at most 65536 characters'));
 const capacity = z.number().int('must be an integer').min(0, 'must be 0 or more').max(1_000_000).nullable();
 
+/** The most members a warm pool keeps idle. */
+export const MAX_POOL_MEMBERS = 1000;
+
+/**
+ * A warm pool (services/pools): `minReady` members kept provisioned and ready with no lease,
+ * never more than `maxReady` idle, each replaced once older than `maxAgeSeconds`; `setup` is
+ * run once in each member before it is ready. That maxReady >= minReady is checked here;
+ * the driver's `pool` capability and `minReady <= capacity` by the environment service.
+ */
+export const poolSchema = z
+  .strictObject({
+    minReady: z.number().int('must be an integer').min(0, 'must be 0 or more').max(MAX_POOL_MEMBERS, `must be at most ${MAX_POOL_MEMBERS}`),
+    maxReady: z.number().int('must be an integer').min(0, 'must be 0 or more').max(MAX_POOL_MEMBERS, `must be at most ${MAX_POOL_MEMBERS}`).optional(),
+    maxAgeSeconds: z.number().int('must be an integer').min(1, 'must be at least 1').max(30 * 86_400, `must be at most ${30 * 86_400}`).default(3600),
+    setup: z
+      .strictObject({
+        command: z.string().trim().min(1, 'must not be empty').max(10_000, 'must be at most 10000 characters'),
+        timeoutSeconds: z.number().int('must be an integer').min(1, 'must be at least 1').max(3600, 'must be at most 3600').default(300),
+      })
+      .optional(),
+  })
+  .superRefine((p, ctx) => {
+    if (p.maxReady !== undefined && p.maxReady < p.minReady) {
+      ctx.addIssue({ code: 'custom', path: ['maxReady'], message: `must be at least minReady (${p.minReady})` });
+    }
+  })
+  .transform((p) => ({ ...p, maxReady: p.maxReady ?? p.minReady }));
+export type PoolConfig = z.output<typeof poolSchema>;
+
 /** The fields every environment has, whatever its driver (its config is the driver's: see drivers/descriptors.ts). */
 export const envCommon = {
+  pool: poolSchema.nullable().default(null),
   name,
   description: description.optional(),
   envVars: envVars.default({}),
@@ -32,6 +62,7 @@ export const updateEnvironmentSchema = z
     envVars: envVars.optional(),
     metadata: jsonRecord.optional(),
     capacity: capacity.optional(),
+    pool: poolSchema.nullable().optional(),
   })
   .refine((v) => Object.keys(v).length > 0, 'must change at least one field');
 export type UpdateEnvironmentInput = z.input<typeof updateEnvironmentSchema>;

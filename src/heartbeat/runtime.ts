@@ -42,6 +42,8 @@ import type { ResourceToDestroy } from '../services/resources/index.js';
 import { createScheduler } from './scheduler.js';
 import { CANCELS_CHANNEL, RUNS_CHANNEL, type Listen, type Listener } from '../db/notify.js';
 import { dueService, type DueCheck } from '../services/due.js';
+import { POOLS_CHANNEL } from '../db/notify.js';
+import { poolRefiller } from './pool-refill.js';
 
 export interface RuntimeOptions {
   services: Services;
@@ -80,6 +82,8 @@ export interface RuntimeOptions {
   reconcileMs?: number;
   /** An object a provider holds under Berth's labels with no record is destroyed once older than this (s). */
   orphanResourceGraceSeconds?: number;
+  /** Warm pools' refill interval (a claim or a pool change wakes it at once); default 5 s. */
+  poolRefillMs?: number;
   /** Test seam: called between the phases of each run (see ExecutorDeps.onPhase). */
   onPhase?: ExecutorDeps['onPhase'];
   /** A run held `running` here that this server no longer executes is finalized after this (s). */
@@ -155,6 +159,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     ...(opts.logLimitChars !== undefined ? { logLimitChars: opts.logLimitChars } : {}),
     ...(opts.onPhase ? { onPhase: opts.onPhase } : {}),
     transact,
+    wakePools: () => wakePools(),
   };
   const running = new Map<string, { abort: AbortController; done: Promise<void> }>();
   let stopping = false;
@@ -404,6 +409,38 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   scheduler.every('resource-gc', sweepMs, { gate: 'any', timeoutMs: cleanupTimeoutMs + sweepDeadline, when: needs('cleanups') }, collectGarbage);
   // One server per interval compares each provider with the records (gate 'one').
   scheduler.every('reconcile', opts.reconcileMs ?? 60_000, { gate: one, timeoutMs: 5 * sweepDeadline }, reconcile);
+  // Warm pools: every server with the driver refills (gate 'any'): reserve statements take the
+  // pool's advisory lock, so two servers never fill one gap twice. A claim (any server's:
+  // POOLS_CHANNEL) or this server's own wakes it at once; a wake while a pass runs makes
+  // another pass after it. With wake-ups and no pool anywhere it looks only once a minute
+  // (a pool set anywhere notifies).
+  const refiller = poolRefiller({ services: s, drivers, serverId, staleSeconds, onError });
+  let refilling = false;
+  let refillAgain = false;
+  let lastPoolLook = 0;
+  const poolRefillMs = opts.poolRefillMs ?? 5_000;
+  scheduler.every('pool-refill', poolRefillMs, {
+    gate: 'any',
+    timeoutMs: 5 * sweepDeadline + 300_000,
+    // Without wake-ups a new pool is only found by looking: every tick then.
+    when: () => !wakeups || refiller.hasPools() || performance.now() - lastPoolLook >= 60_000,
+  }, async () => {
+    refilling = true;
+    try {
+      do {
+        refillAgain = false;
+        lastPoolLook = performance.now();
+        await refiller.pass();
+      } while (refillAgain && !stopping);
+    } finally {
+      refilling = false;
+    }
+  });
+  function wakePools(): void {
+    if (stopping) return;
+    if (refilling) refillAgain = true;
+    else void scheduler.get('pool-refill').runNow();
+  }
   scheduler.every('retention', 60_000, { gate: one, timeoutMs: 5 * sweepDeadline }, () => s.retention.prune(opts.retention ?? {}));
 
   // Runs left `running` by a dead server are finalized at start-up; the first due-check
@@ -417,18 +454,21 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       onNotify: (channel, payload) => {
         if (stopping) return;
         if (channel === RUNS_CHANNEL) void claimLoop();
+        else if (channel === POOLS_CHANNEL) wakePools();
         else if (channel === CANCELS_CHANNEL && payload === serverId) void scheduler.get('cancels').runNow();
       },
       // Listening (again): what was notified meanwhile may be lost, so look once.
       onListening: () => {
         if (stopping) return;
         void claimLoop();
+        wakePools();
         void scheduler.get('cancels').runNow();
       },
       onError: (err) => onError('wake-ups', err),
     });
   }
   void claimLoop();
+  wakePools();
 
   return {
     serverId,
@@ -436,6 +476,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     inFlight: () => running.size,
     async stop({ graceMs = 10_000 } = {}) {
       stopping = true;
+      refiller.stop();
       await listener?.close().catch((err: unknown) => onError('wake-ups', err));
       scheduler.stop();
       while (claiming) await new Promise((r) => setTimeout(r, 10));

@@ -28,6 +28,25 @@ const environment = z.strictObject({
   envVarNames: z.array(z.string()),
   metadata: record,
   capacity: z.number().int().nullable(),
+  pool: z
+    .strictObject({
+      minReady: z.number().int(),
+      maxReady: z.number().int(),
+      maxAgeSeconds: z.number().int(),
+      setup: z.strictObject({ command: z.string(), timeoutSeconds: z.number().int() }).optional(),
+    })
+    .nullable(),
+  poolState: z
+    .strictObject({
+      size: z.number().int(),
+      ready: z.number().int(),
+      provisioning: z.number().int(),
+      claimed: z.number().int(),
+      refillFailures: z.number().int(),
+      lastError: z.string().nullable(),
+      lastErrorAt: tsOrNull,
+    })
+    .optional(),
   lastProbe: probe.nullable(),
   activeLeases: z.number().int().optional(),
   createdAt: ts,

@@ -18,6 +18,9 @@ import {
 import { configSchemaOf, createEnvironmentSchema, listEnvironmentsSchema, type CreateEnvironment, type CreateEnvironmentInput } from './environment-input.js';
 import { environmentSecretPaths, keepUnnamedSecrets, openSecrets, sealSecrets } from '../secrets/config.js';
 import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
+import { notifyEach, POOLS_CHANNEL } from '../db/notify.js';
+import type { PoolConfig } from '../domain/validators.js';
+import { checkPool, retireExcessPoolMembers, retireSql } from './pools/config.js';
 
 export const LOCAL_ENVIRONMENT_DEFAULTS = {
   name: 'Local',
@@ -55,20 +58,21 @@ export interface EnvironmentWithSecrets extends Environment {
 export function environmentService(db: Db) {
   async function insertEnvironment(
     companyId: string,
-    v: { name: string; description: string | null; driver: EnvironmentDriverKind; config: object; envVars: object; metadata: object; capacity: number | null },
+    v: { name: string; description: string | null; driver: EnvironmentDriverKind; config: object; envVars: object; metadata: object; capacity: number | null; pool?: PoolConfig | null },
     actor: Actor,
     onConflictDoNothing: boolean,
   ): Promise<Environment | null> {
     const rows = await queryRows(
       db,
       sql`WITH changed AS (
-            INSERT INTO environments (company_id, name, description, driver, config, env_vars, metadata, capacity)
+            INSERT INTO environments (company_id, name, description, driver, config, env_vars, metadata, capacity, pool)
             VALUES (${companyId}, ${v.name}, ${v.description}, ${v.driver}, ${JSON.stringify(v.config)}::jsonb,
-                    ${JSON.stringify(v.envVars)}::jsonb, ${JSON.stringify(v.metadata)}::jsonb, ${v.capacity})
+                    ${JSON.stringify(v.envVars)}::jsonb, ${JSON.stringify(v.metadata)}::jsonb, ${v.capacity},
+                    ${v.pool ? JSON.stringify(v.pool) : null}::jsonb)
             ${onConflictDoNothing ? sql`ON CONFLICT DO NOTHING` : sql``}
             RETURNING *),
           act AS (${environmentActivity(actor, ACTIONS.environmentCreated, sql`jsonb_build_object('name', changed.name, 'driver', changed.driver, 'capacity', changed.capacity)`)})
-          SELECT * FROM changed`,
+          SELECT changed.* FROM changed ${v.pool ? sql`CROSS JOIN ${notifyEach(POOLS_CHANNEL, sql`changed.id`)}` : sql``}`,
     );
     return rows[0] ? toEnvironment(rows[0]) : null;
   }
@@ -115,6 +119,7 @@ export function environmentService(db: Db) {
     async create(companyId: string, input: CreateEnvironmentInput, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
       requireId(companyId, 'company');
       const v = parseInput(createEnvironmentSchema, input, 'environment') as CreateEnvironment;
+      checkPool(v.driver, v.pool ?? null, v.capacity);
       try {
         const sealed = sealSecrets({ config: v.config, envVars: v.envVars }, environmentSecretPaths(v.driver));
         const env = await insertEnvironment(companyId, { ...v, config: sealed.config as object, envVars: sealed.envVars as object, description: v.description ?? null }, actor, false);
@@ -179,6 +184,11 @@ export function environmentService(db: Db) {
             const { config } = keepUnnamedSecrets(given, environmentSecretDoc(current), secretPaths);
             sets.push(sql`config = ${JSON.stringify(config)}::jsonb`);
           }
+          if (v.pool !== undefined || v.capacity !== undefined) {
+            const pool = v.pool !== undefined ? v.pool : ((current.pool as PoolConfig | null) ?? null);
+            checkPool(driver, pool, v.capacity !== undefined ? v.capacity : current.capacity === null ? null : Number(current.capacity));
+            if (v.pool !== undefined) sets.push(sql`pool = ${v.pool ? JSON.stringify(v.pool) : null}::jsonb`);
+          }
           if (v.capacity !== undefined) {
             if (v.capacity !== null) {
               const [{ active } = { active: 0 }] = await queryRows<{ active: number }>(
@@ -202,16 +212,19 @@ export function environmentService(db: Db) {
             // ones without a slot or above it to the free slots below, lowest first (there are
             // enough: the count is at most the capacity). No acquire runs meanwhile (FOR UPDATE
             // above) and releases only free slots, so no slot is taken twice.
+            // A warm pool's idle members hold places too: those the new capacity has no room
+            // for beside the active leases are retired first (resource GC destroys them).
+            await retireExcessPoolMembers(tx, id, v.capacity);
             await queryRows(
               tx,
               sql`WITH used AS (
                     SELECT slot AS u, (row_number() OVER (ORDER BY slot) - 1)::int AS i FROM environment_leases
-                    WHERE environment_id = ${id} AND status = 'active' AND slot IS NOT NULL AND slot < ${v.capacity}),
+                    WHERE environment_id = ${id} AND status IN ('active', 'pooled') AND slot IS NOT NULL AND slot < ${v.capacity}),
                   movers AS (
                     SELECT id, (row_number() OVER (ORDER BY acquired_at, id) - 1)::int AS j FROM environment_leases
-                    WHERE environment_id = ${id} AND status = 'active' AND (slot IS NULL OR slot >= ${v.capacity}))
+                    WHERE environment_id = ${id} AND status IN ('active', 'pooled') AND (slot IS NULL OR slot >= ${v.capacity}))
                   UPDATE environment_leases l SET slot = movers.j + (SELECT count(*)::int FROM used WHERE used.u - used.i <= movers.j)
-                  FROM movers WHERE l.id = movers.id AND l.status = 'active'`,
+                  FROM movers WHERE l.id = movers.id AND l.status IN ('active', 'pooled')`,
             );
           }
           const changedFields = Object.keys(v);
@@ -222,8 +235,16 @@ export function environmentService(db: Db) {
                   UPDATE environments SET ${sql.join(sets, sql`, `)}, updated_at = now()
                   WHERE id = ${id} AND company_id = ${companyId} RETURNING *),
                 act AS (${environmentActivity(actor, action, sql`jsonb_build_object('name', changed.name, 'changedFields', ${JSON.stringify(changedFields)}::jsonb)`)})
-                SELECT * FROM changed`,
+                SELECT changed.* FROM changed ${v.pool !== undefined || v.status !== undefined ? sql`CROSS JOIN ${notifyEach(POOLS_CHANNEL, sql`changed.id`)}` : sql``}`,
           );
+          // Idle members were made with the variables and setup the environment had: when those
+          // change they are retired (the refill makes new ones). A config change needs nothing
+          // here: a member whose config snapshot is not the environment's is never claimed, and
+          // the refill retires it.
+          const setupChanged = v.pool !== undefined && JSON.stringify((current.pool as PoolConfig | null)?.setup ?? null) !== JSON.stringify(v.pool?.setup ?? null);
+          if (v.envVars !== undefined || setupChanged) {
+            await queryRows(tx, retireSql(sql`SELECT p.id FROM provider_resources p WHERE p.environment_id = ${id} AND p.pool_member AND p.status = 'ready' FOR UPDATE OF p SKIP LOCKED`));
+          }
           return toEnvironment(row!);
         });
       } catch (err) {
@@ -261,7 +282,10 @@ export function environmentService(db: Db) {
               GROUP BY status ORDER BY status`,
         );
         const listed = (rows: typeof open) => rows.map((o) => `${o.n} ${o.status}`).join(', ');
-        const live = open.filter((o) => !o.terminal);
+        // A warm pool's idle members hold placeholder leases (status pooled): not anyone's leases.
+        const pooled = open.find((o) => o.status === 'pooled');
+        if (pooled) reasons.push(`it has a warm pool holding ${pooled.n} idle member${pooled.n === 1 ? '' : 's'}: set its pool to null and wait until they are destroyed`);
+        const live = open.filter((o) => !o.terminal && o.status !== 'pooled');
         const owing = open.filter((o) => o.terminal);
         if (live.length > 0) reasons.push(`it has leases that are not terminal (${listed(live)})`);
         if (owing.length > 0) reasons.push(`it has ended leases that still owe cleanup (${listed(owing)}): wait for their cleanup to finish`);

@@ -12,6 +12,7 @@ import { retentionService } from './retention.js';
 import { resourceService } from './resources/index.js';
 import { dueService } from './due.js';
 import { statsService } from './stats.js';
+import { poolService } from './pools/index.js';
 import { createMetrics, type Metrics } from '../metrics/index.js';
 
 /**
@@ -30,6 +31,7 @@ export function createServices(db: Db, metrics?: Metrics) {
     environments: environmentService(db),
     leases: leaseService(db, m),
     resources: resourceService(db, m),
+    pools: poolService(db),
     activity: activityService(db),
     agents: agentService(db),
     runs: runService(db, m),

@@ -325,6 +325,12 @@ function timeline(leases) {
     <div class="legend">${Object.entries(STATUS_COLOUR).map(([s, c]) => html`<span><i style="background:${c}"></i>${s}</span>`)}</div>`;
 }
 
+/** A warm pool on the environment page: its config, and what it holds now. */
+function poolFacts(p, st) {
+  return html`<dt>Warm pool</dt><dd id="env-pool">min ${p.minReady} ready, max ${p.maxReady} idle, replaced after ${p.maxAgeSeconds} s${p.setup ? `, setup: ${p.setup.command}` : ''}</dd>
+    <dt>Pool now</dt><dd id="env-pool-state">${st ? html`<span data-pool-size="${st.size}">${st.size} idle</span> (<span data-pool-ready="${st.ready}">${st.ready} ready</span>, ${st.provisioning} provisioning) · ${st.claimed} claimed · <span data-pool-failures="${st.refillFailures}">${st.refillFailures} refill failure${st.refillFailures === 1 ? '' : 's'}</span>${st.lastError ? html` — last ${ago(st.lastErrorAt)}: ${st.lastError}` : ''}` : '-'}</dd>`;
+}
+
 async function viewEnvironment(id) {
   const gen = routeGen;
   show(html`<p><a href="#/environments">← Environments</a></p><div id="env-head"></div><h2>Lease timeline <span class="muted">(most recent 200; hover a bar)</span></h2><div id="env-timeline"></div><h2>Leases</h2><div id="env-leases"></div>`);
@@ -334,7 +340,8 @@ async function viewEnvironment(id) {
     document.getElementById('env-head').innerHTML = String(html`<h1>${env.name} ${badge(env.status)}</h1><div class="card"><dl class="facts">
       <dt>Driver</dt><dd>${env.driver}</dd><dt>Capacity</dt><dd>${env.capacity ?? 'unlimited'}</dd><dt>Active leases</dt><dd>${env.activeLeases}</dd>
       <dt>Config</dt><dd class="mono">${JSON.stringify(env.config)}</dd><dt>Env vars</dt><dd>${env.envVarNames.join(', ') || '-'}</dd>
-      <dt>Last probe</dt><dd>${env.lastProbe ? `${env.lastProbe.ok ? 'ok' : 'failed'} ${Math.round(env.lastProbe.latencyMs)} ms, ${ago(env.lastProbe.at)}` : 'never'}</dd></dl></div>`);
+      <dt>Last probe</dt><dd>${env.lastProbe ? `${env.lastProbe.ok ? 'ok' : 'failed'} ${Math.round(env.lastProbe.latencyMs)} ms, ${ago(env.lastProbe.at)}` : 'never'}</dd>
+      ${env.pool ? poolFacts(env.pool, env.poolState) : ''}</dl></div>`);
     // Oldest at the bottom: the list is most recently used first, the timeline reads top-down newest first.
     document.getElementById('env-timeline').innerHTML = String(timeline(leases));
     document.getElementById('env-leases').innerHTML = String(html`<table><thead><tr><th>Lease</th><th>Status</th><th>Policy</th><th>Fence</th><th>Run</th><th>Acquired</th><th>Ended</th><th>Failure</th><th>Cleanup</th></tr></thead><tbody>
@@ -399,7 +406,7 @@ async function viewRun(id) {
     const pe = r.contextSnapshot?.paperclipEnvironment;
     document.getElementById('run-head').innerHTML = String(html`<h1>Run <span class="mono">${short(r.id)}</span> <span id="run-status" data-status="${r.status}">${badge(r.status)}</span></h1>
       <div class="card"><dl class="facts"><dt>Run</dt><dd class="mono">${r.id}</dd><dt>Source</dt><dd>${r.invocationSource}</dd><dt>Created</dt><dd>${ago(r.createdAt)}</dd><dt>Duration</dt><dd>${duration(r)}</dd>
-      <dt>Environment</dt><dd>${pe ? html`<a href="#/environments/${pe.id}">${pe.name}</a> (${pe.driver}) · lease <span class="mono">${short(pe.leaseId)}</span>, fence ${pe.fence}` : '-'}</dd>
+      <dt>Environment</dt><dd>${pe ? html`<a href="#/environments/${pe.id}">${pe.name}</a> (${pe.driver}) · lease <span class="mono">${short(pe.leaseId)}</span>, fence ${pe.fence}${pe.warm === true ? ' · warm (pool member)' : pe.warm === false ? ' · cold' : ''}` : '-'}</dd>
       <dt>Outcome</dt><dd>${r.error ?? (r.exitCode !== null ? `exit ${r.exitCode}` : '-')}</dd></dl>
       ${TERMINAL_RUN.includes(r.status) ? '' : html`<p><button id="cancel-run" class="danger">Cancel run</button></p>`}</div>`);
     document.getElementById('cancel-run')?.addEventListener('click', async (e) => {

@@ -5,6 +5,7 @@ import type { AgentAdapter } from '../../adapters/types.js';
 import type { CallbackRoute, DriverEnvironment, DriverRegistry, EnvironmentDriver, ExecutionHandle, ResourceHandle } from '../../drivers/contract.js';
 import type { Actor, Agent, HeartbeatRun, Lease } from '../../domain/types.js';
 import type { Services } from '../../services/index.js';
+import type { WarmMember } from '../../services/leases/index.js';
 import type { RunOutcome } from '../../services/runs.js';
 import type { RunLogWriter } from '../log-writer.js';
 import type { KeepAlive } from './keepalive.js';
@@ -32,6 +33,8 @@ export interface ExecutorDeps {
   cleanupTimeoutMs?: number;
   /** How long the end of a run keeps trying to write it when the database refuses (default 10 min). */
   finalizeRetryMs?: number;
+  /** Wake this server's warm-pool refill (after a run's acquire on a pooled environment). */
+  wakePools?: () => void;
   /** Run several service calls in one transaction (one commit). */
   transact: <T>(f: (s: Services) => Promise<T>) => Promise<T>;
   /** Test seam: called between the phases of a run's acquire (after `reserve`, after `provision`). */
@@ -51,6 +54,10 @@ export interface RunState {
   driver?: EnvironmentDriver;
   lease: Lease | null;
   resource: ResourceHandle | null;
+  /** The lease was a warm claim: the pool member, made ahead, that the run uses instead of provisioning. */
+  warm?: WarmMember;
+  /** The run asked its pooled environment for a warm claim: its paperclipEnvironment says whether it got one (warm). */
+  pooled?: boolean;
   execution: ExecutionHandle | null;
   /** The execution was watched to its end (its exit is known). */
   exited: boolean;

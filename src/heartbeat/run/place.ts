@@ -41,16 +41,25 @@ export async function place(st: RunState): Promise<void> {
   st.driver = drv;
   if (drv.connect) await drv.connect(env, st.abort.signal);
 
-  const { lease, reacquired } = await s.leases.acquire(
+  // A warm pool's members are made without an agent's own working directory: an agent that names one is always cold.
+  const pooled = env.pool != null && drv.capabilities.pool && typeof agent.adapterConfig.cwd !== 'string';
+  const { lease, member, reacquired } = await s.leases.acquire(
     run.companyId,
     { environmentId: envId, heartbeatRunId: run.id, ttlSeconds: deps.leaseTtlSeconds, policy: runLeasePolicy(env.metadata), idempotencyKey: `run:${run.id}` },
     st.actor,
-    { driver: drv.kind, reserveResource: true },
+    { driver: drv.kind, reserveResource: true, ...(pooled ? { warm: true } : {}) },
   );
   st.lease = lease;
   st.reacquired = reacquired;
+  if (pooled) {
+    st.pooled = true;
+    deps.wakePools?.();
+  }
   // Destroyable from here on, even if provision never returns: destroy is idempotent and finds what it made by this id.
-  if (lease.resourceId) st.resource = { resourceId: lease.resourceId, providerId: null, state: {} };
+  if (member) {
+    st.warm = member;
+    st.resource = { resourceId: member.resourceId, providerId: member.providerId, state: member.state };
+  } else if (lease.resourceId) st.resource = { resourceId: lease.resourceId, providerId: null, state: {} };
   keepAlive(st);
   await deps.onPhase?.('reserved', run);
 }

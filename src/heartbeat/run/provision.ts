@@ -19,6 +19,12 @@ export async function provision(st: RunState): Promise<ProvisionedResource> {
   const lease = st.lease!;
   const resourceId = lease.resourceId;
   if (!resourceId) throw Object.assign(new Error(`lease ${lease.id} has no resource record`), { code: 'internal' });
+  if (st.warm) {
+    // A warm claim: the pool's refill made it (and ran its setup) before any lease; nothing to wait for.
+    const m = st.warm;
+    await deps.onPhase?.('provisioned', run);
+    return { resourceId: m.resourceId, providerId: m.providerId, state: m.state, cwd: m.cwd, details: { ...m.details, warm: true } };
+  }
   const cwd = typeof st.agent!.adapterConfig.cwd === 'string' ? st.agent!.adapterConfig.cwd : undefined;
   const stop = new AbortController();
   const onAbort = () => stop.abort(st.abort.signal.reason);
@@ -37,7 +43,7 @@ export async function provision(st: RunState): Promise<ProvisionedResource> {
     );
     st.resource = { resourceId: made.resourceId, providerId: made.providerId, state: made.state };
     await deps.onPhase?.('provisioned', run);
-    return made;
+    return st.pooled ? { ...made, details: { ...made.details, warm: false } } : made;
   } finally {
     st.abort.signal.removeEventListener('abort', onAbort);
   }

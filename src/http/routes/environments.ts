@@ -21,7 +21,8 @@ export const environmentRoutes = () =>
       returns: 'Environment[]',
       async handle({ deps, companyId, query }) {
         const [envs, active] = await Promise.all([deps.services.environments.list(companyId, query), deps.services.leases.countActiveByEnvironment(companyId)]);
-        return envs.map((e) => presentEnvironment(e, active.get(e.id) ?? 0));
+        const pools = await deps.services.pools.states(envs.filter((e) => e.pool).map((e) => e.id));
+        return envs.map((e) => presentEnvironment(e, active.get(e.id) ?? 0, pools.get(e.id)));
       },
     },
     {
@@ -41,14 +42,15 @@ export const environmentRoutes = () =>
     {
       method: 'GET',
       path: '/api/environments/:id',
-      summary: 'One environment',
+      summary: 'One environment, with its count of active leases and, when it has a warm pool, what the pool holds (poolState)',
       tag: 'environments',
       access: 'company',
       owner: env,
       returns: 'Environment',
       async handle({ deps, companyId, params }) {
         const [env, active] = await Promise.all([deps.services.environments.get(companyId, params.id!), deps.services.leases.countActiveByEnvironment(companyId)]);
-        return presentEnvironment(env, active.get(env.id) ?? 0);
+        const pools = env.pool ? await deps.services.pools.states([env.id]) : new Map();
+        return presentEnvironment(env, active.get(env.id) ?? 0, pools.get(env.id));
       },
     },
     {

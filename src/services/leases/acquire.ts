@@ -10,6 +10,7 @@ import { SYSTEM_ACTOR, type Actor, type Lease } from '../../domain/types.js';
 import { acquireLeaseSchema, parseInput, type AcquireLeaseInput } from '../../domain/validators.js';
 import type { ExpireOperations } from './expire.js';
 import { ACTOR_PLACEHOLDERS, holderIsStaleSql, leaseActivity, P } from './sql.js';
+import { claimWarm, type WarmMember } from './claim.js';
 
 export interface AcquireResult {
   lease: Lease;
@@ -17,6 +18,10 @@ export interface AcquireResult {
   created: boolean;
   /** True when a retained lease's resources were handed to this caller. */
   reacquired: boolean;
+  /** Asked for a warm claim (owner.warm): whether a ready pool member was taken (true) or the lease is cold (false). */
+  warm?: boolean;
+  /** The pool member a warm claim took: what the run uses instead of provisioning. */
+  member?: WarmMember;
 }
 
 /**
@@ -33,6 +38,12 @@ export interface LeaseOwner {
    * is now) that the lease points at. The lease counts toward capacity from here.
    */
   reserveResource?: boolean;
+  /**
+   * The environment has a warm pool: try to claim a ready member first (claim.ts), in one
+   * statement; with none ready, the normal (cold) grant. Either way the lease's metadata says
+   * `warm: true|false`. Only with reserveResource, and not for the reuse policies.
+   */
+  warm?: boolean;
 }
 
 type AcquireValues = ReturnType<typeof acquireLeaseSchema.parse>;
@@ -60,6 +71,8 @@ interface Grant {
   activeCount?: number;
   /** Capacity-limited environments: the slots free in this attempt's snapshot. When some were and nothing was granted, other acquires took them first. */
   freeSlots?: number;
+  /** Idle warm-pool members holding places (they count toward the capacity). */
+  pooledCount?: number;
   lease?: Lease;
   reacquired?: boolean;
 }
@@ -119,7 +132,7 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
           used AS (
             SELECT c.slot AS u, (row_number() OVER (ORDER BY c.slot) - 1)::int AS i
             FROM env JOIN environment_leases c ON c.environment_id = env.id
-            WHERE env.capacity IS NOT NULL AND c.status = 'active' AND c.slot IS NOT NULL AND c.slot < env.capacity),
+            WHERE env.capacity IS NOT NULL AND c.status IN ('active', 'pooled') AND c.slot IS NOT NULL AND c.slot < env.capacity),
           pick AS (
             SELECT env.*, n.free, CASE WHEN n.free > 0 THEN (
                 SELECT c.slot FROM (
@@ -171,6 +184,8 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
           SELECT pick.status AS env_status, pick.capacity AS env_capacity, pick.free AS env_free_slots,
                  CASE WHEN pick.capacity IS NOT NULL AND granted.id IS NULL
                    THEN (SELECT count(*) FROM environment_leases c WHERE c.environment_id = pick.id AND c.status = 'active') END AS env_active_count,
+                 CASE WHEN pick.capacity IS NOT NULL AND granted.id IS NULL
+                   THEN (SELECT count(*) FROM environment_leases c WHERE c.environment_id = pick.id AND c.status = 'pooled') END AS env_pooled_count,
                  granted.*
           FROM pick LEFT JOIN granted ON true`;
     }, {
@@ -197,6 +212,7 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
       envCapacity: row.env_capacity === null ? null : Number(row.env_capacity),
       ...(row.env_active_count !== null && row.env_active_count !== undefined ? { activeCount: Number(row.env_active_count) } : {}),
       ...(row.env_free_slots !== null && row.env_free_slots !== undefined ? { freeSlots: Number(row.env_free_slots) } : {}),
+      ...(row.env_pooled_count !== null && row.env_pooled_count !== undefined ? { pooledCount: Number(row.env_pooled_count) } : {}),
     };
     return row.id ? { ...out, lease: toLease(row), reacquired: Boolean(row.reacquired) } : out;
   }
@@ -232,7 +248,19 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
      */
     async acquire(companyId: string, input: AcquireLeaseInput, actor: Actor = SYSTEM_ACTOR, owner: LeaseOwner = {}): Promise<AcquireResult> {
       requireId(companyId, 'company');
-      const v = parseInput(acquireLeaseSchema, input, 'lease acquire');
+      let v = parseInput(acquireLeaseSchema, input, 'lease acquire');
+      const warm = owner.warm === true && owner.reserveResource === true && !REUSE_POLICIES.includes(v.policy);
+      if (warm) {
+        try {
+          const claimed = await claimWarm(db, companyId, v, actor);
+          if (claimed) return { lease: claimed.lease, created: true, reacquired: false, warm: true, member: claimed.member };
+        } catch (err) {
+          // Another acquire of the same caller (key, run or workspace) won meanwhile: the normal acquire below sorts it out.
+          if (pgErrorOf(err)?.code !== PG_UNIQUE_VIOLATION) throw err;
+        }
+        v = { ...v, metadata: { ...v.metadata, warm: false } };
+      }
+      const cold = (r: AcquireResult): AcquireResult => (warm ? { ...r, warm: r.lease.metadata.warm === true } : r);
       // Every attempt that grants nothing found a reason that has since gone away: a slot or a
       // retained lease another acquire took first, a conflicting lease that ended. Many
       // acquirers racing for the last free slots lose it to one another a few times.
@@ -248,18 +276,20 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
           throw err;
         }
         if (!res.envFound) throw notFound('environment', v.environmentId);
-        if (res.lease) return { lease: res.lease, created: true, reacquired: res.reacquired ?? false };
+        if (res.lease) return cold({ lease: res.lease, created: true, reacquired: res.reacquired ?? false });
 
         const existing = await findExisting(companyId, v);
-        if (existing) return { lease: existing, created: false, reacquired: false };
+        if (existing) return cold({ lease: existing, created: false, reacquired: false });
         if (res.envStatus !== 'active') {
           throw new BerthError('environment_archived', `environment ${v.environmentId} is ${res.envStatus} and takes no new leases`);
         }
         // At capacity when this attempt's snapshot showed no free slot and counts as many
         // active leases as the capacity; free slots other acquires took first mean try again.
-        if (res.envCapacity !== null && res.envCapacity !== undefined && res.freeSlots !== undefined && res.freeSlots <= 0 && res.activeCount !== undefined && res.activeCount >= res.envCapacity) {
-          throw new BerthError('capacity_exhausted', `environment ${v.environmentId} is at capacity (${res.activeCount} of ${res.envCapacity} leases active)`, {
-            details: { capacity: res.envCapacity, active: res.activeCount },
+        const pooled = res.pooledCount ?? 0;
+        if (res.envCapacity !== null && res.envCapacity !== undefined && res.freeSlots !== undefined && res.freeSlots <= 0 && res.activeCount !== undefined && res.activeCount + pooled >= res.envCapacity) {
+          const members = pooled > 0 ? ` and ${pooled} idle pool member${pooled === 1 ? '' : 's'}` : '';
+          throw new BerthError('capacity_exhausted', `environment ${v.environmentId} is at capacity (${res.activeCount} of ${res.envCapacity} leases active${members})`, {
+            details: { capacity: res.envCapacity, active: res.activeCount, ...(pooled > 0 ? { pooled } : {}) },
           });
         }
         if (v.executionWorkspaceId !== undefined && v.policy === 'ephemeral') {

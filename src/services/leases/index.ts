@@ -27,6 +27,7 @@ import { releaseOperations } from './release.js';
 import { renewOperations } from './renew.js';
 
 export type { AcquireResult, LeaseOwner } from './acquire.js';
+export type { WarmMember } from './claim.js';
 export type { ReleaseResult } from './release.js';
 export { DEFAULT_CLEANUP_MAX_ATTEMPTS, DEFAULT_RETENTION_SECONDS, EXPIRE_BATCH } from './sql.js';
 

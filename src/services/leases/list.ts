@@ -32,7 +32,8 @@ export function listOperations(db: Db) {
     ): Promise<Page<Lease>> {
       requireId(environmentId, 'environment');
       const f = parseInput(listLeasesSchema, filter, 'lease filter');
-      const conds: SQL[] = [sql`environment_id = ${environmentId}`, sql`company_id = ${companyId}`];
+      // A warm pool's placeholder leases (status pooled) are the server's bookkeeping, not leases anyone holds.
+      const conds: SQL[] = [sql`environment_id = ${environmentId}`, sql`company_id = ${companyId}`, sql`status <> 'pooled'`];
       if (f.status) conds.push(sql`status = ${f.status}`);
       if (f.cursor) {
         const [ts, id] = decodeCursor(f.cursor, 'lease filter');

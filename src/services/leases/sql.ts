@@ -95,7 +95,7 @@ export function staleFence(leaseId: string, currentFence: number, presented: num
 /** The lease row as it is now, with `overdue` (past expiresAt); not found when another company's. */
 export async function getRow(db: Db, companyId: string, leaseId: string): Promise<Row> {
   requireId(leaseId, 'lease');
-  const [row] = await queryRows(db, sql`SELECT *, (expires_at IS NOT NULL AND expires_at <= now()) AS overdue FROM environment_leases WHERE id = ${leaseId} AND company_id = ${companyId}`);
+  const [row] = await queryRows(db, sql`SELECT *, (expires_at IS NOT NULL AND expires_at <= now()) AS overdue FROM environment_leases WHERE id = ${leaseId} AND company_id = ${companyId} AND status <> 'pooled'`);
   if (!row) throw notFound('lease', leaseId);
   return row;
 }
