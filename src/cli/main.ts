@@ -186,7 +186,8 @@ async function followRun(client: CliClient, run: { id: string }, opts: { quiet: 
     const pe = r.contextSnapshot?.paperclipEnvironment as Json | undefined;
     if (shownEnv || !pe) return;
     shownEnv = true;
-    say(`environment ${pe.name} (${pe.driver}) · lease ${pe.leaseId} acquired, fence ${pe.fence}${pe.cwd ? ` · cwd ${pe.cwd}` : ''}`);
+    const from = pe.warm === true ? ' · warm (a ready pool member)' : pe.warm === false ? ' · cold (the pool had none ready)' : pe.reused === true ? ' · reused (the container an earlier run kept)' : '';
+    say(`environment ${pe.name} (${pe.driver}) · lease ${pe.leaseId} acquired, fence ${pe.fence}${from}${pe.cwd ? ` · cwd ${pe.cwd}` : ''}`);
   };
   let lastProgress = Date.now();
   let warned = false;
@@ -355,6 +356,39 @@ export function buildProgram(): Command {
     .action(async (ref: string, o: { json?: boolean }) => {
       const e = await environmentByRef(await companyClient(), ref);
       print(e, !!o.json, () => showEnvironment(e));
+    });
+  env
+    .command('update <env>')
+    .description('Change an environment: only what is given changes (config replaces the whole driver config)')
+    .option('--description <text>')
+    .option('--capacity <n>', 'max concurrent active leases; "none" for unlimited')
+    .option('--config <json>', 'the whole driver config as JSON (secret fields left out keep their value)')
+    .option('--metadata <json>', 'metadata as JSON, e.g. {"leasePolicy":"reuse_by_environment","retentionSeconds":3600}')
+    .option('--pool <json>', 'a warm pool as JSON, e.g. {"minReady":2,"maxReady":4}; "none" to remove it')
+    .option('--env <NAME=VALUE>', 'replaces the variables for every run here (repeatable)', collect)
+    .option('--json', 'print JSON')
+    .action(async (ref: string, o: Json) => {
+      const json = (v: unknown, flag: string): Json => {
+        try {
+          const parsed = JSON.parse(v as string) as unknown;
+          if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error();
+          return parsed as Json;
+        } catch {
+          throw new UsageError(`${flag} must be a JSON object`);
+        }
+      };
+      const body: Json = {};
+      if (o.description !== undefined) body.description = o.description;
+      if (o.capacity !== undefined) body.capacity = o.capacity === 'none' ? null : intOption(o.capacity as string, '--capacity');
+      if (o.config !== undefined) body.config = json(o.config, '--config');
+      if (o.metadata !== undefined) body.metadata = json(o.metadata, '--metadata');
+      if (o.pool !== undefined) body.pool = o.pool === 'none' ? null : json(o.pool, '--pool');
+      if (o.env !== undefined) body.envVars = keyValues(o.env as string[], '--env');
+      if (Object.keys(body).length === 0) throw new UsageError('nothing to change: give --config, --metadata, --pool, --capacity, --description or --env');
+      const client = await companyClient();
+      const e = await environmentByRef(client, ref);
+      const { data: updated } = await client.PATCH('/api/environments/{id}', { params: { path: { id: e.id } }, body: body as never });
+      print(updated, !!o.json, () => showEnvironment(updated));
     });
   env
     .command('probe <env>')

@@ -117,6 +117,21 @@ describe('quick start', () => {
     expect(probe.stdout).toMatch(/Local: ok in [\d.]+ ms/);
     expect(berth('env', 'show', 'Local', '--json').stdout).toContain('"lastProbe"');
 
+    // env update changes only what it is given; bad input is a message, a non-zero exit, and no change.
+    const updated = berth('env', 'update', 'pool', '--capacity', '3', '--metadata', '{"retentionSeconds":60}', '--description', 'three now');
+    expect(updated.code, updated.stderr).toBe(0);
+    expect(updated.stdout).toMatch(/capacity +3/);
+    expect(updated.stdout).toContain('three now');
+    expect(berth('env', 'show', 'pool').stdout).toContain('TOKEN');
+    const notJson = berth('env', 'update', 'pool', '--metadata', '[1]');
+    expect(notJson.code).not.toBe(0);
+    expect(notJson.stderr).toContain('--metadata must be a JSON object');
+    const badCapacity = berth('env', 'update', 'pool', '--capacity', '-2');
+    expect(badCapacity.code).not.toBe(0);
+    expect(badCapacity.stderr).toMatch(/capacity/);
+    expect(berth('env', 'update', 'pool').stderr).toContain('nothing to change');
+    expect(berth('env', 'show', 'pool').stdout).toMatch(/capacity +3/);
+
     const leases = JSON.parse(berth('lease', 'list', 'Local', '--json').stdout) as Array<{ id: string; status: string }>;
     expect(leases.length).toBeGreaterThanOrEqual(2);
     const released = leases.find((l) => l.status === 'released')!;

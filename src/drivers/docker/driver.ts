@@ -12,6 +12,7 @@
 // KILL kills the container. Destroy removes the container and its volume; "no such
 // container" is success. Names and labels come from the resource id alone.
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import Docker from 'dockerode';
 import { ENV_VAR_NAME_RE } from '../../domain/enums.js';
@@ -72,6 +73,9 @@ export const WRAPPER = [
   '[ -z "$g" ] || kill $g 2>/dev/null',
   'exit $r',
 ].join('\n');
+
+/** The relay's inside end in Perl when this host has it (Debian's perl-base always): it starts in a few ms, node in 50-100. */
+const PERL_RELAY = existsSync('/usr/bin/perl');
 
 /** Exit statuses a shell gives for a signal death (128 + n). */
 const SIGNAL_BY_NUMBER: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 6: 'SIGABRT', 9: 'SIGKILL', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM' };
@@ -622,7 +626,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         throw new DockerDriverError('callback_unreachable', `the container ${containerName(resource.resourceId)} has network none and its engine (${where(cfg)}) is not on this host: Berth cannot open its route to the API there (give the environment a network, or run the engine beside the server)`);
       }
       const port = Number(t.port || 80);
-      const relay = await startNetnsRelay({ pid, port, target: { host: t.hostname.replace(/^\[|\]$/g, ''), port } });
+      const relay = await startNetnsRelay({ pid, port, inside: PERL_RELAY ? 'perl' : 'node', target: { host: t.hostname.replace(/^\[|\]$/g, ''), port } });
       return { url: `http://127.0.0.1:${relay.port}${t.pathname.replace(/\/+$/, '')}`, close: () => relay.close() };
     },
   };

@@ -30,6 +30,8 @@ export interface NetnsRelayOptions {
   port: number;
   /** Where the relay leads, as this server reaches it (its own HTTP listener). */
   target: { host: string; port: number };
+  /** The inside end: node (relay-main.mjs, the default) or Perl (relay-main.pl: a few ms to start where node takes 50-100). */
+  inside?: 'node' | 'perl';
   /** How long the inside end may take to listen (default 5 s). */
   readyTimeoutMs?: number;
   signal?: AbortSignal;
@@ -146,7 +148,7 @@ export async function startNetnsRelay(opts: NetnsRelayOptions): Promise<NetnsRel
   // dies, the relay dies with it (and its stdin closes as well).
   const child: ChildProcess = spawn(
     'setpriv',
-    ['--pdeathsig', 'KILL', 'nsenter', `--net=/proc/${pid}/ns/net`, '--', process.execPath, relayMain, String(port), socketPath],
+    ['--pdeathsig', 'KILL', 'nsenter', `--net=/proc/${pid}/ns/net`, '--', ...(opts.inside === 'perl' ? ['perl', relayMainPerl] : [process.execPath, relayMain]), String(port), socketPath],
     { stdio: ['pipe', 'pipe', 'pipe'] },
   );
   let exited = false;
