@@ -425,8 +425,9 @@ describe('executions', () => {
     const h = await drv.exec(e, res, { command: 'sh', args: ['-c', `sleep 60 & echo $! > ${pidFile}; sleep 60`], cwd: root, env: {}, deadlineSec: 1 }, live());
     // Nobody watches: the host alone ends it.
     await waitFor('the remote deadline to end the run', async () => existsSync(join(refOf(h).dir, 'exit')), 15_000);
-    expect(isAlive(Number(readFileSync(pidFile, 'utf8')))).toBe(false);
-    expect(isAlive(refOf(h).pgid)).toBe(false);
+    // The exit file is written as the group is signalled: its processes are gone a moment later.
+    await waitFor('the background sleep to be killed', async () => !isAlive(Number(readFileSync(pidFile, 'utf8'))), 5_000);
+    await waitFor('the group to be gone', async () => !isAlive(refOf(h).pgid), 5_000);
     expect(await drv.watch(e, h, () => {})).toMatchObject({ exitCode: null, signal: 'SIGTERM', errorCode: 'timeout', error: expect.stringMatching(/deadline of 1 s/) });
   });
 
