@@ -9,7 +9,7 @@ import { BerthError, notFound, requireId } from '../../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Lease } from '../../domain/types.js';
 import { acquireLeaseSchema, parseInput, type AcquireLeaseInput } from '../../domain/validators.js';
 import type { ExpireOperations } from './expire.js';
-import { ACTOR_PLACEHOLDERS, holderIsStaleSql, leaseActivity, P } from './sql.js';
+import { ACTOR_PLACEHOLDERS, grantParams, holderIsStaleSql, leaseActivity, P } from './sql.js';
 import { claimWarm, type WarmMember } from './claim.js';
 
 export interface AcquireResult {
@@ -188,22 +188,7 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
                    THEN (SELECT count(*) FROM environment_leases c WHERE c.environment_id = pick.id AND c.status = 'pooled') END AS env_pooled_count,
                  granted.*
           FROM pick LEFT JOIN granted ON true`;
-    }, {
-      envId: v.environmentId,
-      companyId,
-      runId: v.heartbeatRunId ?? null,
-      wsId: v.executionWorkspaceId ?? null,
-      issueId: v.issueId ?? null,
-      key: v.idempotencyKey ?? null,
-      policy: v.policy,
-      driver: owner.driver ?? null,
-      meta: JSON.stringify(v.metadata),
-      ttl: v.ttlSeconds,
-      expiresAt: v.expiresAt?.toISOString(),
-      maxLifetime: v.maxLifetimeSeconds,
-      actorType: actor.type,
-      actorId: actor.id,
-    });
+    }, { ...grantParams(companyId, v, actor), driver: owner.driver ?? null });
     const row = rows[0];
     if (!row) return { envFound: false };
     const out = {

@@ -7,7 +7,7 @@ import { readJson, toLease } from '../../db/rows.js';
 import { ACTIONS } from '../../domain/enums.js';
 import type { Actor, Lease } from '../../domain/types.js';
 import type { acquireLeaseSchema } from '../../domain/validators.js';
-import { ACTOR_PLACEHOLDERS, leaseActivity, P } from './sql.js';
+import { ACTOR_PLACEHOLDERS, grantParams, leaseActivity, P } from './sql.js';
 
 type AcquireValues = ReturnType<typeof acquireLeaseSchema.parse>;
 
@@ -85,21 +85,7 @@ export async function claimWarm(conn: Db, companyId: string, v: AcquireValues, a
           CROSS JOIN ${notifyEach(POOLS_CHANNEL, sql`claimed.environment_id`, sql`NOT EXISTS (
             SELECT 1 FROM provider_resources o WHERE o.environment_id = claimed.environment_id AND o.status = 'ready' AND o.pool_member
               AND o.id <> claimed.resource_id)`)}`;
-  }, {
-    envId: v.environmentId,
-    companyId,
-    runId: v.heartbeatRunId ?? null,
-    wsId: v.executionWorkspaceId ?? null,
-    issueId: v.issueId ?? null,
-    key: v.idempotencyKey ?? null,
-    policy: v.policy,
-    meta: JSON.stringify(v.metadata),
-    ttl: v.ttlSeconds,
-    expiresAt: v.expiresAt?.toISOString(),
-    maxLifetime: v.maxLifetimeSeconds,
-    actorType: actor.type,
-    actorId: actor.id,
-  });
+  }, grantParams(companyId, v, actor));
   const row = rows[0];
   if (!row) return null;
   const lease = toLease(row);

@@ -5,6 +5,9 @@ import { queryRows, sqlWordList, type Db } from '../../db/client.js';
 import { TERMINAL_RUN_STATUSES } from '../../domain/enums.js';
 import { BerthError, notFound, requireId } from '../../domain/errors.js';
 import { activityFrom, LEASE_ENTITY, type ActorSql } from '../activity.js';
+import type { z } from 'zod';
+import type { Actor } from '../../domain/types.js';
+import type { acquireLeaseSchema } from '../../domain/validators.js';
 
 /** A named value in a compiled statement (see runStatement). */
 export const P = (name: string) => sql.placeholder(name);
@@ -130,4 +133,23 @@ export function resourceFollowsLeaseSql(src: string): SQL {
         updated_at = now()
       FROM ${c} WHERE p.id = ${c}.resource_id AND p.status IN ('provisioning', 'ready', 'leased', 'draining')
       RETURNING p.id`;
+}
+
+/** The values a grant statement (a cold grant, or a warm pool claim) takes for its placeholders. */
+export function grantParams(companyId: string, v: z.output<typeof acquireLeaseSchema>, actor: Actor): Record<string, unknown> {
+  return {
+    envId: v.environmentId,
+    companyId,
+    runId: v.heartbeatRunId ?? null,
+    wsId: v.executionWorkspaceId ?? null,
+    issueId: v.issueId ?? null,
+    key: v.idempotencyKey ?? null,
+    policy: v.policy,
+    meta: JSON.stringify(v.metadata),
+    ttl: v.ttlSeconds,
+    expiresAt: v.expiresAt?.toISOString(),
+    maxLifetime: v.maxLifetimeSeconds,
+    actorType: actor.type,
+    actorId: actor.id,
+  };
 }
