@@ -146,6 +146,42 @@ describe('GET /metrics', () => {
     expect(s.some((x) => Object.values(x.labels).some((v) => v === first || v === second))).toBe(false);
   });
 
+  it('shows each warm pool: members by state, warm and cold claims, members made and refill failures', async () => {
+    // Its own company: a company has at most one local environment.
+    const pc = await api.company('Metrics pools');
+    const call = (method: string, path: string, body?: unknown) => api.call(method, path, { key: pc.key, ...(body !== undefined ? { body } : {}) });
+    const created = await call('POST', `/api/companies/${pc.id}/environments`, { name: 'pooled', driver: 'local', config: {}, pool: { minReady: 2, maxReady: 2 } });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const env = created.body.id as string;
+    const made0 = sampleSum(await scrape(), 'berth_pool_members_made_total', { result: 'ready' });
+    let s = await scrapeUntil('two ready members in the gauge', (x) => sampleSum(x, 'berth_pool_members', { environment_id: env, state: 'ready' }) === 2);
+    expect(sampleSum(s, 'berth_pool_members', { environment_id: env, state: 'claimed' })).toBe(0);
+    expect(hasSample(s, 'berth_pool_members', { environment_id: env, state: 'provisioning' })).toBe(true);
+    expect(sampleSum(s, 'berth_pool_members_made_total', { result: 'ready' })).toBe(made0 + 2);
+    expect(sampleSum(s, 'berth_pool_member_make_duration_seconds_count', { result: 'ready' })).toBe(made0 + 2);
+    expect(sampleSum(s, 'berth_pool_refill_failures', { environment_id: env })).toBe(0);
+    const warm0 = sampleSum(s, 'berth_pool_claims_total', { result: 'warm' });
+
+    // A run holding its member: claimed while it runs.
+    const agent = (await call('POST', `/api/companies/${pc.id}/agents`, { name: 'pooled-sleeper', adapterType: 'process', adapterConfig: { command: 'sh', args: ['-c', 'sleep 30'] }, defaultEnvironmentId: env })).body.id as string;
+    const run = (await call('POST', `/api/agents/${agent}/wakeup`, {})).body.id as string;
+    await waitFor('the pooled run to start', async () => (await call('GET', `/api/heartbeat-runs/${run}`)).body.status === 'running');
+    s = await scrapeUntil('one member claimed', (x) => sampleSum(x, 'berth_pool_members', { environment_id: env, state: 'claimed' }) === 1);
+    expect(sampleSum(s, 'berth_pool_claims_total', { result: 'warm' })).toBe(warm0 + 1);
+    await call('POST', `/api/heartbeat-runs/${run}/cancel`);
+    await waitFor('the pooled run to end', async () => (await call('GET', `/api/heartbeat-runs/${run}`)).body.status === 'cancelled');
+
+    // A setup that fails: counted on the environment and by the server that made the member.
+    const failed0 = sampleSum(s, 'berth_pool_members_made_total', { result: 'failed' });
+    expect((await call('PATCH', `/api/environments/${env}`, { pool: { minReady: 1, maxReady: 1, setup: { command: 'exit 4', timeoutSeconds: 10 } } })).status).toBe(200);
+    s = await scrapeUntil('a refill failure in the gauge', (x) => sampleSum(x, 'berth_pool_refill_failures', { environment_id: env }) >= 1);
+    expect(sampleSum(s, 'berth_pool_members_made_total', { result: 'failed' })).toBeGreaterThan(failed0);
+    expect((await call('PATCH', `/api/environments/${env}`, { pool: null })).status).toBe(200);
+    // The pool is off: its environment leaves the failures gauge, and its members drain away.
+    s = await scrapeUntil('the pool gone from the gauges', (x) => !hasSample(x, 'berth_pool_refill_failures', { environment_id: env }) && sampleSum(x, 'berth_pool_members', { environment_id: env }) === 0);
+    for (let i = api.runtimeErrors.length - 1; i >= 0; i--) if (/setup command failed/.test(api.runtimeErrors[i]!)) api.runtimeErrors.splice(i, 1);
+  });
+
   it('names a request no route matched (unmatched), and counts the maintenance tasks', async () => {
     expect((await api.call('GET', '/api/no-such-route/123')).status).toBe(404);
     const s = await scrape();

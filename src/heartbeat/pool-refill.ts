@@ -37,6 +37,7 @@ export function poolRefiller(o: PoolRefillOptions) {
   /** Provision one reserved member, set it up, mark it ready; any failure retires it and is counted. */
   async function make(env: DriverEnvironment, drv: EnvironmentDriver, m: ReservedMember, setup: { command: string; timeoutSeconds: number } | undefined): Promise<void> {
     const stop = new AbortController();
+    const started = performance.now();
     try {
       const made = await withDeadline(
         drv.provision(env, { resourceId: m.resourceId, leaseId: null, labels: resourceLabels({ resourceId: m.resourceId, leaseId: null, environmentId: m.environmentId, companyId: m.companyId }) }, stop.signal),
@@ -50,8 +51,10 @@ export function poolRefiller(o: PoolRefillOptions) {
         await s.pools.recordHandle(m.resourceId, made);
         ran = await runSetup(env, drv, made, setup);
       }
-      await s.pools.markReady(m.resourceId, { providerId: made.providerId, state: made.state, cwd: made.cwd, details: made.details }, ran);
+      const ready = await s.pools.markReady(m.resourceId, { providerId: made.providerId, state: made.state, cwd: made.cwd, details: made.details }, ran);
+      s.metrics.poolMemberMade(ready ? 'ready' : 'retired', (performance.now() - started) / 1000);
     } catch (err) {
+      s.metrics.poolMemberMade('failed', (performance.now() - started) / 1000);
       const message = storableText((err as Error).message);
       o.onError(`pool ${m.environmentId}`, err);
       await s.pools.markFailed(m.resourceId, m.environmentId, message).catch((e: unknown) => o.onError(`pool ${m.environmentId}`, e));

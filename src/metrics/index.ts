@@ -25,6 +25,10 @@ export interface DatabaseSnapshot {
   oldestQueuedSeconds: number;
   /** Provider resources not yet destroyed, by status. */
   resources: Array<{ status: string; count: number }>;
+  /** Warm-pool members by environment and state (ready, provisioning, claimed); every pooled environment shows all three. */
+  poolMembers: Array<{ environmentId: string; state: string; count: number }>;
+  /** Refill failures recorded on each pooled environment (its pool_status: they survive restarts). */
+  poolRefillFailures: Array<{ environmentId: string; count: number }>;
 }
 
 /** A connection pool's state (PostgreSQL; PGlite has none). */
@@ -73,6 +77,13 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
   const orphansDestroyed = new Counter({ name: 'berth_orphan_resources_destroyed_total', help: 'Provider objects under Berth\'s labels with no record, destroyed by reconciliation.', registers });
   const resources = new Gauge({ name: 'berth_resources', help: 'Provider resources not yet destroyed, by status (read at scrape time).', labelNames: ['status'], registers });
 
+  // ---- warm pools ----
+  const poolMembers = new Gauge({ name: 'berth_pool_members', help: 'Warm-pool members by environment and state (ready: idle and claimable, provisioning: being made, claimed: taken by a lease still active) (read at scrape time).', labelNames: ['environment_id', 'state'], registers });
+  const poolRefillFailures = new Gauge({ name: 'berth_pool_refill_failures', help: 'Refill failures recorded on each pooled environment since its pool was set (read at scrape time; kept in the database, so not reset by a restart).', labelNames: ['environment_id'], registers });
+  const poolClaims = new Counter({ name: 'berth_pool_claims_total', help: 'Acquires on pooled environments, by result (warm: a ready member taken, cold: none was ready, provisioned).', labelNames: ['result'], registers });
+  const poolMembersMade = new Counter({ name: 'berth_pool_members_made_total', help: 'Pool members this server made (provision and setup), by result (ready; failed: its provision or setup; retired while being made).', labelNames: ['result'], registers });
+  const poolMemberSeconds = new Histogram({ name: 'berth_pool_member_make_duration_seconds', help: 'Time to make a pool member ready (provision and setup), by result.', labelNames: ['result'], buckets: PHASE_BUCKETS, registers });
+
   // ---- runs ----
   const runs = new Gauge({ name: 'berth_runs', help: 'Runs not yet finished, by status (read at scrape time).', labelNames: ['status'], registers });
   const oldestQueued = new Gauge({ name: 'berth_runs_oldest_queued_age_seconds', help: 'Age of the oldest queued run, 0 when none is (read at scrape time).', registers });
@@ -114,6 +125,10 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
     oldestQueued.set(s.oldestQueuedSeconds);
     resources.reset();
     for (const r of s.resources) resources.set({ status: r.status }, r.count);
+    poolMembers.reset();
+    for (const m of s.poolMembers) poolMembers.set({ environment_id: m.environmentId, state: m.state }, m.count);
+    poolRefillFailures.reset();
+    for (const f of s.poolRefillFailures) poolRefillFailures.set({ environment_id: f.environmentId }, f.count);
   }
 
   async function refresh(): Promise<void> {
@@ -137,6 +152,8 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
           leases.reset();
           runs.reset();
           resources.reset();
+          poolMembers.reset();
+          poolRefillFailures.reset();
           databaseUp.set(0);
         },
       )
@@ -191,6 +208,16 @@ export function createMetrics(opts: { processMetrics?: boolean } = {}) {
     },
     orphanDestroyed(): void {
       orphansDestroyed.inc();
+    },
+
+    /** An acquire on a pooled environment: a ready member taken (warm) or provisioned (cold). */
+    poolClaim(warm: boolean): void {
+      poolClaims.inc({ result: warm ? 'warm' : 'cold' });
+    },
+    /** A member this server made: ready, failed (provision or setup), or retired while it was being made. */
+    poolMemberMade(result: 'ready' | 'failed' | 'retired', seconds: number): void {
+      poolMembersMade.inc({ result });
+      poolMemberSeconds.observe({ result }, seconds);
     },
 
     runQueued(source: string): void {

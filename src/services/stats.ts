@@ -9,6 +9,31 @@ import type { DatabaseSnapshot } from '../metrics/index.js';
 
 const OPEN_LEASE_STATUSES = ['active', 'retained', 'pending_cleanup'] as const;
 
+const POOL_STATES: Record<string, string> = { ready: 'ready', provisioning: 'provisioning', leased: 'claimed' };
+
+/** The pool gauges: every pooled environment shows every state (0 included), and members of an environment whose pool was removed still show until retired. */
+function poolGauges(
+  memberRows: Array<{ environment_id: string; status: string; n: number }>,
+  pooledRows: Array<{ id: string; failures: number | null }>,
+): Pick<DatabaseSnapshot, 'poolMembers' | 'poolRefillFailures'> {
+  const counts = new Map<string, number>();
+  const envIds = new Set<string>(pooledRows.map((r) => String(r.id)));
+  for (const r of memberRows) {
+    const state = POOL_STATES[String(r.status)];
+    if (!state) continue;
+    envIds.add(String(r.environment_id));
+    counts.set(`${r.environment_id}\u0000${state}`, Number(r.n));
+  }
+  const poolMembers: DatabaseSnapshot['poolMembers'] = [];
+  for (const environmentId of envIds) {
+    for (const state of Object.values(POOL_STATES)) poolMembers.push({ environmentId, state, count: counts.get(`${environmentId}\u0000${state}`) ?? 0 });
+  }
+  return {
+    poolMembers,
+    poolRefillFailures: pooledRows.map((r) => ({ environmentId: String(r.id), count: Number(r.failures ?? 0) })),
+  };
+}
+
 export function statsService(db: Db) {
   return {
     async snapshot(): Promise<DatabaseSnapshot> {
@@ -42,6 +67,16 @@ export function statsService(db: Db) {
         db,
         sql`SELECT status, count(*)::int AS n FROM provider_resources WHERE status NOT IN ('destroyed', 'lost') GROUP BY status`,
       );
+      // Warm pools: members through the live-resource rows, pooled environments (few) by their pool column.
+      const memberRows = await queryRows<{ environment_id: string; status: string; n: number }>(
+        db,
+        sql`SELECT environment_id, status, count(*)::int AS n FROM provider_resources
+            WHERE status NOT IN ('destroyed', 'lost') AND pool_member AND status IN ('provisioning', 'ready', 'leased') AND environment_id IS NOT NULL GROUP BY environment_id, status`,
+      );
+      const pooledRows = await queryRows<{ id: string; failures: number | null }>(
+        db,
+        sql`SELECT id, (pool_status->>'refillFailures')::int AS failures FROM environments WHERE pool IS NOT NULL AND status = 'active'`,
+      );
       // Every active environment shows every open status, 0 included: a series that is there
       // and 0 says more than one that is gone.
       const counts = new Map<string, number>();
@@ -65,6 +100,7 @@ export function statsService(db: Db) {
         ],
         oldestQueuedSeconds: runRow?.oldest == null ? 0 : Math.max(0, Number(runRow.oldest)),
         resources: resourceRows.map((r) => ({ status: String(r.status), count: Number(r.n) })),
+        ...poolGauges(memberRows, pooledRows),
       };
     },
   };

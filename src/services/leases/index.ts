@@ -45,6 +45,7 @@ export function leaseService(db: Db, metrics: Metrics) {
       try {
         const r = await acquire(...args);
         metrics.leaseAcquired(!r.created ? 'existing' : r.reacquired ? 'reacquired' : 'granted', (performance.now() - started) / 1000);
+        if (r.created && r.warm !== undefined) metrics.poolClaim(r.warm);
         return r;
       } catch (err) {
         const reason = isBerthError(err) ? err.code : 'error';
