@@ -328,7 +328,7 @@ function timeline(leases) {
 /** A warm pool on the environment page: its config, and what it holds now. */
 function poolFacts(p, st) {
   return html`<dt>Warm pool</dt><dd id="env-pool">min ${p.minReady} ready, max ${p.maxReady} idle, replaced after ${p.maxAgeSeconds} s${p.setup ? `, setup: ${p.setup.command}` : ''}</dd>
-    <dt>Pool now</dt><dd id="env-pool-state">${st ? html`<span data-pool-size="${st.size}">${st.size} idle</span> (<span data-pool-ready="${st.ready}">${st.ready} ready</span>, ${st.provisioning} provisioning) · ${st.claimed} claimed · <span data-pool-failures="${st.refillFailures}">${st.refillFailures} refill failure${st.refillFailures === 1 ? '' : 's'}</span>${st.lastError ? html` — last ${ago(st.lastErrorAt)}: ${st.lastError}` : ''}` : '-'}</dd>`;
+    <dt>Pool now</dt><dd id="env-pool-state">${st ? html`<span data-pool-size="${st.size}">${st.size} idle</span> (<span data-pool-ready="${st.ready}">${st.ready} ready</span>, ${st.provisioning} provisioning) · <span data-pool-claimed="${st.claimed}">${st.claimed} claimed</span> · <span data-pool-failures="${st.refillFailures}">${st.refillFailures} refill failure${st.refillFailures === 1 ? '' : 's'}</span>${st.lastError ? html` — last ${ago(st.lastErrorAt)}: ${st.lastError}` : ''}` : '-'}</dd>`;
 }
 
 async function viewEnvironment(id) {

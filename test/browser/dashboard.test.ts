@@ -1,7 +1,8 @@
 // The dashboard in a real browser (Debian's Chromium via playwright-core) against
 // a real `berth serve` on the embedded database: sign in, create an environment (a
 // bad field shows its message), start a run and watch its log arrive, see its lease
-// go from active to released on the timeline, cancel a long run, filter activity.
+// go from active to released on the timeline, cancel a long run, filter activity, see a
+// warm pool on its environment's page and a run that took one of its members.
 // A screenshot of each page goes to test-artifacts/screenshots/.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -162,5 +163,31 @@ describe('dashboard', () => {
     const runs = await page.$$eval('#feed tr td:nth-child(5)', (tds) => tds.map((td) => td.textContent));
     expect(runs.length).toBeGreaterThanOrEqual(3); // queued, lease acquired, lease released, finished
     for (const r of runs) expect(r).toBe(run!.id.slice(0, 8));
+  });
+  it("shows a warm pool on its environment's page, and a run that claimed a member says warm", async () => {
+    const s = server.services;
+    await s.environments.update(companyId, localId, { pool: { minReady: 2, maxReady: 2 } });
+    server.runtime!.poke();
+    await waitFor('two ready members', async () => ((await s.pools.states([localId])).get(localId)?.ready === 2 ? true : null), 15_000);
+    await page.goto(`${server.url}/#/environments/${localId}`);
+    await ready('environment');
+    expect(await page.textContent('#env-pool')).toBe('min 2 ready, max 2 idle, replaced after 3600 s');
+    await page.waitForSelector('[data-pool-ready="2"]');
+    expect(await page.textContent('#env-pool-state')).toContain('0 claimed');
+    await shot('11-environment-pool');
+
+    await page.goto(`${server.url}/#/runs`);
+    await ready('runs');
+    await page.click(`button[data-run-agent="${agents.holder}"]`);
+    await ready('run');
+    await page.waitForFunction(() => document.getElementById('log')?.textContent?.includes('holding'));
+    await page.waitForFunction(() => document.body.textContent?.includes('warm (pool member)'), undefined, { timeout: 10_000 });
+    await shot('12-run-warm');
+    // While it holds its member: claimed on the environment's page (the pool refilled behind it).
+    await page.goto(`${server.url}/#/environments/${localId}`);
+    await ready('environment');
+    await page.waitForSelector('[data-pool-claimed="1"]', { timeout: 10_000 });
+    await shot('13-environment-pool-claimed');
+    await s.environments.update(companyId, localId, { pool: null });
   });
 });
