@@ -98,6 +98,7 @@ interface EngineError {
 const statusOf = (err: unknown) => (err as EngineError).statusCode;
 /** The engine's own message (never a request body: dockerode puts none in its errors). */
 const engineMessage = (err: unknown) => storableText(String((err as EngineError).json?.message ?? (err as Error).message ?? err)).slice(0, 500);
+const isNoSuchImage = (err: unknown) => statusOf(err) === 404 && /no such image|image not known|not found/i.test(engineMessage(err));
 const isNameInUse = (err: unknown) => statusOf(err) === 409 || (statusOf(err) === 500 && /already in use/i.test(engineMessage(err)));
 
 function configOf(env: DriverEnvironment): DockerConfig {
@@ -384,29 +385,36 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       const docker = client(cfg);
       const labels: Record<string, string> = { ...req.labels, [LABEL_RESOURCE]: req.resourceId, [LABEL_ENVIRONMENT]: env.id };
       if (req.leaseId) labels[LABEL_LEASE] = req.leaseId;
-      let info = await inspectOwn(cfg, req.resourceId, signal);
-      if (!info) {
-        await ensureImage(cfg, signal);
-        try {
-          await call(`creating ${name}`, cfg, (s) => docker.createContainer({ ...createOptions(env, cfg, req.resourceId, labels), abortSignal: s } as Docker.ContainerCreateOptions), signal);
-        } catch (err) {
-          // Made by an earlier try of this same provision (a retry after a crash or a timeout): adopted below.
-          if (!isNameInUse(err)) {
-            if (/no such image|image not known/i.test((err as Error).message)) throw new DockerDriverError('image_not_found', (err as Error).message);
-            throw err;
-          }
+      // The common case is a new container: created first (the image is looked up, or pulled,
+      // only when the engine says it has none), started by the id the create returned, and
+      // inspected once when running. Three engine calls; a retry of the same provision (after a
+      // crash or a timeout) finds its container by name and adopts it.
+      let id: string | null = null;
+      let info: Docker.ContainerInspectInfo | null = null;
+      const create = () => call(`creating ${name}`, cfg, (s) => docker.createContainer({ ...createOptions(env, cfg, req.resourceId, labels), abortSignal: s } as Docker.ContainerCreateOptions), signal);
+      try {
+        id = (await create()).id;
+      } catch (err) {
+        if (isNameInUse(err)) {
+          info = await inspectOwn(cfg, req.resourceId, signal);
+          if (!info) throw new DockerDriverError('engine_error', `${name} on ${where(cfg)} is said to exist but the engine does not find it`);
+          id = info.Id;
+        } else if (isNoSuchImage(err)) {
+          await ensureImage(cfg, signal);
+          id = (await create()).id;
+        } else {
+          throw err;
         }
-        info = await inspectOwn(cfg, req.resourceId, signal);
-        if (!info) throw new DockerDriverError('engine_error', `${name} on ${where(cfg)} was created but the engine does not find it`);
       }
-      if (!info.State.Running) {
+      if (!info?.State.Running) {
         try {
-          await call(`starting ${name}`, cfg, (s) => docker.getContainer(info!.Id).start({ abortSignal: s }), signal);
+          await call(`starting ${name}`, cfg, (s) => docker.getContainer(id!).start({ abortSignal: s }), signal);
         } catch (err) {
           // 304: started meanwhile.
           if ((err as { statusCode?: number }).statusCode !== 304) throw err;
         }
-        info = (await inspectOwn(cfg, req.resourceId, signal)) ?? info;
+        info = await inspectOwn(cfg, req.resourceId, signal);
+        if (!info) throw new DockerDriverError('engine_error', `${name} on ${where(cfg)} was started but the engine does not find it`);
       }
       return provisioned(cfg, req.resourceId, info);
     },
@@ -443,14 +451,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       stream.pause(); // output waits for a watcher (backpressure reaches the process)
       stream.on('error', () => {}); // a reset before anyone watches: the watch sees the stream end
       live.set(ex.id, { stream, marker, signalled: null });
-      let pid: number | null = null;
-      try {
-        const ei = await call(`inspecting the exec in ${name}`, cfg, (s) => ex.inspect({ abortSignal: s }));
-        pid = typeof ei.Pid === 'number' && ei.Pid > 0 ? ei.Pid : null;
-      } catch {
-        /* the pid is for the log only */
-      }
-      return { driver: 'docker', host: where(cfg), ref: { execId: ex.id, container: name, marker, ...(pid ? { pid } : {}), ...(deadlineSec > 0 ? { deadlineSec, startedAt } : {}) } };
+      return { driver: 'docker', host: where(cfg), ref: { execId: ex.id, container: name, marker, ...(deadlineSec > 0 ? { deadlineSec, startedAt } : {}) } };
     },
 
     async watch(env, exe, sink: OutputListener): Promise<ExitResult> {
