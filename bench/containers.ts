@@ -5,7 +5,8 @@
 // release) against `docker run --rm --network none IMAGE true` (the docker CLI talking to
 // the same engine) and against the same create/start/wait/remove through the Engine API
 // with no CLI process. Interleaved rounds, so all three see the same machine; then runs
-// per second with 4 in flight against 4 `docker run --rm` in flight.
+// per second with 4 in flight against 4 `docker run --rm` in flight. Then the same runs on a
+// pooled environment (warm: the container made ahead), against docker run in the same rounds.
 // Needs BERTH_TEST_DOCKER_SOCKET / BERTH_TEST_PODMAN_SOCKET / BERTH_TEST_IMAGE (scripts/bench.sh starts the engines).
 import { spawn } from 'node:child_process';
 import Docker from 'dockerode';
@@ -93,6 +94,31 @@ async function main(): Promise<void> {
       );
       console.log(
         `${name.padEnd(7)}   ratio berth/docker-run p50 ${fmt(b.p50 / c.p50, 2)} (target <= 1.20), berth/engine-API p50 ${fmt(b.p50 / a.p50, 2)}; berth adds p50 ${fmt(b.p50 - c.p50)} ms over docker run`,
+      );
+
+      // The same with a warm pool: each run claims a container made ahead (the wait for the
+      // refill to have one ready again is outside the timed part), against docker run in the same rounds.
+      const pooled = await services.environments.create(company.id, { name: `bench-${name}-pool`, driver: 'docker', config: { endpoint: `unix://${socket}`, image }, pool: { minReady: 1, maxReady: 1 } });
+      const pooledAgent = await services.agents.create(company.id, { name: `true-${name}-pool`, adapterType: 'process', adapterConfig: { command: 'true', args: [] }, defaultEnvironmentId: pooled.id });
+      const readyMember = async () => {
+        for (let i = 0; i < 600 && (await services.pools.states([pooled.id])).get(pooled.id)?.ready !== 1; i++) await new Promise((r) => setTimeout(r, 10));
+      };
+      const warm: number[] = [];
+      const cli2: number[] = [];
+      let warmCount = 0;
+      for (let i = 0; i < ROUNDS; i++) {
+        await readyMember();
+        const r = await bench.runOnce(company.id, pooledAgent.id);
+        if (r.run.status !== 'succeeded') throw new Error(`run ${r.run.id} ${r.run.status}: ${r.run.errorCode} ${r.run.error}`);
+        if ((r.run.contextSnapshot.paperclipEnvironment as { warm?: boolean } | undefined)?.warm === true) warmCount++;
+        warm.push(r.ms);
+        cli2.push(await cliRun(socket!));
+      }
+      await services.environments.update(company.id, pooled.id, { pool: null });
+      const w = stats(warm);
+      const c2 = stats(cli2);
+      console.log(
+        `${name.padEnd(7)} pooled (${warmCount} of ${ROUNDS} warm): berth run p50 ${fmt(w.p50)} ms p90 ${fmt(w.p90)} | docker run --rm p50 ${fmt(c2.p50)} ms p90 ${fmt(c2.p90)} | ratio p50 ${fmt(w.p50 / c2.p50, 2)} (target <= 1.20)`,
       );
 
       // 4 in flight: runs per second, against 4 `docker run --rm` in flight.
