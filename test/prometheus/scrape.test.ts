@@ -199,4 +199,31 @@ describe('a real Prometheus scraping berth serve', () => {
     // PromQL over what was scraped: the acquire rate over the last minute is above zero.
     await expectQuery('sum(increase(berth_lease_acquire_duration_seconds_count[1m]))', (v) => v > 0);
   });
+  it('sees a warm pool fill, a run claim one of its members, and the pool refill', async () => {
+    const co = (await berth.call('POST', '/api/companies', { body: { name: 'Scraped pools' } })).body;
+    const key = co.apiKey as string;
+    const companyId = co.company.id as string;
+    const listed = (await berth.call('GET', `/api/companies/${companyId}/environments`, { key })).body;
+    const envs = (Array.isArray(listed) ? listed : listed.items) as Array<{ id: string; driver: string }>;
+    let env = envs.find((e) => e.driver === 'local')?.id;
+    if (!env) env = (await berth.call('POST', `/api/companies/${companyId}/environments`, { key, body: { name: 'local', driver: 'local', config: {} } })).body.id as string;
+    expect((await berth.call('PATCH', `/api/environments/${env}`, { key, body: { pool: { minReady: 2, maxReady: 2 } } })).status).toBe(200);
+    await expectQuery(`berth_pool_members{environment_id="${env}",state="ready"}`, 2);
+    await expectQuery(`berth_pool_members{environment_id="${env}",state="claimed"}`, 0);
+    await expectQuery(`berth_pool_refill_failures{environment_id="${env}"}`, 0);
+
+    const agent = (await berth.call('POST', `/api/companies/${companyId}/agents`, { key, body: { name: 'pooled', adapterType: 'process', adapterConfig: { command: 'sh', args: ['-c', 'sleep 30'] }, defaultEnvironmentId: env } })).body.id as string;
+    const run = (await berth.call('POST', `/api/agents/${agent}/wakeup`, { key, body: {} })).body.id as string;
+    await waitFor('the pooled run to start', async () => (await berth.call('GET', `/api/heartbeat-runs/${run}`, { key })).body.status === 'running', 30_000);
+    await expectQuery(`berth_pool_members{environment_id="${env}",state="claimed"}`, 1);
+    await expectQuery('berth_pool_claims_total{result="warm"}', 1);
+    // Refilled behind the claim: two ready again, beside the claimed one.
+    await expectQuery(`berth_pool_members{environment_id="${env}",state="ready"}`, 2);
+    await expectQuery('berth_pool_members_made_total{result="ready"}', 3);
+    expect((await berth.call('POST', `/api/heartbeat-runs/${run}/cancel`, { key })).status).toBeLessThan(300);
+    await expectQuery(`berth_pool_members{environment_id="${env}",state="claimed"}`, 0);
+    expect((await berth.call('PATCH', `/api/environments/${env}`, { key, body: { pool: null } })).status).toBe(200);
+    // The pool off and its members retired: the environment's series are gone.
+    await expectQuery(`sum(berth_pool_members{environment_id="${env}"}) or vector(0)`, 0);
+  });
 });
