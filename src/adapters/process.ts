@@ -1,7 +1,9 @@
-// The `process` adapter: the agent's command, args and env with the PAPERCLIP_* contract,
+// The `process` adapter: the agent's command, args and env with the PAPERCLIP_* contract
+// (src/domain/paperclip.ts lists it),
 // and its limits (timeoutSec; graceSec between SIGTERM and SIGKILL). The executor starts it
 // through the environment's driver and enforces the limits (heartbeat/run/watch.ts).
 import { processAdapterSchema } from '../domain/agents.js';
+import { wakeVariables } from '../domain/paperclip.js';
 import type { Agent } from '../domain/types.js';
 import type { AdapterContext, ProcessAdapter } from './types.js';
 
@@ -12,11 +14,13 @@ export function runEnvironment(ctx: Omit<AdapterContext, 'log' | 'abort'>, agent
   const env: Record<string, string> = {};
   // Another host (or a container) has its own PATH, HOME...: this server's would be wrong there.
   if (ctx.driver.capabilities.hostLocal) for (const k of INHERITED) if (process.env[k] !== undefined) env[k] = process.env[k]!;
-  Object.assign(env, ctx.environment.envVars, agentEnv, {
+  // The wake context's variables (task, reason...) come before the run's own: an invocation cannot set those.
+  Object.assign(env, ctx.environment.envVars, agentEnv, wakeVariables(ctx.run.contextSnapshot), {
     PAPERCLIP_AGENT_ID: ctx.agent.id,
     PAPERCLIP_COMPANY_ID: ctx.agent.companyId,
     PAPERCLIP_RUN_ID: ctx.run.id,
     PAPERCLIP_API_URL: ctx.apiUrl,
+    PAPERCLIP_RUNTIME_API_URL: ctx.apiUrl,
     PAPERCLIP_API_KEY: ctx.token,
     PAPERCLIP_LEASE_ID: ctx.lease.id,
     PAPERCLIP_ENVIRONMENT_ID: ctx.environment.id,

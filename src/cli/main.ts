@@ -627,6 +627,7 @@ export function buildProgram(): Command {
       let after = 0;
       for (;;) {
         const { data: page } = await client.GET('/api/heartbeat-runs/{id}/log', { params: { path: { id }, query: { after } } });
+        if (!('chunks' in page)) throw new Error('the server answered a log read by seq with a read by byte offset');
         for (const ch of page.chunks) (ch.stream === 'stderr' || ch.stream === 'system' ? process.stderr : process.stdout).write(ch.chunk);
         if (page.chunks.length < 1000) break;
         after = page.lastSeq;

@@ -47,7 +47,9 @@ export interface Answer<T> {
 type Method<M extends HttpMethod> = <P extends PathsWithMethod<Paths, M>>(path: P, ...init: InitArg<InitOf<M, P>>) => Promise<Answer<Ok<M, P>>>;
 
 export type HeartbeatRun = Ok<'get', '/api/heartbeat-runs/{id}'>;
-export type LogChunk = Ok<'get', '/api/heartbeat-runs/{id}/log'>['chunks'][number];
+/** A page of the log by seq (the answer without offset/limitBytes, which read Paperclip's NDJSON log by byte). */
+export type LogPage = Extract<Ok<'get', '/api/heartbeat-runs/{id}/log'>, { chunks: unknown }>;
+export type LogChunk = LogPage['chunks'][number];
 export type Lease = Ok<'get', '/api/environment-leases/{leaseId}'>;
 export type AcquireLeaseBody = Body<'post', '/api/environments/{id}/leases'>;
 export type AcquireLeaseResult = Ok<'post', '/api/environments/{id}/leases'>;

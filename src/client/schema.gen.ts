@@ -62,6 +62,1268 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** /health under Paperclip's name, with its `status` field ('ok') */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description {ok, status, version, database} */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** @constant */
+                            ok: true;
+                            /** @constant */
+                            status: "ok";
+                            version: string;
+                            /** @enum {string} */
+                            database: "pglite" | "postgres";
+                        };
+                    };
+                };
+                /** @description error */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agents/me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The calling run's agent (a run token: PAPERCLIP_API_KEY), with the run it acts for
+         * @description A run's own token (PAPERCLIP_API_KEY) may call this for its own run and leases.
+         */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Agent & {runId} */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: uuid */
+                            id: string;
+                            /** Format: uuid */
+                            companyId: string;
+                            name: string;
+                            adapterType: string;
+                            adapterConfig: {
+                                [key: string]: unknown;
+                            };
+                            defaultEnvironmentId: string | null;
+                            status: string;
+                            maxConcurrentRuns: number;
+                            runningCount: number;
+                            intervalSec: number | null;
+                            /** Format: date-time */
+                            createdAt: string;
+                            /** Format: date-time */
+                            updatedAt: string;
+                            runId: string | null;
+                        };
+                    };
+                };
+                /** @description error */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agents/{id}/heartbeat/invoke": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Queue a run of the agent (Paperclip's older name for wakeup; takes the wakeup's body) */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: {
+                content: {
+                    "application/json": {
+                        /**
+                         * @default on_demand
+                         * @enum {string}
+                         */
+                        source?: "on_demand" | "timer" | "assignment" | "automation";
+                        /** @default {} */
+                        context?: {
+                            [key: string]: unknown;
+                        };
+                        /** @enum {string} */
+                        triggerDetail?: "manual" | "ping" | "callback" | "system";
+                        reason?: string | null;
+                        payload?: {
+                            [key: string]: unknown;
+                        } | null;
+                        idempotencyKey?: string | null;
+                        forceFreshSession?: boolean | null;
+                    };
+                };
+            };
+            responses: {
+                /** @description HeartbeatRun (queued) */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: uuid */
+                            id: string;
+                            /** Format: uuid */
+                            companyId: string;
+                            /** Format: uuid */
+                            agentId: string;
+                            status: string;
+                            invocationSource: string;
+                            contextSnapshot: {
+                                [key: string]: unknown;
+                            };
+                            exitCode: number | null;
+                            signal: string | null;
+                            error: string | null;
+                            errorCode: string | null;
+                            environmentId: string | null;
+                            leaseId: string | null;
+                            serverId: string | null;
+                            hostname: string | null;
+                            pid: number | null;
+                            processIdentity: {
+                                [key: string]: unknown;
+                            } | null;
+                            cancelRequestedAt: string | null;
+                            notBefore: string | null;
+                            idempotencyKey: string | null;
+                            /** Format: date-time */
+                            createdAt: string;
+                            startedAt: string | null;
+                            finishedAt: string | null;
+                        };
+                    };
+                };
+                /** @description HeartbeatRun (queued) */
+                202: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: uuid */
+                            id: string;
+                            /** Format: uuid */
+                            companyId: string;
+                            /** Format: uuid */
+                            agentId: string;
+                            status: string;
+                            invocationSource: string;
+                            contextSnapshot: {
+                                [key: string]: unknown;
+                            };
+                            exitCode: number | null;
+                            signal: string | null;
+                            error: string | null;
+                            errorCode: string | null;
+                            environmentId: string | null;
+                            leaseId: string | null;
+                            serverId: string | null;
+                            hostname: string | null;
+                            pid: number | null;
+                            processIdentity: {
+                                [key: string]: unknown;
+                            } | null;
+                            cancelRequestedAt: string | null;
+                            notBefore: string | null;
+                            idempotencyKey: string | null;
+                            /** Format: date-time */
+                            createdAt: string;
+                            startedAt: string | null;
+                            finishedAt: string | null;
+                        };
+                    };
+                };
+                /** @description error */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agents/{id}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Pause the agent: it takes no new runs (its running runs go on) */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Agent */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: uuid */
+                            id: string;
+                            /** Format: uuid */
+                            companyId: string;
+                            name: string;
+                            adapterType: string;
+                            adapterConfig: {
+                                [key: string]: unknown;
+                            };
+                            defaultEnvironmentId: string | null;
+                            status: string;
+                            maxConcurrentRuns: number;
+                            runningCount: number;
+                            intervalSec: number | null;
+                            /** Format: date-time */
+                            createdAt: string;
+                            /** Format: date-time */
+                            updatedAt: string;
+                        };
+                    };
+                };
+                /** @description error */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/agents/{id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Resume a paused agent */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Agent */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: uuid */
+                            id: string;
+                            /** Format: uuid */
+                            companyId: string;
+                            name: string;
+                            adapterType: string;
+                            adapterConfig: {
+                                [key: string]: unknown;
+                            };
+                            defaultEnvironmentId: string | null;
+                            status: string;
+                            maxConcurrentRuns: number;
+                            runningCount: number;
+                            intervalSec: number | null;
+                            /** Format: date-time */
+                            createdAt: string;
+                            /** Format: date-time */
+                            updatedAt: string;
+                        };
+                    };
+                };
+                /** @description error */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/companies/{companyId}/environments/capabilities": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What environments this server runs, per adapter and per driver, in Paperclip's shape (`berthDrivers`: Berth's own detail) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    companyId: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description {adapters, drivers, sandboxProviders, berthDrivers} */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            adapters: {
+                                adapterType: string;
+                                drivers: {
+                                    [key: string]: "supported" | "unsupported";
+                                };
+                                sandboxProviders: {
+                                    [key: string]: unknown;
+                                };
+                            }[];
+                            drivers: {
+                                [key: string]: "supported" | "unsupported";
+                            };
+                            sandboxProviders: {
+                                [key: string]: unknown;
+                            };
+                            berthDrivers: {
+                                kind: string;
+                                title: string;
+                                runs: boolean;
+                                adapters: string[];
+                                capabilities: {
+                                    [key: string]: boolean;
+                                };
+                            }[];
+                        };
+                    };
+                };
+                /** @description error */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/companies/{companyId}/environments/probe-config": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Probe a config before saving it: validated as create validates it, probed through its driver, nothing stored */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    companyId: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        /** @constant */
+                        driver: "local";
+                        /** @default {} */
+                        config?: {
+                            /** @enum {string} */
+                            isolation?: "none" | "bubblewrap";
+                            /** @enum {string} */
+                            network?: "none" | "host";
+                            writablePaths?: string[];
+                            readOnlyPaths?: string[];
+                            hiddenPaths?: string[];
+                        };
+                        name?: string;
+                        description?: string | null;
+                        metadata?: {
+                            [key: string]: unknown;
+                        } | null;
+                    } | {
+                        /** @constant */
+                        driver: "ssh";
+                        config: {
+                            host: string;
+                            /** @default 22 */
+                            port?: number;
+                            username: string;
+                            remoteWorkspacePath: string;
+                            privateKey?: string;
+                            knownHosts?: string;
+                            /** @default true */
+                            strictHostKeyChecking?: boolean;
+                        };
+                        name?: string;
+                        description?: string | null;
+                        metadata?: {
+                            [key: string]: unknown;
+                        } | null;
+                    } | {
+                        /** @constant */
+                        driver: "docker";
+                        config: {
+                            /** @default unix:///var/run/docker.sock */
+                            endpoint?: string;
+                            image: string;
+                            user?: string;
+                            memoryMb?: number;
+                            cpus?: number;
+                            /** @default 1024 */
+                            pidsLimit?: number;
+                            /** @default false */
+                            readOnlyRootfs?: boolean;
+                            /** @default none */
+                            network?: string;
+                            /** @default runc */
+                            runtime?: string;
+                            /** @default /workspace */
+                            workspacePath?: string;
+                            /** @default {} */
+                            labels?: {
+                                [key: string]: string;
+                            };
+                            /**
+                             * @default never
+                             * @enum {string}
+                             */
+                            pull?: "never" | "missing";
+                            tls?: {
+                                ca?: string;
+                                cert?: string;
+                                key?: string;
+                            };
+                        };
+                        name?: string;
+                        description?: string | null;
+                        metadata?: {
+                            [key: string]: unknown;
+                        } | null;
+                    } | {
+                        /** @constant */
+                        driver: "sandbox";
+                        config: {
+                            provider: string;
+                            /** @default {} */
+                            options?: {
+                                [key: string]: unknown;
+                            };
+                        };
+                        name?: string;
+                        description?: string | null;
+                        metadata?: {
+                            [key: string]: unknown;
+                        } | null;
+                    };
+                };
+            };
+            responses: {
+                /** @description {ok, driver, summary, latencyMs, details, error?} */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            ok: boolean;
+                            driver: string;
+                            summary: string;
+                            latencyMs: number;
+                            details: {
+                                [key: string]: unknown;
+                            };
+                            error?: string;
+                        };
+                    };
+                };
+                /** @description error */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/environments/{id}/delete-blast-radius": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What deleting the environment would touch, and why it would be refused now (nothing changes) */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description {environmentId, canDelete, deleteBlockedReasons, leases, resources, agentsDefaulting} */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: uuid */
+                            environmentId: string;
+                            driver: string;
+                            canDelete: boolean;
+                            deleteBlockedReasons: string[];
+                            blockingLeases: {
+                                [key: string]: number;
+                            };
+                            blockingResources: {
+                                [key: string]: number;
+                            };
+                            leaseHistory: number;
+                            agentsDefaulting: number;
+                        };
+                    };
+                };
+                /** @description error */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/heartbeat-runs/{id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The run's events, oldest first after `afterSeq`: its status changes and its leases' activity (Paperclip's run events)
+         * @description A run's own token (PAPERCLIP_API_KEY) may call this for its own run and leases.
+         */
+        get: {
+            parameters: {
+                query?: {
+                    afterSeq?: number;
+                    limit?: number;
+                };
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description RunEvent[] */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            id: number;
+                            /** Format: uuid */
+                            companyId: string;
+                            runId: string | null;
+                            seq: number;
+                            eventType: string;
+                            /** @constant */
+                            stream: "system";
+                            /** @enum {string} */
+                            level: "info" | "error";
+                            message: string;
+                            payload: {
+                                [key: string]: unknown;
+                            };
+                            action: string;
+                            /** Format: date-time */
+                            createdAt: string;
+                        }[];
+                    };
+                };
+                /** @description error */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/companies": {
         parameters: {
             query?: never;
@@ -968,6 +2230,8 @@ export interface paths {
                             };
                             lastProbe: {
                                 ok: boolean;
+                                driver?: string;
+                                summary?: string;
                                 latencyMs: number;
                                 details: {
                                     [key: string]: unknown;
@@ -1285,6 +2549,8 @@ export interface paths {
                             };
                             lastProbe: {
                                 ok: boolean;
+                                driver?: string;
+                                summary?: string;
                                 latencyMs: number;
                                 details: {
                                     [key: string]: unknown;
@@ -1446,6 +2712,8 @@ export interface paths {
                             };
                             lastProbe: {
                                 ok: boolean;
+                                driver?: string;
+                                summary?: string;
                                 latencyMs: number;
                                 details: {
                                     [key: string]: unknown;
@@ -1596,6 +2864,8 @@ export interface paths {
                             };
                             lastProbe: {
                                 ok: boolean;
+                                driver?: string;
+                                summary?: string;
                                 latencyMs: number;
                                 details: {
                                     [key: string]: unknown;
@@ -1774,6 +3044,8 @@ export interface paths {
                             };
                             lastProbe: {
                                 ok: boolean;
+                                driver?: string;
+                                summary?: string;
                                 latencyMs: number;
                                 details: {
                                     [key: string]: unknown;
@@ -1933,6 +3205,8 @@ export interface paths {
                             };
                             lastProbe: {
                                 ok: boolean;
+                                driver?: string;
+                                summary?: string;
                                 latencyMs: number;
                                 details: {
                                     [key: string]: unknown;
@@ -2053,7 +3327,7 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description {ok, latencyMs, details, error?, at} */
+                /** @description {ok, driver, summary, latencyMs, details, error?, at} */
                 200: {
                     headers: {
                         [name: string]: unknown;
@@ -2061,6 +3335,8 @@ export interface paths {
                     content: {
                         "application/json": {
                             ok: boolean;
+                            driver?: string;
+                            summary?: string;
                             latencyMs: number;
                             details: {
                                 [key: string]: unknown;
@@ -3518,10 +4794,15 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One agent */
+        /**
+         * One agent, by id or (in the caller's company) by name; a run token sees its own agent
+         * @description A run's own token (PAPERCLIP_API_KEY) may call this for its own run and leases.
+         */
         get: {
             parameters: {
-                query?: never;
+                query?: {
+                    companyId?: string;
+                };
                 header?: never;
                 path: {
                     id: string;
@@ -3911,11 +5192,59 @@ export interface paths {
                         context?: {
                             [key: string]: unknown;
                         };
+                        /** @enum {string} */
+                        triggerDetail?: "manual" | "ping" | "callback" | "system";
+                        reason?: string | null;
+                        payload?: {
+                            [key: string]: unknown;
+                        } | null;
+                        idempotencyKey?: string | null;
+                        forceFreshSession?: boolean | null;
                     };
                 };
             };
             responses: {
-                /** @description HeartbeatRun (queued) */
+                /** @description HeartbeatRun (queued; 200 with the earlier run for a repeated idempotencyKey) */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** Format: uuid */
+                            id: string;
+                            /** Format: uuid */
+                            companyId: string;
+                            /** Format: uuid */
+                            agentId: string;
+                            status: string;
+                            invocationSource: string;
+                            contextSnapshot: {
+                                [key: string]: unknown;
+                            };
+                            exitCode: number | null;
+                            signal: string | null;
+                            error: string | null;
+                            errorCode: string | null;
+                            environmentId: string | null;
+                            leaseId: string | null;
+                            serverId: string | null;
+                            hostname: string | null;
+                            pid: number | null;
+                            processIdentity: {
+                                [key: string]: unknown;
+                            } | null;
+                            cancelRequestedAt: string | null;
+                            notBefore: string | null;
+                            idempotencyKey: string | null;
+                            /** Format: date-time */
+                            createdAt: string;
+                            startedAt: string | null;
+                            finishedAt: string | null;
+                        };
+                    };
+                };
+                /** @description HeartbeatRun (queued; 200 with the earlier run for a repeated idempotencyKey) */
                 202: {
                     headers: {
                         [name: string]: unknown;
@@ -3947,6 +5276,7 @@ export interface paths {
                             } | null;
                             cancelRequestedAt: string | null;
                             notBefore: string | null;
+                            idempotencyKey: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             startedAt: string | null;
@@ -4090,6 +5420,7 @@ export interface paths {
                             } | null;
                             cancelRequestedAt: string | null;
                             notBefore: string | null;
+                            idempotencyKey: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             startedAt: string | null;
@@ -4233,6 +5564,7 @@ export interface paths {
                             } | null;
                             cancelRequestedAt: string | null;
                             notBefore: string | null;
+                            idempotencyKey: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             startedAt: string | null;
@@ -4378,6 +5710,7 @@ export interface paths {
                             } | null;
                             cancelRequestedAt: string | null;
                             notBefore: string | null;
+                            idempotencyKey: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             startedAt: string | null;
@@ -4482,6 +5815,8 @@ export interface paths {
                     after?: number;
                     limit?: number;
                     follow?: "0" | "1" | "true" | "false";
+                    offset?: number;
+                    limitBytes?: number;
                 };
                 header?: never;
                 path: {
@@ -4491,7 +5826,7 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
-                /** @description {run, chunks, lastSeq} or an event stream */
+                /** @description {run, chunks, lastSeq}, an event stream, or with offset/limitBytes {runId, store, content, nextOffset, endOffset} */
                 200: {
                     headers: {
                         [name: string]: unknown;
@@ -4524,6 +5859,7 @@ export interface paths {
                                 } | null;
                                 cancelRequestedAt: string | null;
                                 notBefore: string | null;
+                                idempotencyKey: string | null;
                                 /** Format: date-time */
                                 createdAt: string;
                                 startedAt: string | null;
@@ -4538,6 +5874,16 @@ export interface paths {
                                 chunk: string;
                             }[];
                             lastSeq: number;
+                        } | {
+                            /** Format: uuid */
+                            runId: string;
+                            /** @constant */
+                            store: "berth";
+                            /** Format: uuid */
+                            logRef: string;
+                            content: string;
+                            nextOffset: number;
+                            endOffset: number;
                         };
                         "text/event-stream": string;
                     };
@@ -4873,6 +6219,8 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         Error: {
+            /** @description error.message again, for clients that read only a top-level message */
+            message: string;
             error: {
                 code: string;
                 message: string;

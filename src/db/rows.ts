@@ -210,6 +210,7 @@ export function toRun(r: Row): HeartbeatRun {
     processIdentity: r.process_identity === null || r.process_identity === undefined ? null : obj(r.process_identity),
     cancelRequestedAt: dateOrNull(r.cancel_requested_at),
     notBefore: dateOrNull(r.not_before),
+    idempotencyKey: strOrNull(r.idempotency_key),
     createdAt: date(r.created_at),
     startedAt: dateOrNull(r.started_at),
     finishedAt: dateOrNull(r.finished_at),

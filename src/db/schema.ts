@@ -318,6 +318,8 @@ export const heartbeatRuns = pgTable(
     /** A queued run is not claimed before this (set when it had to wait for its environment's capacity). */
     notBefore: timestamp('not_before', { withTimezone: true }),
     logSeq: integer('log_seq').notNull().default(0),
+    /** The invocation's idempotency key (Paperclip's wakeup `idempotencyKey`): one run per agent and key. */
+    idempotencyKey: text('idempotency_key'),
     createdAt: createdAt(),
     startedAt: timestamp('started_at', { withTimezone: true }),
     finishedAt: timestamp('finished_at', { withTimezone: true }),
@@ -330,6 +332,7 @@ export const heartbeatRuns = pgTable(
     index('heartbeat_runs_agent_created_idx').on(t.agentId, t.createdAt.desc()),
     // A run's PAPERCLIP_API_KEY is looked up by its hash on every request it makes.
     uniqueIndex('heartbeat_runs_token_hash_uq').on(t.tokenHash).where(sql`${t.tokenHash} IS NOT NULL`),
+    uniqueIndex('heartbeat_runs_idempotency_uq').on(t.agentId, t.idempotencyKey).where(sql`${t.idempotencyKey} IS NOT NULL`),
   ],
 );
 

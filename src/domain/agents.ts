@@ -1,6 +1,7 @@
 // Validators for agents and their adapters.
 import { z } from 'zod';
 import { ADAPTER_TYPES, ENV_VAR_NAME_RE, INVOCATION_SOURCES } from './enums.js';
+import { paperclipWakeFields } from './paperclip.js';
 
 const envVarName = z.string().regex(ENV_VAR_NAME_RE, 'must be a valid environment variable name');
 
@@ -72,5 +73,7 @@ export const invokeSchema = z.strictObject({
   source: z.enum(INVOCATION_SOURCES).default('on_demand'),
   /** Caller context kept in the run's contextSnapshot (an issue, a trigger...). */
   context: z.record(z.string(), z.unknown()).default({}),
+  // Paperclip's wakeup fields (src/domain/paperclip.ts says what each becomes).
+  ...paperclipWakeFields,
 });
 export type InvokeInput = z.input<typeof invokeSchema>;

@@ -66,7 +66,8 @@ async function bodyText(c: Context): Promise<string> {
 async function readBody(c: Context, route: RouteDef): Promise<unknown> {
   const text = await bodyText(c);
   if (!route.body) {
-    if (text.trim() !== '') throw new HttpError(422, 'invalid', 'this route takes no body', [{ path: '(body)', message: 'must be empty' }]);
+    // Nothing, or an empty JSON object (what clients send to a POST that takes no fields).
+    if (text.trim() !== '' && !/^\{\s*\}$/.test(text.trim())) throw new HttpError(422, 'invalid', 'this route takes no body', [{ path: '(body)', message: 'must be empty (or {})' }]);
     return {};
   }
   if (text.trim() === '') {

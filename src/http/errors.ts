@@ -1,5 +1,6 @@
-// One error shape for every failure: {error: {code, message, fields?, details?}},
-// and the one place a BerthError code becomes an HTTP status.
+// One error shape for every failure: {error: {code, message, fields?, details?}, message},
+// and the one place a BerthError code becomes an HTTP status. The top-level `message`
+// repeats error.message for clients that read only that (Paperclip's print it).
 import type { ErrorCode, FieldIssue } from '../domain/errors.js';
 import { BerthError } from '../domain/errors.js';
 
@@ -31,10 +32,11 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
 
 export interface ErrorBody {
   error: { code: string; message: string; fields?: FieldIssue[]; details?: Record<string, unknown> };
+  message: string;
 }
 
 export function errorBody(code: string, message: string, fields?: FieldIssue[], details?: Record<string, unknown>): ErrorBody {
-  return { error: { code, message, ...(fields ? { fields } : {}), ...(details ? { details } : {}) } };
+  return { error: { code, message, ...(fields ? { fields } : {}), ...(details ? { details } : {}) }, message };
 }
 
 /** The status and body for an error, or null when it is not one we expected (a 500). */

@@ -47,14 +47,15 @@ export function buildOpenApi(routes: RouteDef[], version: string): Record<string
   }
   return {
     openapi: '3.1.0',
-    info: { title: 'Berth API', version, description: 'Environments, leases, agents, heartbeat runs and activity. Errors: {error: {code, message, fields?}}.' },
+    info: { title: 'Berth API', version, description: 'Environments, leases, agents, heartbeat runs and activity. Errors: {error: {code, message, fields?}, message}.' },
     components: {
       securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'A company API key, the instance admin key, or a run token' } },
       schemas: {
         Error: {
           type: 'object',
-          required: ['error'],
+          required: ['error', 'message'],
           properties: {
+            message: { type: 'string', description: 'error.message again, for clients that read only a top-level message' },
             error: {
               type: 'object',
               required: ['code', 'message'],

@@ -14,7 +14,8 @@ const company = z.strictObject({ id, name: z.string(), createdAt: ts, updatedAt:
 
 const apiKey = z.strictObject({ id, companyId: id, name: z.string(), prefix: z.string(), createdAt: ts, lastUsedAt: tsOrNull, revokedAt: tsOrNull });
 
-const probe = z.strictObject({ ok: z.boolean(), latencyMs: z.number(), details: record, error: z.string().optional(), at: ts });
+/** driver and summary: absent only in a lastProbe recorded by an older Berth. */
+const probe = z.strictObject({ ok: z.boolean(), driver: z.string().optional(), summary: z.string().optional(), latencyMs: z.number(), details: record, error: z.string().optional(), at: ts });
 
 /** Secret-bearing values are shown by name only (envVarNames). */
 const environment = z.strictObject({
@@ -64,6 +65,8 @@ const driver = z.strictObject({
   form: z.array(z.strictObject({ path: z.string(), label: z.string(), type: z.string(), placeholder: z.string().optional() })),
   configSchema: record,
 });
+
+const supportWord = z.enum(['supported', 'unsupported']);
 
 const lease = z.strictObject({
   id,
@@ -140,6 +143,8 @@ const run = z.strictObject({
   cancelRequestedAt: tsOrNull,
   /** A queued run is not claimed before this: it waits for its environment's capacity. */
   notBefore: tsOrNull,
+  /** The invocation's idempotency key: a repeat with it answered with this run. */
+  idempotencyKey: z.string().nullable(),
   createdAt: ts,
   startedAt: tsOrNull,
   finishedAt: tsOrNull,
@@ -191,8 +196,57 @@ export const RESPONSES: Record<string, z.ZodType> = {
   'GET /api/companies/:companyId/heartbeat-runs': z.array(run),
   'GET /api/heartbeat-runs/:id': run,
   'POST /api/heartbeat-runs/:id/cancel': run,
-  'GET /api/heartbeat-runs/:id/log': z.strictObject({ run, chunks: z.array(logChunk), lastSeq: z.number().int() }),
+  'GET /api/heartbeat-runs/:id/log': z.union([
+    z.strictObject({ run, chunks: z.array(logChunk), lastSeq: z.number().int() }),
+    // With offset/limitBytes: Paperclip's NDJSON log by byte offset.
+    z.strictObject({ runId: id, store: z.literal('berth'), logRef: id, content: z.string(), nextOffset: z.number().int(), endOffset: z.number().int() }),
+  ]),
   'GET /api/companies/:companyId/activity': z.array(activity),
+  // Paperclip's names and shapes (src/http/routes/paperclip.ts).
+  'GET /api/health': z.strictObject({ ok: z.literal(true), status: z.literal('ok'), version: z.string(), database: z.enum(['pglite', 'postgres']) }),
+  'GET /api/agents/me': agent.extend({ runId: id.nullable() }),
+  'POST /api/agents/:id/heartbeat/invoke': run,
+  'POST /api/agents/:id/pause': agent,
+  'POST /api/agents/:id/resume': agent,
+  'GET /api/companies/:companyId/environments/capabilities': z.strictObject({
+    adapters: z.array(z.strictObject({ adapterType: z.string(), drivers: z.record(z.string(), supportWord), sandboxProviders: record })),
+    drivers: z.record(z.string(), supportWord),
+    sandboxProviders: record,
+    berthDrivers: z.array(z.strictObject({ kind: z.string(), title: z.string(), runs: z.boolean(), adapters: z.array(z.string()), capabilities: z.record(z.string(), z.boolean()) })),
+  }),
+  'POST /api/companies/:companyId/environments/probe-config': z.strictObject({
+    ok: z.boolean(),
+    driver: z.string(),
+    summary: z.string(),
+    latencyMs: z.number(),
+    details: record,
+    error: z.string().optional(),
+  }),
+  'GET /api/environments/:id/delete-blast-radius': z.strictObject({
+    environmentId: id,
+    driver: z.string(),
+    canDelete: z.boolean(),
+    deleteBlockedReasons: z.array(z.string()),
+    blockingLeases: z.record(z.string(), z.number().int()),
+    blockingResources: z.record(z.string(), z.number().int()),
+    leaseHistory: z.number().int(),
+    agentsDefaulting: z.number().int(),
+  }),
+  'GET /api/heartbeat-runs/:id/events': z.array(
+    z.strictObject({
+      id: z.number().int(),
+      companyId: id,
+      runId: id.nullable(),
+      seq: z.number().int(),
+      eventType: z.string(),
+      stream: z.literal('system'),
+      level: z.enum(['info', 'error']),
+      message: z.string(),
+      payload: record,
+      action: z.string(),
+      createdAt: ts,
+    }),
+  ),
 };
 
 /** For routes that only stream (their JSON answer is the event stream itself). */

@@ -73,6 +73,16 @@ export function activityService(db: Db) {
       return rows.map(toActivity);
     },
 
+    /** A run's rows (its own and its leases'), oldest first, after `afterId`: the run's events. */
+    async ofRun(companyId: string, runId: string, afterId = 0, limit = 200): Promise<ActivityEntry[]> {
+      const rows = await queryRows(
+        db,
+        sql`SELECT * FROM activity_log WHERE company_id = ${companyId} AND run_id = ${runId} AND id > ${afterId}
+            ORDER BY id LIMIT ${Math.min(Math.max(limit, 1), 1000)}`,
+      );
+      return rows.map(toActivity);
+    },
+
     /** The newest activity id of a company (0 when it has none). */
     async latestId(companyId: string): Promise<number> {
       const [row] = await queryRows<{ id: string | null }>(db, sql`SELECT max(id) AS id FROM activity_log WHERE company_id = ${companyId}`);

@@ -6,7 +6,7 @@ import { toAgent, toAgentStored } from '../db/rows.js';
 import { adapterSchemas, createAgentSchema, updateAgentSchema, type CreateAgentInput, type UpdateAgentInput } from '../domain/agents.js';
 import { driversForAdapter, type EnvironmentDriverKind } from '../drivers/descriptors.js';
 import type { AdapterType } from '../domain/enums.js';
-import { BerthError, notFound, requireId } from '../domain/errors.js';
+import { BerthError, notFound, requireId, UUID_RE } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Agent } from '../domain/types.js';
 import { parseInput } from '../domain/validators.js';
 import { agentSecretPaths, openSecrets, sealSecrets } from '../secrets/config.js';
@@ -73,6 +73,16 @@ export function agentService(db: Db) {
       requireId(id, 'agent');
       const [row] = await queryRows(db, sql`SELECT * FROM agents WHERE id = ${id} AND company_id = ${companyId}`);
       if (!row) throw notFound('agent', id);
+      return toAgent(row);
+    },
+
+    /** An agent by its id or, within the company, its name (how Paperclip's CLI names an agent). */
+    async getByRef(companyId: string, ref: string): Promise<Agent> {
+      if (UUID_RE.test(ref)) return service.get(companyId, ref);
+      // No agent has a name the database could not store (NUL) or longer than names may be.
+      if (ref.length > 200 || ref.includes('\u0000')) throw notFound('agent', ref.slice(0, 200).replace(/\u0000/g, '\\0'));
+      const [row] = await queryRows(db, sql`SELECT * FROM agents WHERE company_id = ${companyId} AND name = ${ref}`);
+      if (!row) throw notFound('agent', ref.slice(0, 200));
       return toAgent(row);
     },
 

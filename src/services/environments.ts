@@ -55,6 +55,46 @@ export interface EnvironmentWithSecrets extends Environment {
   envVars: Record<string, string>;
 }
 
+/**
+ * Why the environment cannot be deleted now (none: it can), and what it holds: its leases
+ * by status (only those that are not terminal or still owe cleanup) and its provider
+ * resources not yet destroyed. Read in the delete's own transaction, under its row lock.
+ */
+async function deleteBlockers(tx: Db, current: Record<string, unknown>): Promise<{ reasons: string[]; leases: Record<string, number>; resources: Record<string, number> }> {
+  const id = String(current.id);
+  const reasons: string[] = [];
+  if (current.driver === 'local') reasons.push("it is the company's Local environment");
+  // A lease that still owes cleanup needs its environment (the driver's cleanup reads
+  // its config): once deleted, the cleanup could only fail. Terminal leases whose
+  // cleanup is still due (next_cleanup_at set) count as well as the non-terminal ones.
+  const open = await queryRows<{ status: string; n: number; terminal: boolean }>(
+    tx,
+    sql`SELECT status, status IN ${TERMINAL} AS terminal, count(*)::int AS n FROM environment_leases
+        WHERE environment_id = ${id} AND (status NOT IN ${TERMINAL} OR next_cleanup_at IS NOT NULL)
+        GROUP BY status ORDER BY status`,
+  );
+  const listed = (rows: typeof open) => rows.map((o) => `${o.n} ${o.status}`).join(', ');
+  // A warm pool's idle members hold placeholder leases (status pooled): not anyone's leases.
+  const pooled = open.find((o) => o.status === 'pooled');
+  if (pooled) reasons.push(`it has a warm pool holding ${pooled.n} idle member${pooled.n === 1 ? '' : 's'}: set its pool to null and wait until they are destroyed`);
+  const live = open.filter((o) => !o.terminal && o.status !== 'pooled');
+  const owing = open.filter((o) => o.terminal);
+  if (live.length > 0) reasons.push(`it has leases that are not terminal (${listed(live)})`);
+  if (owing.length > 0) reasons.push(`it has ended leases that still owe cleanup (${listed(owing)}): wait for their cleanup to finish`);
+  // What a driver made in it and has not destroyed yet (resource GC needs the record's environment to retry).
+  const resources = await queryRows<{ status: string; n: number }>(
+    tx,
+    sql`SELECT status, count(*)::int AS n FROM provider_resources WHERE environment_id = ${id} AND status NOT IN ('destroyed', 'lost')
+        GROUP BY status ORDER BY status`,
+  );
+  if (resources.length > 0) reasons.push(`it holds provider resources not yet destroyed (${resources.map((o) => `${o.n} ${o.status}`).join(', ')})`);
+  return {
+    reasons,
+    leases: Object.fromEntries(open.map((o) => [o.status, o.n])),
+    resources: Object.fromEntries(resources.map((o) => [o.status, o.n])),
+  };
+}
+
 export function environmentService(db: Db) {
   async function insertEnvironment(
     companyId: string,
@@ -265,37 +305,42 @@ export function environmentService(db: Db) {
      * cleanup is still due. Terminal leases keep their history (their environment_id
      * becomes null).
      */
+    /**
+     * What deleting the environment would touch, and why it would be refused now, read
+     * the way the delete reads it (nothing changes): the leases and resources that block
+     * it, the ended leases that would lose their environment reference (kept as history),
+     * and the agents whose default environment it is (they fall back to the company's Local).
+     */
+    async deleteBlastRadius(companyId: string, id: string) {
+      requireId(id, 'environment');
+      return db.transaction(async (tx) => {
+        const [current] = await queryRows(tx, sql`SELECT * FROM environments WHERE id = ${id} AND company_id = ${companyId}`);
+        if (!current) throw notFound('environment', id);
+        const { reasons, leases, resources } = await deleteBlockers(tx, current);
+        const [counts] = await queryRows<{ history: number; agents: number }>(
+          tx,
+          sql`SELECT (SELECT count(*)::int FROM environment_leases WHERE environment_id = ${id}) AS history,
+                     (SELECT count(*)::int FROM agents WHERE default_environment_id = ${id}) AS agents`,
+        );
+        return {
+          environmentId: id,
+          driver: String(current.driver),
+          canDelete: reasons.length === 0,
+          deleteBlockedReasons: reasons,
+          blockingLeases: leases,
+          blockingResources: resources,
+          leaseHistory: counts?.history ?? 0,
+          agentsDefaulting: counts?.agents ?? 0,
+        };
+      });
+    },
+
     async delete(companyId: string, id: string, actor: Actor = SYSTEM_ACTOR): Promise<Environment> {
       requireId(id, 'environment');
       return db.transaction(async (tx) => {
         const [current] = await queryRows(tx, sql`SELECT * FROM environments WHERE id = ${id} AND company_id = ${companyId} FOR UPDATE`);
         if (!current) throw notFound('environment', id);
-        const reasons: string[] = [];
-        if (current.driver === 'local') reasons.push("it is the company's Local environment");
-        // A lease that still owes cleanup needs its environment (the driver's cleanup reads
-        // its config): once deleted, the cleanup could only fail. Terminal leases whose
-        // cleanup is still due (next_cleanup_at set) count as well as the non-terminal ones.
-        const open = await queryRows<{ status: string; n: number; terminal: boolean }>(
-          tx,
-          sql`SELECT status, status IN ${TERMINAL} AS terminal, count(*)::int AS n FROM environment_leases
-              WHERE environment_id = ${id} AND (status NOT IN ${TERMINAL} OR next_cleanup_at IS NOT NULL)
-              GROUP BY status ORDER BY status`,
-        );
-        const listed = (rows: typeof open) => rows.map((o) => `${o.n} ${o.status}`).join(', ');
-        // A warm pool's idle members hold placeholder leases (status pooled): not anyone's leases.
-        const pooled = open.find((o) => o.status === 'pooled');
-        if (pooled) reasons.push(`it has a warm pool holding ${pooled.n} idle member${pooled.n === 1 ? '' : 's'}: set its pool to null and wait until they are destroyed`);
-        const live = open.filter((o) => !o.terminal && o.status !== 'pooled');
-        const owing = open.filter((o) => o.terminal);
-        if (live.length > 0) reasons.push(`it has leases that are not terminal (${listed(live)})`);
-        if (owing.length > 0) reasons.push(`it has ended leases that still owe cleanup (${listed(owing)}): wait for their cleanup to finish`);
-        // What a driver made in it and has not destroyed yet (resource GC needs the record's environment to retry).
-        const resources = await queryRows<{ status: string; n: number }>(
-          tx,
-          sql`SELECT status, count(*)::int AS n FROM provider_resources WHERE environment_id = ${id} AND status NOT IN ('destroyed', 'lost')
-              GROUP BY status ORDER BY status`,
-        );
-        if (resources.length > 0) reasons.push(`it holds provider resources not yet destroyed (${resources.map((o) => `${o.n} ${o.status}`).join(', ')})`);
+        const { reasons } = await deleteBlockers(tx, current);
         if (reasons.length > 0) {
           throw new BerthError('conflict', `environment ${id} cannot be deleted: ${reasons.join('; ')}`, { details: { reasons } });
         }

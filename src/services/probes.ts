@@ -4,10 +4,14 @@ import { sql } from 'drizzle-orm';
 import { queryRows, type Db } from '../db/client.js';
 import { requireId, notFound } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor } from '../domain/types.js';
+import { descriptorOf } from '../drivers/descriptors.js';
 import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
 
 export interface ProbeRecord {
   ok: boolean;
+  /** The driver that probed, and the result in one line (Paperclip's probe results carry both). */
+  driver: string;
+  summary: string;
   latencyMs: number;
   details: Record<string, unknown>;
   error?: string;
@@ -15,12 +19,26 @@ export interface ProbeRecord {
   at: string;
 }
 
+/** A probe's result in one line. */
+export function probeSummary(driver: string, result: { ok: boolean; latencyMs: number; error?: string | undefined }): string {
+  const d = descriptorOf(driver);
+  const what = d ? `${d.title} (${driver})` : driver;
+  return result.ok ? `${what} answered in ${Math.round(result.latencyMs * 10) / 10} ms` : `${what} did not pass its probe: ${result.error ?? 'no reason given'}`;
+}
+
 export function probeService(db: Db) {
   return {
     /** Store a probe's result on the environment, with one activity row. */
-    async record(companyId: string, environmentId: string, result: Omit<ProbeRecord, 'at'>, actor: Actor = SYSTEM_ACTOR): Promise<ProbeRecord> {
+    async record(companyId: string, environmentId: string, driver: string, result: Omit<ProbeRecord, 'at' | 'driver' | 'summary'>, actor: Actor = SYSTEM_ACTOR): Promise<ProbeRecord> {
       requireId(environmentId, 'environment');
-      const body = { ok: result.ok, latencyMs: Math.round(result.latencyMs * 10) / 10, details: result.details, ...(result.error ? { error: result.error } : {}) };
+      const body = {
+        ok: result.ok,
+        driver,
+        summary: probeSummary(driver, result),
+        latencyMs: Math.round(result.latencyMs * 10) / 10,
+        details: result.details,
+        ...(result.error ? { error: result.error } : {}),
+      };
       const [row] = await queryRows<{ last_probe: ProbeRecord }>(
         db,
         sql`WITH changed AS (
@@ -28,7 +46,7 @@ export function probeService(db: Db) {
               WHERE id = ${environmentId} AND company_id = ${companyId} RETURNING *),
             act AS (${activityFrom({
               source: 'changed', actor, action: 'environment.probed', entityType: ENVIRONMENT_ENTITY, entityId: sql`changed.id::text`, runId: sql`NULL`,
-              details: sql`jsonb_build_object('ok', ${body.ok}::boolean, 'latencyMs', ${body.latencyMs}::float8, 'error', ${body.error ?? null}::text)`,
+              details: sql`jsonb_build_object('ok', ${body.ok}::boolean, 'driver', ${driver}::text, 'summary', ${body.summary}::text, 'latencyMs', ${body.latencyMs}::float8, 'error', ${body.error ?? null}::text)`,
             })})
             SELECT last_probe FROM changed`,
       );

@@ -7,6 +7,7 @@ import { queryRows, textArrayLiteral, type Db } from '../db/client.js';
 import { CANCELS_CHANNEL, notifyEach, RUNS_CHANNEL } from '../db/notify.js';
 import { readJson, toLogChunk, toRun } from '../db/rows.js';
 import { invokeSchema, type InvokeInput } from '../domain/agents.js';
+import { wakeContext } from '../domain/paperclip.js';
 import { RUN_ACTIONS, type TerminalRunStatus } from '../domain/enums.js';
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { storableText } from '../domain/text.js';
@@ -51,26 +52,42 @@ export function runService(db: Db, metrics: Metrics) {
   const service = {
     /** Queue a run of an agent. */
     async invoke(companyId: string, agentId: string, input: InvokeInput = {}, actor: Actor = SYSTEM_ACTOR): Promise<HeartbeatRun> {
+      return (await service.invokeOnce(companyId, agentId, input, actor)).run;
+    },
+
+    /**
+     * Queue a run; with an idempotencyKey, a repeat (same agent, same key) answers with the
+     * run the first call queued (`repeated`), whatever its state, and queues nothing.
+     */
+    async invokeOnce(companyId: string, agentId: string, input: InvokeInput = {}, actor: Actor = SYSTEM_ACTOR): Promise<{ run: HeartbeatRun; repeated: boolean }> {
       requireId(agentId, 'agent');
       const v = parseInput(invokeSchema, input, 'invocation');
+      const snapshot = { ...wakeContext(v), invocation: v.context };
+      const key = v.idempotencyKey ?? null;
       const [row] = await queryRows(
         db,
         sql`WITH agent AS (SELECT id, company_id FROM agents WHERE id = ${agentId} AND company_id = ${companyId} AND status = 'active'),
             changed AS (
-              INSERT INTO heartbeat_runs (company_id, agent_id, invocation_source, context_snapshot)
-              SELECT agent.company_id, agent.id, ${v.source}, ${JSON.stringify({ invocation: v.context })}::jsonb
-              FROM agent RETURNING *),
+              INSERT INTO heartbeat_runs (company_id, agent_id, invocation_source, context_snapshot, idempotency_key)
+              SELECT agent.company_id, agent.id, ${v.source}, ${JSON.stringify(snapshot)}::jsonb, ${key}
+              FROM agent
+              ON CONFLICT (agent_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+              RETURNING *),
             act AS (${runActivity('changed', actor, RUN_ACTIONS.queued, sql`jsonb_build_object('agentId', changed.agent_id, 'source', changed.invocation_source)`)})
             -- Listeners wake at commit, when the run is visible to their claim.
             SELECT changed.* FROM changed CROSS JOIN ${notifyEach(RUNS_CHANNEL)}`,
       );
       if (!row) {
+        if (key !== null) {
+          const [earlier] = await queryRows(db, sql`SELECT * FROM heartbeat_runs WHERE agent_id = ${agentId} AND company_id = ${companyId} AND idempotency_key = ${key}`);
+          if (earlier) return { run: toRun(earlier), repeated: true };
+        }
         const [agent] = await queryRows<{ status: string }>(db, sql`SELECT status FROM agents WHERE id = ${agentId} AND company_id = ${companyId}`);
         if (agent) throw new BerthError('conflict', `agent ${agentId} is ${agent.status}: it takes no new runs`);
         throw notFound('agent', agentId);
       }
       metrics.runQueued(v.source);
-      return toRun(row);
+      return { run: toRun(row), repeated: false };
     },
 
     /** The run a PAPERCLIP_API_KEY belongs to, by the key's hash; null if none. */
@@ -156,6 +173,37 @@ export function runService(db: Db, metrics: Metrics) {
       );
       if (rows.length === 0) await service.get(companyId, runId); // not_found for another company's run
       return rows.map(toLogChunk);
+    },
+
+    /**
+     * The run log as Paperclip's NDJSON log ({ts, stream, chunk} per line), read by byte
+     * offset: whole lines from the one that ends after `offset`, up to `limitBytes` (at least
+     * one line), and the offset after them. Offsets count the bytes of these lines, which
+     * the database builds, so every server gives the same ones.
+     */
+    async readLogBytes(companyId: string, runId: string, opts: { offset: number; limitBytes: number }): Promise<{ content: string; nextOffset: number; endOffset: number }> {
+      requireId(runId, 'run');
+      await service.get(companyId, runId); // not_found for another company's run
+      const rows = await queryRows<{ line: string; end_at: string | number; total: string | number }>(
+        db,
+        sql`WITH lines AS (
+              SELECT seq, json_build_object('ts', ts, 'stream', stream, 'chunk', chunk)::text || E'\n' AS line
+              FROM heartbeat_run_logs WHERE run_id = ${runId}),
+            pos AS (SELECT seq, line, sum(octet_length(line)) OVER (ORDER BY seq) AS end_at, sum(octet_length(line)) OVER () AS total FROM lines)
+            SELECT line, end_at, total FROM pos WHERE end_at > ${opts.offset} ORDER BY seq LIMIT 1000`,
+      );
+      let content = '';
+      let used = 0;
+      let next = opts.offset;
+      for (const r of rows) {
+        const size = Buffer.byteLength(r.line);
+        if (used > 0 && used + size > opts.limitBytes) break;
+        content += r.line;
+        used += size;
+        next = Number(r.end_at);
+      }
+      const endOffset = rows.length > 0 ? Number(rows[0]!.total) : opts.offset;
+      return { content, nextOffset: next, endOffset: Math.max(endOffset, next) };
     },
 
     // ---- for the scheduler and executor (not scoped by company: they act for the system) ----

@@ -52,6 +52,8 @@ function bodyOf(route: RouteDef): { base: Record<string, unknown>; accepts: (b: 
     'POST /api/companies/:companyId/agents': { name: 'n', adapterType: 'process', adapterConfig: { command: 'true', timeoutSec: 5 }, maxConcurrentRuns: 1 },
     'PATCH /api/agents/:id': { name: 'renamed', maxConcurrentRuns: 2 },
     'POST /api/agents/:id/wakeup': { source: 'on_demand', context: { a: 1 } },
+    'POST /api/agents/:id/heartbeat/invoke': { source: 'on_demand', triggerDetail: 'manual', reason: 'r', payload: { issueId: 'i' } },
+    'POST /api/companies/:companyId/environments/probe-config': { driver: 'local', config: {}, name: 'n' },
   };
   const base = bases[key];
   if (!base) throw new Error(`the fuzz test has no base body for ${key}: add one`);

@@ -86,10 +86,14 @@ describe('tenant isolation', () => {
   });
 
   it('the same calls with A\'s own ids succeed (so the 404s above are about ownership)', async () => {
-    for (const r of scoped().filter((x) => x.method === 'GET')) {
+    for (const r of scoped().filter((x) => x.method === 'GET' && x.path !== '/api/agents/me')) {
       const res = await api.call(r.method, routePath(r, A), { key: A.key, headers: { accept: 'application/json' }, headersOnly: r.streams === true });
       expect(res.status, `${r.method} ${r.path}: ${JSON.stringify(res.body)}`).toBe(200);
     }
+    // The caller's own agent: a company key is no agent (the run-token test reads it).
+    const me = await api.call('GET', '/api/agents/me', { key: A.key });
+    expect(me.status).toBe(401);
+    expect(me.body.message).toMatch(/run's own token/);
   });
 
   it("nothing of B appears in any listing of A", async () => {
@@ -143,6 +147,12 @@ describe('tenant isolation', () => {
       const res = await api.call(r.method, routePath(r, A), { key: token, ...(body !== undefined ? { body } : {}) });
       if (r.access === 'company') {
         expect(res.status, `${r.method} ${r.path}`).toBe(403);
+      } else if (r.path === '/api/agents/me') {
+        // Its own agent, whoever else's ids the loop uses.
+        expect(res.status).toBe(200);
+        expect(res.body.id).toBe(own.agentId);
+        expect(res.body.id).not.toBe(A.agent);
+        expect(res.body.runId).toBe(run);
       } else if (r.method === 'POST' && r.path === '/api/environments/:id/leases') {
         // A run may take leases, for itself only: asking for another run's is refused.
         const other = await api.call('POST', routePath(r, A), { key: token, body: { ttlSeconds: 60, heartbeatRunId: A.run } });

@@ -6,7 +6,10 @@ import Ajv2020 from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sql } from 'drizzle-orm';
+import { queryRows } from '../../src/db/client.js';
 import { routeKey } from '../../src/http/openapi.js';
+import { hashBearerSecret } from '../../src/secrets/bearer.js';
 import type { RouteDef } from '../../src/http/route.js';
 import { allRoutes } from '../../src/http/routes/index.js';
 import { openTestDb, type TestDb } from '../support/db.js';
@@ -35,6 +38,8 @@ const BASES: Record<string, Record<string, unknown>> = {
   'POST /api/companies/:companyId/agents': { name: 'n', adapterType: 'process', adapterConfig: { command: 'true', timeoutSec: 5 }, maxConcurrentRuns: 1 },
   'PATCH /api/agents/:id': { name: 'renamed', maxConcurrentRuns: 2 },
   'POST /api/agents/:id/wakeup': { source: 'on_demand', context: { a: 1 } },
+  'POST /api/agents/:id/heartbeat/invoke': { source: 'on_demand', triggerDetail: 'manual', reason: 'r', payload: { issueId: 'i' } },
+  'POST /api/companies/:companyId/environments/probe-config': { driver: 'local', config: {}, name: 'n' },
 };
 
 /**
@@ -176,6 +181,14 @@ describe('OpenAPI contract', () => {
         // An agent with no runs: the seeded one has a queued run.
         const fresh = await call('POST', `/api/companies/${R.id}/agents`, { name: 'to-delete', adapterType: 'process', adapterConfig: { command: 'true' } });
         const r = await call('DELETE', `/api/agents/${fresh.body.id}`);
+        checkAnswer(route, r.status, r.body);
+        continue;
+      }
+      if (key === 'GET /api/agents/me') {
+        // Answers a run's own token only: give the seeded (queued) run one.
+        const token = `brt_answers_${R.run.slice(0, 8)}`;
+        await queryRows(t.db, sql`UPDATE heartbeat_runs SET token_hash = ${hashBearerSecret(token)} WHERE id = ${R.run}`);
+        const r = await api.call('GET', '/api/agents/me', { key: token });
         checkAnswer(route, r.status, r.body);
         continue;
       }

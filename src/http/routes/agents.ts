@@ -2,9 +2,17 @@
 import { z } from 'zod';
 import { createAgentSchema, invokeSchema, updateAgentSchema, type CreateAgentInput, type InvokeInput, type UpdateAgentInput } from '../../domain/agents.js';
 import { presentAgent } from '../present.js';
-import { defineRoutes } from '../route.js';
+import { notFound } from '../../domain/errors.js';
+import { defineRoutes, type RouteRequest } from '../route.js';
 
 const agent = { param: 'id', kind: 'agent' } as const;
+
+/** Queue a run (the body: Berth's {source, context} and Paperclip's wakeup fields); a repeated idempotencyKey answers 200 with the earlier run. */
+export async function wakeup({ deps, companyId, params, body, actor, c }: RouteRequest): Promise<Response> {
+  const { run, repeated } = await deps.services.runs.invokeOnce(companyId, params.id!, (body ?? {}) as InvokeInput, actor);
+  if (!repeated) deps.pokeScheduler?.();
+  return c.json(run, repeated ? 200 : 202);
+}
 
 export const agentRoutes = () =>
   defineRoutes([
@@ -37,13 +45,17 @@ export const agentRoutes = () =>
     {
       method: 'GET',
       path: '/api/agents/:id',
-      summary: 'One agent',
+      summary: "One agent, by id or (in the caller's company) by name; a run token sees its own agent",
       tag: 'agents',
-      access: 'company',
+      access: 'run',
       owner: agent,
+      query: z.strictObject({ companyId: z.uuid('must be a UUID').optional() }),
+      runOwns: async (r) => r.principal.kind === 'run' && r.principal.agentId === r.params.id,
       returns: 'Agent',
-      async handle({ deps, companyId, params }) {
-        return presentAgent(await deps.services.agents.get(companyId, params.id!));
+      async handle({ deps, companyId, params, query }) {
+        // Paperclip's CLI names the company of a by-name lookup: it must be the caller's.
+        if (query.companyId !== undefined && query.companyId !== companyId) throw notFound('company', String(query.companyId));
+        return presentAgent(await deps.services.agents.getByRef(companyId, params.id!));
       },
     },
     {
@@ -81,11 +93,8 @@ export const agentRoutes = () =>
       owner: agent,
       body: invokeSchema,
       status: 202,
-      returns: 'HeartbeatRun (queued)',
-      async handle({ deps, companyId, params, body, actor }) {
-        const run = await deps.services.runs.invoke(companyId, params.id!, body as InvokeInput, actor);
-        deps.pokeScheduler?.();
-        return run;
-      },
+      alsoStatus: [200],
+      returns: 'HeartbeatRun (queued; 200 with the earlier run for a repeated idempotencyKey)',
+      handle: (r) => wakeup(r),
     },
   ]);

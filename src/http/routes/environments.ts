@@ -98,7 +98,7 @@ export const environmentRoutes = () =>
       tag: 'environments',
       access: 'company',
       owner: env,
-      returns: '{ok, latencyMs, details, error?, at}',
+      returns: '{ok, driver, summary, latencyMs, details, error?, at}',
       async handle({ deps, companyId, params, actor }) {
         const e = await deps.services.environments.getWithSecrets(companyId, params.id!);
         const driver = deps.drivers.get(e.driver);
@@ -106,7 +106,7 @@ export const environmentRoutes = () =>
         const result = driver
           ? await driver.probe(e).catch((err: unknown) => ({ ok: false, latencyMs: performance.now() - started, details: {}, error: (err as Error).message }))
           : { ok: false, latencyMs: 0, details: {}, error: `this server has no ${e.driver} driver` };
-        return deps.services.probes.record(companyId, e.id, result, actor);
+        return deps.services.probes.record(companyId, e.id, e.driver, result, actor);
       },
     },
   ]);

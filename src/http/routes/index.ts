@@ -8,7 +8,9 @@ import { environmentRoutes } from './environments.js';
 import { leaseRoutes } from './leases.js';
 import { runRoutes } from './runs.js';
 import { healthRoutes } from './health.js';
+import { paperclipRoutes } from './paperclip.js';
 
 export function allRoutes(): RouteDef[] {
-  return [...healthRoutes(), ...companyRoutes(), ...driverRoutes(), ...environmentRoutes(), ...leaseRoutes(), ...agentRoutes(), ...runRoutes(), ...activityRoutes()];
+  // Paperclip's names first: /api/agents/me before /api/agents/:id.
+  return [...healthRoutes(), ...paperclipRoutes(), ...companyRoutes(), ...driverRoutes(), ...environmentRoutes(), ...leaseRoutes(), ...agentRoutes(), ...runRoutes(), ...activityRoutes()];
 }

@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { RUN_STATUSES, TERMINAL_RUN_STATUSES } from '../../domain/enums.js';
 import type { HeartbeatRun } from '../../domain/types.js';
 import { RUN_PAGE_MAX } from '../../domain/validators.js';
+import { HttpError } from '../errors.js';
 import { defineRoutes, lastEventId, sseWriter, streamFailed, type RouteRequest } from '../route.js';
 
 const run = { param: 'id', kind: 'run' } as const;
@@ -103,10 +104,21 @@ export const runRoutes = () =>
         after: z.coerce.number().int('must be an integer').min(0, 'must be 0 or more').max(2_147_483_647).optional(),
         limit: z.coerce.number().int('must be an integer').min(1, 'must be 1-10000').max(10_000, 'must be 1-10000').optional(),
         follow: z.enum(['true', 'false', '1', '0']).optional(),
+        // Paperclip's read by byte offset of its NDJSON log (src/domain/paperclip.ts).
+        offset: z.coerce.number().int('must be an integer').min(0, 'must be 0 or more').max(Number.MAX_SAFE_INTEGER).optional(),
+        limitBytes: z.coerce.number().int('must be an integer').min(1, 'must be 1-1048576').max(1_048_576, 'must be 1-1048576').optional(),
       }),
-      returns: '{run, chunks, lastSeq} or an event stream',
+      returns: '{run, chunks, lastSeq}, an event stream, or with offset/limitBytes {runId, store, content, nextOffset, endOffset}',
       async handle(r) {
         const { deps, companyId, params, query, c } = r;
+        if (query.offset !== undefined || query.limitBytes !== undefined) {
+          if (query.after !== undefined || query.follow !== undefined) {
+            throw new HttpError(400, 'invalid', 'offset/limitBytes (a read by byte offset) and after/follow (by seq) do not mix', [{ path: 'offset', message: 'not with after or follow' }]);
+          }
+          const page = await deps.services.runs.readLogBytes(companyId, params.id!, { offset: (query.offset as number | undefined) ?? 0, limitBytes: (query.limitBytes as number | undefined) ?? 65_536 });
+          c.header('cache-control', 'no-store');
+          return { runId: params.id!, store: 'berth', logRef: params.id!, ...page };
+        }
         const after = lastEventId(c, 2_147_483_647) ?? (query.after as number | undefined) ?? 0;
         const follow = query.follow === 'true' || query.follow === '1' || (query.follow === undefined && (c.req.header('accept') ?? '').includes('text/event-stream'));
         if (follow) {

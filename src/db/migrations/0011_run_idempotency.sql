@@ -1,0 +1,2 @@
+ALTER TABLE "heartbeat_runs" ADD COLUMN "idempotency_key" text;--> statement-breakpoint
+CREATE UNIQUE INDEX "heartbeat_runs_idempotency_uq" ON "heartbeat_runs" USING btree ("agent_id","idempotency_key") WHERE "heartbeat_runs"."idempotency_key" IS NOT NULL;
