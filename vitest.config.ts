@@ -21,8 +21,8 @@ export default defineConfig({
         test: {
           name: 'pglite',
           include: ['test/**/*.test.ts'],
-          // Engine tests (a real dockerd, podman, bwrap, prometheus) need no second database: they run once, on PostgreSQL.
-          exclude: ['test/postgres/**', 'test/docker/**', 'test/bwrap/**', 'test/slurm/**', 'test/prometheus/**'],
+          // Engine tests (a real dockerd, podman, bwrap, prometheus, Paperclip's CLI) need no second database: they run once, on PostgreSQL.
+          exclude: ['test/postgres/**', 'test/docker/**', 'test/bwrap/**', 'test/slurm/**', 'test/prometheus/**', 'test/paperclip/**'],
           env: { BERTH_TEST_BACKEND: 'pglite' },
         },
       },

@@ -132,6 +132,7 @@ describe('on PostgreSQL under concurrency', () => {
         await new Promise((res) => setTimeout(res, 5));
       }
     })();
+    // The checker stops however the storm ends (a storm that throws must not leave it polling a closed pool).
     await Promise.all([
       toggler,
       ...Array.from({ length: 24 }, async (_, i) => {
@@ -145,8 +146,7 @@ describe('on PostgreSQL under concurrency', () => {
           }
         }
       }),
-    ]);
-    running = false;
+    ]).finally(() => (running = false));
     await checker;
     expect(violations).toEqual([]);
   });
@@ -187,8 +187,7 @@ describe('on PostgreSQL under concurrency', () => {
           }
         }
       }),
-    );
-    running = false;
+    ).finally(() => (running = false));
     await watch;
     expect(samples.length).toBeGreaterThan(5);
     expect(Math.max(...samples.map((x) => x.active))).toBeLessThanOrEqual(3);
@@ -259,8 +258,7 @@ describe('on PostgreSQL under concurrency', () => {
           await new Promise((res) => setTimeout(res, (i * 3 + round) % 6));
         }
       }),
-    ]);
-    running = false;
+    ]).finally(() => (running = false));
     await checker;
     expect(samples).toBeGreaterThan(5);
     expect(violations).toEqual([]);
