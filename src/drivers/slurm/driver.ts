@@ -103,8 +103,8 @@ function labelsOf(comment: string): Record<string, string> {
  * (the run's environment, `w` its directory, `g` its deadline, `set --` its command), checks
  * the directory and the command before anything of the agent's runs (`started` says `ok
  * <pid>`, `cwd` or `command`), runs the command with TERM passed on to it, and past the
- * deadline (when > 0) kills it (`deadline` says so); Slurm kills whatever is left in the
- * job once the script exits. The status goes to `exit` and is the script's own.
+ * deadline (when > 0) has timeout(1) kill it (`deadline` says so); Slurm kills whatever is
+ * left in the job once the script exits. The status goes to `exit` and is the script's own.
  */
 function holderScript(dir: string, resourceId: string): string {
   return [
@@ -121,13 +121,15 @@ function holderScript(dir: string, resourceId: string): string {
     'cd "$w" 2>/dev/null || { st cwd; exit 127; }',
     'case $1 in */*) [ -f "$1" ] && [ -x "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 ;; esac || { st command; exit 127; }',
     't=; trap \'kill -TERM $c 2>/dev/null; t=1\' TERM INT HUP',
-    '"$@" & c=$!',
+    // Past the deadline (g > 0) coreutils' timeout ends the command (TERM, KILL 2 s later) with
+    // no process of its own left behind: one left in the job keeps Slurm waiting about a
+    // second after the script exits before the job is over.
+    'b=$(date +%s)',
+    'if [ "$g" -gt 0 ]; then timeout -s TERM -k 2 "$g" "$@" & c=$!; else "$@" & c=$!; fi',
     'st "ok $c"',
-    'k=',
-    'if [ "$g" -gt 0 ]; then ( trap - TERM INT HUP; sleep "$g"; : > "$d/deadline"; kill -TERM $c 2>/dev/null; sleep 2; kill -KILL $c 2>/dev/null ) </dev/null >/dev/null 2>&1 & k=$!; fi',
     // A wait a signal interrupted (t set) says nothing of the command: wait again while it lives.
     'while :; do t=; wait $c; r=$?; [ -z "$t" ] && break; kill -0 $c 2>/dev/null && continue; wait $c; q=$?; [ $q -eq 127 ] || r=$q; break; done',
-    '[ -z "$k" ] || kill $k 2>/dev/null',
+    'if [ "$g" -gt 0 ] && { [ $r -eq 124 ] || [ $r -eq 137 ]; } && [ $(( $(date +%s) - b )) -ge "$g" ]; then : > "$d/deadline"; fi',
     'printf \'%s\\n\' "$r" > "$d/exit.t"; mv -f "$d/exit.t" "$d/exit"',
     'exit $r',
     '',
