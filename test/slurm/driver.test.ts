@@ -232,6 +232,13 @@ describe('slurm driver on a real cluster', () => {
     await driver.destroy(e, r, signal());
   }, 60_000);
 
+  it('a job Slurm has no record of ends its watch with slurm_job_gone, naming the job and the cluster', async () => {
+    const e = env();
+    const handle: ExecutionHandle = { driver: 'slurm', host: cluster.cluster, ref: { jobId: '987654321', dir: '/nowhere', cluster: cluster.cluster, resourceId: randomUUID(), deadlineSec: 0 } };
+    const result = await driver.watch(e, handle, () => {});
+    expect(result).toMatchObject({ exitCode: null, signal: null, errorCode: 'slurm_job_gone', error: `job 987654321 on cluster ${cluster.cluster} disappeared from Slurm (not in scontrol nor the cluster's job records): how it ended is unknown` });
+  });
+
   it('a job cancelled outside Berth ends its watch with a clear error; list shows only this environment\'s active jobs', async () => {
     const e = env();
     const other = env();
