@@ -371,7 +371,7 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
     },
 
     /**
-     * Submit `berth-<resource id>` (or adopt the one a earlier try submitted) and wait until
+     * Submit `berth-<resource id>` (or adopt the one an earlier try submitted) and wait until
      * it runs: the time it queued is this call's. Aborted (the run cancelled, or its deadline):
      * the job is cancelled.
      */
