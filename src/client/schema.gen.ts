@@ -964,6 +964,40 @@ export interface paths {
                         metadata?: {
                             [key: string]: unknown;
                         } | null;
+                    } | {
+                        /** @constant */
+                        driver: "slurm";
+                        config: {
+                            slurmConf?: string;
+                            binDir?: string;
+                            /** @default /tmp/berth-slurm */
+                            workDir?: string;
+                            partition?: string;
+                            account?: string;
+                            /** @default 60 */
+                            timeLimitMinutes?: number;
+                            /** @default 1 */
+                            cpus?: number;
+                            memoryMb?: number;
+                            /** @default {} */
+                            options?: {
+                                qos?: string;
+                                reservation?: string;
+                                constraint?: string;
+                                gres?: string;
+                                nodelist?: string;
+                                exclude?: string;
+                                exclusive?: boolean;
+                                nice?: number;
+                                licenses?: string;
+                                wckey?: string;
+                            };
+                        };
+                        name?: string;
+                        description?: string | null;
+                        metadata?: {
+                            [key: string]: unknown;
+                        } | null;
                     };
                 };
             };
@@ -2177,7 +2211,7 @@ export interface paths {
             parameters: {
                 query?: {
                     status?: "active" | "archived";
-                    driver?: "local" | "ssh" | "docker" | "sandbox";
+                    driver?: "local" | "ssh" | "docker" | "sandbox" | "slurm";
                 };
                 header?: never;
                 path: {
@@ -2500,6 +2534,58 @@ export interface paths {
                             /** @default {} */
                             options?: {
                                 [key: string]: unknown;
+                            };
+                        };
+                    } | {
+                        pool?: {
+                            minReady: number;
+                            maxReady?: number;
+                            /** @default 3600 */
+                            maxAgeSeconds?: number;
+                            setup?: {
+                                command: string;
+                                /** @default 300 */
+                                timeoutSeconds?: number;
+                            };
+                        } | null;
+                        name: string;
+                        description?: string | null;
+                        /** @default {} */
+                        envVars?: {
+                            [key: string]: string;
+                        };
+                        /** @default {} */
+                        metadata?: {
+                            [key: string]: unknown;
+                        };
+                        /** @default null */
+                        capacity?: number | null;
+                        /** @constant */
+                        driver: "slurm";
+                        config: {
+                            slurmConf?: string;
+                            binDir?: string;
+                            /** @default /tmp/berth-slurm */
+                            workDir?: string;
+                            partition?: string;
+                            account?: string;
+                            /** @default 60 */
+                            timeLimitMinutes?: number;
+                            /** @default 1 */
+                            cpus?: number;
+                            memoryMb?: number;
+                            /** @default {} */
+                            options?: {
+                                qos?: string;
+                                reservation?: string;
+                                constraint?: string;
+                                gres?: string;
+                                nodelist?: string;
+                                exclude?: string;
+                                exclusive?: boolean;
+                                nice?: number;
+                                licenses?: string;
+                                wckey?: string;
                             };
                         };
                     };

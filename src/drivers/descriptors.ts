@@ -7,6 +7,7 @@ import type { DriverDescriptor } from './contract.js';
 import { dockerDescriptor } from './docker/descriptor.js';
 import { localDescriptor } from './local/descriptor.js';
 import { sandboxDescriptor } from './sandbox/descriptor.js';
+import { slurmDescriptor } from './slurm/descriptor.js';
 import { sshDescriptor } from './ssh/descriptor.js';
 
 export const DRIVER_DESCRIPTORS = {
@@ -14,6 +15,7 @@ export const DRIVER_DESCRIPTORS = {
   ssh: sshDescriptor,
   docker: dockerDescriptor,
   sandbox: sandboxDescriptor,
+  slurm: slurmDescriptor,
 } as const satisfies Record<string, DriverDescriptor>;
 
 /** The kind of place an environment is (its `driver` column). */

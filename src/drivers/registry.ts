@@ -5,12 +5,14 @@ import type { DriverRegistry, EnvironmentDriver } from './contract.js';
 import type { EnvironmentDriverKind } from './descriptors.js';
 import { dockerDriver } from './docker/driver.js';
 import { localDriver } from './local/driver.js';
+import { slurmDriver } from './slurm/driver.js';
 import { sshDriver } from './ssh/driver.js';
 
 const DRIVER_FACTORIES: Partial<Record<EnvironmentDriverKind, () => EnvironmentDriver>> = {
   local: localDriver,
   ssh: sshDriver,
   docker: dockerDriver,
+  slurm: slurmDriver,
 };
 
 /** A fresh instance of every driver this version has (each holds its own pools and clients). */
