@@ -94,7 +94,15 @@ export async function startTracing(opts: { version: string; warn?: (message: str
       const say = (message: unknown) => {
         if (Date.now() - last < 60_000) return;
         last = Date.now();
-        warn(String(message).replace(/\/\/[^/@\s]*@/g, '//***@').slice(0, 300));
+        let text = String(message);
+        try {
+          // An export's failure comes as the error serialized: its message is what matters.
+          const e = JSON.parse(text) as { message?: unknown };
+          if (typeof e.message === 'string') text = e.message;
+        } catch {
+          /* a plain message */
+        }
+        warn(text.replace(/\/\/[^/@\s]*@/g, '//***@').slice(0, 300));
       };
       diag.setLogger({ error: say, warn: say, info: () => {}, debug: () => {}, verbose: () => {} }, { logLevel: DiagLogLevel.WARN, suppressOverrideMessage: true });
     }

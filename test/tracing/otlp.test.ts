@@ -316,6 +316,23 @@ describe('traces over OTLP/HTTP from berth serve', () => {
     }
   });
 
+  it('keeps serving and stops in time when the endpoint does not answer, and says so in its log', async () => {
+    // A port nothing listens on: taken, then let go.
+    const gone = await startReceiver();
+    await gone.close();
+    const berth = await startServeProcess(await serverEnv('down', { OTEL_EXPORTER_OTLP_ENDPOINT: `${gone.url}/`, OTEL_BSP_SCHEDULE_DELAY: '100' }));
+    try {
+      await companyAndRun(berth, 'unused-secret');
+      await waitFor('the exporter\'s failure in the log', async () =>
+        berth.output().split('\n').some((line) => line.includes('tracing: the OpenTelemetry exporter reported a problem') && line.includes('ECONNREFUSED')), 30_000, 100);
+    } finally {
+      const started = Date.now();
+      expect(await berth.stop()).toBe(0);
+      // The unsent spans cost the stop at most the tracing shutdown's bound (5 s), beyond its own second of grace.
+      expect(Date.now() - started).toBeLessThan(12_000);
+    }
+  });
+
   it('refuses to start on a malformed endpoint or a protocol it does not speak, without showing the value', async () => {
     const secretish = 'not a url, token=hidden-value-1234';
     const bad = await serveMustFail(await serverEnv('bad-url', { OTEL_EXPORTER_OTLP_ENDPOINT: secretish }));
