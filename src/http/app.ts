@@ -14,6 +14,7 @@ import { mountDashboard } from './dashboard.js';
 import { buildOpenApi } from './openapi.js';
 import { badText, jsonIssues, type RouteDef, type RouteRequest } from './route.js';
 import { allRoutes } from './routes/index.js';
+import { inRequestSpan, SpanStatusCode } from '../tracing/index.js';
 
 export const MAX_BODY_BYTES = 1024 * 1024;
 
@@ -103,12 +104,20 @@ export function createApp(deps: AppDeps): Hono<Env> {
     c.set('requestId', requestId);
     c.header('x-request-id', requestId);
     const started = performance.now();
-    await next();
-    const elapsed = performance.now() - started;
-    const ms = Math.round(elapsed * 10) / 10;
     // By the route's template, never its path (ids would make a series per object); a request
     // no route took still has this middleware's own path.
-    const route = c.req.routePath === '/*' || c.req.routePath === '*' ? '(unmatched)' : c.req.routePath;
+    const route = await inRequestSpan(c.req.method, (h) => c.req.header(h), async (span) => {
+      await next();
+      const template = c.req.routePath === '/*' || c.req.routePath === '*' ? '(unmatched)' : c.req.routePath;
+      if (span.isRecording()) {
+        span.updateName(`${c.req.method} ${template}`);
+        span.setAttributes({ 'http.route': template, 'http.response.status_code': c.res.status, 'berth.request.id': requestId });
+        if (c.res.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR, message: String(c.res.status) });
+      }
+      return template;
+    });
+    const elapsed = performance.now() - started;
+    const ms = Math.round(elapsed * 10) / 10;
     deps.services.metrics.httpRequest(c.req.method, route, c.res.status, elapsed / 1000);
     const line = { reqId: requestId, method: c.req.method, path: c.req.routePath, url: c.req.path.slice(0, 200), status: c.res.status, ms };
     // Changes are logged; reads only at debug (a dashboard reads a lot).

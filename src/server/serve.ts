@@ -16,6 +16,7 @@ import { hashBearerSecret } from '../secrets/bearer.js';
 import { loggableError } from '../http/errors.js';
 import { createServices, type Services } from '../services/index.js';
 import { createMetrics } from '../metrics/index.js';
+import { startTracing, tracingFromEnv, tracingTarget } from '../tracing/index.js';
 import { ensureAdminKey, removeServerInfo, writeServerInfo } from './home-files.js';
 import { createLogger } from './logger.js';
 
@@ -146,6 +147,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
   egressPolicy(); // a malformed BERTH_HTTP_ALLOW_NETWORKS stops the start, not each http run
   const retention = retentionFromEnv(); // so does a malformed BERTH_*_RETENTION_DAYS
   const metricsPublic = metricsPublicFromEnv(); // and a BERTH_METRICS_PUBLIC that is neither 1 nor 0
+  tracingFromEnv(); // and a malformed OTEL_EXPORTER_OTLP_ENDPOINT (tracing starts once the database is open)
   const databaseUrl = opts.databaseUrl || process.env.DATABASE_URL || undefined;
   if (databaseUrl) databaseTarget(databaseUrl); // a malformed URL is refused before anything tries it
   const database = await openDatabase(databaseUrl ? { databaseUrl } : {}).catch((err: unknown) => {
@@ -162,6 +164,8 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
   metrics.observeDatabase(services.stats.snapshot);
   metrics.observePools(database.pools);
   metrics.describeServer(BERTH_VERSION, database.kind);
+  // Spans (src/tracing) when OTEL_EXPORTER_OTLP_ENDPOINT asks for them; otherwise nothing is loaded.
+  const tracing = await startTracing({ version: BERTH_VERSION, warn: (message) => logger.warn({ message }, 'tracing: the OpenTelemetry exporter reported a problem') });
   const drivers = defaultDrivers();
   let runtime: Runtime | null = null;
   const pending: { poke?: () => void } = {};
@@ -183,6 +187,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
     s.once('error', reject);
   }).catch(async (err: NodeJS.ErrnoException) => {
     await database.close();
+    await tracing.shutdown();
     if (err.code === 'EADDRINUSE') throw new Error(`port ${opts.port ?? DEFAULT_PORT} on ${host} is in use (another berth serve?); choose another with --port`);
     throw err;
   });
@@ -211,12 +216,13 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
     }).catch(async (err: unknown) => {
       await closeListener();
       await database.close();
+      await tracing.shutdown();
       throw err;
     });
     pending.poke = runtime.poke;
   }
   if (opts.announce !== false) writeServerInfo({ url, pid: process.pid, startedAt: new Date().toISOString() });
-  logger.info({ url, publicUrl, listen: `${host}:${port}`, database: database.kind, location: database.location, serverId: runtime?.serverId, version: BERTH_VERSION }, 'berth serving');
+  logger.info({ url, publicUrl, listen: `${host}:${port}`, database: database.kind, location: database.location, serverId: runtime?.serverId, version: BERTH_VERSION, ...(tracing.config ? { tracing: tracingTarget(tracing.config) } : {}) }, 'berth serving');
 
   let stopped: Promise<void> | null = null;
   return {
@@ -242,6 +248,8 @@ export async function startServer(opts: ServeOptions = {}): Promise<BerthServer>
         await closeListener();
         if (opts.announce !== false) removeServerInfo(process.pid);
         await database.close();
+        // What the stop itself traced (the runs it finalized) is sent before the process ends.
+        await tracing.shutdown();
         logger.info('stopped');
       })();
       return stopped;

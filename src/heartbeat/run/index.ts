@@ -9,6 +9,7 @@ import { isBerthError } from '../../domain/errors.js';
 import { storableText } from '../../domain/text.js';
 import type { AdoptedRun, HeartbeatRun } from '../../domain/types.js';
 import type { RunPhase } from '../../metrics/index.js';
+import { failSpan, inSpan, openSpan, type OpenSpan, type Span } from '../../tracing/index.js';
 import { RunLogWriter } from '../log-writer.js';
 import { RunTakenError, type ExecutorDeps, type RunState } from './context.js';
 import { finish } from './finish.js';
@@ -54,25 +55,65 @@ function failedBy(st: RunState, err: unknown): void {
   }
 }
 
+/** A run's phases as spans (src/tracing): Berth's own four, and `watch`, the agent's time. */
+type TracedPhase = RunPhase | 'watch';
+
+/** The run's root span (`berth.run`, a trace of its own) with what it is: ids as attributes. */
+function inRunSpan<T>(run: HeartbeatRun, attributes: Record<string, string | boolean>, fn: (span: Span) => Promise<T>): Promise<T> {
+  return inSpan('berth.run', { 'berth.run.id': run.id, 'berth.company.id': run.companyId, 'berth.agent.id': run.agentId, 'berth.run.source': run.invocationSource, ...attributes }, fn, { root: true });
+}
+
+/** What the run's span says once it is over: how it ended (a failure by its code). */
+function runSpanDone(span: Span, st: RunState, finished: HeartbeatRun | null): void {
+  if (!span.isRecording()) return;
+  if (st.environment) span.setAttributes({ 'berth.environment.id': st.environment.id, 'berth.environment.driver': st.environment.driver });
+  if (st.lease) span.setAttribute('berth.lease.id', st.lease.id);
+  const status = finished?.status ?? (st.handedOff ? 'handed_off' : st.waitFor !== null ? 'requeued' : 'unknown');
+  span.setAttribute('berth.run.status', status);
+  if (finished && finished.status !== 'succeeded') failSpan(span, { code: st.outcome.errorCode ?? finished.status });
+}
+
 /**
  * Times Berth's own phases of one run for the metrics: each `phase` call ends the phase
- * begun at the last mark; `skip` starts a new mark without counting (the agent's own time).
+ * begun at the last mark; `agentDone` starts a new mark without counting (the agent's own
+ * time). Each phase is also a span, `berth.run.<phase>`, opened by the first `in` of it.
  */
 function phaseClock(deps: ExecutorDeps) {
   const metrics = deps.services.metrics;
   let mark = performance.now();
   let overheadMs = 0;
   let agentRan = false;
+  let open: { phase: TracedPhase; span: OpenSpan } | null = null;
+  const endSpan = (p?: TracedPhase) => {
+    if (open && (p === undefined || open.phase === p)) {
+      open.span.end();
+      open = null;
+    }
+  };
   return {
+    /** Run `fn` as (a part of) phase `p`, inside its span; a throw ends the span, failed. */
+    in<T>(p: TracedPhase, fn: () => Promise<T>): Promise<T> {
+      if (open?.phase !== p) {
+        endSpan();
+        open = { phase: p, span: openSpan(`berth.run.${p}`, { 'berth.run.phase': p }) };
+      }
+      const span = open.span;
+      return span.within(fn).catch((err: unknown) => {
+        if (open?.span === span) open = null;
+        throw err;
+      });
+    },
     phase(p: RunPhase): void {
       const now = performance.now();
       metrics.runPhase(p, (now - mark) / 1000);
       overheadMs += now - mark;
       mark = now;
+      endSpan(p);
     },
     agentDone(): void {
       agentRan = true;
       mark = performance.now();
+      endSpan('watch');
     },
     /** The run's overhead, once finished: only for a run whose agent ran. */
     done(): void {
@@ -81,20 +122,29 @@ function phaseClock(deps: ExecutorDeps) {
   };
 }
 
-export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: AbortController): Promise<HeartbeatRun | null> {
-  const st = newState(deps, run, abort);
+export function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: AbortController): Promise<HeartbeatRun | null> {
+  return inRunSpan(run, {}, async (span) => {
+    const st = newState(deps, run, abort);
+    const finished = await executeSteps(st);
+    runSpanDone(span, st, finished);
+    return finished;
+  });
+}
+
+async function executeSteps(st: RunState): Promise<HeartbeatRun | null> {
+  const { deps, run, abort } = st;
   const clock = phaseClock(deps);
   try {
-    await place(st);
+    await clock.in('place', () => place(st));
     clock.phase('place');
-    const made = await provision(st);
+    const made = await clock.in('provision', () => provision(st));
     clock.phase('provision');
-    const { token, paperclipEnvironment } = await activate(st, made);
+    const { token, paperclipEnvironment } = await clock.in('start', () => activate(st, made));
     const adapter = st.adapter!;
     // The run's way back to the server, per driver (a reverse tunnel for SSH), undone in
     // finish. Only a process runs inside the environment; a call leaves from here.
     if (st.driver!.callbackUrl && adapter.kind === 'process') {
-      st.callback = await st.driver!.callbackUrl(st.environment!, { publicUrl: deps.apiUrl, ...(deps.localUrl ? { localUrl: deps.localUrl } : {}) }, st.resource!);
+      st.callback = await clock.in('start', () => st.driver!.callbackUrl!(st.environment!, { publicUrl: deps.apiUrl, ...(deps.localUrl ? { localUrl: deps.localUrl } : {}) }, st.resource!));
     }
     const started = { ...run, contextSnapshot: { ...run.contextSnapshot, paperclipEnvironment } };
     const ctx = {
@@ -114,13 +164,13 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
         : { status: 'cancelled', error: 'cancelled before its process started', errorCode: 'cancelled' };
     } else if (adapter.kind === 'call') {
       clock.phase('start');
-      st.outcome = await adapter.execute({ ...ctx, log: (stream, text) => st.log.write(stream, text), abort: abort.signal });
+      st.outcome = await clock.in('watch', () => adapter.execute({ ...ctx, log: (stream, text) => st.log.write(stream, text), abort: abort.signal }));
       clock.agentDone();
     } else {
       const plan = adapter.plan(ctx);
-      const handle = await exec(st, plan);
+      const handle = await clock.in('start', () => exec(st, plan));
       clock.phase('start');
-      const watched = await watch(st, handle, { timeoutSec: plan.timeoutSec, graceSec: plan.graceSec, startedAt: new Date(), command: plan.spec.command });
+      const watched = await clock.in('watch', () => watch(st, handle, { timeoutSec: plan.timeoutSec, graceSec: plan.graceSec, startedAt: new Date(), command: plan.spec.command }));
       clock.agentDone();
       if (watched === HANDED_OFF) st.handedOff = true;
       else st.outcome = watched;
@@ -128,7 +178,7 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
   } catch (err) {
     failedBy(st, err);
   }
-  const finished = await finish(st);
+  const finished = await clock.in('finish', () => finish(st));
   clock.phase('finish');
   clock.done();
   return finished;
@@ -138,9 +188,17 @@ export async function executeRun(deps: ExecutorDeps, run: HeartbeatRun, abort: A
  * Continue a run whose execution outlived its server: watch it from where its log stopped,
  * with its timeout counted from its start, then finish it as executeRun would.
  */
-export async function resumeRun(deps: ExecutorDeps, adopted: AdoptedRun, abort: AbortController): Promise<HeartbeatRun | null> {
-  const { run } = adopted;
-  const st = newState(deps, run, abort, { seq: adopted.logSeq });
+export function resumeRun(deps: ExecutorDeps, adopted: AdoptedRun, abort: AbortController): Promise<HeartbeatRun | null> {
+  return inRunSpan(adopted.run, { 'berth.run.resumed': true }, async (span) => {
+    const st = newState(deps, adopted.run, abort, { seq: adopted.logSeq });
+    const finished = await resumeSteps(st, adopted);
+    runSpanDone(span, st, finished);
+    return finished;
+  });
+}
+
+async function resumeSteps(st: RunState, adopted: AdoptedRun): Promise<HeartbeatRun | null> {
+  const { deps, run } = st;
   try {
     const s = deps.services;
     void st.log.write('system', `resumed by server ${deps.serverId}: its server stopped while it ran\n`);
@@ -161,11 +219,13 @@ export async function resumeRun(deps: ExecutorDeps, adopted: AdoptedRun, abort: 
     st.execution = adopted.execution;
     keepAlive(st);
     const limits = adapter.limits(agent);
-    const watched = await watch(st, adopted.execution, { ...limits, startedAt: run.startedAt ?? new Date(), command: String(agent.adapterConfig.command ?? 'the process') }, adopted.outputOffset ?? undefined);
+    const watched = await inSpan('berth.run.watch', { 'berth.run.phase': 'watch' }, () =>
+      watch(st, adopted.execution, { ...limits, startedAt: run.startedAt ?? new Date(), command: String(agent.adapterConfig.command ?? 'the process') }, adopted.outputOffset ?? undefined),
+    );
     if (watched === HANDED_OFF) st.handedOff = true;
     else st.outcome = watched;
   } catch (err) {
     failedBy(st, err);
   }
-  return finish(st);
+  return inSpan('berth.run.finish', { 'berth.run.phase': 'finish' }, () => finish(st));
 }
