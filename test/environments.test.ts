@@ -96,6 +96,39 @@ describe('create, get, list, update', () => {
     ).rejects.toMatchObject({ code: 'invalid', fields: [{ path: 'config.provider' }] });
   });
 
+  it("takes Paperclip's sandbox config shape (image, timeoutMs, reuseLease at its top), shown as given, and checks each", async () => {
+    const env = await t.services.environments.create(companyId, {
+      name: 'sbx-paperclip',
+      driver: 'sandbox',
+      config: { provider: 'e2b.io', image: 'node:22', timeoutMs: 120_000, reuseLease: true, options: { apiKey: 'k' } },
+    });
+    expect(env.config).toEqual({ provider: 'e2b.io', image: 'node:22', timeoutMs: 120_000, reuseLease: true, optionNames: ['apiKey'] });
+    await expect(
+      t.services.environments.create(companyId, { name: 'sbx-bad', driver: 'sandbox', config: { provider: 'p', image: '', timeoutMs: -1, reuseLease: 'yes' } }),
+    ).rejects.toMatchObject({ code: 'invalid', fields: [{ path: 'config.image' }, { path: 'config.timeoutMs' }, { path: 'config.reuseLease' }] });
+  });
+
+  it('changes its driver by update only with a config for the new one and nothing of the old live; the Local stays local', async () => {
+    const env = await t.services.environments.create(companyId, { name: 'switcher', driver: 'sandbox', config: { provider: 'p', options: { k: 'v' } } });
+    await expect(t.services.environments.update(companyId, env.id, { driver: 'docker' })).rejects.toMatchObject({ code: 'invalid', fields: [{ path: 'config' }] });
+    await expect(t.services.environments.update(companyId, env.id, { driver: 'nope', config: {} })).rejects.toMatchObject({ code: 'invalid', fields: [{ path: 'driver' }] });
+    await expect(t.services.environments.update(companyId, env.id, { driver: 'docker', config: { image: 'has space' } })).rejects.toMatchObject({
+      code: 'invalid',
+      fields: [{ path: 'config.image' }],
+    });
+    // A live lease of the old driver blocks the change, and nothing changes.
+    const held = await t.services.leases.acquire(companyId, { environmentId: env.id, ttlSeconds: 60 });
+    await expect(t.services.environments.update(companyId, env.id, { driver: 'docker', config: { image: 'busybox' } })).rejects.toMatchObject({ code: 'conflict' });
+    expect((await t.services.environments.get(companyId, env.id)).driver).toBe('sandbox');
+    await t.services.leases.release(companyId, held.lease.id, { fence: held.lease.fence });
+    const changed = await t.services.environments.update(companyId, env.id, { driver: 'docker', config: { image: 'busybox' } });
+    expect(changed).toMatchObject({ driver: 'docker', config: { image: 'busybox', network: 'none' } });
+    expect(changed.config).not.toHaveProperty('optionNames');
+    const local = await t.services.environments.ensureLocalEnvironment(companyId);
+    await expect(t.services.environments.update(companyId, local.id, { driver: 'sandbox', config: { provider: 'p' } })).rejects.toMatchObject({ code: 'conflict' });
+    await expect(t.services.environments.update(companyId, env.id, { driver: 'local', config: {} })).rejects.toMatchObject({ code: 'conflict' });
+  });
+
   it('rejects a duplicate name in one company but allows it in another', async () => {
     await t.services.environments.create(companyId, { name: 'dup', driver: 'sandbox', config: { provider: 'p' } });
     await expect(t.services.environments.create(companyId, { name: 'dup', driver: 'sandbox', config: { provider: 'p' } })).rejects.toMatchObject({
@@ -128,7 +161,7 @@ describe('create, get, list, update', () => {
     expect(updated.name).toBe('upd');
     await expect(t.services.environments.update(companyId, env.id, { config: { host: 'x', username: 'u', remoteWorkspacePath: '/w', knownHosts: 'k', port: 70000 } })).rejects.toMatchObject({
       code: 'invalid',
-      fields: [{ path: 'port' }],
+      fields: [{ path: 'config.port' }],
     });
     await expect(t.services.environments.update(companyId, env.id, {})).rejects.toMatchObject({ code: 'invalid' });
   });

@@ -92,6 +92,20 @@ describe('acquire', () => {
     expect(new Set(fences).size).toBe(5);
   });
 
+  it("takes Paperclip's leasePolicy as policy, and refuses the two naming different policies, changing nothing", async () => {
+    const env = await newEnv();
+    const got = await leases().acquire(companyId, { environmentId: env.id, leasePolicy: 'reuse_by_environment' });
+    expect(got.lease.leasePolicy).toBe('reuse_by_environment');
+    const same = await leases().acquire(companyId, { environmentId: env.id, leasePolicy: 'ephemeral', policy: 'ephemeral' });
+    expect(same.lease.leasePolicy).toBe('ephemeral');
+    const before = await tableCounts();
+    await expect(leases().acquire(companyId, { environmentId: env.id, leasePolicy: 'ephemeral', policy: 'reuse_by_environment' })).rejects.toMatchObject({
+      code: 'invalid',
+      fields: [{ path: 'leasePolicy' }],
+    });
+    expect(await tableCounts()).toEqual(before);
+  });
+
   it('is idempotent per key: a retry returns the same lease and writes nothing', async () => {
     const env = await newEnv();
     const first = await leases().acquire(companyId, { environmentId: env.id, idempotencyKey: 'k-1' });

@@ -58,6 +58,8 @@ export const updateEnvironmentSchema = z
     name: name.optional(),
     description: description.optional(),
     status: z.enum(ENVIRONMENT_STATUSES).optional(),
+    /** Another driver (with its config): only while nothing of the old driver's is live (the service checks). */
+    driver: z.string().max(100).optional(),
     config: z.unknown().optional(),
     envVars: envVars.optional(),
     metadata: jsonRecord.optional(),
@@ -75,6 +77,8 @@ export const acquireLeaseSchema = z
   .strictObject({
     environmentId: z.uuid('must be a UUID'),
     policy: z.enum(LEASE_POLICIES).default('ephemeral'),
+    /** Paperclip's name for `policy` (the lease record's own field name); both given must agree. */
+    leasePolicy: z.enum(LEASE_POLICIES).optional(),
     ttlSeconds: ttlSeconds.optional(),
     expiresAt: z.coerce
       .date({ error: 'must be a date' })

@@ -85,6 +85,11 @@ export interface ProvisionRequest {
   labels: Record<string, string>;
   /** A working directory the agent names for itself (not the driver's to make or remove). */
   cwd?: string;
+  /**
+   * What the provider says while the resource is being made (a job waiting in a queue, then
+   * running on a node), one line each, for the run's log. Optional: a pool's refill has no run.
+   */
+  progress?: (note: string) => void;
 }
 
 /** What a driver made, as the server stores it (provider_resources.provider_id / state): plain JSON. */

@@ -1,10 +1,12 @@
 // Environments: where runs execute. Every operation is scoped by company; every
 // change writes its activity row in the same transaction.
 import { sql, type SQL } from 'drizzle-orm';
+import { z } from 'zod';
 import { queryRows, sqlWordList, type Db } from '../db/client.js';
 import { pgErrorOf, PG_FOREIGN_KEY_VIOLATION, PG_UNIQUE_VIOLATION } from '../db/errors.js';
 import { environmentSecretDoc, toEnvironment } from '../db/rows.js';
 import { ACTIONS, TERMINAL_LEASE_STATUSES, type EnvironmentDriverKind } from '../domain/enums.js';
+import { DRIVER_KINDS } from '../drivers/descriptors.js';
 
 /** The terminal lease statuses as an SQL list, from the one place they are named. */
 const TERMINAL = sqlWordList(TERMINAL_LEASE_STATUSES);
@@ -93,6 +95,28 @@ async function deleteBlockers(tx: Db, current: Record<string, unknown>): Promise
     leases: Object.fromEntries(open.map((o) => [o.status, o.n])),
     resources: Object.fromEntries(resources.map((o) => [o.status, o.n])),
   };
+}
+
+/**
+ * An environment may take another driver (Paperclip's PATCH can) only with a config for it,
+ * and only while nothing the old driver made or holds is live: no lease that is not terminal
+ * or still owes cleanup, no provider resource not destroyed, no warm pool. The company's
+ * Local stays local, and no other environment becomes one. Adds the driver to `sets`.
+ */
+async function checkDriverChange(tx: Db, current: Record<string, unknown>, v: { driver?: string | undefined; config?: unknown; pool?: unknown }, sets: SQL[]): Promise<void> {
+  const to = v.driver!;
+  const field = (message: string) => [{ path: 'driver', message }];
+  if (!DRIVER_KINDS.includes(to as EnvironmentDriverKind)) throw new BerthError('invalid', `invalid environment update: driver: must be one of ${DRIVER_KINDS.join(', ')}`, { fields: field(`must be one of ${DRIVER_KINDS.join(', ')}`) });
+  if (current.driver === 'local') throw new BerthError('conflict', "the company's Local environment stays local: make another environment for another driver", { fields: field('cannot change on the Local environment') });
+  if (to === 'local') throw new BerthError('conflict', 'an environment cannot become local: each company has one Local environment, made by Berth', { fields: field('cannot be local') });
+  if (v.config === undefined) throw new BerthError('invalid', `invalid environment update: config: is required when the driver changes (a ${to} config)`, { fields: [{ path: 'config', message: `is required with a new driver (a ${to} config)` }] });
+  const { reasons } = await deleteBlockers(tx, current);
+  const pool = v.pool !== undefined ? v.pool : current.pool;
+  if (pool) reasons.push('it has a warm pool: set its pool to null first');
+  if (reasons.length > 0) {
+    throw new BerthError('conflict', `environment ${String(current.id)} cannot change its driver from ${String(current.driver)} to ${to}: ${reasons.join('; ')}`, { details: { reasons } });
+  }
+  sets.push(sql`driver = ${to}`);
 }
 
 export function environmentService(db: Db) {
@@ -207,8 +231,9 @@ export function environmentService(db: Db) {
           // stale capacity, and the count below sees every lease granted before it.
           const [current] = await queryRows(tx, sql`SELECT * FROM environments WHERE id = ${id} AND company_id = ${companyId} FOR UPDATE`);
           if (!current) throw notFound('environment', id);
-          const driver = String(current.driver) as EnvironmentDriverKind;
           const sets: SQL[] = [];
+          const driver = (v.driver ?? String(current.driver)) as EnvironmentDriverKind;
+          if (v.driver !== undefined && v.driver !== current.driver) await checkDriverChange(tx, current, v, sets);
           if (v.name !== undefined) sets.push(sql`name = ${v.name}`);
           if (v.description !== undefined) sets.push(sql`description = ${v.description}`);
           if (v.status !== undefined) sets.push(sql`status = ${v.status}`);
@@ -218,10 +243,11 @@ export function environmentService(db: Db) {
           if (v.config !== undefined) {
             const schema = configSchemaOf(driver);
             if (!schema) throw new BerthError('invalid', `environment ${id} has driver "${driver}", which this version cannot configure`);
-            const given = sealSecrets({ config: parseInput(schema, v.config, `${driver} config`) }, secretPaths);
+            // Parsed under `config`, so a refusal names `config.port` as a create's does.
+            const given = sealSecrets({ config: parseInput(z.object({ config: schema }), { config: v.config }, `${driver} config`).config }, secretPaths);
             // A secret field that is set (an SSH key) stays set unless the update names a new
             // one: a caller cannot read it back to resend it.
-            const { config } = keepUnnamedSecrets(given, environmentSecretDoc(current), secretPaths);
+            const { config } = driver === current.driver ? keepUnnamedSecrets(given, environmentSecretDoc(current), secretPaths) : given;
             sets.push(sql`config = ${JSON.stringify(config)}::jsonb`);
           }
           if (v.pool !== undefined || v.capacity !== undefined) {

@@ -5,6 +5,7 @@
 // cancelled outside Berth, and reconciliation of a labelled job no record owns.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { slurmDriver } from '../../src/drivers/slurm/driver.js';
 import type { HeartbeatRun } from '../../src/domain/types.js';
@@ -110,6 +111,26 @@ describe('runs on a Slurm environment', () => {
     const ok = await finished((await invoke((await agentOn(env.id, 'true', [])).id)).id);
     expect(ok).toMatchObject({ status: 'succeeded', exitCode: 0 });
     expect(jobState(cluster, (ok.contextSnapshot.paperclipEnvironment as { jobId: string }).jobId)).toBe('COMPLETED');
+  }, 60_000);
+
+  it("a run whose job waits in Slurm's queue says so in its log (PENDING, then RUNNING on its node), and runs once the node is free", async () => {
+    // Each job takes every CPU of the one node: the second waits for the first.
+    const env = await slurmEnvironment({ config: { ...slurmConfig(), cpus: availableParallelism() } });
+    const first = await invoke((await agentOn(env.id, 'sleep', ['3'])).id);
+    await jobOf(first.id);
+    const second = await invoke((await agentOn(env.id, 'echo', ['second'])).id);
+    await waitFor('the second job to be reported waiting', async () => /is PENDING/.test(await logText(second.id, 'system')), 20_000);
+    expect((await t.services.runs.get(companyId, second.id)).status).toBe('running');
+    const done = await finished(second.id);
+    expect(done).toMatchObject({ status: 'succeeded', exitCode: 0 });
+    const system = await logText(second.id, 'system');
+    const jobId = (done.contextSnapshot.paperclipEnvironment as { jobId: string; queuedMs: number }).jobId;
+    expect(system).toMatch(new RegExp(`job ${jobId} on cluster ${cluster.cluster} is PENDING \\((Resources|Priority)\\)`));
+    expect(system).toMatch(new RegExp(`job ${jobId} on cluster ${cluster.cluster} is RUNNING on ${cluster.node} after \\d+ ms`));
+    expect(system.indexOf('is PENDING')).toBeLessThan(system.indexOf('is RUNNING'));
+    expect((done.contextSnapshot.paperclipEnvironment as { queuedMs: number }).queuedMs).toBeGreaterThan(500);
+    expect(await logText(second.id, 'stdout')).toBe('second\n');
+    expect((await finished(first.id)).status).toBe('succeeded');
   }, 60_000);
 
   it('PAPERCLIP_* and the environment\'s variables reach the job, never a command line or the job\'s record; cancel ends the job with nothing left', async () => {

@@ -7,6 +7,14 @@ import type { DriverDescriptor } from '../contract.js';
 export const sandboxConfigSchema = z.strictObject({
   provider: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'must match ^[a-z0-9][a-z0-9._-]*$').max(100),
   options: z.record(z.string(), z.unknown()).default({}),
+  // Paperclip's sandbox config keeps these at its top (for the providers that take them):
+  // not secrets, so not sealed with the options.
+  /** The sandbox's image or template. */
+  image: z.string().trim().min(1, 'must not be empty').max(1000).optional(),
+  /** How long the provider may take to make the sandbox, ms. */
+  timeoutMs: z.number().int('must be an integer').positive('must be greater than 0').max(24 * 3600 * 1000).optional(),
+  /** Keep the sandbox for the next lease (Paperclip's reusable leases). */
+  reuseLease: z.boolean().optional(),
 });
 
 export const sandboxDescriptor: DriverDescriptor = {

@@ -426,11 +426,19 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
       }
       // Until it runs; cancelled if this provision is given up.
       let job: JobInfo | null = null;
+      // Queued, then running, said in the run's log as Slurm reports it (a state or reason change once each).
+      let said = '';
+      const say = (j: JobInfo) => {
+        const now = j.state === 'RUNNING' ? `${where(info, jobId)} is RUNNING on ${j.node ?? 'its node'} after ${Date.now() - submittedAt} ms` : `${where(info, jobId)} is ${j.state}${j.reason ? ` (${j.reason})` : ''}`;
+        if (now.replace(/ after \d+ ms$/, '') !== said) req.progress?.(now);
+        said = now.replace(/ after \d+ ms$/, '');
+      };
       try {
         for (;;) {
           signal.throwIfAborted();
           job = await jobInfo(cfg, jobId, signal);
           if (!job) throw new SlurmDriverError('slurm_job_gone', `${where(info, jobId)} is no longer known to Slurm before it ran`);
+          say(job);
           if (job.state === 'RUNNING') break;
           if (TERMINAL.has(job.state)) throw new SlurmDriverError('slurm_job_ended', `${where(info, jobId)} ended ${job.state} before it ran${job.reason ? ` (${job.reason})` : ''}`);
           await sleep(100);

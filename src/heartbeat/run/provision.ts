@@ -2,6 +2,7 @@
 // deadline and an AbortSignal (cancel, a lost lease, or the deadline stop it), while the
 // lease is kept alive. Idempotent on the resource id: a retry gets the same resource.
 import { LABEL_COMPANY, LABEL_ENVIRONMENT, LABEL_LEASE, LABEL_RESOURCE, type ProvisionedResource } from '../../drivers/contract.js';
+import { storableText } from '../../domain/text.js';
 import { withDeadline, type RunState } from './context.js';
 
 export function resourceLabels(r: { resourceId: string; leaseId: string | null; environmentId: string; companyId: string }): Record<string, string> {
@@ -33,7 +34,13 @@ export async function provision(st: RunState): Promise<ProvisionedResource> {
     const made = await withDeadline(
       st.driver!.provision(
         env,
-        { resourceId, leaseId: lease.id, labels: resourceLabels({ resourceId, leaseId: lease.id, environmentId: env.id, companyId: run.companyId }), ...(cwd ? { cwd } : {}) },
+        {
+          resourceId,
+          leaseId: lease.id,
+          labels: resourceLabels({ resourceId, leaseId: lease.id, environmentId: env.id, companyId: run.companyId }),
+          ...(cwd ? { cwd } : {}),
+          progress: (note) => void st.log.write('system', `${storableText(note).slice(0, 1000)}\n`),
+        },
         stop.signal,
       ),
       deps.prepareTimeoutMs ?? 300_000,

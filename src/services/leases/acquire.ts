@@ -46,6 +46,18 @@ export interface LeaseOwner {
   warm?: boolean;
 }
 
+/** `leasePolicy` (Paperclip's name) is `policy`: one value, whichever name the caller used. */
+function withPolicy(input: AcquireLeaseInput): AcquireLeaseInput {
+  if (input === null || typeof input !== 'object' || input.leasePolicy === undefined) return input;
+  const { leasePolicy, ...rest } = input;
+  if (rest.policy !== undefined && rest.policy !== leasePolicy) {
+    throw new BerthError('invalid', `invalid lease acquire: leasePolicy: ${String(leasePolicy).slice(0, 50)} is not the policy given (${String(rest.policy).slice(0, 50)})`, {
+      fields: [{ path: 'leasePolicy', message: 'must equal policy when both are given' }],
+    });
+  }
+  return { ...rest, policy: leasePolicy };
+}
+
 type AcquireValues = ReturnType<typeof acquireLeaseSchema.parse>;
 /** How many free slots one grant tries (from a random one on) before it looks again. */
 const SLOT_CANDIDATES = 16;
@@ -233,7 +245,7 @@ export function acquireOperations(db: Db, expiry: Pick<ExpireOperations, 'expire
      */
     async acquire(companyId: string, input: AcquireLeaseInput, actor: Actor = SYSTEM_ACTOR, owner: LeaseOwner = {}): Promise<AcquireResult> {
       requireId(companyId, 'company');
-      let v = parseInput(acquireLeaseSchema, input, 'lease acquire');
+      let v = parseInput(acquireLeaseSchema, withPolicy(input), 'lease acquire');
       const warm = owner.warm === true && owner.reserveResource === true && !REUSE_POLICIES.includes(v.policy);
       if (warm) {
         try {
