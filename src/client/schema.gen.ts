@@ -958,6 +958,9 @@ export interface paths {
                             options?: {
                                 [key: string]: unknown;
                             };
+                            image?: string;
+                            timeoutMs?: number;
+                            reuseLease?: boolean;
                         };
                         name?: string;
                         description?: string | null;
@@ -2535,6 +2538,9 @@ export interface paths {
                             options?: {
                                 [key: string]: unknown;
                             };
+                            image?: string;
+                            timeoutMs?: number;
+                            reuseLease?: boolean;
                         };
                     } | {
                         pool?: {
@@ -3064,6 +3070,7 @@ export interface paths {
                         description?: string | null;
                         /** @enum {string} */
                         status?: "active" | "archived";
+                        driver?: string;
                         config?: unknown;
                         envVars?: {
                             [key: string]: string;
@@ -3687,6 +3694,8 @@ export interface paths {
                          * @enum {string}
                          */
                         policy?: "ephemeral" | "reuse_by_environment" | "reuse_by_execution_workspace" | "retain_on_failure";
+                        /** @enum {string} */
+                        leasePolicy?: "ephemeral" | "reuse_by_environment" | "reuse_by_execution_workspace" | "retain_on_failure";
                         ttlSeconds?: number;
                         expiresAt?: unknown;
                         maxLifetimeSeconds?: number;
