@@ -979,6 +979,8 @@ export interface paths {
                             account?: string;
                             /** @default 60 */
                             timeLimitMinutes?: number;
+                            /** @default 3600 */
+                            queueTimeoutSeconds?: number;
                             /** @default 1 */
                             cpus?: number;
                             memoryMb?: number;
@@ -2577,6 +2579,8 @@ export interface paths {
                             account?: string;
                             /** @default 60 */
                             timeLimitMinutes?: number;
+                            /** @default 3600 */
+                            queueTimeoutSeconds?: number;
                             /** @default 1 */
                             cpus?: number;
                             memoryMb?: number;

@@ -196,6 +196,11 @@ export interface EnvironmentDriver extends DriverDescriptor {
    * Idempotent on `req.resourceId`; never called inside a transaction.
    */
   provision(env: DriverEnvironment, req: ProvisionRequest, signal: AbortSignal): Promise<ProvisionedResource>;
+  /**
+   * Optional: how long a run's provision may take on this environment (a scheduler's queue
+   * can hold a job for hours), in place of the server's prepare deadline.
+   */
+  provisionTimeoutMs?(env: DriverEnvironment): number;
   /** Start a process in the resource; resolves once it has started (or failed to: then `watch` reports spawnError). */
   exec(env: DriverEnvironment, resource: ResourceHandle, spec: ProcessSpec, signal: AbortSignal): Promise<ExecutionHandle>;
   /** Stream the execution's output into `sink` and resolve with how it ended. */

@@ -133,6 +133,21 @@ describe('runs on a Slurm environment', () => {
     expect((await finished(first.id)).status).toBe('succeeded');
   }, 60_000);
 
+  it("a job that waits in the queue past the environment's queueTimeoutSeconds fails its run with prepare_timeout, and is cancelled", async () => {
+    const env = await slurmEnvironment({ config: { ...slurmConfig(), cpus: availableParallelism(), queueTimeoutSeconds: 5 } });
+    const first = await invoke((await agentOn(env.id, 'sleep', ['30'], { graceSec: 0 })).id);
+    await jobOf(first.id);
+    const second = await invoke((await agentOn(env.id, 'echo', ['never'])).id);
+    await waitFor('the second job to be reported waiting', async () => /is PENDING/.test(await logText(second.id, 'system')), 20_000);
+    const jobId = /job (\d+) on cluster/.exec(await logText(second.id, 'system'))![1]!;
+    const done = await finished(second.id, 90_000);
+    expect(done).toMatchObject({ status: 'failed', errorCode: 'prepare_timeout' });
+    expect(await logText(second.id, 'stdout')).toBe('');
+    await waitFor(`job ${jobId} to be cancelled`, async () => ['CANCELLED', ''].includes(jobState(cluster, jobId)) || null, 30_000);
+    await t.services.runs.cancel(companyId, first.id);
+    expect((await finished(first.id)).status).toBe('cancelled');
+  }, 120_000);
+
   it('PAPERCLIP_* and the environment\'s variables reach the job, never a command line or the job\'s record; cancel ends the job with nothing left', async () => {
     const secret = `env-secret-${randomBytes(8).toString('hex')}`;
     const env = await slurmEnvironment({ envVars: { DEPLOY_TOKEN: secret } });

@@ -56,6 +56,8 @@ export const slurmConfigSchema = z.strictObject({
   account: slurmName('an account name').optional(),
   /** The job's time limit (sbatch --time) in minutes; a run's own deadline lowers it once the run starts. */
   timeLimitMinutes: z.number().int('must be an integer').min(1, 'must be at least 1 (minute)').max(525600, 'must be at most 525600 (a year)').default(60),
+  /** How long a run's job may wait in the queue before the run fails (prepare_timeout) and the job is cancelled. */
+  queueTimeoutSeconds: z.number().int('must be an integer').min(5, 'must be at least 5').max(7 * 24 * 3600, 'must be at most 604800 (a week)').default(3600),
   /** CPUs for the run's one task (--cpus-per-task). */
   cpus: z.number().int('must be an integer').min(1, 'must be at least 1').max(4096).default(1),
   /** Memory for the job, MiB (--mem); absent: the partition's default. */
@@ -74,6 +76,7 @@ export const slurmDescriptor: DriverDescriptor = {
     { path: 'partition', label: 'Partition', type: 'text', placeholder: "the cluster's default" },
     { path: 'account', label: 'Account', type: 'text' },
     { path: 'timeLimitMinutes', label: 'Time limit (minutes)', type: 'number', placeholder: '60' },
+    { path: 'queueTimeoutSeconds', label: 'Queue timeout (s)', type: 'number', placeholder: '3600' },
     { path: 'cpus', label: 'CPUs', type: 'number', placeholder: '1' },
     { path: 'memoryMb', label: 'Memory (MiB)', type: 'number' },
   ],

@@ -348,6 +348,9 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
   return {
     ...slurmDescriptor,
 
+    // The queue wait is the provision phase: the environment's own limit (and submitting's few seconds).
+    provisionTimeoutMs: (env) => configOf(env).queueTimeoutSeconds * 1000 + 30_000,
+
     async probe(env, signal): Promise<ProbeResult> {
       const started = performance.now();
       const details: Record<string, unknown> = {};

@@ -43,7 +43,7 @@ export async function provision(st: RunState): Promise<ProvisionedResource> {
         },
         stop.signal,
       ),
-      deps.prepareTimeoutMs ?? 300_000,
+      st.driver!.provisionTimeoutMs?.(env) ?? deps.prepareTimeoutMs ?? 300_000,
       'prepare_timeout',
       `preparing the workspace on ${env.name}`,
       stop,
