@@ -3074,7 +3074,8 @@ export interface paths {
                         description?: string | null;
                         /** @enum {string} */
                         status?: "active" | "archived";
-                        driver?: string;
+                        /** @enum {string} */
+                        driver?: "local" | "ssh" | "docker" | "sandbox" | "slurm";
                         config?: unknown;
                         envVars?: {
                             [key: string]: string;

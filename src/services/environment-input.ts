@@ -4,7 +4,7 @@ import { z } from 'zod';
 import type { DriverDescriptor } from '../drivers/contract.js';
 import { descriptorOf, DRIVER_DESCRIPTORS, DRIVER_KINDS, type EnvironmentDriverKind } from '../drivers/descriptors.js';
 import { ENVIRONMENT_STATUSES } from '../domain/enums.js';
-import { envCommon } from '../domain/validators.js';
+import { envCommon, updateEnvironmentSchema as updateFields } from '../domain/validators.js';
 
 const common = z.strictObject(envCommon);
 
@@ -36,3 +36,8 @@ export const listEnvironmentsSchema = z.strictObject({
   status: z.enum(ENVIRONMENT_STATUSES).optional(),
   driver: z.enum(DRIVER_KINDS).optional(),
 });
+
+/** A partial update, its `driver` one of the drivers this version knows (the service checks a change of driver). */
+export const updateEnvironmentSchema = z
+  .strictObject({ ...updateFields.shape, driver: z.enum(DRIVER_KINDS, { error: `must be one of ${DRIVER_KINDS.join(', ')}` }).optional() })
+  .refine((v) => Object.keys(v).length > 0, 'must change at least one field');

@@ -12,12 +12,8 @@ import { DRIVER_KINDS } from '../drivers/descriptors.js';
 const TERMINAL = sqlWordList(TERMINAL_LEASE_STATUSES);
 import { BerthError, notFound, requireId } from '../domain/errors.js';
 import { SYSTEM_ACTOR, type Actor, type Environment } from '../domain/types.js';
-import {
-  parseInput,
-  updateEnvironmentSchema,
-  type UpdateEnvironmentInput,
-} from '../domain/validators.js';
-import { configSchemaOf, createEnvironmentSchema, listEnvironmentsSchema, type CreateEnvironment, type CreateEnvironmentInput } from './environment-input.js';
+import { parseInput, type UpdateEnvironmentInput } from '../domain/validators.js';
+import { configSchemaOf, createEnvironmentSchema, listEnvironmentsSchema, updateEnvironmentSchema, type CreateEnvironment, type CreateEnvironmentInput } from './environment-input.js';
 import { environmentSecretPaths, keepUnnamedSecrets, openSecrets, sealSecrets } from '../secrets/config.js';
 import { activityFrom, ENVIRONMENT_ENTITY } from './activity.js';
 import { notifyEach, POOLS_CHANNEL } from '../db/notify.js';

@@ -135,7 +135,7 @@ describe('runs on a Slurm environment', () => {
 
   it("a job that waits in the queue past the environment's queueTimeoutSeconds fails its run with prepare_timeout, and is cancelled", async () => {
     const env = await slurmEnvironment({ config: { ...slurmConfig(), cpus: availableParallelism(), queueTimeoutSeconds: 5 } });
-    const first = await invoke((await agentOn(env.id, 'sleep', ['30'], { graceSec: 0 })).id);
+    const first = await invoke((await agentOn(env.id, 'sleep', ['90'], { graceSec: 0 })).id);
     await jobOf(first.id);
     const second = await invoke((await agentOn(env.id, 'echo', ['never'])).id);
     await waitFor('the second job to be reported waiting', async () => /is PENDING/.test(await logText(second.id, 'system')), 20_000);

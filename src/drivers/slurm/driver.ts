@@ -349,7 +349,7 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
     ...slurmDescriptor,
 
     // The queue wait is the provision phase: the environment's own limit (and submitting's few seconds).
-    provisionTimeoutMs: (env) => configOf(env).queueTimeoutSeconds * 1000 + 30_000,
+    provisionTimeoutMs: (env) => configOf(env).queueTimeoutSeconds * 1000 + 10_000,
 
     async probe(env, signal): Promise<ProbeResult> {
       const started = performance.now();

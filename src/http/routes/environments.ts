@@ -2,8 +2,8 @@
 import { z } from 'zod';
 import { DRIVER_KINDS } from '../../drivers/descriptors.js';
 import { ENVIRONMENT_STATUSES } from '../../domain/enums.js';
-import { updateEnvironmentSchema, type UpdateEnvironmentInput } from '../../domain/validators.js';
-import { createEnvironmentSchema, type CreateEnvironmentInput } from '../../services/environment-input.js';
+import type { UpdateEnvironmentInput } from '../../domain/validators.js';
+import { createEnvironmentSchema, updateEnvironmentSchema, type CreateEnvironmentInput } from '../../services/environment-input.js';
 import { presentEnvironment } from '../present.js';
 import { defineRoutes } from '../route.js';
 
