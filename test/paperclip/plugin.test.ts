@@ -102,6 +102,45 @@ async function startSession(): Promise<Session> {
   return s;
 }
 
+/** The worker as Paperclip starts it (`node dist/worker.js`), spoken to in the SDK's JSON-RPC over stdio. */
+async function startWorker(): Promise<{ child: ChildProcess; rpc<T = any>(method: string, params: unknown): Promise<T>; kill(): Promise<void> }> {
+  const child = spawn(node, [join(pkg, 'dist/worker.js')], { cwd: pkg, stdio: ['pipe', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '', HOME: dir } });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  child.once('exit', (code, signal) => {
+    for (const w of waiting.values()) w.reject(new Error(`worker exited (${code ?? signal}):\n${stderr}`));
+    waiting.clear();
+  });
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    const msg = JSON.parse(line) as { id?: number; result?: unknown; error?: { message: string }; method?: string };
+    if (msg.method !== undefined || msg.id === undefined) return; // a notification or a call to the host (logs): not an answer
+    const w = waiting.get(msg.id);
+    waiting.delete(msg.id);
+    if (msg.error) w?.reject(new Error(msg.error.message));
+    else w?.resolve(msg.result);
+  });
+  let next = 0;
+  const w = {
+    child,
+    rpc: <T,>(method: string, params: unknown) =>
+      new Promise<T>((resolve, reject) => {
+        const id = ++next;
+        waiting.set(id, { resolve: resolve as (v: unknown) => void, reject });
+        child.stdin!.write(`${JSON.stringify({ jsonrpc: '2.0', id, method, params })}\n`);
+      }),
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const gone = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await gone;
+    },
+  };
+  workers.push(w);
+  return w;
+}
+const workers: Array<{ kill(): Promise<void> }> = [];
+
 let node = '';
 let scratch: { url: string; drop: () => Promise<void> };
 let berth: ServeProcess;
@@ -148,6 +187,7 @@ beforeAll(async () => {
 
 afterEach(async () => {
   for (const s of sessions.splice(0)) await s.kill();
+  for (const w of workers.splice(0)) await w.kill();
 });
 
 afterAll(async () => {
@@ -283,6 +323,46 @@ describe('the Berth provider plugin under the Paperclip plugin SDK harness', () 
       state: 'stopped',
     });
     expect(await b.refused('resumeLease', { ...base(pcEnv2), providerLeaseId: held.providerLeaseId })).toBe(`Berth lease ${held.providerLeaseId} is released: it cannot be resumed`);
+  });
+
+  it("the worker as Paperclip starts it (node dist/worker.js, the SDK's JSON-RPC): initialize lists the eight environment methods; its lease is renewed, and expires after its TTL once the worker is killed", async () => {
+    const ttl = 4;
+    const w = await startWorker();
+    const manifest = (await import(join(pkg, 'dist/manifest.js'))).default;
+    const init = await w.rpc('initialize', { manifest, config: {}, instanceInfo: { instanceId: randomUUID(), hostVersion: '2026.916.1' }, apiVersion: 1 });
+    expect(init.ok).toBe(true);
+    for (const m of ['Probe', 'ValidateConfig', 'AcquireLease', 'ResumeLease', 'ReleaseLease', 'DestroyLease', 'RealizeWorkspace', 'Execute']) {
+      expect(init.supportedMethods).toContain(`environment${m}`);
+    }
+    const pcEnv = randomUUID();
+    const runId = randomUUID();
+    const got = await w.rpc('environmentAcquireLease', { ...base(pcEnv, { ttlSeconds: ttl }), runId });
+    expect((await w.rpc('environmentAcquireLease', { ...base(pcEnv, { ttlSeconds: ttl }), runId })).providerLeaseId).toBe(got.providerLeaseId);
+    const firstExpiry = new Date(got.expiresAt).getTime();
+    await waitFor('the worker to renew its lease', async () => (new Date((await lease(got.providerLeaseId)).expiresAt).getTime() > firstExpiry ? true : null), 10_000, 200);
+    await w.kill();
+    const killedAt = Date.now();
+    const ended = await waitFor('the killed worker\'s lease to expire', async () => {
+      const l = await lease(got.providerLeaseId);
+      return l.status === 'active' ? null : l;
+    }, 30_000, 200);
+    expect(ended.status).toBe('expired');
+    expect(Date.now() - killedAt).toBeLessThan((ttl + 3) * 1000);
+    console.log(`[plugin] killed dist/worker.js: lease expired ${Date.now() - killedAt} ms after the kill (ttl ${ttl} s)`);
+
+    // Over RPC as well: a release answers with its receipt once Berth owes no cleanup; execute is refused.
+    const w2 = await startWorker();
+    await w2.rpc('initialize', { manifest, config: {}, instanceInfo: { instanceId: randomUUID(), hostVersion: '2026.916.1' }, apiVersion: 1 });
+    const held = await w2.rpc('environmentAcquireLease', { ...base(pcEnv, { ttlSeconds: ttl }), runId: randomUUID() });
+    const receipt = await w2.rpc('environmentReleaseLease', { ...base(pcEnv, { ttlSeconds: ttl }), providerLeaseId: held.providerLeaseId, leaseMetadata: held.metadata });
+    expect(receipt).toEqual({ providerLeaseId: held.providerLeaseId, state: 'stopped' });
+    expect(await lease(held.providerLeaseId)).toMatchObject({ status: 'released', cleanupStatus: null, driver: null });
+    const refused = await w2.rpc('environmentExecute', { ...base(pcEnv), lease: held, command: 'true' }).then(
+      () => 'ran',
+      (e: Error) => e.message,
+    );
+    expect(refused).toMatch(/execute is not supported by this Berth version/);
+    expect(await activeLeases()).toEqual([]);
   });
 
   it('a killed plugin worker leaves its Berth lease to expire after the TTL; so does a stopped renewal timer', async () => {
