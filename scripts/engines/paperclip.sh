@@ -27,17 +27,4 @@ berth_ensure_paperclip() {
   "$node24" --version >/dev/null 2>&1 || { berth_log "paperclip: $node24 does not run"; return 1; }
   berth_log "paperclip: paperclipai $("$node24" "$cli" --version 2>/dev/null) on node $("$node24" --version)"
   export BERTH_TEST_PAPERCLIP_CLI="$cli" BERTH_TEST_NODE24="$node24"
-  # The Berth provider plugin (packages/paperclip-plugin) is a package of its own with its own
-  # package-lock (@paperclipai/plugin-sdk, pinned; test/paperclip/plugin.test.ts builds it and
-  # runs the SDK's harness on it under Node 24): `npm ci` there when its lock changed since.
-  local plugin_dir stamp want
-  plugin_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../packages/paperclip-plugin" && pwd)" || return 1
-  stamp="$plugin_dir/node_modules/.berth-lock-sha256"
-  want=$(sha256sum "$plugin_dir/package-lock.json" | cut -d' ' -f1) || return 1
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    berth_log "paperclip: npm ci in packages/paperclip-plugin"
-    (cd "$plugin_dir" && npm ci --no-audit --no-fund --ignore-scripts >"$plugin_dir/npm-ci.log" 2>&1) \
-      || { berth_log "paperclip: npm ci in packages/paperclip-plugin failed (see $plugin_dir/npm-ci.log)"; tail -n 20 "$plugin_dir/npm-ci.log" >&2; return 1; }
-    echo "$want" > "$stamp"
-  fi
 }

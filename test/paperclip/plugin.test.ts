@@ -30,11 +30,11 @@ function node24(): string {
   return node;
 }
 
-/** The plugin's own dependencies (its npm ci, done by berth_ensure_paperclip) and its build. */
+/** The plugin's dependencies (an npm workspace of the root: the root's npm ci installs them) and its build. */
 function buildPlugin(): void {
-  const tsc = join(pkg, 'node_modules/typescript/bin/tsc');
-  if (!existsSync(join(pkg, 'node_modules/@paperclipai/plugin-sdk/package.json')) || !existsSync(tsc)) {
-    throw new Error(`packages/paperclip-plugin has no node_modules: run \`npm ci\` there (scripts/engines/paperclip.sh does it in berth_ensure_paperclip)`);
+  const tsc = join(repo, 'node_modules/typescript/bin/tsc');
+  if (!existsSync(join(repo, 'node_modules/@paperclipai/plugin-sdk/package.json')) || !existsSync(join(repo, 'node_modules/paperclip-plugin-berth'))) {
+    throw new Error('the plugin SDK is not installed: packages/paperclip-plugin is an npm workspace of the root, run `npm ci` at the root');
   }
   const built = spawnSync(process.execPath, [tsc, '-p', pkg], { encoding: 'utf8' });
   if (built.status !== 0) throw new Error(`building the plugin failed:\n${built.stdout}${built.stderr}`);
