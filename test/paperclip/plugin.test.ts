@@ -309,6 +309,15 @@ describe('the Berth provider plugin under the Paperclip plugin SDK harness', () 
     expect(await lease(got.providerLeaseId)).toMatchObject({ status: 'released', cleanupStatus: null, failureReason: 'destroyed by Paperclip (active work cancelled)' });
     await a.call('assertLeaseLifecycle', { environmentId: pcEnv });
 
+    // Paperclip's own deadline (requestedExpiresAt) bounds the Berth lease: renewals never pass it.
+    const deadline = new Date(Date.now() + 60_000);
+    const bounded = await a.call('acquireLease', { ...base(pcEnv), runId: randomUUID(), requestedExpiresAt: deadline.toISOString() });
+    const boundedLease = await lease(bounded.providerLeaseId);
+    expect(Math.abs(new Date(boundedLease.maxExpiresAt).getTime() - deadline.getTime())).toBeLessThan(2_000);
+    expect(new Date(bounded.expiresAt).getTime()).toBeLessThanOrEqual(new Date(boundedLease.maxExpiresAt).getTime());
+    await a.call('releaseLease', { ...base(pcEnv), providerLeaseId: bounded.providerLeaseId, leaseMetadata: bounded.metadata });
+    expect(await a.refused('acquireLease', { ...base(pcEnv), runId: randomUUID(), requestedExpiresAt: new Date(Date.now() - 1000).toISOString() })).toMatch(/is not in the future/);
+
     // A lease held by a worker that is then replaced: the new worker resumes it and renews it past its TTL.
     const pcEnv2 = randomUUID();
     const held = await a.call('acquireLease', { ...base(pcEnv2), runId: randomUUID() });
