@@ -165,6 +165,13 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
   let stopping = false;
   let claiming = false;
   let claimAgain = false;
+  /**
+   * The last claim pass found the queue empty, with no run held back (no agent full, this
+   * server not at its limit): a run ending here then frees nothing a queued run waits for, so
+   * it starts no claim of its own. A run queued later wakes the loop (LISTEN/NOTIFY, the poll
+   * as the backstop).
+   */
+  let queueEmpty = false;
 
   await servers.register(serverId, host, process.pid);
 
@@ -177,10 +184,14 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
     try {
       do {
         claimAgain = false;
+        queueEmpty = false;
         const full: string[] = [];
         while (!stopping && running.size < maxRuns) {
           const claimed = await s.runs.claimNext(serverId, host, full);
-          if (claimed === null) break;
+          if (claimed === null) {
+            queueEmpty = full.length === 0;
+            break;
+          }
           if ('fullAgentId' in claimed) {
             full.push(claimed.fullAgentId);
             continue;
@@ -201,7 +212,7 @@ export async function startRuntime(opts: RuntimeOptions): Promise<Runtime> {
       .then((finished) => void (finished && opts.onRunFinished?.(finished)), (err: unknown) => onError(`run ${run.id}`, err))
       .finally(() => {
         running.delete(run.id);
-        void claimLoop();
+        if (!queueEmpty || claiming) void claimLoop();
       });
     running.set(run.id, { abort, done });
   }
