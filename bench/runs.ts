@@ -37,9 +37,14 @@ async function phaseTotals(s: ReturnType<typeof createServices>): Promise<Map<st
   return out;
 }
 
-/** Transactions committed in this database so far (PostgreSQL only: pg_stat_database, flushed first). */
+/**
+ * Transactions committed in this database so far (PostgreSQL only: pg_stat_database). Each
+ * backend reports its counts late (PostgreSQL 15 flushes an idle backend's statistics within
+ * 10 s), so this waits 11 s first: the counts before and after the runs are then complete.
+ */
 async function commits(database: Database): Promise<number | null> {
   if (database.kind !== 'postgres') return null;
+  await new Promise((r) => setTimeout(r, 11_000));
   const [row] = await queryRows<{ n: string }>(database.db, sql`SELECT pg_stat_clear_snapshot(), (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS n`);
   return Number(row?.n ?? 0);
 }
@@ -78,7 +83,8 @@ async function benchBackend(name: string, database: Database): Promise<void> {
 
   // Where a run's time goes: the mean of each of Berth's phases (the runtime's own histogram)
   // over these runs, and the transactions the database committed per run (PostgreSQL's
-  // counter for the whole database: the idle server's own commits included).
+  // counter for the whole database: the idle server's own commits, about 1.5/s over the 11 s
+  // wait and the runs, included).
   const phaseMs = (ph: string) => {
     const a = phasesAfter.get(ph) ?? { sum: 0, count: 0 };
     const b = phasesBefore.get(ph) ?? { sum: 0, count: 0 };
