@@ -17,6 +17,7 @@ import type { Duplex } from 'node:stream';
 import Docker from 'dockerode';
 import { ENV_VAR_NAME_RE } from '../../domain/enums.js';
 import { UUID_RE } from '../../domain/errors.js';
+import { checkedResourceId, DriverError, storedConfig } from '../common.js';
 import { storableText } from '../../domain/text.js';
 import { networkNamespaceOf, startNetnsRelay } from '../isolation/netns-relay.js';
 import {
@@ -80,15 +81,6 @@ const PERL_RELAY = existsSync('/usr/bin/perl');
 /** Exit statuses a shell gives for a signal death (128 + n). */
 const SIGNAL_BY_NUMBER: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 6: 'SIGABRT', 9: 'SIGKILL', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM' };
 
-class DockerDriverError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
 interface EngineError {
   statusCode?: number;
   json?: { message?: string } | null;
@@ -101,18 +93,11 @@ const engineMessage = (err: unknown) => storableText(String((err as EngineError)
 const isNoSuchImage = (err: unknown) => statusOf(err) === 404 && /no such image|image not known|not found/i.test(engineMessage(err));
 const isNameInUse = (err: unknown) => statusOf(err) === 409 || (statusOf(err) === 500 && /already in use/i.test(engineMessage(err)));
 
-function configOf(env: DriverEnvironment): DockerConfig {
-  const parsed = dockerConfigSchema.safeParse(env.secretConfig);
-  if (!parsed.success) {
-    throw new DockerDriverError('docker_config', `environment ${env.id} has an invalid docker config: ${parsed.error.issues.map((i) => `config.${i.path.join('.')}: ${i.message}`).join('; ')}`);
-  }
-  return parsed.data;
-}
+const configOf = (env: DriverEnvironment): DockerConfig => storedConfig(dockerConfigSchema, env, 'docker');
 
 /** `berth-<resource id>`: the one name this driver gives a resource's container, from the id alone. */
 export function containerName(resourceId: string): string {
-  if (typeof resourceId !== 'string' || !UUID_RE.test(resourceId)) throw new Error(`refusing resource id ${JSON.stringify(resourceId)}: not a resource id (a UUID)`);
-  return `berth-${resourceId.toLowerCase()}`;
+  return `berth-${checkedResourceId(resourceId).toLowerCase()}`;
 }
 
 function describeEndpoint(e: EngineEndpoint): string {
@@ -192,7 +177,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     let c = clients.get(key);
     if (!c) {
       const e = parseEndpoint(cfg.endpoint);
-      if (typeof e === 'string') throw new DockerDriverError('docker_config', `config.endpoint ${e}`);
+      if (typeof e === 'string') throw new DriverError('docker_config', `config.endpoint ${e}`);
       c = new Docker('socketPath' in e ? { socketPath: e.socketPath } : { protocol: e.protocol, host: e.host, port: e.port, ...(cfg.tls ?? {}) });
       clients.set(key, c);
     }
@@ -215,13 +200,13 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       });
     } catch (err) {
       if (signal?.aborted) throw signal.reason;
-      if (timeout.aborted) throw new DockerDriverError('engine_timeout', `${what} on ${where(cfg)}: the engine did not answer within ${requestTimeoutMs} ms`);
-      if (err instanceof DockerDriverError) throw err;
+      if (timeout.aborted) throw new DriverError('engine_timeout', `${what} on ${where(cfg)}: the engine did not answer within ${requestTimeoutMs} ms`);
+      if (err instanceof DriverError) throw err;
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EACCES' || code === 'EHOSTUNREACH' || code === 'ETIMEDOUT') {
-        throw new DockerDriverError('engine_unreachable', `${what}: no engine answers at ${where(cfg)} (${code})`);
+        throw new DriverError('engine_unreachable', `${what}: no engine answers at ${where(cfg)} (${code})`);
       }
-      throw Object.assign(new DockerDriverError('engine_error', `${what} on ${where(cfg)}: ${engineMessage(err)}`), { statusCode: statusOf(err) });
+      throw Object.assign(new DriverError('engine_error', `${what} on ${where(cfg)}: ${engineMessage(err)}`), { statusCode: statusOf(err) });
     }
   }
 
@@ -231,11 +216,11 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     try {
       const info = await call(`inspecting ${name}`, cfg, (s) => client(cfg).getContainer(name).inspect({ abortSignal: s }), signal);
       if (info.Config.Labels?.[LABEL_RESOURCE] !== resourceId) {
-        throw new DockerDriverError('resource_mismatch', `container ${name} on ${where(cfg)} is not labelled ${LABEL_RESOURCE}=${resourceId}: not touching it`);
+        throw new DriverError('resource_mismatch', `container ${name} on ${where(cfg)} is not labelled ${LABEL_RESOURCE}=${resourceId}: not touching it`);
       }
       return info;
     } catch (err) {
-      if ((err as { statusCode?: number }).statusCode === 404 || (err instanceof DockerDriverError && err.code === 'engine_error' && /no such container/i.test(err.message))) return null;
+      if ((err as { statusCode?: number }).statusCode === 404 || (err instanceof DriverError && err.code === 'engine_error' && /no such container/i.test(err.message))) return null;
       throw err;
     }
   }
@@ -249,13 +234,13 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       if ((err as { statusCode?: number }).statusCode !== 404) throw err;
     }
     if (cfg.pull !== 'missing') {
-      throw new DockerDriverError('image_not_found', `image ${cfg.image} is not on the engine at ${where(cfg)} (and the environment's pull is "never": load it there, or set config.pull to "missing")`);
+      throw new DriverError('image_not_found', `image ${cfg.image} is not on the engine at ${where(cfg)} (and the environment's pull is "never": load it there, or set config.pull to "missing")`);
     }
     const stream = (await call(`pulling ${cfg.image}`, cfg, (s) => docker.pull(cfg.image, { abortSignal: s }), signal)) as NodeJS.ReadableStream;
     await new Promise<void>((resolve, reject) =>
       docker.modem.followProgress(stream, (err: Error | null, out: Array<{ error?: string }>) => {
         const failed = err?.message ?? out?.find((o) => o.error)?.error;
-        if (failed) reject(new DockerDriverError('image_not_found', `pulling ${cfg.image} on ${where(cfg)} failed: ${storableText(failed).slice(0, 500)}`));
+        if (failed) reject(new DriverError('image_not_found', `pulling ${cfg.image} on ${where(cfg)} failed: ${storableText(failed).slice(0, 500)}`));
         else resolve();
       }),
     );
@@ -313,7 +298,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     const name = containerName(resource.resourceId);
     const s = resource.state ?? {};
     if (s.endpoint !== undefined && s.endpoint !== cfg.endpoint) {
-      throw new DockerDriverError('resource_mismatch', `resource ${resource.resourceId}: its container is on ${String(s.endpoint)}, but the environment now points at ${cfg.endpoint}; remove ${name} there by hand`);
+      throw new DriverError('resource_mismatch', `resource ${resource.resourceId}: its container is on ${String(s.endpoint)}, but the environment now points at ${cfg.endpoint}; remove ${name} there by hand`);
     }
     return name;
   }
@@ -397,7 +382,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       } catch (err) {
         if (isNameInUse(err)) {
           info = await inspectOwn(cfg, req.resourceId, signal);
-          if (!info) throw new DockerDriverError('engine_error', `${name} on ${where(cfg)} is said to exist but the engine does not find it`);
+          if (!info) throw new DriverError('engine_error', `${name} on ${where(cfg)} is said to exist but the engine does not find it`);
           id = info.Id;
         } else if (isNoSuchImage(err)) {
           await ensureImage(cfg, signal);
@@ -414,7 +399,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
           if ((err as { statusCode?: number }).statusCode !== 304) throw err;
         }
         info = await inspectOwn(cfg, req.resourceId, signal);
-        if (!info) throw new DockerDriverError('engine_error', `${name} on ${where(cfg)} was started but the engine does not find it`);
+        if (!info) throw new DriverError('engine_error', `${name} on ${where(cfg)} was started but the engine does not find it`);
       }
       return provisioned(cfg, req.resourceId, info);
     },
@@ -624,7 +609,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       const info = await inspectOwn(cfg, resource.resourceId);
       const pid = info?.State.Pid ?? 0;
       if (!pid || networkNamespaceOf(pid) === null) {
-        throw new DockerDriverError('callback_unreachable', `the container ${containerName(resource.resourceId)} has network none and its engine (${where(cfg)}) is not on this host: Berth cannot open its route to the API there (give the environment a network, or run the engine beside the server)`);
+        throw new DriverError('callback_unreachable', `the container ${containerName(resource.resourceId)} has network none and its engine (${where(cfg)}) is not on this host: Berth cannot open its route to the API there (give the environment a network, or run the engine beside the server)`);
       }
       const port = Number(t.port || 80);
       const relay = await startNetnsRelay({ pid, port, inside: PERL_RELAY ? 'perl' : 'node', target: { host: t.hostname.replace(/^\[|\]$/g, ''), port } });

@@ -22,6 +22,7 @@ import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/prom
 import { join } from 'node:path';
 import { ENV_VAR_NAME_RE } from '../../domain/enums.js';
 import { UUID_RE } from '../../domain/errors.js';
+import { checkedResourceId, DriverError, storedConfig } from '../common.js';
 import { storableText } from '../../domain/text.js';
 import {
   LABEL_COMPANY,
@@ -41,15 +42,6 @@ import {
 } from '../contract.js';
 import { slurmConfigSchema, slurmDescriptor, type SlurmConfig } from './descriptor.js';
 
-class SlurmDriverError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
 /** The PATH the cluster's commands are looked up on and the job starts with (the server's own is never passed on). */
 const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** States a job is over in (its processes gone from the node). */
@@ -62,18 +54,11 @@ const HOLD_SEC = 900;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const quote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
-function configOf(env: DriverEnvironment): SlurmConfig {
-  const parsed = slurmConfigSchema.safeParse(env.secretConfig);
-  if (!parsed.success) {
-    throw new SlurmDriverError('slurm_config', `environment ${env.id} has an invalid slurm config: ${parsed.error.issues.map((i) => `config.${i.path.join('.')}: ${i.message}`).join('; ')}`);
-  }
-  return parsed.data;
-}
+const configOf = (env: DriverEnvironment): SlurmConfig => storedConfig(slurmConfigSchema, env, 'slurm');
 
 /** `berth-<resource id>`: the one job name this driver gives a resource, from the id alone. */
 export function jobName(resourceId: string): string {
-  if (typeof resourceId !== 'string' || !UUID_RE.test(resourceId)) throw new Error(`refusing resource id ${JSON.stringify(resourceId)}: not a resource id (a UUID)`);
-  return `berth-${resourceId.toLowerCase()}`;
+  return `berth-${checkedResourceId(resourceId).toLowerCase()}`;
 }
 
 /** The resource's directory under the environment's workDir. */
@@ -195,7 +180,7 @@ interface ExecRef {
 
 function execRef(exe: ExecutionHandle): ExecRef {
   const r = exe.ref as Partial<ExecRef>;
-  if (typeof r.jobId !== 'string' || !JOB_ID_RE.test(r.jobId) || typeof r.resourceId !== 'string') throw new SlurmDriverError('slurm_handle', 'not a slurm execution handle');
+  if (typeof r.jobId !== 'string' || !JOB_ID_RE.test(r.jobId) || typeof r.resourceId !== 'string') throw new DriverError('slurm_handle', 'not a slurm execution handle');
   return { jobId: r.jobId, dir: String(r.dir ?? ''), cluster: String(r.cluster ?? ''), resourceId: r.resourceId, deadlineSec: Number(r.deadlineSec ?? 0) };
 }
 
@@ -258,9 +243,9 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
       child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       child.on('error', (err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT') reject(new SlurmDriverError('slurm_command', `${cmd} is not installed on this server (looked in ${path})`));
+        if (err.code === 'ENOENT') reject(new DriverError('slurm_command', `${cmd} is not installed on this server (looked in ${path})`));
         else if (err.name === 'AbortError') reject(err);
-        else reject(new SlurmDriverError('slurm_command', `${cmd} failed: ${err.message}`));
+        else reject(new DriverError('slurm_command', `${cmd} failed: ${err.message}`));
       });
       child.on('close', (code) => resolve({ code, stdout, stderr }));
       child.stdin.on('error', () => {});
@@ -269,14 +254,14 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
   }
 
   const failure = (what: string, r: CmdResult) =>
-    new SlurmDriverError('slurm_error', `${what} failed (exit ${r.code}): ${storableText((r.stderr || r.stdout).trim()).slice(0, 500)}`);
+    new DriverError('slurm_error', `${what} failed (exit ${r.code}): ${storableText((r.stderr || r.stdout).trim()).slice(0, 500)}`);
 
   async function clusterInfo(cfg: SlurmConfig, signal?: AbortSignal): Promise<ClusterInfo> {
     const key = JSON.stringify([cfg.slurmConf ?? null, cfg.binDir ?? null]);
     const known = clusters.get(key);
     if (known) return known;
     // A missing file makes the commands look for the cluster in DNS for a minute: said at once instead.
-    if (cfg.slurmConf && !(await stat(cfg.slurmConf).catch(() => null))?.isFile()) throw new SlurmDriverError('slurm_config', `config.slurmConf: no file ${cfg.slurmConf} on this server`);
+    if (cfg.slurmConf && !(await stat(cfg.slurmConf).catch(() => null))?.isFile()) throw new DriverError('slurm_config', `config.slurmConf: no file ${cfg.slurmConf} on this server`);
     const r = await run(cfg, 'scontrol', ['show', 'config'], { ...(signal ? { signal } : {}) });
     if (r.code !== 0) throw failure('scontrol show config', r);
     const value = (k: string) => new RegExp(`^${k}\\s*=\\s*(.*)$`, 'm').exec(r.stdout)?.[1]?.trim() ?? '';
@@ -364,7 +349,7 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
           const [partition, avail, nodes, state] = l.split('|');
           return { partition, avail, nodes: Number(nodes), state };
         });
-        if (cfg.partition && (details.partitions as unknown[]).length === 0) throw new SlurmDriverError('slurm_config', `cluster ${info.cluster} has no partition ${cfg.partition}`);
+        if (cfg.partition && (details.partitions as unknown[]).length === 0) throw new DriverError('slurm_config', `cluster ${info.cluster} has no partition ${cfg.partition}`);
         await mkdir(cfg.workDir, { recursive: true, mode: 0o711 });
         details.workDir = cfg.workDir;
         return { ok: true, latencyMs: performance.now() - started, details };
@@ -423,9 +408,9 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
           ...(o.wckey ? [`--wckey=${o.wckey}`] : []),
         ];
         const r = await run(cfg, 'sbatch', args, { input: holderScript(dir, req.resourceId), signal });
-        if (r.code !== 0) throw new SlurmDriverError('slurm_submit', `sbatch on cluster ${info.cluster} refused the job: ${storableText(r.stderr.trim()).slice(0, 500)}`);
+        if (r.code !== 0) throw new DriverError('slurm_submit', `sbatch on cluster ${info.cluster} refused the job: ${storableText(r.stderr.trim()).slice(0, 500)}`);
         jobId = r.stdout.trim().split(';')[0]!;
-        if (!JOB_ID_RE.test(jobId)) throw new SlurmDriverError('slurm_submit', `sbatch answered ${JSON.stringify(r.stdout.trim().slice(0, 100))}, not a job id`);
+        if (!JOB_ID_RE.test(jobId)) throw new DriverError('slurm_submit', `sbatch answered ${JSON.stringify(r.stdout.trim().slice(0, 100))}, not a job id`);
       }
       // Until it runs; cancelled if this provision is given up.
       let job: JobInfo | null = null;
@@ -440,10 +425,10 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
         for (;;) {
           signal.throwIfAborted();
           job = await jobInfo(cfg, jobId, signal);
-          if (!job) throw new SlurmDriverError('slurm_job_gone', `${where(info, jobId)} is no longer known to Slurm before it ran`);
+          if (!job) throw new DriverError('slurm_job_gone', `${where(info, jobId)} is no longer known to Slurm before it ran`);
           say(job);
           if (job.state === 'RUNNING') break;
-          if (TERMINAL.has(job.state)) throw new SlurmDriverError('slurm_job_ended', `${where(info, jobId)} ended ${job.state} before it ran${job.reason ? ` (${job.reason})` : ''}`);
+          if (TERMINAL.has(job.state)) throw new DriverError('slurm_job_ended', `${where(info, jobId)} ended ${job.state} before it ran${job.reason ? ` (${job.reason})` : ''}`);
           await sleep(100);
         }
       } catch (err) {
@@ -467,7 +452,7 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
       const cfg = configOf(env);
       const dir = jobDir(cfg, resource.resourceId);
       const jobId = resource.providerId ?? '';
-      if (!JOB_ID_RE.test(jobId)) throw new SlurmDriverError('slurm_handle', `resource ${resource.resourceId} has no job id`);
+      if (!JOB_ID_RE.test(jobId)) throw new DriverError('slurm_handle', `resource ${resource.resourceId} has no job id`);
       const info = await clusterInfo(cfg, signal);
       const deadlineSec = spec.deadlineSec ?? 0;
       if (!Number.isInteger(deadlineSec) || deadlineSec < 0) throw new Error(`deadlineSec must be a whole number of seconds, not ${deadlineSec}`);
@@ -496,7 +481,7 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
         if ((await readExitFile(dir, 'started')) !== null) break;
         if (i % 20 === 19) {
           const job = await jobInfo(cfg, jobId, signal);
-          if (!job || TERMINAL.has(job.state)) throw new SlurmDriverError('slurm_job_ended', `${where(info, jobId)} ended ${job?.state ?? '(purged)'} before the run started in it`);
+          if (!job || TERMINAL.has(job.state)) throw new DriverError('slurm_job_ended', `${where(info, jobId)} ended ${job?.state ?? '(purged)'} before the run started in it`);
         }
         await sleep(20);
       }
@@ -640,7 +625,7 @@ export function slurmDriver(opts: SlurmDriverOptions = {}): EnvironmentDriver {
         for (let i = 0; ; i++) {
           const job = await jobInfo(cfg, id, signal);
           if (!job || TERMINAL.has(job.state)) break;
-          if (i > 300) throw new SlurmDriverError('slurm_cancel', `job ${id} is still ${job.state} 60 s after scancel`);
+          if (i > 300) throw new DriverError('slurm_cancel', `job ${id} is still ${job.state} 60 s after scancel`);
           await sleep(200);
         }
         cancelled.push(id);

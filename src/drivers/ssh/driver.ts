@@ -13,6 +13,7 @@ import { posix } from 'node:path';
 import type { ClientChannel } from 'ssh2';
 import { ENV_VAR_NAME_RE } from '../../domain/enums.js';
 import { UUID_RE } from '../../domain/errors.js';
+import { checkedResourceId, storedConfig } from '../common.js';
 import { storableText } from '../../domain/text.js';
 import { sshConfigSchema, sshDescriptor } from './descriptor.js';
 import { execCollect, poolKey, SshError, SshPool, type Borrowed, type RemoteForward, type SshPoolOptions, type SshTarget } from './pool.js';
@@ -60,10 +61,7 @@ interface SshEnvConfig extends SshTarget {
 }
 
 function configOf(env: DriverEnvironment): SshEnvConfig {
-  const parsed = sshConfigSchema.safeParse(env.secretConfig);
-  // Issue messages only, never values: a stored key that no longer parses must not be quoted.
-  if (!parsed.success) throw Object.assign(new Error(`environment ${env.id} has an invalid ssh config: ${parsed.error.issues.map((i) => `config.${i.path.join('.')}: ${i.message}`).join('; ')}`), { code: 'ssh_config' });
-  const c = parsed.data;
+  const c = storedConfig(sshConfigSchema, env, 'ssh');
   return {
     host: c.host,
     port: c.port,
@@ -83,8 +81,7 @@ const where = (c: SshTarget) => `${c.username}@${c.host}:${c.port}`;
  * path decides what is made or removed.
  */
 function resourceDir(cfg: SshEnvConfig, resourceId: string): string {
-  if (typeof resourceId !== 'string' || !UUID_RE.test(resourceId)) throw new Error(`refusing resource id ${JSON.stringify(resourceId)}: not a resource id (a UUID)`);
-  return posix.join(cfg.remoteWorkspacePath, resourceId);
+  return posix.join(cfg.remoteWorkspacePath, checkedResourceId(resourceId));
 }
 
 /** The resource's directory, checked against what provision stored: the same host and the same directory. */

@@ -1,5 +1,6 @@
 // Environments: list, create, show, change, archive, delete, probe.
 import { z } from 'zod';
+import { probeThrough } from '../../drivers/common.js';
 import { DRIVER_KINDS } from '../../drivers/descriptors.js';
 import { ENVIRONMENT_STATUSES } from '../../domain/enums.js';
 import type { UpdateEnvironmentInput } from '../../domain/validators.js';
@@ -101,11 +102,7 @@ export const environmentRoutes = () =>
       returns: '{ok, driver, summary, latencyMs, details, error?, at}',
       async handle({ deps, companyId, params, actor }) {
         const e = await deps.services.environments.getWithSecrets(companyId, params.id!);
-        const driver = deps.drivers.get(e.driver);
-        const started = performance.now();
-        const result = driver
-          ? await driver.probe(e).catch((err: unknown) => ({ ok: false, latencyMs: performance.now() - started, details: {}, error: (err as Error).message }))
-          : { ok: false, latencyMs: 0, details: {}, error: `this server has no ${e.driver} driver` };
+        const result = await probeThrough(deps.drivers.get(e.driver), e);
         return deps.services.probes.record(companyId, e.id, e.driver, result, actor);
       },
     },

@@ -2,6 +2,7 @@
 // answered from Berth's services in Paperclip's shapes. What the contract is, in full:
 // src/domain/paperclip.ts.
 import { z } from 'zod';
+import { probeThrough } from '../../drivers/common.js';
 import type { DriverDescriptor, DriverEnvironment } from '../../drivers/contract.js';
 import { DRIVER_DESCRIPTORS, DRIVER_KINDS, type EnvironmentDriverKind } from '../../drivers/descriptors.js';
 import { ADAPTER_TYPES } from '../../domain/enums.js';
@@ -75,16 +76,16 @@ async function setStatus(r: RouteRequest, status: 'active' | 'paused'): Promise<
   return presentAgent(await r.deps.services.agents.update(r.companyId, r.params.id!, { status }, r.actor));
 }
 
-export const paperclipRoutes = (): RouteDef[] =>
-  defineRoutes([
+export const paperclipRoutes = (): RouteDef[] => {
+  const health = healthRoutes()[0]!;
+  return defineRoutes([
     {
-      ...healthRoutes()[0]!,
+      ...health,
       path: '/api/health',
       summary: "/health under Paperclip's name, with its `status` field ('ok')",
       returns: '{ok, status, version, database}',
       async handle(r) {
-        const h = (await healthRoutes()[0]!.handle(r)) as Record<string, unknown>;
-        return { ...h, status: 'ok' };
+        return { ...((await health.handle(r)) as Record<string, unknown>), status: 'ok' };
       },
     },
     {
@@ -186,11 +187,7 @@ export const paperclipRoutes = (): RouteDef[] =>
           createdAt: now,
           updatedAt: now,
         };
-        const driver = deps.drivers.get(v.driver);
-        const started = performance.now();
-        const result = driver
-          ? await driver.probe(env).catch((err: unknown) => ({ ok: false, latencyMs: performance.now() - started, details: {}, error: (err as Error).message }))
-          : { ok: false, latencyMs: 0, details: {}, error: `this server has no ${v.driver} driver` };
+        const result = await probeThrough(deps.drivers.get(v.driver), env);
         return { ...result, latencyMs: Math.round(result.latencyMs * 10) / 10, driver: v.driver, summary: probeSummary(v.driver, result) };
       },
     },
@@ -224,3 +221,4 @@ export const paperclipRoutes = (): RouteDef[] =>
       },
     },
   ]);
+};
