@@ -3713,6 +3713,8 @@ export interface paths {
                         metadata?: {
                             [key: string]: unknown;
                         };
+                        /** @description Make the environment's resource for the lease (a workspace directory, a container...) before answering: what exec and files work in. Released or expired, the resource is destroyed */
+                        provision?: boolean;
                     };
                 };
             };
@@ -4408,6 +4410,147 @@ export interface paths {
                 };
             };
         };
+        trace?: never;
+    };
+    "/api/environment-leases/{leaseId}/exec": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Run a command in a provisioned lease's workspace through its driver; presents the fence. Buffered: {exitCode, signal, timedOut, stdout, stderr, ...}; with stream: true (or Accept: text/event-stream): events `stdout`, `stderr` (data: the text as a JSON string) and `exit` (the result without output)
+         * @description A run's own token (PAPERCLIP_API_KEY) may call this for its own run and leases.
+         */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    leaseId: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        fence: number;
+                        command: string[];
+                        cwd?: string;
+                        env?: {
+                            [key: string]: string;
+                        };
+                        /** @default 60 */
+                        timeoutSeconds?: number;
+                        /** @default 1048576 */
+                        maxOutputBytes?: number;
+                        /** @default false */
+                        stream?: boolean;
+                    };
+                };
+            };
+            responses: {
+                /** @description LeaseExecResult */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            exitCode: number | null;
+                            signal: string | null;
+                            timedOut: boolean;
+                            stdout: string;
+                            stderr: string;
+                            stdoutTruncatedBytes: number;
+                            stderrTruncatedBytes: number;
+                            durationMs: number;
+                            error?: string;
+                        };
+                        "text/event-stream": string;
+                    };
+                };
+                /** @description error */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                409: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                413: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+                /** @description error */
+                503: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/environment-leases/{leaseId}/release": {

@@ -64,6 +64,10 @@ export const ACTIONS = {
   leaseCleanupSucceeded: 'environment.lease_cleanup_succeeded',
   /** The lease's resource is provisioned: its TTL counts from here. */
   leaseActivated: 'environment.lease_activated',
+  /** A holder ran a command in a provisioned lease's workspace (the program, its exit, never its arguments). */
+  leaseCommand: 'environment.lease_command',
+  /** A holder moved files into or out of a provisioned lease's workspace (the path, the bytes). */
+  leaseFiles: 'environment.lease_files',
   /** Reconciliation destroyed what a provider held under Berth's labels with no record. */
   resourceOrphanDestroyed: 'environment.resource_orphan_destroyed',
   /** A warm pool's setup command ran in a new member (its exit, time and output tail). */

@@ -11,6 +11,16 @@ export const ERROR_CODES = [
   'lease_not_active',
   'lease_expired',
   'database_locked',
+  /** The lease owns no workspace (acquired without provision: true), or it is not made yet. */
+  'no_workspace',
+  /** This server has no driver for the environment. */
+  'no_driver',
+  /** The driver could not make the lease's resource. */
+  'provision_failed',
+  /** The environment's driver cannot do what was asked (files on a Slurm job, say). */
+  'not_supported',
+  /** What was sent is larger than the server takes. */
+  'too_large',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 

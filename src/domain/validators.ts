@@ -101,6 +101,23 @@ export const acquireLeaseSchema = z
   });
 export type AcquireLeaseInput = z.input<typeof acquireLeaseSchema>;
 
+/** A command in a provisioned lease's workspace (POST /api/environment-leases/:id/exec). */
+export const leaseExecSchema = z.strictObject({
+  fence,
+  /** argv: the program, then its arguments (no shell unless named: ["sh", "-c", "..."]). */
+  command: z.array(z.string().min(1, 'must not be empty').max(65536, 'must be at most 65536 characters')).min(1, 'must name the program').max(4096, 'must have at most 4096 items')
+    .refine((a) => a[0] !== undefined && a[0].length <= 4096, 'the program must be at most 4096 characters'),
+  /** A directory inside the workspace, relative to it. */
+  cwd: z.string().max(4096, 'must be at most 4096 characters').optional(),
+  env: envVars.refine((e) => Object.keys(e).length <= 256, 'must have at most 256 variables').optional(),
+  timeoutSeconds: z.number().int('must be an integer').min(1, 'must be 1-86400').max(86400, 'must be 1-86400').default(60),
+  /** Bytes of stdout, and of stderr, the answer keeps (the rest is counted and dropped); ignored when streamed. */
+  maxOutputBytes: z.number().int('must be an integer').min(1, 'must be 1-16777216').max(16 * 1024 * 1024, 'must be 1-16777216').default(1024 * 1024),
+  /** Answer with server-sent events (`stdout`, `stderr`, then `exit`) as the command runs (also: Accept: text/event-stream). */
+  stream: z.boolean().default(false),
+});
+export type LeaseExecBody = z.input<typeof leaseExecSchema>;
+
 export const renewLeaseSchema = z.strictObject({ fence, ttlSeconds });
 export type RenewLeaseInput = z.input<typeof renewLeaseSchema>;
 

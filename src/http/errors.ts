@@ -28,6 +28,11 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   lease_not_active: 409,
   lease_expired: 409,
   database_locked: 503,
+  no_workspace: 409,
+  no_driver: 409,
+  provision_failed: 502,
+  not_supported: 501,
+  too_large: 413,
 };
 
 export interface ErrorBody {

@@ -49,6 +49,7 @@ function bodyOf(route: RouteDef): { base: Record<string, unknown>; accepts: (b: 
     'POST /api/environment-leases/:leaseId/renew': { fence: 1, ttlSeconds: 60 },
     'PATCH /api/environment-leases/:leaseId/metadata': { fence: 1, metadata: { x: 1 } },
     'POST /api/environment-leases/:leaseId/release': { fence: 1, status: 'released' },
+    'POST /api/environment-leases/:leaseId/exec': { fence: 1, command: ['true'], timeoutSeconds: 5 },
     'POST /api/companies/:companyId/agents': { name: 'n', adapterType: 'process', adapterConfig: { command: 'true', timeoutSec: 5 }, maxConcurrentRuns: 1 },
     'PATCH /api/agents/:id': { name: 'renamed', maxConcurrentRuns: 2 },
     'POST /api/agents/:id/wakeup': { source: 'on_demand', context: { a: 1 } },

@@ -35,6 +35,7 @@ const BASES: Record<string, Record<string, unknown>> = {
   'POST /api/environment-leases/:leaseId/renew': { fence: 1, ttlSeconds: 60 },
   'PATCH /api/environment-leases/:leaseId/metadata': { fence: 1, metadata: { x: 1 } },
   'POST /api/environment-leases/:leaseId/release': { fence: 1, status: 'released' },
+  'POST /api/environment-leases/:leaseId/exec': { fence: 1, command: ['true'], timeoutSeconds: 5 },
   'POST /api/companies/:companyId/agents': { name: 'n', adapterType: 'process', adapterConfig: { command: 'true', timeoutSec: 5 }, maxConcurrentRuns: 1 },
   'PATCH /api/agents/:id': { name: 'renamed', maxConcurrentRuns: 2 },
   'POST /api/agents/:id/wakeup': { source: 'on_demand', context: { a: 1 } },
@@ -182,6 +183,16 @@ describe('OpenAPI contract', () => {
         const fresh = await call('POST', `/api/companies/${R.id}/agents`, { name: 'to-delete', adapterType: 'process', adapterConfig: { command: 'true' } });
         const r = await call('DELETE', `/api/agents/${fresh.body.id}`);
         checkAnswer(route, r.status, r.body);
+        continue;
+      }
+      if (key === 'POST /api/environment-leases/:leaseId/exec') {
+        // A lease with a workspace: the company's local environment, provisioned.
+        const local = (await call('GET', `/api/companies/${R.id}/environments?driver=local`)).body[0]
+          ?? (await call('POST', `/api/companies/${R.id}/environments`, { name: 'answers-local', driver: 'local' })).body;
+        const got = (await call('POST', `/api/environments/${local.id}/leases`, { ttlSeconds: 60, provision: true })).body;
+        const r = await call('POST', `/api/environment-leases/${got.lease.id}/exec`, { fence: got.lease.fence, command: ['true'] });
+        checkAnswer(route, r.status, r.body);
+        await call('POST', `/api/environment-leases/${got.lease.id}/release`, { fence: got.lease.fence });
         continue;
       }
       if (key === 'GET /api/agents/me') {

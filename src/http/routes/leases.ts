@@ -12,14 +12,23 @@ import {
   type ReleaseLeaseInput,
   type RenewLeaseInput,
   type UpdateLeaseMetadataInput,
+  leaseExecSchema,
+  parseInput,
 } from '../../domain/validators.js';
-import { defineRoutes, type RouteRequest } from '../route.js';
+import { leaseWork, type LeaseExecResult } from '../../heartbeat/lease-work.js';
+import { defineRoutes, sseWriter, streamFailed, type RouteRequest } from '../route.js';
+import { streamSSE } from 'hono/streaming';
 
 const lease = { param: 'leaseId', kind: 'lease' } as const;
 
 /** What the acquire route takes: the acquire input but the environment, which is the path's. */
 const { environmentId: _fromPath, ...acquireBodyFields } = acquireLeaseSchema.shape;
-const acquireBodySchema = z.strictObject(acquireBodyFields).meta({ not: { required: ['ttlSeconds', 'expiresAt'] }, description: 'ttlSeconds or expiresAt, not both' });
+const acquireBodySchema = z.strictObject({
+  ...acquireBodyFields,
+  provision: z.boolean().optional().describe(
+    "Make the environment's resource for the lease (a workspace directory, a container...) before answering: what exec and files work in. Released or expired, the resource is destroyed",
+  ),
+}).meta({ not: { required: ['ttlSeconds', 'expiresAt'] }, description: 'ttlSeconds or expiresAt, not both' });
 
 async function leaseOfRun(r: RouteRequest, runId: string): Promise<boolean> {
   const found = await r.deps.services.leases.get(r.companyId, r.params.leaseId!).catch(() => null);
@@ -77,7 +86,12 @@ export const leaseRoutes = () =>
             throw isBerthError(err, 'not_found') ? fieldError('heartbeatRunId', 'no such run in this company') : err;
           });
         }
-        const result = await deps.services.leases.acquire(companyId, { ...(input as object), environmentId: params.id! } as AcquireLeaseInput, actor);
+        const { provision, ...rest } = input;
+        if (provision !== undefined && typeof provision !== 'boolean') throw fieldError('provision', 'must be a boolean');
+        const acquireInput = { ...rest, environmentId: params.id! } as AcquireLeaseInput;
+        const result = provision
+          ? await leaseWork(deps).acquireProvisioned(companyId, acquireInput, actor, c.req.raw.signal)
+          : await deps.services.leases.acquire(companyId, acquireInput, actor);
         if (principal.kind === 'run' && result.lease.heartbeatRunId !== principal.runId) {
           throw new BerthError('conflict', 'that idempotency key names a lease of another holder');
         }
@@ -120,6 +134,40 @@ export const leaseRoutes = () =>
       returns: 'Lease',
       runOwns: leaseOfRun,
       handle: ({ deps, companyId, params, body }) => deps.services.leases.updateMetadata(companyId, params.leaseId!, body as UpdateLeaseMetadataInput),
+    },
+    {
+      method: 'POST',
+      path: '/api/environment-leases/:leaseId/exec',
+      summary:
+        "Run a command in a provisioned lease's workspace through its driver; presents the fence. Buffered: {exitCode, signal, timedOut, stdout, stderr, ...}; with stream: true (or Accept: text/event-stream): events `stdout`, `stderr` (data: the text as a JSON string) and `exit` (the result without output)",
+      tag: 'leases',
+      access: 'run',
+      owner: lease,
+      body: leaseExecSchema,
+      bodyRequired: true,
+      returns: 'LeaseExecResult',
+      streams: true,
+      runOwns: leaseOfRun,
+      async handle({ deps, companyId, params, body, actor, c }) {
+        await deps.services.leases.get(companyId, params.leaseId!); // another company's lease is not found, whatever the body
+        const input = parseInput(leaseExecSchema, body, 'lease command');
+        const work = leaseWork(deps);
+        const wantsStream = input.stream || (c.req.header('accept') ?? '').includes('text/event-stream');
+        if (!wantsStream) return work.exec(companyId, params.leaseId!, input, actor, { signal: c.req.raw.signal });
+        // Checked before the stream opens: a refusal is an ordinary error answer, not an event.
+        await work.held(companyId, params.leaseId!, input.fence);
+        return streamSSE(c, async (stream) => {
+          const out = sseWriter(stream);
+          const gone = new AbortController();
+          stream.onAbort(() => gone.abort('client gone'));
+          const result: LeaseExecResult = await work.exec(companyId, params.leaseId!, input, actor, {
+            signal: gone.signal,
+            onOutput: (which, text) => out.send([{ event: which, data: JSON.stringify(text) }]),
+          });
+          const { stdout: _o, stderr: _e, ...ended } = result;
+          await out.send([{ event: 'exit', data: JSON.stringify(ended) }]);
+        }, streamFailed(deps, `command on lease ${params.leaseId}`));
+      },
     },
     {
       method: 'POST',

@@ -7,7 +7,7 @@ import { queryRows, textArrayLiteral, type Db } from '../../db/client.js';
 import { readJson, toLease, toResource } from '../../db/rows.js';
 import { ACTIONS } from '../../domain/enums.js';
 import { BerthError, notFound, requireId } from '../../domain/errors.js';
-import { SYSTEM_ACTOR, type Lease, type ProviderResource } from '../../domain/types.js';
+import { SYSTEM_ACTOR, type Actor, type Lease, type ProviderResource } from '../../domain/types.js';
 import type { Metrics } from '../../metrics/index.js';
 import { environmentSecretPaths, openSecrets } from '../../secrets/config.js';
 import { activityFrom, ENVIRONMENT_ENTITY, LEASE_ENTITY } from '../activity.js';
@@ -28,17 +28,18 @@ export function resourceService(db: Db, metrics: Metrics) {
      * (leased), the lease's TTL counted from now, what the run is told recorded as its
      * driverState, and one activity row. When the lease is no longer this holder's, the
      * handle is still recorded (so its destroy finds what was made) and stale_fence /
-     * lease_not_active is thrown.
+     * lease_not_active is thrown. A null ttlSeconds keeps the lease's expiry as it is (a lease
+     * acquired with expiresAt, or with none).
      */
     async activate(
       companyId: string,
-      a: { leaseId: string; fence: number; resourceId: string; ttlSeconds: number; providerId: string | null; state: Record<string, unknown>; details: Record<string, unknown>; providerLeaseId?: string | null },
+      a: { leaseId: string; fence: number; resourceId: string; ttlSeconds: number | null; providerId: string | null; state: Record<string, unknown>; details: Record<string, unknown>; providerLeaseId?: string | null },
     ): Promise<Lease> {
       const rows = await queryRows(
         db,
         sql`WITH lease AS (
               UPDATE environment_leases l SET
-                expires_at = LEAST(now() + make_interval(secs => ${a.ttlSeconds}), l.max_expires_at),
+                expires_at = ${a.ttlSeconds === null ? sql`l.expires_at` : sql`LEAST(now() + make_interval(secs => ${a.ttlSeconds}), l.max_expires_at)`},
                 driver_state = ${JSON.stringify(a.details)}::jsonb,
                 provider_lease_id = coalesce(${a.providerLeaseId?.slice(0, 2000) ?? null}::text, l.provider_lease_id),
                 last_used_at = now(), updated_at = now()
@@ -172,6 +173,26 @@ export function resourceService(db: Db, metrics: Metrics) {
       if (!rows[0]) return null;
       metrics.cleanupAttempt('resource', ok, !ok && Boolean(rows[0].finished));
       return toResource(rows[0]);
+    },
+
+    /**
+     * A holder ran a command in a lease's workspace: one activity row on the lease, and the
+     * lease marked used. `details` names the program and how it ended, never its arguments.
+     */
+    async recordLeaseCommand(companyId: string, leaseId: string, actor: Actor, details: Record<string, unknown>): Promise<void> {
+      await queryRows(
+        db,
+        sql`WITH lease AS (UPDATE environment_leases SET last_used_at = now() WHERE id = ${leaseId} AND company_id = ${companyId} RETURNING *)
+            ${activityFrom({
+              source: 'lease',
+              actor,
+              action: ACTIONS.leaseCommand,
+              entityType: LEASE_ENTITY,
+              entityId: sql.raw('lease.id::text'),
+              runId: sql.raw('lease.heartbeat_run_id'),
+              details: sql`jsonb_build_object('environmentId', lease.environment_id, 'fence', lease.fence) || ${JSON.stringify(details)}::jsonb`,
+            })}`,
+      );
     },
 
     /** Ids of the resources of an environment with a record that is not destroyed: what reconciliation keeps. */

@@ -1,0 +1,252 @@
+// Work on a lease outside any run, as a sandbox API offers it: a lease acquired with
+// `provision: true` gets its environment's resource (a workspace, a container...) made by
+// the driver, and its holder can then run commands in it (`exec`) and move files in and out
+// (`files.ts`). The same phases as a run's: the grant statement reserves the resource (the
+// write-ahead record), the driver provisions it outside any transaction while the lease is
+// kept alive, one statement activates it. A server that dies between them leaves a lease
+// that expires by its TTL and a resource the GC destroys: nothing that no sweep finds.
+import { posix } from 'node:path';
+import { BerthError, isBerthError } from '../domain/errors.js';
+import { storableText } from '../domain/text.js';
+import { SYSTEM_ACTOR, type Actor, type Lease } from '../domain/types.js';
+import type { AcquireLeaseInput } from '../domain/validators.js';
+import type { DriverEnvironment, DriverRegistry, EnvironmentDriver, ExitResult, ResourceHandle } from '../drivers/contract.js';
+import type { Services } from '../services/index.js';
+import type { AcquireResult } from '../services/leases/acquire.js';
+import { withDeadline } from './run/context.js';
+import { keepLeaseAlive } from './run/keepalive.js';
+import { resourceLabels } from './run/provision.js';
+
+export interface LeaseWorkDeps {
+  services: Services;
+  drivers: DriverRegistry;
+  /** How long a provision may take when the driver says nothing of its own (ms). */
+  prepareTimeoutMs?: number;
+}
+
+/** What a command on a lease is (validated by the route's schema). */
+export interface LeaseExecInput {
+  fence: number;
+  /** argv: the program, then its arguments. No shell unless the caller names one. */
+  command: string[];
+  /** A directory inside the workspace, relative to it. */
+  cwd?: string;
+  env?: Record<string, string>;
+  timeoutSeconds?: number;
+  /** Bytes of stdout, and of stderr, kept (the rest is counted and dropped). */
+  maxOutputBytes?: number;
+}
+
+export interface LeaseExecResult {
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  stdout: string;
+  stderr: string;
+  /** Bytes dropped past maxOutputBytes, per stream. */
+  stdoutTruncatedBytes: number;
+  stderrTruncatedBytes: number;
+  durationMs: number;
+  /** The command could not start, or how it ended is unknown. */
+  error?: string;
+}
+
+export type ExecOutput = (stream: 'stdout' | 'stderr', text: string) => Promise<void>;
+
+const INHERITED = ['PATH', 'HOME', 'USER', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'SHELL'];
+export const EXEC_DEFAULT_OUTPUT_BYTES = 1024 * 1024;
+const GRACE_MS = 5_000;
+
+/** A path the caller gives inside the workspace: relative, no `..`, no NUL. Returns it normalised ('' for the workspace itself). */
+export function workspaceRelative(path: string | undefined, field: string): string {
+  if (path === undefined || path === '' || path === '.') return '';
+  const bad = (message: string) => new BerthError('invalid', `${field}: ${message}`, { fields: [{ path: field, message }] });
+  if (path.includes('\0')) throw bad('must not contain NUL');
+  if (path.startsWith('/')) throw bad('must be relative to the workspace (no leading /)');
+  if (path.split('/').includes('..')) throw bad('must stay inside the workspace (no .. component)');
+  const norm = posix.normalize(path).replace(/\/+$/, '');
+  return norm === '.' ? '' : norm;
+}
+
+/** The workspace directory a provisioned lease's resource has (what its driver reported at activation). */
+export function workspaceOf(lease: Lease): string {
+  const cwd = (lease.driverState as Record<string, unknown> | null)?.cwd;
+  if (typeof cwd !== 'string' || cwd === '') throw new BerthError('no_workspace', `lease ${lease.id} has no workspace: its driver reported none`);
+  return cwd;
+}
+
+export function leaseWork(deps: LeaseWorkDeps) {
+  const s = deps.services;
+
+  async function driverFor(companyId: string, environmentId: string): Promise<{ env: DriverEnvironment; drv: EnvironmentDriver }> {
+    const env = (await s.environments.getWithSecrets(companyId, environmentId)) as DriverEnvironment;
+    const drv = deps.drivers.get(env.driver);
+    if (!drv) throw new BerthError('no_driver', `this server has no ${env.driver} driver: environment ${env.name} cannot provision a workspace`);
+    return { env, drv };
+  }
+
+  /**
+   * The lease and the resource it holds, checked for a holder's command: active, the fence
+   * current, provisioned (its resource leased). The environment comes as it is now.
+   */
+  async function held(companyId: string, leaseId: string, fence: number): Promise<{ lease: Lease; resource: ResourceHandle; env: DriverEnvironment; drv: EnvironmentDriver }> {
+    const lease = await s.leases.get(companyId, leaseId);
+    if (lease.fence !== fence) throw new BerthError('stale_fence', `lease ${lease.id} is held under fence ${lease.fence}; fence ${fence} is stale`);
+    if (lease.status !== 'active') throw new BerthError('lease_not_active', `lease ${lease.id} is ${lease.status}`, { details: { status: lease.status } });
+    if (!lease.resourceId) {
+      throw new BerthError('no_workspace', `lease ${lease.id} has no workspace: acquire it with provision: true to run commands or move files in it`);
+    }
+    const res = await s.resources.get(lease.resourceId);
+    if (res.status !== 'leased') {
+      throw new BerthError('no_workspace', `lease ${lease.id}'s workspace is ${res.status === 'provisioning' ? 'still being made' : res.status}`, { details: { resourceStatus: res.status } });
+    }
+    const { env, drv } = await driverFor(companyId, lease.environmentId!);
+    return { lease, resource: { resourceId: res.id, providerId: res.providerId, state: (res.state ?? {}) as Record<string, unknown> }, env, drv };
+  }
+
+  return {
+    /**
+     * Acquire with the environment's resource made for the lease. An acquire that finds an
+     * earlier one's lease (same idempotency key) returns it as it is: that acquire provisions
+     * it. A provision that fails releases the lease `failed` (its resource goes to the GC).
+     */
+    async acquireProvisioned(companyId: string, input: AcquireLeaseInput, actor: Actor, signal?: AbortSignal): Promise<AcquireResult> {
+      const { env, drv } = await driverFor(companyId, input.environmentId);
+      const r = await s.leases.acquire(companyId, input, actor, { driver: env.driver, reserveResource: true });
+      if (!r.created) return r;
+      const lease = r.lease;
+      const resourceId = lease.resourceId!;
+      const ttlSeconds = lease.expiresAt ? Math.max(1, Math.round((lease.expiresAt.getTime() - lease.acquiredAt.getTime()) / 1000)) : null;
+      const stop = new AbortController();
+      const onAbort = () => stop.abort(signal?.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const alive = ttlSeconds === null ? null : keepLeaseAlive({
+        renew: () => s.leases.renew(companyId, lease.id, { fence: lease.fence, ttlSeconds }),
+        everyMs: Math.max(1000, (ttlSeconds * 1000) / 3),
+        onLost: (err) => stop.abort(err),
+        onTransient: () => {},
+      });
+      try {
+        const made = await withDeadline(
+          drv.provision(env, { resourceId, leaseId: lease.id, labels: resourceLabels({ resourceId, leaseId: lease.id, environmentId: env.id, companyId }) }, stop.signal),
+          drv.provisionTimeoutMs?.(env) ?? deps.prepareTimeoutMs ?? 300_000,
+          'prepare_timeout',
+          `making the workspace of lease ${lease.id} on ${env.name}`,
+          stop,
+        );
+        alive?.stop();
+        const providerLeaseId = typeof made.details.providerLeaseId === 'string' ? made.details.providerLeaseId : made.providerId;
+        const active = await s.resources.activate(companyId, {
+          leaseId: lease.id, fence: lease.fence, resourceId, ttlSeconds, providerId: made.providerId, state: made.state,
+          details: { ...made.details, cwd: made.cwd }, providerLeaseId,
+        });
+        return { ...r, lease: active };
+      } catch (err) {
+        alive?.stop();
+        const why = storableText((err as Error).message).slice(0, 2000);
+        if (isBerthError(err) && ['stale_fence', 'lease_not_active'].includes(err.code)) throw err;
+        await s.leases
+          .release(companyId, lease.id, { fence: lease.fence, status: 'failed', failureReason: `provisioning failed: ${why}` }, SYSTEM_ACTOR)
+          .catch(() => {}); // not released: it expires by its TTL and its resource is destroyed then
+        throw new BerthError('provision_failed', `could not make the workspace of lease ${lease.id} on ${env.name}: ${why}`, { details: { leaseId: lease.id } });
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+      }
+    },
+
+    held,
+
+    /**
+     * Run one command in a provisioned lease's workspace through its driver: output kept up
+     * to maxOutputBytes per stream (or handed to `onOutput` as it comes, with backpressure),
+     * SIGTERM at the timeout and SIGKILL after a grace, and one activity row on the lease
+     * naming the program and how it ended (never its arguments or variables).
+     */
+    async exec(companyId: string, leaseId: string, input: LeaseExecInput, actor: Actor, opts: { onOutput?: ExecOutput; signal?: AbortSignal } = {}): Promise<LeaseExecResult> {
+      const rel = workspaceRelative(input.cwd, 'cwd');
+      const { lease, resource, env, drv } = await held(companyId, leaseId, input.fence);
+      const root = workspaceOf(lease);
+      const cwd = rel === '' ? root : posix.join(root, rel);
+      const timeoutSec = input.timeoutSeconds ?? 60;
+      const cap = input.maxOutputBytes ?? EXEC_DEFAULT_OUTPUT_BYTES;
+      const vars: Record<string, string> = {};
+      if (drv.capabilities.hostLocal) for (const k of INHERITED) if (process.env[k] !== undefined) vars[k] = process.env[k]!;
+      Object.assign(vars, env.envVars, input.env ?? {}, { PAPERCLIP_LEASE_ID: lease.id, PAPERCLIP_ENVIRONMENT_ID: env.id, PAPERCLIP_WORKSPACE: root });
+      const started = performance.now();
+      const stop = new AbortController();
+      const [command, ...args] = input.command as [string, ...string[]];
+      const handle = await withDeadline(
+        drv.exec(env, resource, { command, args, cwd, env: vars, deadlineSec: timeoutSec + Math.ceil(GRACE_MS / 1000) + 30 }, stop.signal),
+        120_000,
+        'exec_timeout',
+        `starting ${command.slice(0, 200)} on ${env.name}`,
+        stop,
+      );
+      const out = { stdout: '', stderr: '' };
+      const kept = { stdout: 0, stderr: 0 };
+      const dropped = { stdout: 0, stderr: 0 };
+      const sink = async (stream: 'stdout' | 'stderr', text: string) => {
+        if (opts.onOutput) return opts.onOutput(stream, text);
+        const bytes = Buffer.byteLength(text);
+        if (kept[stream] + bytes <= cap) {
+          out[stream] += text;
+          kept[stream] += bytes;
+          return;
+        }
+        const room = cap - kept[stream];
+        if (room > 0) {
+          const part = Buffer.from(text).subarray(0, room).toString('utf8').replace(/\uFFFD$/, '');
+          out[stream] += part;
+          kept[stream] += Buffer.byteLength(part);
+        }
+        dropped[stream] += bytes - Math.max(0, room);
+      };
+      let timedOut = false;
+      let killTimer: NodeJS.Timeout | undefined;
+      const kill = () => {
+        void drv.signal(env, handle, 'TERM').catch(() => {});
+        killTimer ??= setTimeout(() => void drv.signal(env, handle, 'KILL').catch(() => {}), GRACE_MS);
+      };
+      const timer = setTimeout(() => ((timedOut = true), kill()), timeoutSec * 1000);
+      const onAbort = () => kill();
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+      let exit: ExitResult;
+      try {
+        exit = await drv.watch(env, handle, sink);
+      } catch (err) {
+        exit = { exitCode: null, signal: null, error: `watching the command failed: ${(err as Error).message}` };
+      } finally {
+        clearTimeout(timer);
+        clearTimeout(killTimer);
+        opts.signal?.removeEventListener('abort', onAbort);
+      }
+      const error = exit.spawnError ? `could not start ${command.slice(0, 200)}: ${exit.spawnError}` : exit.error;
+      const result: LeaseExecResult = {
+        exitCode: exit.exitCode,
+        signal: exit.signal,
+        timedOut,
+        stdout: out.stdout,
+        stderr: out.stderr,
+        stdoutTruncatedBytes: dropped.stdout,
+        stderrTruncatedBytes: dropped.stderr + (exit.discardedBytes ?? 0),
+        durationMs: Math.round(performance.now() - started),
+        ...(error ? { error: storableText(error) } : {}),
+      };
+      await s.resources
+        .recordLeaseCommand(companyId, lease.id, actor, {
+          program: command.slice(0, 200),
+          argCount: args.length,
+          cwd: rel,
+          envNames: Object.keys(input.env ?? {}),
+          exitCode: result.exitCode,
+          signal: result.signal,
+          timedOut,
+          durationMs: result.durationMs,
+          ...(result.error ? { error: result.error.slice(0, 500) } : {}),
+        })
+        .catch(() => {});
+      return result;
+    },
+  };
+}
+export type LeaseWork = ReturnType<typeof leaseWork>;
