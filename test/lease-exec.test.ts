@@ -207,3 +207,125 @@ describe('POST /api/environment-leases/:id/exec', () => {
     expect(after.status).toBe('released');
   });
 });
+
+describe('files in and out of a provisioned lease', () => {
+  const tarOf = async (cwd: string, paths: string[]) => {
+    const tar = await import('tar');
+    const chunks: Buffer[] = [];
+    for await (const c of tar.c({ cwd, portable: true }, paths) as AsyncIterable<Buffer>) chunks.push(Buffer.from(c));
+    return Buffer.concat(chunks);
+  };
+  const entriesOf = async (archive: Buffer) => {
+    const tar = await import('tar');
+    const seen: { path: string; type: string; body: string; linkpath?: string }[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const p = new tar.Parser({
+        onReadEntry: (e) => {
+          const parts: Buffer[] = [];
+          e.on('data', (d: Buffer) => parts.push(d));
+          e.on('end', () => seen.push({ path: String(e.path), type: e.type, body: Buffer.concat(parts).toString(), ...(e.linkpath ? { linkpath: String(e.linkpath) } : {}) }));
+        },
+      });
+      p.on('end', resolve);
+      p.on('error', reject);
+      p.end(archive);
+    });
+    return seen;
+  };
+  const put = (lease: Lease, path: string, body: Buffer, type = 'application/x-tar') =>
+    fetch(`${api.url}/api/environment-leases/${lease.id}/files?fence=${lease.fence}&path=${encodeURIComponent(path)}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${co.key}`, 'content-type': type },
+      body: new Uint8Array(body),
+    });
+  const get = (lease: Lease, path: string) =>
+    fetch(`${api.url}/api/environment-leases/${lease.id}/files?fence=${lease.fence}&path=${encodeURIComponent(path)}`, { headers: { authorization: `Bearer ${co.key}` } });
+  /** A hand-made archive: what tar tools will not write for us (absolute names, .., links out). */
+  const rawTar = async (entries: { name: string; type?: 'file' | 'symlink' | 'link' | 'fifo'; linkname?: string; body?: string }[]) => {
+    // @ts-expect-error tar-stream ships no types
+    const { pack } = (await import('tar-stream')).default as unknown as { pack: () => import('node:stream').Readable & { entry: (h: object, b?: string) => void; finalize: () => void } };
+    const p = pack();
+    for (const e of entries) p.entry({ name: e.name, type: e.type ?? 'file', ...(e.linkname ? { linkname: e.linkname } : {}) }, e.type === 'file' || !e.type ? (e.body ?? 'x') : undefined);
+    p.finalize();
+    const chunks: Buffer[] = [];
+    for await (const c of p) chunks.push(Buffer.from(c as Buffer));
+    return Buffer.concat(chunks);
+  };
+
+  it('puts an archive into a directory of the workspace and reads it back out, links as links', async () => {
+    const lease = await provisioned();
+    const src = mkdtempSync(join(tmpdir(), 'berth-files-src-'));
+    try {
+      const { mkdirSync, writeFileSync, symlinkSync } = await import('node:fs');
+      mkdirSync(join(src, 'd'));
+      writeFileSync(join(src, 'd', 'a.txt'), 'hello files');
+      symlinkSync('a.txt', join(src, 'd', 'link'));
+      const r = await put(lease, 'in/here', await tarOf(src, ['d']));
+      expect(r.status, await r.clone().text()).toBe(200);
+      expect(await r.json()).toEqual({ path: 'in/here', files: 1, directories: 1, links: 1, bytes: 11 });
+      const cat = await exec(lease, { command: ['cat', 'in/here/d/link'] });
+      expect(cat.body.stdout).toBe('hello files');
+      const out = await get(lease, 'in/here/d');
+      expect(out.status).toBe(200);
+      expect(out.headers.get('content-type')).toBe('application/x-tar');
+      const seen = await entriesOf(Buffer.from(await out.arrayBuffer()));
+      expect(seen.find((e) => e.path === 'in/here/d/a.txt')?.body).toBe('hello files');
+      expect(seen.find((e) => e.path === 'in/here/d/link')).toMatchObject({ type: 'SymbolicLink', linkpath: 'a.txt' });
+      const rows = (await api.call('GET', `/api/companies/${co.id}/activity?action=environment.lease_files`, { key: co.key })).body;
+      expect(rows.filter((a: { entityId: string }) => a.entityId === lease.id).map((a: { details: { direction: string } }) => a.details.direction).sort()).toEqual(['in', 'out']);
+    } finally {
+      rmSync(src, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses, whole and naming the entry, archives that reach out of the workspace; nothing is written', async () => {
+    const lease = await provisioned();
+    const cases: [string, Parameters<typeof rawTar>[0]][] = [
+      ['absolute', [{ name: 'ok.txt' }, { name: '/tmp/berth-abs-escape' }]],
+      ['dotdot', [{ name: 'ok.txt' }, { name: 'a/../../escape.txt' }]],
+      ['link out', [{ name: 'ok.txt' }, { name: 'out', type: 'symlink', linkname: '../../..' }]],
+      ['absolute link', [{ name: 'ok.txt' }, { name: 'etc', type: 'symlink', linkname: '/etc' }]],
+      ['hard link', [{ name: 'ok.txt' }, { name: 'h', type: 'link', linkname: 'ok.txt' }]],
+      ['fifo', [{ name: 'ok.txt' }, { name: 'f', type: 'fifo' }]],
+    ];
+    for (const [what, entries] of cases) {
+      const r = await put(lease, '', await rawTar(entries));
+      expect(r.status, what).toBe(422);
+      expect((await r.json()).error.message, what).toMatch(/archive was refused/);
+    }
+    // Nothing but the driver's own label file.
+    expect((await exec(lease, { command: ['ls', '-A'] })).body.stdout).toBe('.berth-resource.json\n');
+    expect(existsSync('/tmp/berth-abs-escape')).toBe(false);
+    const garbage = await put(lease, '', Buffer.from('this is not a tar archive at all'.repeat(20)));
+    expect(garbage.status).toBe(422);
+    expect((await put(lease, '', await rawTar([{ name: 'x' }]), 'application/json')).status).toBe(415);
+    expect((await put(lease, '../up', await rawTar([{ name: 'x' }]))).status).toBe(422);
+  });
+
+  it('never writes or reads through a link an agent left in the workspace', async () => {
+    const lease = await provisioned();
+    const outside = mkdtempSync(join(tmpdir(), 'berth-files-outside-'));
+    try {
+      const { writeFileSync, readFileSync } = await import('node:fs');
+      writeFileSync(join(outside, 'target'), 'untouched');
+      expect((await exec(lease, { command: ['sh', '-c', `ln -s ${outside} dirlink && ln -s ${outside}/target filelink`] })).body.exitCode).toBe(0);
+      // Into a directory through the link: refused. Over the file link: the link is replaced, its target untouched.
+      expect((await put(lease, 'dirlink', await rawTar([{ name: 'x', body: 'nope' }]))).status).toBe(422);
+      const through = await put(lease, '', await rawTar([{ name: 'dirlink/x', body: 'nope' }]));
+      expect(through.status).toBe(422);
+      expect((await through.json()).error.message).toMatch(/symbolic link/i);
+      const over = await put(lease, '', await rawTar([{ name: 'filelink', body: 'replaced' }]));
+      expect(over.status).toBe(200);
+      expect(readFileSync(join(outside, 'target'), 'utf8')).toBe('untouched');
+      expect(existsSync(join(outside, 'x'))).toBe(false);
+      // Out: a path resolving outside is refused; the link itself comes out as a link.
+      expect((await get(lease, 'dirlink/target')).status).toBe(422);
+      const all = await entriesOf(Buffer.from(await (await get(lease, '')).arrayBuffer()));
+      expect(all.find((e) => e.path === 'dirlink')).toMatchObject({ type: 'SymbolicLink' });
+      expect(all.some((e) => e.body === 'untouched')).toBe(false);
+      expect((await get(lease, 'no/such')).status).toBe(404);
+    } finally {
+      rmSync(outside, { recursive: true, force: true });
+    }
+  });
+});

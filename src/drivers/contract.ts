@@ -12,6 +12,7 @@
 //
 // The server calls none of them inside a database transaction. Each gets an AbortSignal
 // and the server's deadline; handles are plain JSON so another server can pick them up.
+import type { Readable } from 'node:stream';
 import type { z } from 'zod';
 import type { Environment } from '../domain/types.js';
 import type { SecretPath } from '../secrets/config.js';
@@ -228,6 +229,18 @@ export interface EnvironmentDriver extends DriverDescriptor {
    * its own network). Without it a run gets `server.publicUrl`.
    */
   callbackUrl?(env: DriverEnvironment, server: CallbackServer, resource: ResourceHandle): Promise<CallbackRoute>;
+  /**
+   * Optional: unpack a tar archive into `dir` (relative to the workspace, checked) of the
+   * resource's workspace `workspace`. The server has checked the entries (relative names,
+   * no `..`, links that stay inside, files, directories and links only); the driver must
+   * not write through a link it finds in the workspace. Never called inside a transaction.
+   */
+  putArchive?(env: DriverEnvironment, resource: ResourceHandle, workspace: string, dir: string, archive: Buffer, signal: AbortSignal): Promise<void>;
+  /**
+   * Optional: a tar archive of `path` (relative to the workspace, checked; '' for all of it),
+   * refusing a path that resolves outside the workspace; links in it are stored as links.
+   */
+  getArchive?(env: DriverEnvironment, resource: ResourceHandle, workspace: string, path: string, signal: AbortSignal): Promise<Readable>;
   /** Close what the driver holds open between runs (pooled connections). */
   close?(): void;
 }

@@ -6,6 +6,7 @@
 // kept alive, one statement activates it. A server that dies between them leaves a lease
 // that expires by its TTL and a resource the GC destroys: nothing that no sweep finds.
 import { posix } from 'node:path';
+import type { Readable } from 'node:stream';
 import { BerthError, isBerthError } from '../domain/errors.js';
 import { storableText } from '../domain/text.js';
 import { SYSTEM_ACTOR, type Actor, type Lease } from '../domain/types.js';
@@ -247,6 +248,92 @@ export function leaseWork(deps: LeaseWorkDeps) {
         .catch(() => {});
       return result;
     },
+
+    /**
+     * Unpack a tar archive into `dir` (relative) of a provisioned lease's workspace, after
+     * checking every entry; one activity row (the directory, counts and bytes).
+     */
+    async putFiles(companyId: string, leaseId: string, fence: number, dir: string | undefined, archive: Buffer, actor: Actor, signal?: AbortSignal): Promise<ArchiveSummary & { path: string }> {
+      const rel = workspaceRelative(dir, 'path');
+      const { lease, resource, env, drv } = await held(companyId, leaseId, fence);
+      if (!drv.putArchive) throw new BerthError('not_supported', `the ${env.driver} driver cannot move files into a workspace in this version of Berth`);
+      const sum = await checkArchive(archive, rel);
+      const stop = new AbortController();
+      signal?.addEventListener('abort', () => stop.abort(signal.reason), { once: true });
+      await withDeadline(drv.putArchive(env, resource, workspaceOf(lease), rel, archive, stop.signal), 120_000, 'files_timeout', `unpacking files on ${env.name}`, stop);
+      await s.resources.recordLeaseCommand(companyId, lease.id, actor, { direction: 'in', path: rel, ...sum }, 'files').catch(() => {});
+      return { path: rel, ...sum };
+    },
+
+    /** A tar archive of `path` (relative; '' for all) of a provisioned lease's workspace; one activity row. */
+    async getFiles(companyId: string, leaseId: string, fence: number, path: string | undefined, actor: Actor, signal?: AbortSignal): Promise<Readable> {
+      const rel = workspaceRelative(path, 'path');
+      const { lease, resource, env, drv } = await held(companyId, leaseId, fence);
+      if (!drv.getArchive) throw new BerthError('not_supported', `the ${env.driver} driver cannot read files from a workspace in this version of Berth`);
+      const stop = new AbortController();
+      signal?.addEventListener('abort', () => stop.abort(signal.reason), { once: true });
+      const out = await withDeadline(drv.getArchive(env, resource, workspaceOf(lease), rel, stop.signal), 120_000, 'files_timeout', `reading files on ${env.name}`, stop);
+      await s.resources.recordLeaseCommand(companyId, lease.id, actor, { direction: 'out', path: rel }, 'files').catch(() => {});
+      return out;
+    },
   };
 }
 export type LeaseWork = ReturnType<typeof leaseWork>;
+
+/** What an archive sent into a workspace holds, once checked. */
+export interface ArchiveSummary {
+  files: number;
+  directories: number;
+  links: number;
+  /** Bytes of file content. */
+  bytes: number;
+}
+
+const ENTRY_TYPES = new Set(['File', 'OldFile', 'ContiguousFile', 'Directory', 'SymbolicLink']);
+/** Headers that describe the next entry or the archive, not files. */
+const META_TYPES = new Set(['ExtendedHeader', 'GlobalExtendedHeader', 'NextFileHasLongPath', 'NextFileHasLongLinkpath', 'OldExtendedHeader']);
+
+/**
+ * Check a tar archive before any of it reaches a workspace: every name relative with no
+ * `..`, every link relative and resolving inside the workspace from where it is, and only
+ * files, directories and symbolic links (no hard links, devices or fifos). Throws `invalid`
+ * naming the first entry refused.
+ */
+export async function checkArchive(archive: Buffer, dir: string): Promise<ArchiveSummary> {
+  const { Parser } = await import('tar');
+  const sum: ArchiveSummary = { files: 0, directories: 0, links: 0, bytes: 0 };
+  let refused: string | null = null;
+  const refuse = (name: string, why: string) => void (refused ??= `${name.slice(0, 200)}: ${why}`);
+  await new Promise<void>((resolve, reject) => {
+    const p = new Parser({
+      strict: true,
+      onReadEntry: (e) => {
+        const name = String(e.path);
+        e.resume();
+        if (META_TYPES.has(e.type)) return;
+        if (!ENTRY_TYPES.has(e.type)) return refuse(name, `${e.type === 'Link' ? 'hard links are' : `${e.type} entries are`} not accepted`);
+        if (name.includes('\0') || name === '') return refuse(name || '(empty)', 'is not a file name');
+        if (name.startsWith('/')) return refuse(name, 'is an absolute path');
+        if (name.split('/').includes('..')) return refuse(name, 'leaves the workspace (a .. component)');
+        if (e.type === 'SymbolicLink') {
+          const target = String(e.linkpath ?? '');
+          if (target.startsWith('/')) return refuse(name, `is a link to an absolute path (${target.slice(0, 200)})`);
+          // Where the link points, from the workspace root: it must not climb above it.
+          const from = posix.join(dir, posix.dirname(name), target);
+          if (from === '..' || from.startsWith('../') || posix.normalize(from).startsWith('..')) return refuse(name, `is a link out of the workspace (${target.slice(0, 200)})`);
+          sum.links++;
+        } else if (e.type === 'Directory') sum.directories++;
+        else {
+          sum.files++;
+          sum.bytes += Number(e.size ?? 0);
+        }
+      },
+    });
+    p.on('error', (err: Error) => reject(new BerthError('invalid', `the body is not a tar archive: ${err.message.slice(0, 200)}`)));
+    p.on('warn', (_code: string, message: string) => refuse('(archive)', String(message).slice(0, 200)));
+    p.on('end', resolve);
+    p.end(archive);
+  });
+  if (refused) throw new BerthError('invalid', `the archive was refused: ${refused}`, { fields: [{ path: '(body)', message: refused }] });
+  return sum;
+}

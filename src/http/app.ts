@@ -64,6 +64,27 @@ async function bodyText(c: Context): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/** A route's raw body (rawBody): its media type checked, at most maxBytes, counted as it arrives. */
+async function readRawBody(c: Context, raw: NonNullable<RouteDef['rawBody']>): Promise<Buffer> {
+  const type = c.req.header('content-type') ?? '';
+  if (type.split(';')[0]!.trim().toLowerCase() !== raw.type) {
+    throw new HttpError(415, 'unsupported_media_type', `the body must be ${raw.description} (Content-Type: ${raw.type}), not ${type.slice(0, 100) || 'none'}`);
+  }
+  const tooLarge = () => new HttpError(413, 'payload_too_large', `the body is larger than ${raw.maxBytes} bytes`);
+  const declared = Number(c.req.header('content-length'));
+  if (Number.isFinite(declared) && declared > raw.maxBytes) throw tooLarge();
+  const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
+  const source: AsyncIterable<Uint8Array> = incoming ?? (c.req.raw.body as unknown as AsyncIterable<Uint8Array>) ?? [];
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of source) {
+    size += chunk.length;
+    if (size > raw.maxBytes) throw tooLarge();
+    chunks.push(Buffer.from(chunk));
+  }
+  return Buffer.concat(chunks);
+}
+
 async function readBody(c: Context, route: RouteDef): Promise<unknown> {
   const text = await bodyText(c);
   if (!route.body) {
@@ -158,7 +179,9 @@ export function createApp(deps: AppDeps): Hono<Env> {
       if (q.issues.length > 0) {
         throw new HttpError(400, 'invalid', `invalid query: ${q.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, q.issues);
       }
-      const body = c.req.method === 'POST' || c.req.method === 'PATCH' ? await readBody(c, route) : undefined;
+      // A raw body is read when the handler asks (after it has found the object: another company's is not found, whatever was sent).
+      const raw = route.rawBody;
+      const body = raw ? () => readRawBody(c, raw) : c.req.method === 'POST' || c.req.method === 'PATCH' ? await readBody(c, route) : undefined;
       const r: RouteRequest = { c, deps, principal, actor: actorOf(principal), companyId, params, query: q.value, body, forgetKeys: () => auth.forgetAll() };
       if (principal.kind === 'run') {
         // Another run's object is as invisible to a run token as another company's.

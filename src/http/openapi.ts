@@ -33,6 +33,7 @@ export function buildOpenApi(routes: RouteDef[], version: string): Record<string
     if (!response && !STREAM_ONLY.has(routeKey(r))) throw new Error(`no response schema for ${routeKey(r)} in src/http/responses.ts`);
     const content: Record<string, unknown> = response ? { 'application/json': { schema: schemaOf(response, 'output') } } : {};
     if (r.streams) content['text/event-stream'] = { schema: { type: 'string' } };
+    if (r.produces) content[r.produces] = { schema: { type: 'string', contentMediaType: r.produces } };
     const successes = Object.fromEntries([r.status ?? 200, ...(r.alsoStatus ?? [])].map((s) => [String(s), { description: r.returns, content }]));
     (paths[path] ??= {})[r.method.toLowerCase()] = {
       summary: r.summary,
@@ -42,6 +43,9 @@ export function buildOpenApi(routes: RouteDef[], version: string): Record<string
       ...(r.access === 'run' ? { description: "A run's own token (PAPERCLIP_API_KEY) may call this for its own run and leases." } : {}),
       parameters,
       ...(r.body ? { requestBody: { required: r.bodyRequired ?? false, content: { 'application/json': { schema: schemaOf(r.body) } } } } : {}),
+      ...(r.rawBody
+        ? { requestBody: { required: true, description: `${r.rawBody.description}, at most ${r.rawBody.maxBytes} bytes`, content: { [r.rawBody.type]: { schema: { type: 'string', contentMediaType: r.rawBody.type } } } } }
+        : {}),
       responses: { ...successes, ...errors },
     };
   }

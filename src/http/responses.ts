@@ -197,6 +197,13 @@ export const RESPONSES: Record<string, z.ZodType> = {
     durationMs: z.number().int(),
     error: z.string().optional(),
   }),
+  'POST /api/environment-leases/:leaseId/files': z.strictObject({
+    path: z.string(),
+    files: z.number().int(),
+    directories: z.number().int(),
+    links: z.number().int(),
+    bytes: z.number().int(),
+  }),
   'POST /api/environment-leases/:leaseId/release': z.strictObject({ lease, changed: z.boolean() }),
   'GET /api/companies/:companyId/agents': z.array(agent),
   'POST /api/companies/:companyId/agents': agent,
@@ -261,4 +268,4 @@ export const RESPONSES: Record<string, z.ZodType> = {
 };
 
 /** For routes that only stream (their JSON answer is the event stream itself). */
-export const STREAM_ONLY = new Set(['GET /api/companies/:companyId/events']);
+export const STREAM_ONLY = new Set(['GET /api/companies/:companyId/events', 'GET /api/environment-leases/:leaseId/files']);

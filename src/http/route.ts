@@ -48,6 +48,14 @@ export interface RouteDef {
    */
   body?: z.ZodType;
   bodyRequired?: boolean;
+  /**
+   * The body is not JSON but bytes of this media type, at most maxBytes: `body` is then a
+   * function that reads them (`() => Promise<Buffer>`), for the handler to call once it has
+   * found the object the route acts on (an archive, say).
+   */
+  rawBody?: { type: string; maxBytes: number; description: string };
+  /** A success answers with bytes of this media type, not JSON. */
+  produces?: string;
   /** Status of a success (default 200). */
   status?: number;
   /** Other statuses a success may answer with (an idempotent repeat, say). */

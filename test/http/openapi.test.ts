@@ -95,10 +95,10 @@ describe('OpenAPI contract', () => {
     for (const route of allRoutes()) {
       const op = operation(route);
       expect(op, routeKey(route)).toBeDefined();
-      expect(Boolean(op.requestBody), `${routeKey(route)} requestBody`).toBe(Boolean(route.body));
+      expect(Boolean(op.requestBody), `${routeKey(route)} requestBody`).toBe(Boolean(route.body || route.rawBody));
       for (const status of [route.status ?? 200, ...(route.alsoStatus ?? [])]) {
         const content = op.responses[String(status)]?.content ?? {};
-        expect(content['application/json'] ?? content['text/event-stream'], `${routeKey(route)} ${status}`).toBeDefined();
+        expect(content['application/json'] ?? content['text/event-stream'] ?? (route.produces ? content[route.produces] : undefined), `${routeKey(route)} ${status}`).toBeDefined();
         if (content['application/json']) expect(Object.keys(content['application/json'].schema).length, `${routeKey(route)} ${status} schema`).toBeGreaterThan(0);
       }
     }
@@ -192,6 +192,23 @@ describe('OpenAPI contract', () => {
         const got = (await call('POST', `/api/environments/${local.id}/leases`, { ttlSeconds: 60, provision: true })).body;
         const r = await call('POST', `/api/environment-leases/${got.lease.id}/exec`, { fence: got.lease.fence, command: ['true'] });
         checkAnswer(route, r.status, r.body);
+        await call('POST', `/api/environment-leases/${got.lease.id}/release`, { fence: got.lease.fence });
+        continue;
+      }
+      if (key === 'POST /api/environment-leases/:leaseId/files') {
+        // A tar archive (the body is not JSON) into a provisioned lease of the local environment.
+        const local = (await call('GET', `/api/companies/${R.id}/environments?driver=local`)).body[0]
+          ?? (await call('POST', `/api/companies/${R.id}/environments`, { name: 'answers-local-files', driver: 'local' })).body;
+        const got = (await call('POST', `/api/environments/${local.id}/leases`, { ttlSeconds: 60, provision: true })).body;
+        const tar = await import('tar');
+        const parts: Buffer[] = [];
+        for await (const ch of tar.c({ cwd: process.cwd(), portable: true }, ['package.json']) as AsyncIterable<Buffer>) parts.push(Buffer.from(ch));
+        const res = await fetch(`${api.url}/api/environment-leases/${got.lease.id}/files?fence=${got.lease.fence}`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${R.key}`, 'content-type': 'application/x-tar' },
+          body: new Uint8Array(Buffer.concat(parts)),
+        });
+        checkAnswer(route, res.status, await res.json());
         await call('POST', `/api/environment-leases/${got.lease.id}/release`, { fence: got.lease.fence });
         continue;
       }

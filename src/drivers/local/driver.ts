@@ -22,6 +22,7 @@ import {
   type OutputListener,
   type ProcessSpec,
 } from '../contract.js';
+import { packFrom, unpackInto } from './archive.js';
 import { checkBubblewrap, openSandboxNet, sandboxArgs, type IsolationError, type SandboxNet } from './bwrap.js';
 import { localConfigSchema, localDescriptor, type LocalConfig } from './descriptor.js';
 import { bootId, isSameProcess, processIdentity } from './process-identity.js';
@@ -128,6 +129,8 @@ export function localDriver(opts: { workspaceRoot?: string } = {}): EnvironmentD
 
   return {
     ...localDescriptor,
+    putArchive: (_env, _resource, workspace, dir, archive) => unpackInto(workspace, dir, archive),
+    getArchive: (_env, _resource, workspace, path) => packFrom(workspace, path),
     async probe(env) {
       const started = performance.now();
       await mkdir(root(), { recursive: true });

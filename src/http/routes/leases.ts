@@ -35,6 +35,23 @@ async function leaseOfRun(r: RouteRequest, runId: string): Promise<boolean> {
   return found?.heartbeatRunId === runId;
 }
 
+/** The largest archive taken into a workspace, and the largest sent out of one. */
+const MAX_ARCHIVE_IN = 64 * 1024 * 1024;
+const MAX_ARCHIVE_OUT = 256 * 1024 * 1024;
+const filesQuery = z.strictObject({
+  /** Required: checked once the lease is found (another company's lease is not found, whatever the query). */
+  fence: z.coerce.number().int('must be an integer').positive('must be greater than 0').optional(),
+  path: z.string().max(4096, 'must be at most 4096 characters').optional(),
+});
+
+/** The files routes' query, once the lease is known to be the caller's: the fence is required. */
+async function filesRequest({ deps, companyId, params, query }: RouteRequest): Promise<{ fence: number; path?: string }> {
+  await deps.services.leases.get(companyId, params.leaseId!);
+  const q = query as { fence?: number; path?: string };
+  if (q.fence === undefined) throw new BerthError('invalid', 'invalid query: fence: is required (the lease\'s current fence)', { fields: [{ path: 'fence', message: 'is required' }] });
+  return { fence: q.fence, ...(q.path !== undefined ? { path: q.path } : {}) };
+}
+
 function fieldError(path: string, message: string): BerthError {
   return new BerthError('invalid', `invalid lease acquire: ${path}: ${message}`, { fields: [{ path, message }] });
 }
@@ -167,6 +184,62 @@ export const leaseRoutes = () =>
           const { stdout: _o, stderr: _e, ...ended } = result;
           await out.send([{ event: 'exit', data: JSON.stringify(ended) }]);
         }, streamFailed(deps, `command on lease ${params.leaseId}`));
+      },
+    },
+    {
+      method: 'GET',
+      path: '/api/environment-leases/:leaseId/files',
+      summary:
+        "A tar archive of a file or directory of a provisioned lease's workspace (path relative to it; none: all of it); presents the fence. Links are stored as links; a path that resolves outside the workspace is refused",
+      tag: 'leases',
+      access: 'run',
+      owner: lease,
+      query: filesQuery,
+      returns: 'a tar archive (application/x-tar)',
+      produces: 'application/x-tar',
+      runOwns: leaseOfRun,
+      async handle(req) {
+        const { deps, companyId, params, actor, c } = req;
+        const q = await filesRequest(req);
+        const out = await leaseWork(deps).getFiles(companyId, params.leaseId!, q.fence, q.path, actor, c.req.raw.signal);
+        let sent = 0;
+        const limited = new ReadableStream<Uint8Array>({
+          async start(ctrl) {
+            try {
+              for await (const chunk of out as AsyncIterable<Buffer>) {
+                sent += chunk.length;
+                if (sent > MAX_ARCHIVE_OUT) throw new Error(`the archive is larger than ${MAX_ARCHIVE_OUT} bytes`);
+                ctrl.enqueue(new Uint8Array(chunk));
+              }
+              ctrl.close();
+            } catch (err) {
+              out.destroy();
+              ctrl.error(err); // the client sees a cut archive, never a short one passed as whole
+            }
+          },
+          cancel: () => void out.destroy(),
+        });
+        const name = (q.path ?? '').split('/').filter(Boolean).pop() ?? 'workspace';
+        return new Response(limited, { status: 200, headers: { 'content-type': 'application/x-tar', 'content-disposition': `attachment; filename="${name.replace(/[^\w.-]/g, '_')}.tar"` } });
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/environment-leases/:leaseId/files',
+      summary:
+        "Unpack a tar archive (the body, Content-Type: application/x-tar) into a directory of a provisioned lease's workspace (path relative to it; none: its root); presents the fence. Refused whole if any entry is absolute, has a .. component, is a link out of the workspace, or is not a file, directory or symbolic link",
+      tag: 'leases',
+      access: 'run',
+      owner: lease,
+      query: filesQuery,
+      rawBody: { type: 'application/x-tar', maxBytes: MAX_ARCHIVE_IN, description: 'a tar archive' },
+      returns: '{path, files, directories, links, bytes}',
+      runOwns: leaseOfRun,
+      async handle(req) {
+        const { deps, companyId, params, body, actor, c } = req;
+        const q = await filesRequest(req);
+        const archive = await (body as () => Promise<Buffer>)();
+        return leaseWork(deps).putFiles(companyId, params.leaseId!, q.fence, q.path, archive, actor, c.req.raw.signal);
       },
     },
     {

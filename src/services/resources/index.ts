@@ -176,17 +176,18 @@ export function resourceService(db: Db, metrics: Metrics) {
     },
 
     /**
-     * A holder ran a command in a lease's workspace: one activity row on the lease, and the
-     * lease marked used. `details` names the program and how it ended, never its arguments.
+     * A holder ran a command in a lease's workspace, or moved files in or out: one activity
+     * row on the lease, and the lease marked used. `details` names the program and how it
+     * ended (never its arguments), or the path and counts.
      */
-    async recordLeaseCommand(companyId: string, leaseId: string, actor: Actor, details: Record<string, unknown>): Promise<void> {
+    async recordLeaseCommand(companyId: string, leaseId: string, actor: Actor, details: Record<string, unknown>, kind: 'command' | 'files' = 'command'): Promise<void> {
       await queryRows(
         db,
         sql`WITH lease AS (UPDATE environment_leases SET last_used_at = now() WHERE id = ${leaseId} AND company_id = ${companyId} RETURNING *)
             ${activityFrom({
               source: 'lease',
               actor,
-              action: ACTIONS.leaseCommand,
+              action: kind === 'files' ? ACTIONS.leaseFiles : ACTIONS.leaseCommand,
               entityType: LEASE_ENTITY,
               entityId: sql.raw('lease.id::text'),
               runId: sql.raw('lease.heartbeat_run_id'),
