@@ -2,6 +2,7 @@
 // workspace made by the driver, and its holder (company key, or the run's own token, with
 // the fence) runs commands there, buffered or streamed, with a timeout that stops the whole
 // process tree; release hands the workspace to the resource GC.
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, realpathSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -86,6 +87,7 @@ describe('POST /api/environment-leases/:id/exec', () => {
     expect(r.body.stdout.trim().endsWith('/sub/dir')).toBe(true);
     expectError(await exec(lease, { command: ['pwd'], cwd: '../elsewhere' }), 422, 'invalid', 'cwd');
     expectError(await exec(lease, { command: ['pwd'], cwd: '/etc' }), 422, 'invalid', 'cwd');
+    expectError(await exec(lease, { command: ['pwd'], cwd: '../up', stream: true }), 422, 'invalid', 'cwd');
   });
 
   it('refuses bad input by name, and leases that cannot take a command', async () => {
@@ -327,5 +329,50 @@ describe('files in and out of a provisioned lease', () => {
     } finally {
       rmSync(outside, { recursive: true, force: true });
     }
+  });
+});
+
+describe('the CLI: berth lease acquire --provision, exec, cp', () => {
+  const cli = (args: string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      // Not spawnSync: the server answering the CLI runs in this process.
+      execFile(process.execPath, ['bin/berth.mjs', ...args], {
+        env: { PATH: process.env.PATH!, BERTH_URL: api.url, BERTH_API_KEY: co.key, BERTH_COMPANY_ID: co.id, BERTH_HOME: workspaceRoot },
+        encoding: 'utf8',
+        timeout: 60_000,
+      }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr }));
+    });
+
+  it('runs a command with its exit code, copies a directory in and back out, and says what is wrong', async () => {
+    const acquired = await cli(['lease', 'acquire', envId, '--provision', '--json']);
+    expect(acquired.code, acquired.stderr).toBe(0);
+    const lease = JSON.parse(acquired.stdout).lease as Lease;
+    expect(lease.resourceId).toBeTruthy();
+    const ran = await cli(['lease', 'exec', lease.id, '--env', 'WHO=cli', '--', 'sh', '-c', 'echo "hi $WHO"; echo warn >&2; exit 5']);
+    expect(ran.code).toBe(5);
+    expect(ran.stdout).toBe('hi cli\n');
+    expect(ran.stderr).toBe('warn\n');
+    const slow = await cli(['lease', 'exec', lease.id, '--timeout', '1', '--', 'sleep', '30']);
+    expect(slow.code).toBe(124);
+    const src = mkdtempSync(join(tmpdir(), 'berth-cli-cp-'));
+    try {
+      const { mkdirSync, writeFileSync, readFileSync } = await import('node:fs');
+      mkdirSync(join(src, 'proj'));
+      writeFileSync(join(src, 'proj', 'main.txt'), 'copied by the CLI');
+      const up = await cli(['lease', 'cp', join(src, 'proj'), `${lease.id}:code`]);
+      expect(up.code, up.stderr).toBe(0);
+      expect((await cli(['lease', 'exec', lease.id, '--', 'cat', 'code/proj/main.txt'])).stdout).toBe('copied by the CLI');
+      const down = await cli(['lease', 'cp', `${lease.id}:code/proj`, join(src, 'back')]);
+      expect(down.code, down.stderr).toBe(0);
+      expect(readFileSync(join(src, 'back', 'code', 'proj', 'main.txt'), 'utf8')).toBe('copied by the CLI');
+    } finally {
+      rmSync(src, { recursive: true, force: true });
+    }
+    const bad = await cli(['lease', 'exec', lease.id, '--cwd', '../x', '--', 'pwd']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/cwd: must stay inside the workspace/);
+    const neither = await cli(['lease', 'cp', 'a', 'b']);
+    expect(neither.code).toBe(1);
+    expect(neither.stderr).toMatch(/one side must be LEASE:path/);
   });
 });

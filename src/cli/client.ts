@@ -48,7 +48,7 @@ function nodeFetch(url: string): (req: Request) => Promise<Response> {
     const u = new URL(target.pathname + target.search, url);
     const headers: Record<string, string> = {};
     req.headers.forEach((v, k) => (headers[k] = v));
-    const body = req.body ? await req.text() : undefined;
+    const body = req.body ? Buffer.from(await req.arrayBuffer()) : undefined;
     return new Promise<Response>((resolve, reject) => {
       const onResponse = (res: IncomingMessage) => {
         const status = res.statusCode ?? 0;

@@ -472,6 +472,88 @@ export function buildProgram(): Command {
       print(res, !!o.json, () => (res.changed ? `lease ${current.id} is now ${status(res.lease.status)}${cleanup}` : `lease ${current.id} had already ended: ${status(res.lease.status)}`));
     });
 
+  lease
+    .command('acquire <env>')
+    .description('Acquire a lease on an environment (with --provision, its workspace made for it: what exec and cp work in)')
+    .option('--ttl <seconds>', 'expire unless renewed within this (default 600)', '600')
+    .option('--provision', "make the environment's resource (a workspace, a container...) for the lease")
+    .option('--key <key>', 'idempotency key: the same key gives the same lease')
+    .option('--json', 'print JSON')
+    .action(async (ref: string, o: { ttl: string; provision?: boolean; key?: string; json?: boolean }) => {
+      const client = await companyClient();
+      const e = await environmentByRef(client, ref);
+      const ttl = Number(o.ttl);
+      if (!Number.isFinite(ttl) || ttl <= 0) throw new UsageError(`--ttl must be a number of seconds greater than 0, not ${o.ttl.slice(0, 50)}`);
+      const res = await client.acquireLease(e.id, { ttlSeconds: ttl, ...(o.provision ? { provision: true } : {}), ...(o.key ? { idempotencyKey: o.key } : {}) });
+      const ws = (res.lease.driverState as Json | null)?.cwd;
+      print(res, !!o.json, () => `lease ${res.lease.id} on ${e.name} · fence ${res.lease.fence}${res.created ? '' : ' (an earlier acquire\'s)'}${ws ? ` · workspace ${ws}` : ''}`);
+    });
+  lease
+    .command('exec <lease> <command...>')
+    .description('Run a command in a provisioned lease\'s workspace, its output as it comes; exits with its exit code (124 on timeout, 128+n on signal n). Put -- before the command')
+    .option('--cwd <path>', 'a directory inside the workspace, relative to it')
+    .option('--env <NAME=value...>', 'variables for the command')
+    .option('--timeout <seconds>', 'SIGTERM after this, SIGKILL 5 s later (default 60)', '60')
+    .option('--json', 'buffer the output and print the result as JSON')
+    .action(async (id: string, command: string[], o: { cwd?: string; env?: string[]; timeout: string; json?: boolean }) => {
+      const client = await companyClient();
+      const env: Record<string, string> = {};
+      for (const kv of o.env ?? []) {
+        const at = kv.indexOf('=');
+        if (at <= 0) throw new UsageError(`--env takes NAME=value, not ${kv.slice(0, 50)}`);
+        env[kv.slice(0, at)] = kv.slice(at + 1);
+      }
+      const { data: current } = await client.GET('/api/environment-leases/{leaseId}', { params: { path: { leaseId: id } } });
+      const body = { fence: current.fence, command, timeoutSeconds: Number(o.timeout), ...(o.cwd ? { cwd: o.cwd } : {}), ...(o.env ? { env } : {}) };
+      const ended = o.json
+        ? await client.exec(current.id, body)
+        : await client.exec(current.id, body, {
+            onOutput: (stream, text) =>
+              new Promise<void>((resolve) => (process[stream].write(text) ? resolve() : process[stream].once('drain', () => resolve()))),
+          });
+      if (o.json) process.stdout.write(`${JSON.stringify(ended, null, 2)}\n`);
+      if (ended.error) process.stderr.write(`berth: ${ended.error}\n`);
+      if (ended.timedOut) process.stderr.write(`berth: timed out after ${o.timeout}s\n`);
+      const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15 };
+      process.exitCode = ended.timedOut ? 124 : ended.exitCode ?? (ended.signal ? 128 + (SIGNALS[ended.signal] ?? 0) : 127);
+    });
+  lease
+    .command('cp <from> <to>')
+    .description('Copy files into or out of a provisioned lease\'s workspace: LEASE:path names the workspace side (cp ./src LEASE:app, cp LEASE:out ./here)')
+    .option('--json', 'print JSON')
+    .action(async (from: string, to: string, o: { json?: boolean }) => {
+      const remote = (v: string) => {
+        const m = /^([0-9a-f-]{36}):(.*)$/i.exec(v);
+        return m ? { lease: m[1]!, path: m[2]! } : null;
+      };
+      const src = remote(from);
+      const dst = remote(to);
+      if ((src === null) === (dst === null)) throw new UsageError('one side must be LEASE:path (the lease\'s id, a colon, a path in its workspace) and the other a local path');
+      const client = await companyClient();
+      const { data: current } = await client.GET('/api/environment-leases/{leaseId}', { params: { path: { leaseId: (src ?? dst)!.lease } } });
+      const tar = await import('tar');
+      const { basename, dirname, resolve } = await import('node:path');
+      if (dst) {
+        const { existsSync } = await import('node:fs');
+        const local = resolve(from);
+        if (!existsSync(local)) throw new UsageError(`${from}: no such file or directory`);
+        const parts: Buffer[] = [];
+        for await (const chunk of tar.c({ cwd: dirname(local), portable: true }, [basename(local)]) as AsyncIterable<Buffer>) parts.push(Buffer.from(chunk));
+        const res = await client.putFiles(current.id, { fence: current.fence, ...(dst.path ? { path: dst.path } : {}) }, new Uint8Array(Buffer.concat(parts)));
+        print(res, !!o.json, () => `copied ${res.files} file(s), ${res.directories} dir(s), ${res.links} link(s), ${res.bytes} bytes into ${current.id}:${res.path || '.'}`);
+        return;
+      }
+      const { mkdirSync } = await import('node:fs');
+      const { Readable } = await import('node:stream');
+      const { pipeline } = await import('node:stream/promises');
+      const into = resolve(to);
+      mkdirSync(into, { recursive: true });
+      const stream = await client.getFiles(current.id, { fence: current.fence, ...(src!.path ? { path: src!.path } : {}) });
+      let files = 0;
+      await pipeline(Readable.fromWeb(stream as never), tar.x({ cwd: into, strict: true, onReadEntry: () => void files++ }));
+      print({ into, entries: files }, !!o.json, () => `copied ${files} entr${files === 1 ? 'y' : 'ies'} from ${current.id}:${src!.path || '.'} into ${into}`);
+    });
+
   const agent = program.command('agent').description('Agents: who runs');
   agent
     .command('create <name> [command...]')

@@ -54,6 +54,9 @@ export type Lease = Ok<'get', '/api/environment-leases/{leaseId}'>;
 export type AcquireLeaseBody = Body<'post', '/api/environments/{id}/leases'>;
 export type AcquireLeaseResult = Ok<'post', '/api/environments/{id}/leases'>;
 export type ErrorBody = components['schemas']['Error'];
+export type LeaseExecBody = Body<'post', '/api/environment-leases/{leaseId}/exec'>;
+export type LeaseExecResult = Ok<'post', '/api/environment-leases/{leaseId}/exec'>;
+export type PutFilesResult = Ok<'post', '/api/environment-leases/{leaseId}/files'>;
 
 /** An event of a run's log stream. */
 export type LogEvent =
@@ -162,6 +165,20 @@ export interface BerthClient {
    * repeat after a lost answer (retried here `retries` times, default 2) returns the same lease.
    */
   acquireLease(environmentId: string, body?: AcquireLeaseBody, opts?: { retries?: number }): Promise<AcquireLeaseResult>;
+  /**
+   * Run a command in a provisioned lease's workspace (acquired with provision: true). With
+   * `onOutput` the output comes as it is written (server-sent events) and the result has
+   * none; without, it is buffered in the result (capped by maxOutputBytes).
+   */
+  exec(
+    leaseId: string,
+    body: Omit<LeaseExecBody, 'stream'>,
+    opts?: { onOutput?: (stream: 'stdout' | 'stderr', text: string) => void | Promise<void>; signal?: AbortSignal },
+  ): Promise<LeaseExecResult>;
+  /** Unpack a tar archive into `path` (relative; default the root) of a provisioned lease's workspace. */
+  putFiles(leaseId: string, at: { fence: number; path?: string }, archive: Uint8Array): Promise<PutFilesResult>;
+  /** A tar archive of `path` (relative; default all) of a provisioned lease's workspace, as a stream. */
+  getFiles(leaseId: string, at: { fence: number; path?: string }, opts?: { signal?: AbortSignal }): Promise<ReadableStream<Uint8Array>>;
 }
 
 export function createClient(options: BerthClientOptions): BerthClient {
@@ -282,11 +299,51 @@ export function createClient(options: BerthClientOptions): BerthClient {
           const { data } = await client.POST('/api/environments/{id}/leases', { params: { path: { id: environmentId } }, body: withKey });
           return data;
         } catch (err) {
-          const lost = err instanceof BerthConnectionError || (err instanceof BerthApiError && [502, 504].includes(err.status));
+          // A provision the driver refused (502 provision_failed) is an answer, not a lost one.
+          const lost = err instanceof BerthConnectionError || (err instanceof BerthApiError && [502, 504].includes(err.status) && err.code !== 'provision_failed');
           if (!lost || attempt >= (opts.retries ?? 2)) throw err;
           await sleep(200 * 2 ** attempt);
         }
       }
+    },
+    async exec(leaseId, body, opts = {}) {
+      if (!opts.onOutput) {
+        const { data } = await client.POST('/api/environment-leases/{leaseId}/exec', { params: { path: { leaseId } }, body, ...(opts.signal ? { signal: opts.signal } : {}) });
+        return data;
+      }
+      const r = (await send(
+        'POST',
+        '/api/environment-leases/{leaseId}/exec',
+        { params: { path: { leaseId } }, body: { ...body, stream: true }, headers: { accept: 'text/event-stream' }, ...(opts.signal ? { signal: opts.signal } : {}) },
+        'stream',
+      )) as { data?: ReadableStream<Uint8Array> | null; error?: unknown; response: Response };
+      if (!r.response.ok) throw apiError(r.response.status, r.error, baseUrl);
+      if (!r.data) throw new BerthConnectionError('the command stream ended before the command did');
+      for await (const ev of parseSse(r.data)) {
+        const data = JSON.parse(ev.data);
+        if (ev.event === 'stdout' || ev.event === 'stderr') await opts.onOutput(ev.event, data as string);
+        else if (ev.event === 'exit') return { stdout: '', stderr: '', ...data } as LeaseExecResult;
+        else if (ev.event === 'error') throw apiError(502, data, baseUrl);
+      }
+      throw new BerthConnectionError('the command stream ended before the command did');
+    },
+    async putFiles(leaseId, at, archive) {
+      const { data } = await client.POST('/api/environment-leases/{leaseId}/files', {
+        params: { path: { leaseId }, query: at },
+        body: archive as never,
+        bodySerializer: (b: unknown) => b,
+        headers: { 'content-type': 'application/x-tar' },
+      } as never);
+      return data as PutFilesResult;
+    },
+    async getFiles(leaseId, at, opts = {}) {
+      const r = (await send('GET', '/api/environment-leases/{leaseId}/files', { params: { path: { leaseId }, query: at }, headers: { accept: 'application/x-tar' }, ...(opts.signal ? { signal: opts.signal } : {}) }, 'stream')) as {
+        data?: ReadableStream<Uint8Array> | null;
+        error?: unknown;
+        response: Response;
+      };
+      if (!r.response.ok) throw apiError(r.response.status, r.error, baseUrl);
+      return r.data ?? new ReadableStream({ start: (c) => c.close() });
     },
   };
   return client;

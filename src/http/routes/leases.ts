@@ -15,7 +15,7 @@ import {
   leaseExecSchema,
   parseInput,
 } from '../../domain/validators.js';
-import { leaseWork, type LeaseExecResult } from '../../heartbeat/lease-work.js';
+import { leaseWork, workspaceRelative, type LeaseExecResult } from '../../heartbeat/lease-work.js';
 import { defineRoutes, sseWriter, streamFailed, type RouteRequest } from '../route.js';
 import { streamSSE } from 'hono/streaming';
 
@@ -172,6 +172,7 @@ export const leaseRoutes = () =>
         const wantsStream = input.stream || (c.req.header('accept') ?? '').includes('text/event-stream');
         if (!wantsStream) return work.exec(companyId, params.leaseId!, input, actor, { signal: c.req.raw.signal });
         // Checked before the stream opens: a refusal is an ordinary error answer, not an event.
+        workspaceRelative(input.cwd, 'cwd');
         await work.held(companyId, params.leaseId!, input.fence);
         return streamSSE(c, async (stream) => {
           const out = sseWriter(stream);
