@@ -246,7 +246,9 @@ describe('the Berth provider plugin under the Paperclip plugin SDK harness', () 
     const leaseId = first.providerLeaseId as string;
     expect(first.metadata).toMatchObject({ berthLeaseId: leaseId, berthEnvironmentId: envId, created: true, idempotencyKey: `paperclip:${pcEnv}:${runId}` });
     const held = await lease(leaseId);
-    expect(held).toMatchObject({ status: 'active', environmentId: envId, idempotencyKey: `paperclip:${pcEnv}:${runId}`, driver: null, issueId: 'PC-1' });
+    // Acquired with provision: true: Berth's local driver made the lease a workspace.
+    expect(held).toMatchObject({ status: 'active', environmentId: envId, idempotencyKey: `paperclip:${pcEnv}:${runId}`, driver: 'local', issueId: 'PC-1' });
+    expect(typeof held.driverState.cwd).toBe('string');
     expect(held.metadata.paperclip).toMatchObject({ runId, environmentId: pcEnv, agentId: 'pc-agent' });
     expect(new Date(first.expiresAt).getTime()).toBe(new Date(held.expiresAt).getTime());
 
@@ -268,17 +270,25 @@ describe('the Berth provider plugin under the Paperclip plugin SDK harness', () 
     expect(renewing[0].berthLeaseId).toBe(leaseId);
     expect(renewing[0].renewals).toBeGreaterThanOrEqual(3);
 
-    // No command route on a Berth lease in this version: said, not faked.
-    const workspace = await s.refused('realizeWorkspace', { ...base(pcEnv), lease: first, workspace: { localPath: '/tmp/x' } });
-    expect(workspace).toMatch(/^realizeWorkspace is not supported by this Berth version: .* has no command route on a lease \(POST \/api\/environment-leases\/:id\/exec\)/);
-    const exec = await s.refused('execute', { ...base(pcEnv), lease: first, command: 'echo', args: ['hi'] });
-    expect(exec).toMatch(/^execute is not supported by this Berth version/);
+    // The workspace is the one Berth's driver made; commands run there through Berth's exec route.
+    const workspace = await s.call('realizeWorkspace', { ...base(pcEnv), lease: first, workspace: { localPath: '/tmp/x' } });
+    expect(workspace.cwd).toBe(held.driverState.cwd);
+    expect(existsSync(workspace.cwd)).toBe(true);
+    const ran = await s.call('execute', {
+      ...base(pcEnv), lease: first, command: 'sh', args: ['-c', 'pwd; cat; echo "$X"; echo err >&2; exit 3'], stdin: 'from stdin\n', env: { X: 'y' }, cwd: workspace.cwd,
+    });
+    expect(ran).toMatchObject({ exitCode: 3, timedOut: false, stderr: 'err\n' });
+    expect(ran.stdout).toBe(`${workspace.cwd}\nfrom stdin\ny\n`);
+    const slow = await s.call('execute', { ...base(pcEnv), lease: first, command: 'sleep', args: ['30'], timeoutMs: 1000 });
+    expect(slow.timedOut).toBe(true);
+    expect(await s.refused('execute', { ...base(pcEnv), lease: first, command: 'pwd', cwd: '/etc' })).toMatch(/outside the lease's workspace/);
 
     const receipt = await s.call('releaseLease', { ...base(pcEnv), providerLeaseId: leaseId, leaseMetadata: first.metadata });
     expect(receipt).toEqual({ providerLeaseId: leaseId, state: 'stopped' });
-    // Berth's own account: released, and nothing to clean up (a lease taken through the API alone has no driver: Berth made nothing for it).
+    // Berth's own account: released, its workspace destroyed before the receipt.
     const ended = await lease(leaseId);
-    expect(ended).toMatchObject({ status: 'released', driver: null, cleanupStatus: null });
+    expect(ended).toMatchObject({ status: 'released', driver: 'local', cleanupStatus: 'success' });
+    expect(existsSync(workspace.cwd)).toBe(false);
     expect(ended.releasedAt).toBeTruthy();
     expect(await s.call('renewing')).toEqual([]);
     expect(await activeLeases()).toEqual([]);
@@ -293,11 +303,11 @@ describe('the Berth provider plugin under the Paperclip plugin SDK harness', () 
     expect(life.acquire.result.providerLeaseId).toBe(leaseId);
     expect(life.release.result).toEqual(receipt);
     const execs = await s.call('assertExecutionLifecycle', { environmentId: pcEnv });
-    // Inside the lease's lifecycle, and each one the refusal above: no command ran.
-    expect(execs).toHaveLength(1);
-    expect(execs[0].error).toMatch(/not supported by this Berth version/);
-    expect((await s.call('assertEnvironmentError', { type: 'execute', environmentId: pcEnv })).error).toMatch(/not supported/);
-    await s.call('assertEnvironmentEventOrder', { order: ['acquireLease', 'acquireLease', 'realizeWorkspace', 'execute', 'releaseLease', 'acquireLease', 'releaseLease'] });
+    // Inside the lease's lifecycle: the two that ran, and the one refused for its cwd.
+    expect(execs).toHaveLength(3);
+    expect(execs.filter((e: { error?: unknown }) => e.error == null)).toHaveLength(2);
+    expect((await s.call('assertEnvironmentError', { type: 'execute', environmentId: pcEnv })).error).toMatch(/outside the lease's workspace/);
+    await s.call('assertEnvironmentEventOrder', { order: ['acquireLease', 'acquireLease', 'realizeWorkspace', 'execute', 'execute', 'execute', 'releaseLease', 'acquireLease', 'releaseLease'] });
   });
 
   it('destroyLease ends the Berth lease with a destroyed receipt; resumeLease in a restarted worker takes the renewals over', async () => {
@@ -306,7 +316,7 @@ describe('the Berth provider plugin under the Paperclip plugin SDK harness', () 
     const got = await a.call('acquireLease', { ...base(pcEnv), runId: randomUUID() });
     const destroyed = await a.call('destroyLease', { ...base(pcEnv), providerLeaseId: got.providerLeaseId, leaseMetadata: got.metadata, cancelActiveWork: true });
     expect(destroyed).toEqual({ providerLeaseId: got.providerLeaseId, state: 'destroyed' });
-    expect(await lease(got.providerLeaseId)).toMatchObject({ status: 'released', cleanupStatus: null, failureReason: 'destroyed by Paperclip (active work cancelled)' });
+    expect(await lease(got.providerLeaseId)).toMatchObject({ status: 'released', cleanupStatus: 'success', failureReason: 'destroyed by Paperclip (active work cancelled)' });
     await a.call('assertLeaseLifecycle', { environmentId: pcEnv });
 
     // Paperclip's own deadline (requestedExpiresAt) bounds the Berth lease: renewals never pass it.
@@ -359,18 +369,20 @@ describe('the Berth provider plugin under the Paperclip plugin SDK harness', () 
     expect(Date.now() - killedAt).toBeLessThan((ttl + 3) * 1000);
     console.log(`[plugin] killed dist/worker.js: lease expired ${Date.now() - killedAt} ms after the kill (ttl ${ttl} s)`);
 
-    // Over RPC as well: a release answers with its receipt once Berth owes no cleanup; execute is refused.
+    // Over RPC as well: a command runs; a release answers with its receipt once Berth has destroyed the workspace; then execute is refused.
     const w2 = await startWorker();
     await w2.rpc('initialize', { manifest, config: {}, instanceInfo: { instanceId: randomUUID(), hostVersion: '2026.916.1' }, apiVersion: 1 });
     const held = await w2.rpc('environmentAcquireLease', { ...base(pcEnv, { ttlSeconds: ttl }), runId: randomUUID() });
+    const echoed = await w2.rpc('environmentExecute', { ...base(pcEnv), lease: held, command: 'echo', args: ['over', 'rpc'] });
+    expect(echoed).toMatchObject({ exitCode: 0, stdout: 'over rpc\n', timedOut: false });
     const receipt = await w2.rpc('environmentReleaseLease', { ...base(pcEnv, { ttlSeconds: ttl }), providerLeaseId: held.providerLeaseId, leaseMetadata: held.metadata });
     expect(receipt).toEqual({ providerLeaseId: held.providerLeaseId, state: 'stopped' });
-    expect(await lease(held.providerLeaseId)).toMatchObject({ status: 'released', cleanupStatus: null, driver: null });
+    expect(await lease(held.providerLeaseId)).toMatchObject({ status: 'released', cleanupStatus: 'success', driver: 'local' });
     const refused = await w2.rpc('environmentExecute', { ...base(pcEnv), lease: held, command: 'true' }).then(
       () => 'ran',
       (e: Error) => e.message,
     );
-    expect(refused).toMatch(/execute is not supported by this Berth version/);
+    expect(refused).toMatch(/execute: Berth lease .* is released/);
     expect(await activeLeases()).toEqual([]);
   });
 

@@ -20,6 +20,8 @@ export interface BerthLease {
   nextCleanupAt?: string | null;
   failureReason?: string | null;
   metadata?: Record<string, unknown>;
+  /** What Berth's driver reported about the resource it made for the lease (its workspace `cwd`...). */
+  driverState?: Record<string, unknown> | null;
 }
 
 export interface BerthEnvironment {
@@ -43,7 +45,7 @@ export class BerthError extends Error {
 
 const REQUEST_TIMEOUT_MS = 30_000;
 
-export async function berth<T>(config: BerthPluginConfig, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+export async function berth<T>(config: BerthPluginConfig, method: 'GET' | 'POST', path: string, body?: unknown, timeoutMs = REQUEST_TIMEOUT_MS): Promise<T> {
   const headers: Record<string, string> = { authorization: `Bearer ${config.apiKey}`, accept: 'application/json' };
   if (body !== undefined) headers['content-type'] = 'application/json';
   let res: Response;
@@ -52,7 +54,7 @@ export async function berth<T>(config: BerthPluginConfig, method: 'GET' | 'POST'
       method,
       headers,
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      signal: AbortSignal.timeout(timeoutMs),
     });
   } catch (err) {
     const cause = (err as { cause?: { code?: string; message?: string } }).cause;

@@ -12,8 +12,13 @@
 //   (cleanupStatus `success`, or none owed: a lease taken through Berth's API alone has no
 //   `driver`, so Berth made nothing for it to clean up). A failed or unfinished cleanup is an
 //   error, never a receipt;
-// - realizeWorkspace and execute need commands on a lease, which this Berth version does not
-//   have: they fail with an error that says so.
+// - the lease is acquired with `provision: true`: Berth's driver makes the environment's
+//   resource for it (a workspace directory, a container...), and the release above waits for
+//   Berth to have destroyed it;
+// - realizeWorkspace answers with that workspace (the directory Berth's driver reported);
+//   execute runs the command there through Berth's POST /api/environment-leases/:id/exec
+//   with the lease's fence (stdin, which that route does not take, reaches the command
+//   through a variable read by `sh`, never on a command line).
 import type {
   PluginEnvironmentAcquireLeaseParams,
   PluginEnvironmentDestroyLeaseParams,
@@ -178,21 +183,30 @@ export function createBerthDriver(options: BerthDriverOptions = {}) {
     return { providerLeaseId: leaseId, state };
   }
 
-  async function unsupported(what: string, config: BerthPluginConfig): Promise<never> {
-    // Say what this Berth server has, from its own API document, not from a guess.
-    let hasExec = false;
-    try {
-      const doc = await berth<{ paths?: Record<string, unknown> }>(config, 'GET', '/api/openapi.json');
-      hasExec = Object.keys(doc.paths ?? {}).some((p) => /^\/api\/environment-leases\/\{[^}]+\}\/exec$/.test(p));
-    } catch {
-      /* the document is only for the message */
+  /** The Berth lease behind a Paperclip lease, active, with the workspace Berth's driver made for it. */
+  async function workspaceLease(config: BerthPluginConfig, lease: PluginEnvironmentLease, what: string): Promise<{ lease: BerthLease; cwd: string }> {
+    const id = lease.providerLeaseId;
+    if (!id) throw new Error(`${what}: the Paperclip lease names no Berth lease (providerLeaseId)`);
+    const held = await getLease(config, id);
+    if (held.status !== 'active') throw new Error(`${what}: Berth lease ${held.id} is ${held.status}`);
+    const cwd = held.driverState?.cwd;
+    if (typeof cwd !== 'string' || cwd === '') {
+      throw new Error(`${what}: Berth lease ${held.id} has no workspace (it was acquired without provision: true, or its environment's driver made none)`);
     }
-    throw new Error(
-      hasExec
-        ? `${what} is not supported by this version of the Berth plugin: the Berth server has a command route on leases, but this plugin does not use it yet`
-        : `${what} is not supported by this Berth version: the Berth server at ${config.berthUrl} has no command route on a lease (POST /api/environment-leases/:id/exec), so a Berth lease cannot run commands through this plugin`,
-    );
+    return { lease: held, cwd };
   }
+
+  /** Where a command starts, relative to the workspace (Berth's exec takes only such a path). */
+  function relativeCwd(workspace: string, cwd: string | undefined): string | undefined {
+    if (cwd === undefined || cwd === '' || cwd === workspace) return undefined;
+    if (!cwd.startsWith('/')) return cwd;
+    const root = workspace.endsWith('/') ? workspace : `${workspace}/`;
+    if (!cwd.startsWith(root)) throw new Error(`execute: cwd ${cwd} is outside the lease's workspace ${workspace}`);
+    return cwd.slice(root.length);
+  }
+
+  /** stdin reaches the command through a variable `sh` reads (Berth's exec route takes none), capped well inside one variable's limit. */
+  const STDIN_MAX = 96 * 1024;
 
   return {
     driverKey: DRIVER_KEY,
@@ -245,6 +259,7 @@ export function createBerthDriver(options: BerthDriverOptions = {}) {
       const key = idempotencyKeyFor(params.environmentId, params.runId);
       const body: Record<string, unknown> = {
         policy: 'ephemeral',
+        provision: true,
         ttlSeconds: config.ttlSeconds,
         idempotencyKey: key,
         metadata: {
@@ -304,11 +319,39 @@ export function createBerthDriver(options: BerthDriverOptions = {}) {
     },
 
     async onRealizeWorkspace(params: PluginEnvironmentRealizeWorkspaceParams): Promise<PluginEnvironmentRealizeWorkspaceResult> {
-      return unsupported('realizeWorkspace', requireConfig(params.config));
+      const config = requireConfig(params.config);
+      const { lease, cwd } = await workspaceLease(config, params.lease, 'realizeWorkspace');
+      return { cwd, metadata: { berthLeaseId: lease.id, berthDriver: lease.driver, ...(params.workspace.mode ? { mode: params.workspace.mode } : {}) } };
     },
 
     async onExecute(params: PluginEnvironmentExecuteParams): Promise<PluginEnvironmentExecuteResult> {
-      return unsupported('execute', requireConfig(params.config));
+      const config = requireConfig(params.config);
+      const { lease, cwd: workspace } = await workspaceLease(config, params.lease, 'execute');
+      let command = [params.command, ...(params.args ?? [])];
+      const env: Record<string, string> = { ...(params.env ?? {}) };
+      if (params.stdin !== undefined && params.stdin !== '') {
+        if (Buffer.byteLength(params.stdin) > STDIN_MAX) throw new Error(`execute: stdin is larger than ${STDIN_MAX} bytes, which Berth's command route cannot carry`);
+        env.BERTH_PLUGIN_STDIN = params.stdin;
+        command = ['sh', '-c', 'printf %s "$BERTH_PLUGIN_STDIN" | { unset BERTH_PLUGIN_STDIN; exec "$@"; }', 'berth-stdin', ...command];
+      }
+      const rel = relativeCwd(workspace, params.cwd);
+      const timeoutSeconds = params.timeoutMs !== undefined ? Math.min(86_400, Math.max(1, Math.ceil(params.timeoutMs / 1000))) : undefined;
+      // The exec route answers when the command ends: its own timeout, plus time to stop it, bounds the wait.
+      const result = await berth<{ exitCode: number | null; signal: string | null; timedOut: boolean; stdout: string; stderr: string; durationMs: number; error?: string; stdoutTruncatedBytes: number; stderrTruncatedBytes: number }>(
+        config,
+        'POST',
+        `/api/environment-leases/${encodeURIComponent(lease.id)}/exec`,
+        { fence: lease.fence, command, env, ...(rel !== undefined ? { cwd: rel } : {}), ...(timeoutSeconds !== undefined ? { timeoutSeconds } : {}) },
+        ((timeoutSeconds ?? 60) + 60) * 1000,
+      );
+      return {
+        exitCode: result.exitCode,
+        signal: result.signal,
+        timedOut: result.timedOut,
+        stdout: result.stdout,
+        stderr: result.error ? `${result.stderr}${result.stderr && !result.stderr.endsWith('\n') ? '\n' : ''}${result.error}\n` : result.stderr,
+        metadata: { berthLeaseId: lease.id, durationMs: result.durationMs, stdoutTruncatedBytes: result.stdoutTruncatedBytes, stderrTruncatedBytes: result.stderrTruncatedBytes },
+      };
     },
   };
 }
