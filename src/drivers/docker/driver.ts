@@ -209,7 +209,9 @@ function pumpFrames(stream: Duplex, onFrame: (kind: number, data: Buffer) => Pro
 function acknowledged(stream: Duplex, marker: string, timeoutMs: number): Promise<boolean> {
   return new Promise<boolean>((resolve, reject) => {
     let buf: Buffer = Buffer.alloc(0);
-    let text = '';
+    let out: Buffer = Buffer.alloc(0);
+    // Stderr that came first (the command's: stdout and stderr are two pipes, not one order), kept for the watch.
+    const before: Buffer[] = [];
     const timer = setTimeout(() => finish(new Error(`no answer from the container's main process within ${timeoutMs} ms`)), timeoutMs);
     const finish = (r: boolean | Error, rest?: Buffer) => {
       clearTimeout(timer);
@@ -226,14 +228,20 @@ function acknowledged(stream: Duplex, marker: string, timeoutMs: number): Promis
       buf = buf.length ? Buffer.concat([buf, d]) : d;
       while (buf.length >= 8 && buf.length >= 8 + buf.readUInt32BE(4)) {
         const size = buf.readUInt32BE(4);
-        text += buf.subarray(8, 8 + size).toString('utf8');
+        const kind = buf[0]!;
+        const frame = buf.subarray(0, 8 + size);
         buf = buf.subarray(8 + size);
-        const nl = text.indexOf('\n');
+        if (kind !== 1) {
+          before.push(frame);
+          continue;
+        }
+        out = Buffer.concat([out, frame.subarray(8)]);
+        const nl = out.indexOf(0x0a);
         if (nl < 0) continue;
-        const line = text.slice(0, nl);
-        const more = text.slice(nl + 1);
-        // The line is all of its frame (one printf); a frame that held more would be the command's.
-        const rest = more ? Buffer.concat([frameOf(1, Buffer.from(more)), buf]) : buf;
+        const line = out.subarray(0, nl).toString('utf8');
+        // What came with the line is the command's first output.
+        const more = out.subarray(nl + 1);
+        const rest = Buffer.concat([...before, ...(more.length ? [frameOf(1, more)] : []), buf]);
         if (line === `${marker} go`) return finish(true, rest);
         if (line === 'berth-idle') return finish(false, rest);
         return finish(new Error(`the container's main process said ${JSON.stringify(line.slice(0, 200))} where it acknowledges a run`));
