@@ -1,16 +1,23 @@
 // The `docker` driver: one container per lease on an engine that speaks the Docker Engine
 // API (Docker, or Podman's compatible service), through dockerode. The same calls drive both;
 // where Podman answers differently (a name conflict is a 500, not a 409; exec sessions are
-// gone once their container stops) the driver accepts either answer.
+// gone once their container stops; it attaches to no exited container, and reads whatever
+// follows an attach request as stdin) the driver accepts either answer.
 //
 // A resource is the container `berth-<resource id>`: made and started by provision, labelled
-// with Berth's ids, holding nothing but a small PID 1 (HOLDER) and a workspace volume of its
-// own. A run is an exec in it, started through WRAPPER, which checks the working directory
-// and the command before anything of the agent runs, and kills everything in the container
-// at the run's deadline even if no server is watching. Signals go to the container's PID 1:
-// on TERM it passes TERM to every process and exits once they have (the container stops);
-// KILL kills the container. Destroy removes the container and its volume; "no such
-// container" is success. Names and labels come from the resource id alone.
+// with Berth's ids, with a workspace volume of its own. Its main process is BOOTSTRAP, which
+// waits for a run on its stdin: provision attaches to a fresh container before starting it,
+// and the first run on it goes down that stream (its values too: never in the container's
+// config) and runs as the container's main process, so a cold run costs no exec, and its
+// container has stopped when it ends (its removal is that of a stopped container). Any
+// other run (the container's main process is taken, or was started by another server, or
+// by a restart of a kept container) is an exec, started through WRAPPER. Either way WRAPPER
+// checks the working directory and the command before anything of the agent runs, and
+// kills everything in the container at the run's deadline even if no server is watching.
+// TERM goes to every process but PID 1 (an exec of `kill -TERM -1`); the container is left
+// stopped once the run has ended. KILL kills the container. Destroy removes the container
+// and its volume; "no such container" is success. Names and labels come from the resource
+// id alone. The engine keeps no log of a container's output (a run's goes to its log).
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
