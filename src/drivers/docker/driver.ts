@@ -605,8 +605,8 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       const args = [marker, String(deadlineSec), spec.cwd, spec.command, ...spec.args];
       const ref = { container: name, marker, ...(deadlineSec > 0 ? { deadlineSec, startedAt } : {}) };
       // The container's main process waits for its first run (provision attached to it): the
-      // run goes down its stdin, with no engine call. Otherwise an exec, or, when the container
-      // has stopped (its last run was its main process), a start to wait for this one.
+      // run goes down its stdin, with no engine call. Otherwise an exec; when the container has
+      // stopped (its last run was its main process) it is started again first, unattached.
       const asMain = async (w: Waiting): Promise<ExecutionHandle | null> => {
         waiting.delete(name);
         w.stream.write(bootstrapInput(args, Object.entries(spec.env)));
