@@ -292,6 +292,8 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
   const live = new Map<string, LiveExec>();
   /** By container name: containers this driver started whose main process waits for a run (the next exec is it). */
   const waiting = new Map<string, Waiting>();
+  /** By container name: containers whose main process ended a run here (the engine may not have put that run away yet). */
+  const mainEnded = new Set<string>();
   const dropWaiting = (name: string) => {
     const w = waiting.get(name);
     if (!w) return;
@@ -385,6 +387,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
    */
   async function startAttached(cfg: DockerConfig, name: string, id: string, fresh: boolean, signal?: AbortSignal): Promise<void> {
     dropWaiting(name);
+    mainEnded.delete(name);
     const stream = fresh ? await attach(cfg, id, signal).catch(() => null) : null;
     if (stream) {
       stream.on('error', () => {});
@@ -630,6 +633,19 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         const h = await asMain(w);
         if (h) return h;
       }
+      if (mainEnded.delete(name)) {
+        // The container stopped with its last run: once the engine says so (Podman takes a
+        // moment, and an exec meanwhile goes to a container on its way out), started again.
+        for (let i = 0; i < 250; i++) {
+          const info = await inspectOwn(cfg, resource.resourceId, signal);
+          if (!info) break;
+          if (!info.State.Running) {
+            await startAttached(cfg, name, info.Id, false, signal);
+            break;
+          }
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
       const container = client(cfg).getContainer(name);
       // The values travel in the exec's create body (its Env), never in its command line.
       const create = () => call(`starting ${spec.command} in ${name}`, cfg, (s) =>
@@ -645,17 +661,24 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         } as Docker.ExecCreateOptions),
         signal,
       );
-      let ex: Docker.Exec;
-      try {
-        ex = await create();
-      } catch (err) {
-        if (!(statusOf(err) === 409 || /is not running|not running|container state improper/i.test((err as Error).message))) throw err;
-        const info = await inspectOwn(cfg, resource.resourceId, signal);
-        if (!info) throw err;
-        if (!info.State.Running) await startAttached(cfg, name, info.Id, false, signal);
-        ex = await create();
+      // Stopped: started again, and the exec made again. Podman may still be putting away the
+      // last run: it takes the exec's create and refuses its start, or a start then is a no-op
+      // (the container is stopped after it); asked again, shortly.
+      const stopped = (err: unknown) => statusOf(err) === 409 || /is not running|not running|container state improper|is stopped/i.test((err as Error).message);
+      let ex!: Docker.Exec;
+      let stream: Duplex | null = null;
+      for (let attempt = 0; !stream; attempt++) {
+        try {
+          ex = await create();
+          stream = (await call(`starting ${spec.command} in ${name}`, cfg, (s) => ex.start({ hijack: true, stdin: false, abortSignal: s } as Docker.ExecStartOptions), signal)) as Duplex;
+        } catch (err) {
+          if (attempt >= 20 || !stopped(err)) throw err;
+          const info = await inspectOwn(cfg, resource.resourceId, signal);
+          if (!info) throw err;
+          if (!info.State.Running) await startAttached(cfg, name, info.Id, false, signal);
+          if (attempt > 0) await new Promise((r) => setTimeout(r, 25));
+        }
       }
-      const stream = (await call(`starting ${spec.command} in ${name}`, cfg, (s) => ex.start({ hijack: true, stdin: false, abortSignal: s } as Docker.ExecStartOptions), signal)) as Duplex;
       stream.pause(); // output waits for a watcher (backpressure reaches the process)
       stream.on('error', () => {}); // a reset before anyone watches: the watch sees the stream end
       live.set(ex.id, { stream, marker, signalled: null });
@@ -712,6 +735,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         for (const s of ['stdout', 'stderr'] as const) await deliver(s, decoders[s].decode());
       } finally {
         live.delete(ref.execId);
+        if (l.main) mainEnded.add(ref.container);
       }
       // Stopped by a signal or its deadline: the container is left stopped (what else it held dies with it).
       if (l.signalled || deadline) {
@@ -806,6 +830,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       const cfg = configOf(env);
       const name = storedName(cfg, resource);
       dropWaiting(name);
+      mainEnded.delete(name);
       const info = await inspectOwn(cfg, resource.resourceId, signal);
       if (!info) return { nothing: `no container ${name} on ${where(cfg)}` };
       try {
