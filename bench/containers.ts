@@ -9,6 +9,7 @@
 // pooled environment (warm: the container made ahead), against docker run in the same rounds.
 // Needs BERTH_TEST_DOCKER_SOCKET / BERTH_TEST_PODMAN_SOCKET / BERTH_TEST_IMAGE (scripts/bench.sh starts the engines).
 import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import Docker from 'dockerode';
 import { openDatabase } from '../src/db/client.js';
 import { dockerDriver } from '../src/drivers/docker/driver.js';
@@ -95,6 +96,33 @@ async function main(): Promise<void> {
       console.log(
         `${name.padEnd(7)}   ratio berth/docker-run p50 ${fmt(b.p50 / c.p50, 2)} (target <= 1.20), berth/engine-API p50 ${fmt(b.p50 / a.p50, 2)}; berth adds p50 ${fmt(b.p50 - c.p50)} ms over docker run`,
       );
+
+      // Where a cold run's time goes: the driver's own operations, timed alone (no database), p50 of ROUNDS/3.
+      const steps: Record<string, number[]> = {};
+      const denv = { ...env, secretConfig: { ...env.config }, envVars: {} } as unknown as Parameters<typeof driver.provision>[0];
+      for (let i = 0; i < Math.max(5, Math.round(ROUNDS / 3)); i++) {
+        const resourceId = randomUUID();
+        let t = performance.now();
+        const lap = (k: string) => {
+          const now = performance.now();
+          (steps[k] ??= []).push(now - t);
+          t = now;
+        };
+        const made = await driver.provision(denv, { resourceId, leaseId: randomUUID(), labels: {} }, AbortSignal.timeout(60_000));
+        lap('provision (create, attach, start, inspect)');
+        const res = { resourceId, providerId: made.providerId, state: made.state };
+        const route = await driver.callbackUrl!(denv, { publicUrl: 'http://127.0.0.1:9', localUrl: 'http://127.0.0.1:9' }, res);
+        lap('relay');
+        const h = await driver.exec(denv, res, { command: 'true', args: [], env: {}, cwd: made.cwd }, AbortSignal.timeout(60_000));
+        lap(h.ref.main === true ? 'run handed to the main process' : 'exec');
+        const ended = await driver.watch(denv, h, () => {});
+        lap('watch to its exit');
+        await route.close();
+        await driver.destroy(denv, res, AbortSignal.timeout(60_000));
+        lap('relay close, removal');
+        if (ended.exitCode !== 0) throw new Error(`true ended ${JSON.stringify(ended)}`);
+      }
+      console.log(`${name.padEnd(7)}   driver alone, p50: ${Object.entries(steps).map(([k, v]) => `${k} ${fmt(stats(v).p50)} ms`).join(', ')}`);
 
       // The same with a warm pool: each run claims a container made ahead (the wait for the
       // refill to have one ready again is outside the timed part), against docker run in the same rounds.

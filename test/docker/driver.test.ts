@@ -118,6 +118,24 @@ describe.each(engines.map((e) => [e.name, e] as const))('docker driver on %s', (
     if (ei) expect(JSON.stringify(ei.ProcessConfig ?? {})).not.toContain(secret);
   });
 
+  it('hands awkward values and arguments over exactly, as the container\'s first run (its main process) and as an exec', async () => {
+    const e = env(engine);
+    const r = await provision(engine, e);
+    const values = { QUOTE: "it's \"quoted\" $HOME `x`", LINES: 'one\ntwo\r\n\nlast\n', SLASH: 'a\\nb\\c %s %b \\0101', EMPTY: '', DASH: '-n' };
+    const args = ['-c', 'for v in QUOTE LINES SLASH EMPTY DASH; do eval "printf \'%s=[%s]\\n\' $v \\"\\$$v\\""; done; printf \'<%s>\' "$@"', 'sh', "it's", 'two\nlines', '', '*'];
+    const expected = Object.entries(values).map(([k, v]) => `${k}=[${v}]\n`).join('') + "<it's><two\nlines><><*>";
+    const first = await run(e, r, 'sh', args, { env: values });
+    expect(first.handle.ref.main).toBe(true);
+    expect(first.result).toMatchObject({ exitCode: 0, signal: null });
+    expect(first.out).toBe(expected);
+    // The container stopped with its main process; the next run starts it again and is an exec.
+    const second = await run(e, r, 'sh', args, { env: values });
+    expect(second.handle.ref.main).toBeUndefined();
+    expect(second.out).toBe(expected);
+    const info = await api(engine).getContainer(containerName(r.resourceId)).inspect();
+    expect(JSON.stringify(info)).not.toContain('two\\nlines');
+  });
+
   it('reports a command or directory that is not there as a spawn error, before anything runs', async () => {
     const e = env(engine);
     const r = await provision(engine, e);

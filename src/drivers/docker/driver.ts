@@ -1,16 +1,23 @@
 // The `docker` driver: one container per lease on an engine that speaks the Docker Engine
 // API (Docker, or Podman's compatible service), through dockerode. The same calls drive both;
 // where Podman answers differently (a name conflict is a 500, not a 409; exec sessions are
-// gone once their container stops) the driver accepts either answer.
+// gone once their container stops; it attaches to no exited container, and reads whatever
+// follows an attach request as stdin) the driver accepts either answer.
 //
 // A resource is the container `berth-<resource id>`: made and started by provision, labelled
-// with Berth's ids, holding nothing but a small PID 1 (HOLDER) and a workspace volume of its
-// own. A run is an exec in it, started through WRAPPER, which checks the working directory
-// and the command before anything of the agent runs, and kills everything in the container
-// at the run's deadline even if no server is watching. Signals go to the container's PID 1:
-// on TERM it passes TERM to every process and exits once they have (the container stops);
-// KILL kills the container. Destroy removes the container and its volume; "no such
-// container" is success. Names and labels come from the resource id alone.
+// with Berth's ids, with a workspace volume of its own. Its main process is BOOTSTRAP, which
+// waits for a run on its stdin: provision attaches to a fresh container before starting it,
+// and the first run on it goes down that stream (its values too: never in the container's
+// config) and runs as the container's main process, so a cold run costs no exec, and its
+// container has stopped when it ends (its removal is that of a stopped container). Any
+// other run (the container's main process is taken, or was started by another server, or
+// by a restart of a kept container) is an exec, started through WRAPPER. Either way WRAPPER
+// checks the working directory and the command before anything of the agent runs, and
+// kills everything in the container at the run's deadline even if no server is watching.
+// TERM goes to every process but PID 1 (an exec of `kill -TERM -1`); the container is left
+// stopped once the run has ended. KILL kills the container. Destroy removes the container
+// and its volume; "no such container" is success. Names and labels come from the resource
+// id alone. The engine keeps no log of a container's output (a run's goes to its log).
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
@@ -54,26 +61,71 @@ export const HOLDER = "trap 'kill -TERM -1 2>/dev/null; while kill -0 -1 2>/dev/
  * container but its PID 1 is killed, whether or not a server is still watching. The exit
  * status is the command's (a signal death as 128 + n).
  */
-export const WRAPPER = [
-  'm=$1 d=$2 w=$3; shift 3',
-  `cd "$w" 2>/dev/null || { printf '%s cwd\\n' "$m" >&2; exit 127; }`,
-  `case $1 in */*) [ -f "$1" ] && [ -x "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 ;; esac || { printf '%s command\\n' "$m" >&2; exit 127; }`,
-  '"$@" & c=$!',
-  // The deadline guard: a subshell that holds none of the exec's pipes (the engine ends the
-  // output stream once nothing holds them: a guard holding stderr kept a quick command's
-  // stream open for the engine's 2 s timeout), made before the wrapper sets its trap, so a
-  // TERM ends it whenever it comes (a subshell keeps the traps it was forked with). Past the
-  // deadline it kills everything; the driver knows it from a SIGKILL it did not send, at or
-  // after the deadline.
-  'g=',
-  `if [ "$d" -gt 0 ]; then ( s=; trap 'kill $s 2>/dev/null; exit 0' TERM; sleep "$d" & s=$!; wait $s || exit 0; kill -KILL -1 ) </dev/null >/dev/null 2>&1 & g=$!; fi`,
-  "t=; trap 'kill -TERM $c 2>/dev/null; t=1' TERM INT HUP",
-  // A wait a signal interrupted (t set) says nothing of the command: wait again while it
-  // lives; once it is gone, its own status (127 here: it was already reported, r holds it).
-  'while :; do t=; wait $c; r=$?; [ -z "$t" ] && break; kill -0 $c 2>/dev/null && continue; wait $c; q=$?; [ $q -eq 127 ] || r=$q; break; done',
-  '[ -z "$g" ] || kill $g 2>/dev/null',
-  'exit $r',
+function wrapperLines(main: boolean): string[] {
+  return [
+    'm=$1 d=$2 w=$3; shift 3',
+    `cd "$w" 2>/dev/null || { printf '%s cwd\\n' "$m" >&2; exit 127; }`,
+    `case $1 in */*) [ -f "$1" ] && [ -x "$1" ] ;; *) command -v "$1" >/dev/null 2>&1 ;; esac || { printf '%s command\\n' "$m" >&2; exit 127; }`,
+    main ? '"$@" </dev/null & c=$!' : '"$@" & c=$!',
+    // The deadline guard: a subshell that holds none of the exec's pipes (the engine ends the
+    // output stream once nothing holds them: a guard holding stderr kept a quick command's
+    // stream open for the engine's 2 s timeout), made before the wrapper sets its trap, so a
+    // TERM ends it whenever it comes (a subshell keeps the traps it was forked with). Past the
+    // deadline it kills everything; the driver knows it from a SIGKILL it did not send, at or
+    // after the deadline.
+    'g=',
+    `if [ "$d" -gt 0 ]; then ( s=; trap 'kill $s 2>/dev/null; exit 0' TERM; sleep "$d" & s=$!; wait $s || exit 0; kill -KILL -1 ) </dev/null >/dev/null 2>&1 & g=$!; fi`,
+    "t=; trap 'kill -TERM $c 2>/dev/null; t=1' TERM INT HUP",
+    // A wait a signal interrupted (t set) says nothing of the command: wait again while it
+    // lives; once it is gone, its own status (127 here: it was already reported, r holds it).
+    'while :; do t=; wait $c; r=$?; [ -z "$t" ] && break; kill -0 $c 2>/dev/null && continue; wait $c; q=$?; [ $q -eq 127 ] || r=$q; break; done',
+    '[ -z "$g" ] || kill $g 2>/dev/null',
+    // As the container's main process its status is a line of its own too: the stream has it before it ends.
+    ...(main ? [`printf '%s exit %s\\n' "$m" "$r" >&2`] : []),
+    'exit $r',
+  ];
+}
+export const WRAPPER = wrapperLines(false).join('\n');
+
+/**
+ * The container's main process (its Entrypoint): it waits for a run on its stdin, which
+ * the driver attaches before the start. The run comes as shell lines (`set --` with the
+ * wrapper's arguments, `export` of each variable, values single-quoted, a value with a line
+ * break rebuilt by printf) ended by a line `berth-run`; it acknowledges with `<marker> go`
+ * on stdout and runs the command as WRAPPER would, as PID 1, so the container stops when
+ * the command has ended. The values come through the attach stream: never in the
+ * container's config. A stdin that ends first (the server that attached is gone) makes it
+ * a HOLDER: runs come as execs.
+ */
+export const BOOTSTRAP = [
+  "trap 'kill -TERM -1 2>/dev/null; while kill -0 -1 2>/dev/null; do sleep 0.05; done; exit 0' TERM INT",
+  'l=; s=',
+  'while IFS= read -r l; do [ "$l" = berth-run ] && break; s="$s$l',
+  '"; done',
+  'if [ "$l" != berth-run ]; then echo berth-idle; while :; do sleep 3600 & wait $!; done; fi',
+  'trap - TERM INT',
+  'eval "$s"',
+  `printf '%s go\\n' "$1"`,
+  ...wrapperLines(true),
 ].join('\n');
+
+/** A value as one line of shell: single-quoted, or rebuilt by printf when it holds a line break. */
+function shellWord(v: string, pre: string[], n: { i: number }): string {
+  const sq = (x: string) => `'${x.replaceAll("'", `'\\''`)}'`;
+  if (!/[\n\r]/.test(v)) return sq(v);
+  const name = `berth_v${n.i++}`;
+  pre.push(`${name}=$(printf '%bx' ${sq(v.replaceAll('\\', '\\\\').replaceAll('\n', '\\n').replaceAll('\r', '\\r'))}); ${name}=\${${name}%x}`);
+  return `"$${name}"`;
+}
+
+/** What BOOTSTRAP reads: the wrapper's arguments and the run's variables, then `berth-run`. */
+export function bootstrapInput(args: string[], env: Array<[string, string]>): string {
+  const pre: string[] = [];
+  const n = { i: 0 };
+  const set = `set -- ${args.map((a) => shellWord(a, pre, n)).join(' ')}`;
+  const exports = env.map(([k, v]) => `export ${k}=${shellWord(v, pre, n)}`);
+  return [...pre, set, ...exports, 'berth-run', ''].join('\n');
+}
 
 /** The relay's inside end in Perl when this host has it (Debian's perl-base always): it starts in a few ms, node in 50-100. */
 const PERL_RELAY = existsSync('/usr/bin/perl');
@@ -156,10 +208,78 @@ function pumpFrames(stream: Duplex, onFrame: (kind: number, data: Buffer) => Pro
   });
 }
 
+/**
+ * Waits on a BOOTSTRAP's stream for its first line: `<marker> go` (true: the run is its main
+ * process now) or `berth-idle` (false: its stdin had ended). Whatever follows the line is left
+ * on the stream, paused, for the watch.
+ */
+function acknowledged(stream: Duplex, marker: string, timeoutMs: number): Promise<boolean> {
+  return new Promise<boolean>((resolve, reject) => {
+    let buf: Buffer = Buffer.alloc(0);
+    let out: Buffer = Buffer.alloc(0);
+    // Stderr that came first (the command's: stdout and stderr are two pipes, not one order), kept for the watch.
+    const before: Buffer[] = [];
+    const timer = setTimeout(() => finish(new Error(`no answer from the container's main process within ${timeoutMs} ms`)), timeoutMs);
+    const finish = (r: boolean | Error, rest?: Buffer) => {
+      clearTimeout(timer);
+      stream.off('data', onData);
+      stream.off('close', onClose);
+      stream.off('end', onClose);
+      stream.pause();
+      if (rest?.length) stream.unshift(rest);
+      if (r instanceof Error) reject(r);
+      else resolve(r);
+    };
+    const onClose = () => finish(new Error("the container's main process ended before its run started"));
+    const onData = (d: Buffer) => {
+      buf = buf.length ? Buffer.concat([buf, d]) : d;
+      while (buf.length >= 8 && buf.length >= 8 + buf.readUInt32BE(4)) {
+        const size = buf.readUInt32BE(4);
+        const kind = buf[0]!;
+        const frame = buf.subarray(0, 8 + size);
+        buf = buf.subarray(8 + size);
+        if (kind !== 1) {
+          before.push(frame);
+          continue;
+        }
+        out = Buffer.concat([out, frame.subarray(8)]);
+        const nl = out.indexOf(0x0a);
+        if (nl < 0) continue;
+        const line = out.subarray(0, nl).toString('utf8');
+        // What came with the line is the command's first output.
+        const more = out.subarray(nl + 1);
+        const rest = Buffer.concat([...before, ...(more.length ? [frameOf(1, more)] : []), buf]);
+        if (line === `${marker} go`) return finish(true, rest);
+        if (line === 'berth-idle') return finish(false, rest);
+        return finish(new Error(`the container's main process said ${JSON.stringify(line.slice(0, 200))} where it acknowledges a run`));
+      }
+    };
+    stream.on('data', onData);
+    stream.once('close', onClose);
+    stream.once('end', onClose);
+    stream.resume();
+  });
+}
+
+function frameOf(kind: number, data: Buffer): Buffer {
+  const h = Buffer.alloc(8);
+  h[0] = kind;
+  h.writeUInt32BE(data.length, 4);
+  return Buffer.concat([h, data]);
+}
+
 interface LiveExec {
   stream: Duplex;
   marker: string;
   signalled: 'TERM' | 'KILL' | null;
+  /** The container's main process (BOOTSTRAP), not an exec: its status is its `<marker> exit` line, or the container's. */
+  main?: boolean;
+}
+
+/** A started container whose BOOTSTRAP waits for its run on the stream this driver attached. */
+interface Waiting {
+  id: string;
+  stream: Duplex;
 }
 
 export interface DockerDriverOptions {
@@ -170,6 +290,16 @@ export interface DockerDriverOptions {
 export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver {
   const clients = new Map<string, Docker>();
   const live = new Map<string, LiveExec>();
+  /** By container name: containers this driver started whose main process waits for a run (the next exec is it). */
+  const waiting = new Map<string, Waiting>();
+  /** By container name: containers whose main process ended a run here (the engine may not have put that run away yet). */
+  const mainEnded = new Set<string>();
+  const dropWaiting = (name: string) => {
+    const w = waiting.get(name);
+    if (!w) return;
+    waiting.delete(name);
+    w.stream.destroy();
+  };
   const requestTimeoutMs = opts.requestTimeoutMs ?? 60_000;
 
   function client(cfg: DockerConfig): Docker {
@@ -225,6 +355,61 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     }
   }
 
+  /**
+   * Attach to the container's stdin, stdout and stderr (before its start: nothing is missed).
+   * The request has an empty body: Podman reads whatever follows the request as stdin.
+   */
+  async function attach(cfg: DockerConfig, id: string, signal?: AbortSignal): Promise<Duplex> {
+    const docker = client(cfg);
+    return call(`attaching to ${id.slice(0, 12)}`, cfg, (s) => new Promise<Duplex>((resolve, reject) => {
+      (docker.modem as unknown as { dial(o: unknown, cb: (err: unknown, stream: Duplex) => void): void }).dial(
+        {
+          path: `/containers/${encodeURIComponent(id)}/attach?`,
+          method: 'POST',
+          isStream: true,
+          hijack: true,
+          openStdin: false,
+          file: Buffer.alloc(0),
+          abortSignal: s,
+          statusCodes: { 101: true, 200: true, 404: 'no such container', 409: 'conflict', 500: 'server error' },
+          options: { _query: { stream: true, stdin: true, stdout: true, stderr: true }, _body: {} },
+        },
+        (err, stream) => (err ? reject(err) : resolve(stream)),
+      );
+    }), signal);
+  }
+
+  /**
+   * Start a container of this driver. One never started before is attached to first: then its
+   * first run is its main process. One that has run is started as it is (Podman attaches to
+   * no exited container, and one attached again did not always pass on its stdin): its main
+   * process finds no run on its stdin and holds the container, and runs are execs.
+   */
+  async function startAttached(cfg: DockerConfig, name: string, id: string, fresh: boolean, signal?: AbortSignal): Promise<void> {
+    dropWaiting(name);
+    mainEnded.delete(name);
+    const stream = fresh ? await attach(cfg, id, signal).catch(() => null) : null;
+    if (stream) {
+      stream.on('error', () => {});
+      stream.pause();
+    }
+    try {
+      await call(`starting ${name}`, cfg, (s) => client(cfg).getContainer(id).start({ abortSignal: s }), signal);
+    } catch (err) {
+      // 304: started meanwhile (its main process is someone else's to feed).
+      stream?.destroy();
+      if ((err as { statusCode?: number }).statusCode !== 304) throw err;
+      return;
+    }
+    if (stream) {
+      const w = { id, stream };
+      waiting.set(name, w);
+      stream.once('close', () => {
+        if (waiting.get(name) === w) waiting.delete(name);
+      });
+    }
+  }
+
   async function ensureImage(cfg: DockerConfig, signal: AbortSignal): Promise<void> {
     const docker = client(cfg);
     try {
@@ -250,8 +435,14 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     return {
       name: containerName(resourceId),
       Image: cfg.image,
-      Entrypoint: ['/bin/sh', '-c', HOLDER],
+      Entrypoint: ['/bin/sh', '-c', BOOTSTRAP],
       Cmd: [],
+      // Its stdin is where the first run comes (BOOTSTRAP); nothing is kept of its output (a run's goes to its log).
+      OpenStdin: true,
+      StdinOnce: true,
+      AttachStdin: true,
+      AttachStdout: true,
+      AttachStderr: true,
       Labels: { ...cfg.labels, ...labels, [LABEL_RESOURCE]: resourceId, [LABEL_ENVIRONMENT]: env.id },
       WorkingDir: cfg.workspacePath,
       Volumes: { [cfg.workspacePath]: {} },
@@ -267,6 +458,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         CapDrop: ['NET_RAW', 'MKNOD', 'AUDIT_WRITE', 'SYS_CHROOT', 'SETFCAP'],
         SecurityOpt: ['no-new-privileges'],
         Init: false,
+        LogConfig: { Type: 'none', Config: {} },
       },
     };
   }
@@ -303,7 +495,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     return name;
   }
 
-  function execRef(exe: ExecutionHandle): { execId: string; container: string; marker: string; deadlineSec: number; startedAt: number } | { spawnError: string } {
+  function execRef(exe: ExecutionHandle): { execId: string; container: string; marker: string; deadlineSec: number; startedAt: number; main: boolean } | { spawnError: string } {
     if (exe.driver !== 'docker') throw new Error(`not a docker execution (driver ${JSON.stringify(exe.driver)})`);
     const r = exe.ref ?? {};
     if (typeof r.spawnError === 'string') return { spawnError: r.spawnError };
@@ -311,7 +503,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     if (typeof execId !== 'string' || !/^[0-9a-f]{12,128}$/i.test(execId) || typeof container !== 'string' || !/^berth-[0-9a-f-]{36}$/.test(container) || typeof marker !== 'string') {
       throw new Error(`not an execution handle this driver made: ${JSON.stringify(r).slice(0, 300)}`);
     }
-    return { execId, container, marker, deadlineSec: typeof deadlineSec === 'number' ? deadlineSec : 0, startedAt: typeof r.startedAt === 'number' ? r.startedAt : 0 };
+    return { execId, container, marker, deadlineSec: typeof deadlineSec === 'number' ? deadlineSec : 0, startedAt: typeof r.startedAt === 'number' ? r.startedAt : 0, main: r.main === true };
   }
 
   return {
@@ -319,6 +511,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     close() {
       for (const l of live.values()) l.stream.destroy();
       live.clear();
+      for (const name of [...waiting.keys()]) dropWaiting(name);
       clients.clear();
     },
 
@@ -392,12 +585,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         }
       }
       if (!info?.State.Running) {
-        try {
-          await call(`starting ${name}`, cfg, (s) => docker.getContainer(id!).start({ abortSignal: s }), signal);
-        } catch (err) {
-          // 304: started meanwhile.
-          if ((err as { statusCode?: number }).statusCode !== 304) throw err;
-        }
+        await startAttached(cfg, name, id, info === null || info.State.Status === 'created', signal);
         info = await inspectOwn(cfg, req.resourceId, signal);
         if (!info) throw new DriverError('engine_error', `${name} on ${where(cfg)} was started but the engine does not find it`);
       }
@@ -417,11 +605,52 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       }
       const startedAt = Date.now();
       const marker = `berth-${randomBytes(6).toString('hex')}`;
+      const args = [marker, String(deadlineSec), spec.cwd, spec.command, ...spec.args];
+      const ref = { container: name, marker, ...(deadlineSec > 0 ? { deadlineSec, startedAt } : {}) };
+      // The container's main process waits for its first run (provision attached to it): the
+      // run goes down its stdin, with no engine call. Otherwise an exec; when the container has
+      // stopped (its last run was its main process) it is started again first, unattached.
+      const asMain = async (w: Waiting): Promise<ExecutionHandle | null> => {
+        waiting.delete(name);
+        w.stream.write(bootstrapInput(args, Object.entries(spec.env)));
+        let ok: boolean;
+        try {
+          ok = await acknowledged(w.stream, marker, requestTimeoutMs);
+        } catch (err) {
+          w.stream.destroy();
+          throw new DriverError('engine_error', `starting ${spec.command} in ${name}: ${(err as Error).message}`);
+        }
+        if (!ok) {
+          w.stream.destroy();
+          return null;
+        }
+        w.stream.on('error', () => {});
+        live.set(w.id, { stream: w.stream, marker, signalled: null, main: true });
+        return { driver: 'docker', host: where(cfg), ref: { execId: w.id, ...ref, main: true } };
+      };
+      const w = waiting.get(name);
+      if (w && !w.stream.destroyed) {
+        const h = await asMain(w);
+        if (h) return h;
+      }
+      if (mainEnded.delete(name)) {
+        // The container stopped with its last run: once the engine says so (Podman takes a
+        // moment, and an exec meanwhile goes to a container on its way out), started again.
+        for (let i = 0; i < 250; i++) {
+          const info = await inspectOwn(cfg, resource.resourceId, signal);
+          if (!info) break;
+          if (!info.State.Running) {
+            await startAttached(cfg, name, info.Id, false, signal);
+            break;
+          }
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
       const container = client(cfg).getContainer(name);
       // The values travel in the exec's create body (its Env), never in its command line.
-      const ex = await call(`starting ${spec.command} in ${name}`, cfg, (s) =>
+      const create = () => call(`starting ${spec.command} in ${name}`, cfg, (s) =>
         container.exec({
-          Cmd: ['/bin/sh', '-c', WRAPPER, 'berth-exec', marker, String(deadlineSec), spec.cwd, spec.command, ...spec.args],
+          Cmd: ['/bin/sh', '-c', WRAPPER, 'berth-exec', ...args],
           Env: envList,
           AttachStdin: false,
           AttachStdout: true,
@@ -432,11 +661,28 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         } as Docker.ExecCreateOptions),
         signal,
       );
-      const stream = (await call(`starting ${spec.command} in ${name}`, cfg, (s) => ex.start({ hijack: true, stdin: false, abortSignal: s } as Docker.ExecStartOptions), signal)) as Duplex;
+      // Stopped: started again, and the exec made again. Podman may still be putting away the
+      // last run: it takes the exec's create and refuses its start, or a start then is a no-op
+      // (the container is stopped after it); asked again, shortly.
+      const stopped = (err: unknown) => statusOf(err) === 409 || /is not running|not running|container state improper|is stopped/i.test((err as Error).message);
+      let ex!: Docker.Exec;
+      let stream: Duplex | null = null;
+      for (let attempt = 0; !stream; attempt++) {
+        try {
+          ex = await create();
+          stream = (await call(`starting ${spec.command} in ${name}`, cfg, (s) => ex.start({ hijack: true, stdin: false, abortSignal: s } as Docker.ExecStartOptions), signal)) as Duplex;
+        } catch (err) {
+          if (attempt >= 20 || !stopped(err)) throw err;
+          const info = await inspectOwn(cfg, resource.resourceId, signal);
+          if (!info) throw err;
+          if (!info.State.Running) await startAttached(cfg, name, info.Id, false, signal);
+          if (attempt > 0) await new Promise((r) => setTimeout(r, 25));
+        }
+      }
       stream.pause(); // output waits for a watcher (backpressure reaches the process)
       stream.on('error', () => {}); // a reset before anyone watches: the watch sees the stream end
       live.set(ex.id, { stream, marker, signalled: null });
-      return { driver: 'docker', host: where(cfg), ref: { execId: ex.id, container: name, marker, ...(deadlineSec > 0 ? { deadlineSec, startedAt } : {}) } };
+      return { driver: 'docker', host: where(cfg), ref: { execId: ex.id, ...ref } };
     },
 
     async watch(env, exe, sink: OutputListener): Promise<ExitResult> {
@@ -452,6 +698,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       let first = true;
       let spawnError: string | null = null;
       let deadline = false;
+      let exitLine: number | null = null;
       const decoders = { stdout: new TextDecoder('utf-8'), stderr: new TextDecoder('utf-8') };
       const deliver = async (stream: 'stdout' | 'stderr', text: string) => {
         if (!text) return;
@@ -472,6 +719,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
               if (line === `${l.marker} cwd` && first) spawnError = `no such directory in ${ref.container}`;
               else if (line === `${l.marker} command` && first) spawnError = `no such command in ${ref.container}`;
               else if (line === `${l.marker} deadline`) deadline = true;
+              else if (l.main && line.startsWith(`${l.marker} exit `)) exitLine = Number(line.slice(l.marker.length + 6));
               else rest.push(line);
             }
             first = false;
@@ -487,6 +735,7 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         for (const s of ['stdout', 'stderr'] as const) await deliver(s, decoders[s].decode());
       } finally {
         live.delete(ref.execId);
+        if (l.main) mainEnded.add(ref.container);
       }
       // Stopped by a signal or its deadline: the container is left stopped (what else it held dies with it).
       if (l.signalled || deadline) {
@@ -495,8 +744,18 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
       const extra: Partial<ExitResult> = discarded > 0 ? { discardedBytes: discarded } : {};
       if (spawnError) return { exitCode: null, signal: null, spawnError };
       // The stream ends as the process does; the engine may take a moment more to have its status.
-      let status: number | null = null;
-      for (let i = 0; i < 100; i++) {
+      let status: number | null = Number.isInteger(exitLine) ? exitLine : null;
+      for (let i = 0; l.main && status === null && i < 100; i++) {
+        // The main process ended without its line (killed): the container's own status, once it has stopped.
+        const info = await call(`inspecting ${ref.container}`, cfg, (s) => client(cfg).getContainer(ref.execId).inspect({ abortSignal: s })).catch(() => null);
+        if (!info) break;
+        if (!info.State.Running) {
+          if (!l.signalled) status = info.State.ExitCode;
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      for (let i = 0; !l.main && i < 100; i++) {
         try {
           const ei = await call('reading the exec status', cfg, (s) => client(cfg).getExec(ref.execId).inspect({ abortSignal: s }));
           if (!ei.Running && typeof ei.ExitCode === 'number') {
@@ -570,6 +829,8 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
     async destroy(env, resource, signal): Promise<CleanupReport> {
       const cfg = configOf(env);
       const name = storedName(cfg, resource);
+      dropWaiting(name);
+      mainEnded.delete(name);
       const info = await inspectOwn(cfg, resource.resourceId, signal);
       if (!info) return { nothing: `no container ${name} on ${where(cfg)}` };
       try {

@@ -139,13 +139,23 @@ async function executeSteps(st: RunState): Promise<HeartbeatRun | null> {
     clock.phase('place');
     const made = await clock.in('provision', () => provision(st));
     clock.phase('provision');
-    const { token, paperclipEnvironment } = await clock.in('start', () => activate(st, made));
     const adapter = st.adapter!;
     // The run's way back to the server, per driver (a reverse tunnel for SSH), undone in
-    // finish. Only a process runs inside the environment; a call leaves from here.
-    if (st.driver!.callbackUrl && adapter.kind === 'process') {
-      st.callback = await clock.in('start', () => st.driver!.callbackUrl!(st.environment!, { publicUrl: deps.apiUrl, ...(deps.localUrl ? { localUrl: deps.localUrl } : {}) }, st.resource!));
+    // finish. Only a process runs inside the environment; a call leaves from here. It is
+    // opened while the lease is activated (both before the process starts); finish closes it
+    // either way, once it is open.
+    const opening = st.driver!.callbackUrl && adapter.kind === 'process'
+      ? st.driver!.callbackUrl(st.environment!, { publicUrl: deps.apiUrl, ...(deps.localUrl ? { localUrl: deps.localUrl } : {}) }, st.resource!).then((cb) => void (st.callback = cb))
+      : null;
+    let activated: Awaited<ReturnType<typeof activate>>;
+    try {
+      activated = await clock.in('start', () => activate(st, made));
+    } finally {
+      // A failed activation waits for the route too, so finish has it to close.
+      if (opening) await opening.catch(() => {});
     }
+    if (opening) await clock.in('start', () => opening);
+    const { token, paperclipEnvironment } = activated;
     const started = { ...run, contextSnapshot: { ...run.contextSnapshot, paperclipEnvironment } };
     const ctx = {
       run: started,
