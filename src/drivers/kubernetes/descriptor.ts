@@ -16,10 +16,17 @@ const pem = (what: string) =>
 const dnsLabel = (what: string) => z.string().trim().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, `must be ${what} (lower-case letters, digits and -, at most 63)`);
 
 /** A label or node-selector key: an optional DNS prefix and a name. */
-const labelKey = z
-  .string()
-  .regex(/^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/, 'must be a label key (prefix/name: letters, digits, . _ -, at most 63)');
+const LABEL_KEY_RE = /^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/;
 const labelValue = z.string().regex(/^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$/, 'must be a label value (letters, digits, . _ -, at most 63)');
+
+/** A map of labels, each key checked with its own message (at the key's path). */
+const labelMap = (berthReserved: boolean) =>
+  z.record(z.string(), labelValue).superRefine((m, ctx) => {
+    for (const k of Object.keys(m)) {
+      if (!LABEL_KEY_RE.test(k)) ctx.addIssue({ code: 'custom', path: [k], message: 'must be a label key (prefix/name: letters, digits, . _ -, at most 63)' });
+      else if (berthReserved && k.startsWith('berth.')) ctx.addIssue({ code: 'custom', path: [k], message: 'must not start with berth. (Berth sets those labels itself)' });
+    }
+  });
 
 /** A Kubernetes quantity for cpu (`500m`, `2`) or memory (`64Mi`, `1G`). */
 const quantity = z.string().trim().regex(/^\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/, 'must be a quantity (500m, 2, 64Mi, 1Gi)');
@@ -57,11 +64,11 @@ export const kubernetesConfigSchema = z
     resources: z.strictObject({ requests: resourceList.optional(), limits: resourceList.optional() }).default({}),
     runtimeClassName: dnsLabel('a runtime class name').optional(),
     serviceAccount: dnsLabel('a service account name').optional(),
-    nodeSelector: z.record(labelKey, labelValue).default({}),
+    nodeSelector: labelMap(false).default({}),
     /** One node to run on (spec.nodeName): for a cluster without a scheduler, or to pin runs. */
     nodeName: z.string().trim().regex(/^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/, 'must be a node name').optional(),
     /** Extra labels on every pod. */
-    labels: z.record(labelKey.refine((k) => !k.startsWith('berth.'), 'must not start with berth. (Berth sets those labels itself)'), labelValue).default({}),
+    labels: labelMap(true).default({}),
     /** Where the run starts in the pod: an emptyDir volume of the pod's own. */
     workspacePath: z
       .string()

@@ -124,6 +124,19 @@ function completeUtf8(buf: Buffer): number {
   return buf.length - i < need ? i : buf.length;
 }
 
+/** A failure line of the kubelet's (`rpc error: code = NotFound desc = ...`): the CRI's error text. */
+const KUBELET_ERROR_RE = /(?:^|\n)(rpc error: code = [A-Za-z]+ desc = [^\n]*\n?)$/;
+
+/** Where a trailing kubelet failure line starts in `buf` (-1: none); `atLineStart` says whether `buf` starts a line. */
+function kubeletErrorAt(buf: Buffer, atLineStart: boolean): number {
+  const tail = buf.subarray(Math.max(0, buf.length - 4096)).toString('latin1');
+  const m = KUBELET_ERROR_RE.exec(tail);
+  if (!m) return -1;
+  const start = buf.length - Buffer.byteLength(m[1]!, 'latin1');
+  if (start === 0 && !atLineStart) return -1;
+  return start;
+}
+
 /** The run's container status, if the kubelet has reported one. */
 const containerOf = (pod: V1Pod) => pod.status?.containerStatuses?.find((c) => c.name === CONTAINER);
 
@@ -238,15 +251,28 @@ export function kubernetesDriver(opts: KubernetesDriverOptions = {}): Environmen
       throw e;
     }
     let skipped = 0;
+    // The kubelet reports a failure met after the stream began (the container removed while
+    // its log was followed) as a last line of the body itself: a line that looks like one is
+    // held back, and dropped if the stream ends with it (taken as output if more follows).
+    let held: Buffer = Buffer.alloc(0);
+    let atLineStart = skip === 0;
     for await (const raw of res as AsyncIterable<Buffer>) {
       let chunk = raw;
       if (skipped < skip) {
         const take = Math.min(skip - skipped, chunk.length);
         skipped += take;
+        if (take > 0) atLineStart = chunk[take - 1] === 0x0a;
         chunk = chunk.subarray(take);
         if (chunk.length === 0) continue;
       }
-      await onChunk(chunk);
+      const buf = held.length ? Buffer.concat([held, chunk]) : chunk;
+      const at = kubeletErrorAt(buf, atLineStart);
+      const out = at < 0 ? buf : buf.subarray(0, at);
+      held = at < 0 ? Buffer.alloc(0) : buf.subarray(at);
+      if (out.length) {
+        atLineStart = out[out.length - 1] === 0x0a;
+        await onChunk(out);
+      }
     }
   }
 
@@ -359,6 +385,9 @@ export function kubernetesDriver(opts: KubernetesDriverOptions = {}): Environmen
           ...(cfg.runtimeClassName ? { runtimeClassName: cfg.runtimeClassName } : {}),
           ...(cfg.serviceAccount ? { serviceAccountName: cfg.serviceAccount } : { automountServiceAccountToken: false }),
           enableServiceLinks: false,
+          // The run's process is not the pod's PID 1 (the pause container is): a TERM it has no
+          // handler for ends it, as on any host, instead of being ignored until the kubelet's KILL.
+          shareProcessNamespace: true,
           terminationGracePeriodSeconds: cfg.terminationGraceSeconds,
           ...(deadlineSec > 0 ? { activeDeadlineSeconds: deadlineSec } : {}),
           containers: [
@@ -447,37 +476,43 @@ export function kubernetesDriver(opts: KubernetesDriverOptions = {}): Environmen
         offset += cut;
         wopts.onOffset?.(String(offset));
       };
+      // Over: gone, its container terminated, or the pod's phase final (a kubelet that ended a pod
+      // past its deadline reports phase Failed and leaves the container's last state as it was).
+      const over = (p: V1Pod | null) => !p || !!containerOf(p)?.state?.terminated || p.status?.phase === 'Failed' || p.status?.phase === 'Succeeded';
       let pod: V1Pod | null = null;
       for (;;) {
         wopts.signal?.throwIfAborted();
-        pending = Buffer.alloc(0);
+        // A stream the kubelet ended (clean) means the container exited; one that broke or was refused (not yet running) does not.
+        let clean = false;
         try {
           await followLog(c, cfg, name, offset, (b) => take(b, false), wopts.signal);
+          clean = true;
         } catch (err) {
           wopts.signal?.throwIfAborted();
-          const s = (err as { status?: number }).status;
-          // 404: the pod is gone (said below); 400: its container is not running yet or any more. Other failures: read again.
-          if (s !== 404 && s !== 400 && !(err instanceof DriverError) && !(err as Error).name?.includes('Abort')) await sleep(pollMs);
+          if (!(err instanceof DriverError)) await sleep(pollMs);
         }
-        // The stream ended: the container exited (its status follows within a moment), or the connection dropped.
+        // After a clean end the container's status follows within a moment (the kubelet's next
+        // relist): read it until then. A pod being deleted is read until it is gone (its log may
+        // already be removed); one that still runs 3 s after a clean end had its stream dropped.
         let ended = false;
-        for (let i = 0; i < 30; i++) {
+        const since = Date.now();
+        for (let i = 0; ; i++) {
           wopts.signal?.throwIfAborted();
           pod = await readPod(c, cfg.namespace, name);
-          const st = pod ? containerOf(pod)?.state : undefined;
-          if (!pod || st?.terminated || (pod.status?.phase === 'Failed' && !st?.running)) {
+          if (over(pod)) {
             ended = true;
             break;
           }
-          await sleep(pollMs);
+          if (!clean || (!pod!.metadata?.deletionTimestamp && Date.now() - since > 3000)) break;
+          await sleep(Math.min(pollMs * (1 + Math.floor(i / 10)), 1000));
         }
-        if (ended) break;
+        if (ended) {
+          // A stream that broke just before the end: what the log holds past the offset (read to its end at once).
+          if (!clean && pod && !pod.metadata?.deletionTimestamp) await followLog(c, cfg, name, offset, (b) => take(b, false)).catch(() => {});
+          break;
+        }
       }
-      // What the log still holds past the last read (the container has ended: this read ends at once).
-      if (pod) {
-        await followLog(c, cfg, name, offset, (b) => take(b, false)).catch(() => {});
-        await take(Buffer.alloc(0), true);
-      }
+      await take(Buffer.alloc(0), true);
       const extra: Partial<ExitResult> = discarded > 0 ? { discardedBytes: discarded } : {};
       const by = signalled.get(name);
       signalled.delete(name);
