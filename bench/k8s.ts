@@ -2,9 +2,12 @@
 // floor, in the same run on the one-node cluster the tests use (scripts/engines/kubernetes.sh):
 // a heartbeat run (lease, the pod's Secret and the pod, the wait until its process runs, its
 // log followed, the exit code from its status, the pod and Secret deleted, the release)
-// against creating the same pod directly with @kubernetes/client-node, waiting for it to end
-// (reading its status at the driver's interval, 100 ms), reading its log, and deleting it.
-// The pod's process is `date +%s%N` (as quick as `true`, and it says when it ran):
+// against making the same pod directly with @kubernetes/client-node (its Secret, the pod with
+// the same spec, its status read every 100 ms as the driver does until it ends, its log, and
+// both deleted).
+// The pod's process is `cat /proc/uptime` (as quick as `true`, and it says when it ran: the
+// pod shares this machine's kernel, so its uptime, 10 ms steps, maps to this clock; busybox's
+// date has no %N):
 // lease-to-running is invoke (or create) to that stamp, end-to-finalized is the stamp to the
 // run's finalize (or to the direct pod's end being seen). Interleaved rounds; then runs per
 // second with 4 in flight against 4 direct pods in flight. API requests are counted on both
@@ -26,8 +29,15 @@ const node = process.env.BERTH_K8S_NODE ?? 'localhost';
 if (!api || !caPath || !token || !image) throw new Error('bench:k8s needs BERTH_K8S_API, BERTH_K8S_CA, BERTH_K8S_TOKEN and BERTH_K8S_IMAGE: run it with `npm run bench:k8s`');
 const ca = readFileSync(caPath, 'utf8');
 
-const nowNs = () => BigInt(Date.now()) * 1_000_000n;
-const msBetween = (a: bigint, b: bigint) => Number(b - a) / 1e6;
+const uptimeMs = () => Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * 1000;
+/** This machine's boot, on the wall clock: an uptime read in a pod plus this is when it was read. */
+const bootAt = Date.now() - uptimeMs();
+const nowMs = () => Date.now();
+const stampOf = (out: string) => {
+  const up = Number(out.trim().split(/\s+/)[0]);
+  if (!Number.isFinite(up)) throw new Error(`not an uptime: ${JSON.stringify(out)}`);
+  return bootAt + up * 1000;
+};
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const kc = new KubeConfig();
@@ -43,13 +53,23 @@ let directOps = 0;
 /** The same pod directly: create, read its status every 100 ms until it ends, read its log, delete it. */
 async function directPod(): Promise<{ toStart: number; toEnd: number }> {
   const name = `bench-${randomUUID()}`;
-  const t0 = nowNs();
+  const t0 = nowMs();
+  directOps++;
+  await core.createNamespacedSecret({ namespace: 'default', body: { metadata: { name }, stringData: { BENCH: '1' } } });
   directOps++;
   await core.createNamespacedPod({
     namespace: 'default',
     body: {
       metadata: { name, labels: { app: 'bench' } },
-      spec: { nodeName: node, restartPolicy: 'Never', automountServiceAccountToken: false, enableServiceLinks: false, terminationGracePeriodSeconds: 10, containers: [{ name: 'run', image, imagePullPolicy: 'Never', command: ['date'], args: ['+%s%N'] }] },
+      spec: {
+        nodeName: node,
+        restartPolicy: 'Never',
+        automountServiceAccountToken: false,
+        enableServiceLinks: false,
+        shareProcessNamespace: true,
+        terminationGracePeriodSeconds: 10,
+        containers: [{ name: 'run', image, imagePullPolicy: 'Never', command: ['cat'], args: ['/proc/uptime'], workingDir: '/workspace', envFrom: [{ secretRef: { name } }] }],
+      },
     },
   });
   let pod: V1Pod;
@@ -59,14 +79,16 @@ async function directPod(): Promise<{ toStart: number; toEnd: number }> {
     if (pod.status?.containerStatuses?.[0]?.state?.terminated) break;
     await sleep(100);
   }
-  const t1 = nowNs();
+  const t1 = nowMs();
   directOps++;
   const log = await core.readNamespacedPodLog({ name, namespace: 'default', container: 'run' });
   directOps++;
   await core.deleteNamespacedPod({ name, namespace: 'default', gracePeriodSeconds: 0 });
+  directOps++;
+  await core.deleteNamespacedSecret({ name, namespace: 'default' });
   if (pod.status?.containerStatuses?.[0]?.state?.terminated?.exitCode !== 0) throw new Error(`direct pod ${name} failed: ${JSON.stringify(pod.status)}`);
-  const stamp = BigInt(String(log).trim());
-  return { toStart: msBetween(t0, stamp), toEnd: msBetween(stamp, t1) };
+  const stamp = stampOf(String(log));
+  return { toStart: stamp - t0, toEnd: t1 - stamp };
 }
 
 const stats = (xs: number[]) => {
@@ -82,7 +104,7 @@ async function main(): Promise<void> {
   const driver = kubernetesDriver({ onRequest: (what) => ops.set(what, (ops.get(what) ?? 0) + 1) });
   const bench = await startBenchRuntime({ services, db: database.db, drivers: new Map([['kubernetes', driver]]) });
   const company = await services.companies.create({ name: 'bench k8s' });
-  console.log(`bench:k8s  ${ROUNDS} interleaved rounds, one node (${node}), PostgreSQL, pod process: date +%s%N`);
+  console.log(`bench:k8s  ${ROUNDS} interleaved rounds, one node (${node}), PostgreSQL, pod process: cat /proc/uptime`);
   try {
     const env = await services.environments.create(company.id, {
       name: 'bench-k8s',
@@ -90,16 +112,16 @@ async function main(): Promise<void> {
       config: { apiServer: api, caCert: ca, token, image, imagePullPolicy: 'Never', nodeName: node },
     } as never);
     const agents = await Promise.all(
-      Array.from({ length: FLIGHT }, (_, i) => services.agents.create(company.id, { name: `stamp-${i}`, adapterType: 'process', adapterConfig: { command: 'date', args: ['+%s%N'] }, defaultEnvironmentId: env.id })),
+      Array.from({ length: FLIGHT }, (_, i) => services.agents.create(company.id, { name: `stamp-${i}`, adapterType: 'process', adapterConfig: { command: 'cat', args: ['/proc/uptime'] }, defaultEnvironmentId: env.id })),
     );
     const berthOnce = async (agentId: string) => {
-      const t0 = nowNs();
+      const t0 = nowMs();
       const r = await bench.runOnce(company.id, agentId);
-      const t1 = nowNs();
+      const t1 = nowMs();
       if (r.run.status !== 'succeeded') throw new Error(`run ${r.run.id} ${r.run.status}: ${r.run.errorCode} ${r.run.error}`);
       const log = (await services.runs.readLog(company.id, r.run.id, { limit: 100 })).filter((c) => c.stream === 'stdout').map((c) => c.chunk).join('');
-      const stamp = BigInt(log.trim());
-      return { toStart: msBetween(t0, stamp), toEnd: msBetween(stamp, t1) };
+      const stamp = stampOf(log);
+      return { toStart: stamp - t0, toEnd: t1 - stamp };
     };
     for (let i = 0; i < 2; i++) {
       await berthOnce(agents[0]!.id);

@@ -133,6 +133,18 @@ describe('kubernetes driver on a real cluster', () => {
     expect(ok.result).toEqual({ exitCode: 0, signal: null });
   }, 60_000);
 
+  it('the workspace: a directory the image lacks is made; workspaceVolume mounts an emptyDir there', async () => {
+    const e = env({ workspacePath: '/srv/berth-work' });
+    const r = await provision(e);
+    expect(r.cwd).toBe('/srv/berth-work');
+    expect((await run(e, r, 'sh', ['-c', 'pwd; touch f && echo wrote'])).out).toBe('/srv/berth-work\nwrote\n');
+    const v = env({ workspaceVolume: true });
+    const rv = await provision(v);
+    const ran = await run(v, rv, 'sh', ['-c', 'grep -c " /workspace " /proc/mounts']);
+    expect(ran).toMatchObject({ out: '1\n', result: { exitCode: 0 } });
+    expect((await cluster.pod(podName(rv.resourceId)))!.spec!.volumes).toEqual([{ name: 'workspace', emptyDir: {} }]);
+  }, 60_000);
+
   it('a missing command is a spawn error; a missing image fails exec at once and deletes the pod', async () => {
     const e = env();
     expect((await run(e, await provision(e), 'no-such-command-here', [])).result).toMatchObject({ spawnError: expect.stringContaining('no-such-command-here') });

@@ -400,10 +400,10 @@ export function kubernetesDriver(opts: KubernetesDriverOptions = {}): Environmen
               workingDir: spec.cwd,
               envFrom: [{ secretRef: { name } }],
               resources: cfg.resources,
-              volumeMounts: [{ name: 'workspace', mountPath: cfg.workspacePath }],
+              ...(cfg.workspaceVolume ? { volumeMounts: [{ name: 'workspace', mountPath: cfg.workspacePath }] } : {}),
             },
           ],
-          volumes: [{ name: 'workspace', emptyDir: {} }],
+          ...(cfg.workspaceVolume ? { volumes: [{ name: 'workspace', emptyDir: {} }] } : {}),
         },
       };
       let pod: V1Pod;
