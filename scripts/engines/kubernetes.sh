@@ -126,6 +126,9 @@ berth_ensure_kubernetes() {
     command -v go >/dev/null 2>&1 || need+=(golang-go)
     [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need+=(golang-github-modern-go-reflect2-dev)
     command -v make >/dev/null 2>&1 || need+=(make)
+    # The kubelet links with cgo; golang-go only recommends a C compiler (recommends are not installed here).
+    command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+    command -v rsync >/dev/null 2>&1 || need+=(rsync)
   fi
   if [ ${#need[@]} -gt 0 ]; then
     # The packages' postinst would start the system's daemons unless policy-rc.d says no.
