@@ -1046,6 +1046,8 @@ export interface paths {
                             };
                             /** @default /workspace */
                             workspacePath?: string;
+                            /** @default false */
+                            workspaceVolume?: boolean;
                             /** @default 300 */
                             startTimeoutSeconds?: number;
                             /** @default 10 */
@@ -2717,6 +2719,8 @@ export interface paths {
                             };
                             /** @default /workspace */
                             workspacePath?: string;
+                            /** @default false */
+                            workspaceVolume?: boolean;
                             /** @default 300 */
                             startTimeoutSeconds?: number;
                             /** @default 10 */

@@ -47,7 +47,7 @@ import { kubernetesConfigSchema, kubernetesDescriptor, type KubernetesConfig } f
 export const CONTAINER = 'run';
 const SIGNAL_BY_NUMBER: Record<number, string> = { 1: 'SIGHUP', 2: 'SIGINT', 3: 'SIGQUIT', 6: 'SIGABRT', 9: 'SIGKILL', 11: 'SIGSEGV', 13: 'SIGPIPE', 14: 'SIGALRM', 15: 'SIGTERM' };
 /** Waiting reasons a pod does not recover from by itself: the run fails at once (and the pod is deleted). */
-const STUCK = new Set(['ErrImageNeverPull', 'InvalidImageName', 'ImagePullBackOff', 'ErrImagePull', 'CreateContainerConfigError', 'CreateContainerError', 'RunContainerError']);
+const STUCK = new Set(['ErrImageNeverPull', 'InvalidImageName', 'ImagePullBackOff', 'CreateContainerConfigError', 'CreateContainerError', 'RunContainerError']);
 /** Terminated reasons that say the command never ran. */
 const NOT_STARTED = new Set(['StartError', 'ContainerCannotRun']);
 
