@@ -140,7 +140,7 @@ describe('runs on a Kubernetes environment', () => {
     await waitFor('the sleeper gone', async () => !allCommandLines().some((l) => l.startsWith(`sleep ${secs}`)), 20_000);
   }, 60_000);
 
-  it('reconciliation deletes a Berth-labelled pod no record owns, with one activity row; a pod without the labels is left alone', async () => {
+  it('reconciliation deletes a Berth-labelled pod (and a Secret left without its pod) no record owns, with one activity row each; a pod without the labels is left alone', async () => {
     const env = await k8sEnvironment();
     const orphanId = randomUUID();
     const pod = (name: string, labels: Record<string, string>) => ({
@@ -151,12 +151,15 @@ describe('runs on a Kubernetes environment', () => {
     const stranger = `not-berths-${randomBytes(3).toString('hex')}`;
     await cluster.core.createNamespacedPod({ namespace: 'default', body: pod(orphan, { 'berth.resource': orphanId, 'berth.environment': env.id, 'berth.company': companyId }) });
     await cluster.core.createNamespacedPod({ namespace: 'default', body: pod(stranger, { app: 'other' }) });
+    const lonelyId = randomUUID();
+    const lonely = podName(lonelyId);
+    await cluster.core.createNamespacedSecret({ namespace: 'default', body: { metadata: { name: lonely, labels: { 'berth.resource': lonelyId, 'berth.environment': env.id } }, stringData: { X: 'y' } } });
     try {
       await waitFor('the orphan pod to be deleted', async () => (await cluster.pod(orphan)) === null, 40_000, 200);
+      await waitFor('the lonely secret to be deleted', async () => cluster.core.readNamespacedSecret({ name: lonely, namespace: 'default' }).then(() => false, () => true), 20_000, 200);
       await new Promise((r) => setTimeout(r, 1000));
       const acts = (await t.services.activity.list(companyId, { action: 'environment.resource_orphan_destroyed' })).items.filter((a) => a.entityId === env.id);
-      expect(acts).toHaveLength(1);
-      expect(acts[0]).toMatchObject({ details: { providerId: orphan } });
+      expect(acts.map((a) => (a.details as { providerId: string }).providerId).sort()).toEqual([orphan, lonely].sort());
       expect(await cluster.pod(stranger)).not.toBeNull();
     } finally {
       await cluster.core.deleteNamespacedPod({ name: stranger, namespace: 'default', gracePeriodSeconds: 0 }).catch(() => {});

@@ -589,15 +589,21 @@ export function kubernetesDriver(opts: KubernetesDriverOptions = {}): Environmen
       const pods = await c.core.listNamespacedPod({ namespace: cfg.namespace, labelSelector: `${LABEL_ENVIRONMENT}=${env.id}` }).catch((err: unknown) => {
         throw fail('kubernetes_api', `listing pods in ${cfg.namespace}`, err);
       });
-      for (const p of pods.items) {
-        const labels = p.metadata?.labels ?? {};
+      // A Secret whose pod was never made (a server stopped between the two creates) is listed too: destroy removes both.
+      count('list secrets');
+      const secrets = await c.core.listNamespacedSecret({ namespace: cfg.namespace, labelSelector: `${LABEL_ENVIRONMENT}=${env.id}` }).catch((err: unknown) => {
+        throw fail('kubernetes_api', `listing secrets in ${cfg.namespace}`, err);
+      });
+      const podNames = new Set(pods.items.map((p) => p.metadata?.name));
+      for (const o of [...pods.items, ...secrets.items.filter((x) => !podNames.has(x.metadata?.name))]) {
+        const labels = o.metadata?.labels ?? {};
         const id = labels[LABEL_RESOURCE];
         // Only where the name and the label agree, and only this environment's (and company's).
-        if (!id || !UUID_RE.test(id) || podName(id) !== p.metadata?.name || labels[LABEL_ENVIRONMENT] !== env.id) continue;
+        if (!id || !UUID_RE.test(id) || podName(id) !== o.metadata?.name || labels[LABEL_ENVIRONMENT] !== env.id) continue;
         if (env.companyId && labels[LABEL_COMPANY] !== undefined && labels[LABEL_COMPANY] !== env.companyId) continue;
         const berth = Object.fromEntries(Object.entries(labels).filter(([k]) => k.startsWith('berth.')));
-        const at = p.metadata?.creationTimestamp ? new Date(p.metadata.creationTimestamp) : null;
-        yield { providerId: p.metadata.name, labels: berth, createdAt: at && !Number.isNaN(at.getTime()) ? at : null };
+        const at = o.metadata?.creationTimestamp ? new Date(o.metadata.creationTimestamp) : null;
+        yield { providerId: o.metadata.name, labels: berth, createdAt: at && !Number.isNaN(at.getTime()) ? at : null };
       }
     },
   };
