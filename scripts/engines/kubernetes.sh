@@ -14,7 +14,8 @@
 #
 # Exports BERTH_K8S_API (https://127.0.0.1:<port>), BERTH_K8S_CA (the API server's
 # certificate, PEM file), BERTH_K8S_TOKEN (a system:masters token), BERTH_K8S_LIMITED_TOKEN
-# (a user with no rights), BERTH_K8S_IMAGE, BERTH_K8S_NODE, BERTH_K8S_KUBECONFIG and
+# (a user with no rights), BERTH_K8S_CLIENT_CERT and BERTH_K8S_CLIENT_KEY (a client
+# certificate in system:masters, PEM files), BERTH_K8S_IMAGE, BERTH_K8S_NODE, BERTH_K8S_KUBECONFIG and
 # BERTH_K8S_DIR; stops everything it started through berth_on_cleanup (berth_kubernetes_stop).
 
 BERTH_K8S_CACHE=${BERTH_K8S_CACHE:-/var/cache/berth-engines/kubernetes}
@@ -166,11 +167,16 @@ berth_ensure_kubernetes() {
   limited=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   printf '%s,berth-admin,berth-admin,system:masters\n%s,berth-nobody,berth-nobody,\n' "$token" "$limited" >"$d/tokens.csv"
   chmod 600 "$d/tokens.csv"
+  # A client CA and one certificate it signed (group system:masters), for the driver's certificate auth.
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/certs/client-ca.key" -out "$d/certs/client-ca.crt" -days 7 -subj /CN=berth-client-ca 2>/dev/null &&
+    openssl req -newkey rsa:2048 -nodes -keyout "$d/certs/client.key" -out "$d/certs/client.csr" -subj /O=system:masters/CN=berth-cert 2>/dev/null &&
+    openssl x509 -req -in "$d/certs/client.csr" -CA "$d/certs/client-ca.crt" -CAkey "$d/certs/client-ca.key" -CAcreateserial -out "$d/certs/client.crt" -days 7 2>/dev/null ||
+    { berth_log "kubernetes: openssl could not make the client certificate"; return 1; }
   api="https://127.0.0.1:$((b + 43))"
   echo "$api" >"$d/api"
   # 10.0.0.0/24 is only the Service range the API server requires; nothing routes there.
   "$BERTH_K8S_CACHE/kube-apiserver" --etcd-servers="http://127.0.0.1:$b" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
-    --secure-port=$((b + 43)) --insecure-port=0 --cert-dir="$d/certs" --token-auth-file="$d/tokens.csv" \
+    --secure-port=$((b + 43)) --insecure-port=0 --cert-dir="$d/certs" --token-auth-file="$d/tokens.csv" --client-ca-file="$d/certs/client-ca.crt" \
     --authorization-mode=RBAC --service-cluster-ip-range=10.0.0.0/24 \
     --service-account-key-file="$d/certs/sa.key" --service-account-signing-key-file="$d/certs/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
@@ -263,6 +269,7 @@ EOF
   done
   [ $ready = yes ] || { berth_log "kubernetes: node localhost not Ready in 60 s:"; tail -10 "$d/kubelet.log" >&2; return 1; }
   export BERTH_K8S_API="$api" BERTH_K8S_CA="$d/certs/apiserver.crt" BERTH_K8S_TOKEN="$token" BERTH_K8S_LIMITED_TOKEN="$limited"
+  export BERTH_K8S_CLIENT_CERT="$d/certs/client.crt" BERTH_K8S_CLIENT_KEY="$d/certs/client.key"
   export BERTH_K8S_IMAGE="$BERTH_K8S_RUN_IMAGE" BERTH_K8S_NODE=localhost BERTH_K8S_KUBECONFIG="$d/kubeconfig" BERTH_K8S_DIR="$d"
   berth_log "kubernetes: $("$BERTH_K8S_CACHE/kube-apiserver" --version) at $api, node localhost Ready, under $d in $((SECONDS - started)) s"
 }

@@ -12,6 +12,9 @@ export interface TestCluster {
   limitedToken: string;
   image: string;
   node: string;
+  /** A client certificate and key (PEM) the API server takes, in system:masters. */
+  clientCert: string;
+  clientKey: string;
   core: CoreV1Api;
   /** A `kubernetes` environment config for this cluster (the admin token). */
   config(extra?: Record<string, unknown>): Record<string, unknown>;
@@ -26,6 +29,9 @@ export function testCluster(): TestCluster {
   }
   const node = process.env.BERTH_K8S_NODE ?? 'localhost';
   const ca = readFileSync(caPath, 'utf8');
+  const certPath = process.env.BERTH_K8S_CLIENT_CERT;
+  const keyPath = process.env.BERTH_K8S_CLIENT_KEY;
+  if (!certPath || !keyPath) throw new Error('the kubernetes tests need BERTH_K8S_CLIENT_CERT and BERTH_K8S_CLIENT_KEY (scripts/engines/kubernetes.sh makes them)');
   try {
     const out = execFileSync('curl', ['-sf', '-m', '5', '--cacert', caPath, '-H', `Authorization: Bearer ${token}`, `${api}/api/v1/nodes/${node}`], { encoding: 'utf8' });
     const ready = (JSON.parse(out).status?.conditions ?? []).find((c: { type: string }) => c.type === 'Ready');
@@ -48,6 +54,8 @@ export function testCluster(): TestCluster {
     limitedToken,
     image,
     node,
+    clientCert: readFileSync(certPath, 'utf8'),
+    clientKey: readFileSync(keyPath, 'utf8'),
     core,
     config: (extra = {}) => ({ apiServer: api, caCert: ca, token, image, imagePullPolicy: 'Never', nodeName: node, ...extra }),
     pod: async (name, namespace = 'default') => core.readNamespacedPod({ name, namespace }).catch((err: { code?: number }) => (err.code === 404 ? null : Promise.reject(err))),

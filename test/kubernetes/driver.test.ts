@@ -94,6 +94,8 @@ describe('kubernetes driver on a real cluster', () => {
     expect(noNs).toMatchObject({ ok: false, details: { namespaceExists: false }, error: expect.stringContaining('namespace no-such-namespace does not exist') });
     const limited = await driver.probe(env({ token: cluster.limitedToken }));
     expect(limited).toMatchObject({ ok: false, details: { mayCreatePods: false, mayCreateSecrets: false }, error: expect.stringContaining('these credentials may not create pods in namespace default') });
+    const byCert = await driver.probe(env({ token: undefined, clientCert: cluster.clientCert, clientKey: cluster.clientKey }));
+    expect(byCert, byCert.error).toMatchObject({ ok: true, details: { mayCreatePods: true } });
     const down = await driver.probe(env({ apiServer: 'https://127.0.0.1:9' }));
     expect(down).toMatchObject({ ok: false, error: expect.stringContaining('does not answer') });
   });
@@ -106,7 +108,8 @@ describe('kubernetes driver on a real cluster', () => {
     const secret = `s3cret-${randomBytes(8).toString('hex')}`;
     const ran = await run(e, r, 'sh', ['-c', 'echo "host=$(hostname) tok=${#DEPLOY_TOKEN}"; pwd; echo warn >&2; exit 3'], { env: { DEPLOY_TOKEN: secret, PAPERCLIP_RUN_ID: 'r1' } });
     expect(ran.result).toEqual({ exitCode: 3, signal: null });
-    expect(ran.out).toBe(`host=${name} tok=${secret.length}\n/workspace\nwarn\n`);
+    // One log: stdout and stderr lines, in the order the node's runtime read its two pipes.
+    expect(ran.out.split('\n').sort()).toEqual(['', `host=${name} tok=${secret.length}`, '/workspace', 'warn'].sort());
     const pod = (await cluster.pod(name))!;
     expect(pod.metadata!.labels).toEqual({ team: 'infra', 'berth.resource': r.resourceId, 'berth.environment': e.id, 'berth.lease': expect.any(String), 'berth.company': COMPANY });
     expect(pod.spec!.nodeName).toBe(cluster.node);
