@@ -22,7 +22,7 @@ export default defineConfig({
           name: 'pglite',
           include: ['test/**/*.test.ts'],
           // Engine tests (a real dockerd, podman, bwrap, prometheus, Paperclip's CLI) need no second database: they run once, on PostgreSQL.
-          exclude: ['test/postgres/**', 'test/docker/**', 'test/bwrap/**', 'test/slurm/**', 'test/prometheus/**', 'test/paperclip/**'],
+          exclude: ['test/postgres/**', 'test/docker/**', 'test/bwrap/**', 'test/slurm/**', 'test/prometheus/**', 'test/paperclip/**', 'test/kubernetes/**'],
           env: { BERTH_TEST_BACKEND: 'pglite' },
         },
       },

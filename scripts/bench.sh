@@ -14,5 +14,6 @@ case "$1" in
   containers) berth_ensure_docker || exit 1 ;;
   bwrap) berth_ensure_bwrap || exit 1 ;;
   slurm) berth_ensure_slurm || exit 1 ;;
+  k8s) berth_ensure_kubernetes || exit 1 ;;
 esac
 npx tsx "bench/$1.ts" "${@:2}"

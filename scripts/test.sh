@@ -14,6 +14,7 @@ berth_ensure_bwrap || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 berth_ensure_prometheus || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 berth_ensure_paperclip || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 berth_ensure_slurm || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+berth_ensure_kubernetes || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 
 echo "[test] typecheck" >&2
 if ! npx tsc --noEmit; then

@@ -1003,6 +1003,61 @@ export interface paths {
                         metadata?: {
                             [key: string]: unknown;
                         } | null;
+                    } | {
+                        /** @constant */
+                        driver: "kubernetes";
+                        config: {
+                            apiServer: string;
+                            caCert: string;
+                            token?: string;
+                            clientCert?: string;
+                            clientKey?: string;
+                            /** @default default */
+                            namespace?: string;
+                            image: string;
+                            /**
+                             * @default IfNotPresent
+                             * @enum {string}
+                             */
+                            imagePullPolicy?: "Always" | "IfNotPresent" | "Never";
+                            /** @default {} */
+                            resources?: {
+                                requests?: {
+                                    cpu?: string;
+                                    memory?: string;
+                                    "ephemeral-storage"?: string;
+                                };
+                                limits?: {
+                                    cpu?: string;
+                                    memory?: string;
+                                    "ephemeral-storage"?: string;
+                                };
+                            };
+                            runtimeClassName?: string;
+                            serviceAccount?: string;
+                            /** @default {} */
+                            nodeSelector?: {
+                                [key: string]: string;
+                            };
+                            nodeName?: string;
+                            /** @default {} */
+                            labels?: {
+                                [key: string]: string;
+                            };
+                            /** @default /workspace */
+                            workspacePath?: string;
+                            /** @default false */
+                            workspaceVolume?: boolean;
+                            /** @default 300 */
+                            startTimeoutSeconds?: number;
+                            /** @default 10 */
+                            terminationGraceSeconds?: number;
+                        };
+                        name?: string;
+                        description?: string | null;
+                        metadata?: {
+                            [key: string]: unknown;
+                        } | null;
                     };
                 };
             };
@@ -2216,7 +2271,7 @@ export interface paths {
             parameters: {
                 query?: {
                     status?: "active" | "archived";
-                    driver?: "local" | "ssh" | "docker" | "sandbox" | "slurm";
+                    driver?: "local" | "ssh" | "docker" | "sandbox" | "slurm" | "kubernetes";
                 };
                 header?: never;
                 path: {
@@ -2597,6 +2652,79 @@ export interface paths {
                                 licenses?: string;
                                 wckey?: string;
                             };
+                        };
+                    } | {
+                        pool?: {
+                            minReady: number;
+                            maxReady?: number;
+                            /** @default 3600 */
+                            maxAgeSeconds?: number;
+                            setup?: {
+                                command: string;
+                                /** @default 300 */
+                                timeoutSeconds?: number;
+                            };
+                        } | null;
+                        name: string;
+                        description?: string | null;
+                        /** @default {} */
+                        envVars?: {
+                            [key: string]: string;
+                        };
+                        /** @default {} */
+                        metadata?: {
+                            [key: string]: unknown;
+                        };
+                        /** @default null */
+                        capacity?: number | null;
+                        /** @constant */
+                        driver: "kubernetes";
+                        config: {
+                            apiServer: string;
+                            caCert: string;
+                            token?: string;
+                            clientCert?: string;
+                            clientKey?: string;
+                            /** @default default */
+                            namespace?: string;
+                            image: string;
+                            /**
+                             * @default IfNotPresent
+                             * @enum {string}
+                             */
+                            imagePullPolicy?: "Always" | "IfNotPresent" | "Never";
+                            /** @default {} */
+                            resources?: {
+                                requests?: {
+                                    cpu?: string;
+                                    memory?: string;
+                                    "ephemeral-storage"?: string;
+                                };
+                                limits?: {
+                                    cpu?: string;
+                                    memory?: string;
+                                    "ephemeral-storage"?: string;
+                                };
+                            };
+                            runtimeClassName?: string;
+                            serviceAccount?: string;
+                            /** @default {} */
+                            nodeSelector?: {
+                                [key: string]: string;
+                            };
+                            nodeName?: string;
+                            /** @default {} */
+                            labels?: {
+                                [key: string]: string;
+                            };
+                            /** @default /workspace */
+                            workspacePath?: string;
+                            /** @default false */
+                            workspaceVolume?: boolean;
+                            /** @default 300 */
+                            startTimeoutSeconds?: number;
+                            /** @default 10 */
+                            terminationGraceSeconds?: number;
                         };
                     };
                 };
@@ -3075,7 +3203,7 @@ export interface paths {
                         /** @enum {string} */
                         status?: "active" | "archived";
                         /** @enum {string} */
-                        driver?: "local" | "ssh" | "docker" | "sandbox" | "slurm";
+                        driver?: "local" | "ssh" | "docker" | "sandbox" | "slurm" | "kubernetes";
                         config?: unknown;
                         envVars?: {
                             [key: string]: string;

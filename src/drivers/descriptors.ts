@@ -5,6 +5,7 @@
 // Descriptors import nothing but zod and types (this module is read by domain-level code).
 import type { DriverDescriptor } from './contract.js';
 import { dockerDescriptor } from './docker/descriptor.js';
+import { kubernetesDescriptor } from './kubernetes/descriptor.js';
 import { localDescriptor } from './local/descriptor.js';
 import { sandboxDescriptor } from './sandbox/descriptor.js';
 import { slurmDescriptor } from './slurm/descriptor.js';
@@ -16,6 +17,7 @@ export const DRIVER_DESCRIPTORS = {
   docker: dockerDescriptor,
   sandbox: sandboxDescriptor,
   slurm: slurmDescriptor,
+  kubernetes: kubernetesDescriptor,
 } as const satisfies Record<string, DriverDescriptor>;
 
 /** The kind of place an environment is (its `driver` column). */

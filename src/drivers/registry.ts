@@ -4,6 +4,7 @@
 import type { DriverRegistry, EnvironmentDriver } from './contract.js';
 import type { EnvironmentDriverKind } from './descriptors.js';
 import { dockerDriver } from './docker/driver.js';
+import { kubernetesDriver } from './kubernetes/driver.js';
 import { localDriver } from './local/driver.js';
 import { slurmDriver } from './slurm/driver.js';
 import { sshDriver } from './ssh/driver.js';
@@ -13,6 +14,7 @@ const DRIVER_FACTORIES: Partial<Record<EnvironmentDriverKind, () => EnvironmentD
   ssh: sshDriver,
   docker: dockerDriver,
   slurm: slurmDriver,
+  kubernetes: kubernetesDriver,
 };
 
 /** A fresh instance of every driver this version has (each holds its own pools and clients). */

@@ -335,6 +335,6 @@ describe('the OpenAPI document', () => {
     }
     const create = doc.paths['/api/companies/{companyId}/environments'].post.requestBody.content['application/json'].schema;
     const drivers = create.oneOf ?? create.anyOf;
-    expect(drivers.map((d: any) => d.properties.driver.const).sort()).toEqual(['docker', 'local', 'sandbox', 'slurm', 'ssh']);
+    expect(drivers.map((d: any) => d.properties.driver.const).sort()).toEqual(['docker', 'kubernetes', 'local', 'sandbox', 'slurm', 'ssh']);
   });
 });
