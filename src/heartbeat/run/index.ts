@@ -147,6 +147,8 @@ async function executeSteps(st: RunState): Promise<HeartbeatRun | null> {
     const opening = st.driver!.callbackUrl && adapter.kind === 'process'
       ? st.driver!.callbackUrl(st.environment!, { publicUrl: deps.apiUrl, ...(deps.localUrl ? { localUrl: deps.localUrl } : {}) }, st.resource!).then((cb) => void (st.callback = cb))
       : null;
+    // Handled from the start: a route that fails while the activation is still in flight is no unhandled rejection (it is rethrown below).
+    opening?.catch(() => {});
     let activated: Awaited<ReturnType<typeof activate>>;
     try {
       activated = await clock.in('start', () => activate(st, made));
