@@ -90,8 +90,8 @@ export const WRAPPER = wrapperLines(false).join('\n');
 /**
  * The container's main process (its Entrypoint): it waits for a run on its stdin, which
  * the driver attaches before the start. The run comes as shell lines (`set --` with the
- * wrapper's arguments, `export` of each variable, values single-quoted, a value with a line
- * break rebuilt by printf) ended by a line `berth-run`; it acknowledges with `<marker> go`
+ * wrapper's arguments, `export` of each variable, values single-quoted, a value's line
+ * breaks as "$berth_nl") ended by a line `berth-run`; it acknowledges with `<marker> go`
  * on stdout and runs the command as WRAPPER would, as PID 1, so the container stops when
  * the command has ended. The values come through the attach stream: never in the
  * container's config. A stdin that ends first (the server that attached is gone) makes it
@@ -109,21 +109,23 @@ export const BOOTSTRAP = [
   ...wrapperLines(true),
 ].join('\n');
 
-/** A value as one line of shell: single-quoted, or rebuilt by printf when it holds a line break. */
-function shellWord(v: string, pre: string[], n: { i: number }): string {
+/**
+ * A value as shell that no line of which is `berth-run`: single-quoted, and a value with
+ * line breaks as its lines single-quoted and joined by "$berth_nl" (a newline set once, on
+ * lines of its own). No command runs to rebuild it: a value is never any process's argument.
+ */
+function shellWord(v: string, pre: string[]): string {
   const sq = (x: string) => `'${x.replaceAll("'", `'\\''`)}'`;
-  if (!/[\n\r]/.test(v)) return sq(v);
-  const name = `berth_v${n.i++}`;
-  pre.push(`${name}=$(printf '%bx' ${sq(v.replaceAll('\\', '\\\\').replaceAll('\n', '\\n').replaceAll('\r', '\\r'))}); ${name}=\${${name}%x}`);
-  return `"$${name}"`;
+  if (!v.includes('\n')) return sq(v);
+  if (pre.length === 0) pre.push("berth_nl='\n'");
+  return v.split('\n').map(sq).join('"$berth_nl"');
 }
 
 /** What BOOTSTRAP reads: the wrapper's arguments and the run's variables, then `berth-run`. */
 export function bootstrapInput(args: string[], env: Array<[string, string]>): string {
   const pre: string[] = [];
-  const n = { i: 0 };
-  const set = `set -- ${args.map((a) => shellWord(a, pre, n)).join(' ')}`;
-  const exports = env.map(([k, v]) => `export ${k}=${shellWord(v, pre, n)}`);
+  const set = `set -- ${args.map((a) => shellWord(a, pre)).join(' ')}`;
+  const exports = env.map(([k, v]) => `export ${k}=${shellWord(v, pre)}`);
   return [...pre, set, ...exports, 'berth-run', ''].join('\n');
 }
 
