@@ -18,7 +18,8 @@
 // - realizeWorkspace answers with that workspace (the directory Berth's driver reported);
 //   execute runs the command there through Berth's POST /api/environment-leases/:id/exec
 //   with the lease's fence (stdin, which that route does not take, reaches the command
-//   through a variable read by `sh`, never on a command line).
+//   through a variable read by `sh`, never on a command line; a stdin larger than a variable
+//   holds goes through a file in the workspace, written piece by piece).
 import type {
   PluginEnvironmentAcquireLeaseParams,
   PluginEnvironmentDestroyLeaseParams,
@@ -35,6 +36,7 @@ import type {
   PluginEnvironmentValidateConfigParams,
   PluginEnvironmentValidationResult,
 } from '@paperclipai/plugin-sdk';
+import { randomUUID } from 'node:crypto';
 import { berth, BerthError, getLease, resolveEnvironment, type BerthLease } from './berth.js';
 import { checkConfig, requireConfig, type BerthPluginConfig } from './config.js';
 
@@ -63,6 +65,12 @@ export interface BerthLeaseMetadata {
   idempotencyKey: string;
   /** False when Berth answered with the lease an earlier acquire with this key already holds. */
   created: boolean;
+  /**
+   * The workspace Berth's driver made for the lease. Paperclip's server reads this key of the
+   * lease metadata as the directory its adapter's commands run in; without it they run in /tmp,
+   * which is outside the workspace and refused by execute.
+   */
+  remoteCwd?: string;
 }
 
 /** The idempotency key of a Paperclip run's lease on a Paperclip environment. */
@@ -136,6 +144,7 @@ export function createBerthDriver(options: BerthDriverOptions = {}) {
       ttlSeconds: config.ttlSeconds,
       idempotencyKey: key,
       created,
+      ...(typeof lease.driverState?.cwd === 'string' && lease.driverState.cwd !== '' ? { remoteCwd: lease.driverState.cwd } : {}),
     };
   }
 
@@ -196,17 +205,38 @@ export function createBerthDriver(options: BerthDriverOptions = {}) {
     return { lease: held, cwd };
   }
 
-  /** Where a command starts, relative to the workspace (Berth's exec takes only such a path). */
-  function relativeCwd(workspace: string, cwd: string | undefined): string | undefined {
+  /**
+   * Where a command starts, relative to the workspace (Berth's exec takes only such a path), or
+   * ROOT_CWD for the filesystem root: Paperclip's adapters run their probes (`command -v claude`)
+   * with cwd `/`, a directory every host has. Any other directory outside the workspace is refused.
+   */
+  function relativeCwd(workspace: string, cwd: string | undefined): string | typeof ROOT_CWD | undefined {
     if (cwd === undefined || cwd === '' || cwd === workspace) return undefined;
+    if (cwd === '/') return ROOT_CWD;
     if (!cwd.startsWith('/')) return cwd;
     const root = workspace.endsWith('/') ? workspace : `${workspace}/`;
     if (!cwd.startsWith(root)) throw new Error(`execute: cwd ${cwd} is outside the lease's workspace ${workspace}`);
     return cwd.slice(root.length);
   }
 
-  /** stdin reaches the command through a variable `sh` reads (Berth's exec route takes none), capped well inside one variable's limit. */
-  const STDIN_MAX = 96 * 1024;
+  const ROOT_CWD = Symbol('root');
+
+  /** stdin reaches the command through a variable `sh` reads (Berth's exec route takes none), capped at Berth's limit for one variable (65536 characters). */
+  const STDIN_MAX = 64 * 1024;
+
+  /** stdin cut into pieces of at most STDIN_MAX bytes, never inside a surrogate pair. */
+  function stdinPieces(stdin: string): string[] {
+    const pieces: string[] = [];
+    const chars = /^[\x00-\x7f]*$/.test(stdin) ? STDIN_MAX : Math.floor(STDIN_MAX / 3);
+    for (let i = 0; i < stdin.length; ) {
+      let end = Math.min(stdin.length, i + chars);
+      const last = stdin.charCodeAt(end - 1);
+      if (end < stdin.length && last >= 0xd800 && last <= 0xdbff) end -= 1;
+      pieces.push(stdin.slice(i, end));
+      i = end;
+    }
+    return pieces;
+  }
 
   return {
     driverKey: DRIVER_KEY,
@@ -330,11 +360,34 @@ export function createBerthDriver(options: BerthDriverOptions = {}) {
       let command = [params.command, ...(params.args ?? [])];
       const env: Record<string, string> = { ...(params.env ?? {}) };
       if (params.stdin !== undefined && params.stdin !== '') {
-        if (Buffer.byteLength(params.stdin) > STDIN_MAX) throw new Error(`execute: stdin is larger than ${STDIN_MAX} bytes, which Berth's command route cannot carry`);
-        env.BERTH_PLUGIN_STDIN = params.stdin;
-        command = ['sh', '-c', 'printf %s "$BERTH_PLUGIN_STDIN" | { unset BERTH_PLUGIN_STDIN; exec "$@"; }', 'berth-stdin', ...command];
+        if (Buffer.byteLength(params.stdin) <= STDIN_MAX) {
+          env.BERTH_PLUGIN_STDIN = params.stdin;
+          command = ['sh', '-c', 'printf %s "$BERTH_PLUGIN_STDIN" | { unset BERTH_PLUGIN_STDIN; exec "$@"; }', 'berth-stdin', ...command];
+        } else {
+          // Larger than one variable can hold (Paperclip uploads files in base64 pieces of up to
+          // 4 MiB): appended to a file in the workspace piece by piece, one exec each, then read
+          // by the command and removed whatever it exits with. Its name starts with
+          // `.paperclip-upload-`, which Paperclip's workspace sync keeps when it empties the workspace.
+          const file = `${workspace.replace(/\/+$/, '')}/.paperclip-upload-berth-stdin-${randomUUID()}`;
+          for (const piece of stdinPieces(params.stdin)) {
+            const wrote = await berth<{ exitCode: number | null; stderr: string; error?: string }>(
+              config,
+              'POST',
+              `/api/environment-leases/${encodeURIComponent(lease.id)}/exec`,
+              { fence: lease.fence, command: ['sh', '-c', 'printf %s "$BERTH_PLUGIN_STDIN" >> "$1"', 'berth-stdin', file], env: { BERTH_PLUGIN_STDIN: piece }, timeoutSeconds: 60 },
+              120_000,
+            );
+            if (wrote.exitCode !== 0) throw new Error(`execute: writing stdin into the workspace failed (exit ${wrote.exitCode}): ${wrote.error ?? wrote.stderr}`);
+          }
+          command = ['sh', '-c', 'f=$1; shift; "$@" < "$f"; s=$?; rm -f -- "$f"; exit $s', 'berth-stdin', file, ...command];
+        }
       }
-      const rel = relativeCwd(workspace, params.cwd);
+      let rel = relativeCwd(workspace, params.cwd);
+      if (rel === ROOT_CWD) {
+        // Started in the workspace, the command moves to / before it runs (the path is a fixed string, nothing Paperclip sent).
+        command = ['sh', '-c', 'cd / && exec "$@"', 'berth-cwd', ...command];
+        rel = undefined;
+      }
       const timeoutSeconds = params.timeoutMs !== undefined ? Math.min(86_400, Math.max(1, Math.ceil(params.timeoutMs / 1000))) : undefined;
       // The exec route answers when the command ends: its own timeout, plus time to stop it, bounds the wait.
       const result = await berth<{ exitCode: number | null; signal: string | null; timedOut: boolean; stdout: string; stderr: string; durationMs: number; error?: string; stdoutTruncatedBytes: number; stderrTruncatedBytes: number }>(
