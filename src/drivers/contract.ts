@@ -119,6 +119,12 @@ export interface ProcessSpec {
    * server comes back. Absent or 0: none. Drivers whose executions die with this server may ignore it.
    */
   deadlineSec?: number;
+  /**
+   * A new command in a resource that may have run others (a lease's commands): the driver must
+   * not take an earlier execution for this one (where a retried start would otherwise adopt
+   * what it finds). Absent: a run's start, which may be re-entered and then adopts its own.
+   */
+  fresh?: boolean;
 }
 
 /** A running execution, as the server stores it (run_executions.handle): plain JSON, meaningful to its driver only. */

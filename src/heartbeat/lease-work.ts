@@ -177,7 +177,7 @@ export function leaseWork(deps: LeaseWorkDeps) {
       const stop = new AbortController();
       const [command, ...args] = input.command as [string, ...string[]];
       const handle = await withDeadline(
-        drv.exec(env, resource, { command, args, cwd, env: vars, deadlineSec: timeoutSec + Math.ceil(GRACE_MS / 1000) + 30 }, stop.signal),
+        drv.exec(env, resource, { command, args, cwd, env: vars, deadlineSec: timeoutSec + Math.ceil(GRACE_MS / 1000) + 30, fresh: true }, stop.signal),
         120_000,
         'exec_timeout',
         `starting ${command.slice(0, 200)} on ${env.name}`,

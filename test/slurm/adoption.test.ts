@@ -3,60 +3,19 @@
 // run from its execution record, follows the job's output from where the log stopped, and
 // finalizes the run with the job's real outcome (its exit code, from Slurm). Two real
 // worker processes (scripts/worker.ts, the default drivers) on one PostgreSQL.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openDatabase, type Database } from '../../src/db/client.js';
-import { createServices, type Services } from '../../src/services/index.js';
-import { createScratchDatabase } from '../support/db.js';
+import { existsSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
 import { waitFor } from '../support/wait.js';
+import { workerProcesses } from '../support/worker-processes.js';
 import { jobRecord, jobState, testCluster } from './cluster.js';
 
 const cluster = testCluster();
-const secretKey = randomBytes(32).toString('hex');
-process.env.BERTH_SECRET_KEY = secretKey;
-let scratch: Awaited<ReturnType<typeof createScratchDatabase>>;
-let database: Database;
-let s: Services;
-const home = mkdtempSync(join(tmpdir(), 'berth-slurm-adopt-'));
-const children: ChildProcess[] = [];
-
-beforeAll(async () => {
-  scratch = await createScratchDatabase();
-  database = await openDatabase({ databaseUrl: scratch.url, poolSize: 4 });
-  s = createServices(database.db);
-});
-afterAll(async () => {
-  for (const c of children) c.kill('SIGKILL');
-  await database?.close();
-  await scratch?.drop();
-  rmSync(home, { recursive: true, force: true });
-});
-
-/** A worker process: the heartbeat runtime with every default driver (slurm among them). */
-function startWorker(): Promise<{ child: ChildProcess; serverId: string; output: () => string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/worker.ts'], {
-    env: { ...process.env, DATABASE_URL: scratch.url, BERTH_HOME: home, BERTH_SECRET_KEY: secretKey, BERTH_PUBLIC_URL: 'http://127.0.0.1:3710' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.push(child);
-  let out = '';
-  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  return new Promise((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /ready (\S+)/.exec(out);
-      if (m) resolve({ child, serverId: m[1]!, output: () => out });
-    });
-    child.once('exit', (code) => reject(new Error(`worker exited early with ${code}: ${out}`)));
-  });
-}
+const workers = workerProcesses('slurm-adopt');
+const startWorker = () => workers.start();
 
 describe('a Slurm run whose server is SIGKILLed mid-job', () => {
   it('is adopted by another server, which follows the output from where it stopped and finalizes with the job\'s real exit code', async () => {
+    const s = workers.s;
     const co = await s.companies.create({ name: 'Slurm adoption' });
     const env = await s.environments.create(co.id, {
       name: 'cluster',

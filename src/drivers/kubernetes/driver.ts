@@ -406,19 +406,36 @@ export function kubernetesDriver(opts: KubernetesDriverOptions = {}): Environmen
           ...(cfg.workspaceVolume ? { volumes: [{ name: 'workspace', emptyDir: {} }] } : {}),
         },
       };
-      let pod: V1Pod;
-      count('create pod');
-      try {
-        pod = await c.core.createNamespacedPod({ namespace: cfg.namespace, body });
-      } catch (err) {
-        if (statusOf(err) !== 409) {
-          await deleteSecret(c, cfg, name).catch(() => {});
-          throw fail('kubernetes_create', `creating ${where(cfg, name)}`, err);
+      let pod: V1Pod | null = null;
+      for (let attempt = 1; pod === null; attempt++) {
+        count('create pod');
+        try {
+          pod = await c.core.createNamespacedPod({ namespace: cfg.namespace, body });
+        } catch (err) {
+          if (statusOf(err) !== 409) {
+            await deleteSecret(c, cfg, name).catch(() => {});
+            throw fail('kubernetes_create', `creating ${where(cfg, name)}`, err);
+          }
+          const found = await readPod(c, cfg.namespace, name);
+          if (found && found.metadata?.labels?.[LABEL_RESOURCE] !== resource.resourceId) throw new DriverError('kubernetes_create', `${where(cfg, name)} exists and is not resource ${resource.resourceId}'s`);
+          if (!spec.fresh) {
+            // A retried create (a run's start re-entered): the pod of this resource is there already, adopted.
+            if (!found) continue;
+            pod = found;
+            break;
+          }
+          // A new command in a resource that ran others (a lease's commands): an earlier one's pod is
+          // never taken for it. One that has ended is deleted and the pod made again; one still running refuses.
+          const phase = found?.status?.phase;
+          if (found && phase !== 'Succeeded' && phase !== 'Failed') throw new DriverError('kubernetes_busy', `${where(cfg, name)} still runs an earlier command (${phase ?? 'Pending'}): one command at a time on a Kubernetes lease`);
+          if (attempt > 3) throw new DriverError('kubernetes_create', `${where(cfg, name)} of an earlier command could not be replaced`);
+          if (found) await deletePod(c, cfg, name, 0).catch(() => {});
+          const goneBy = Date.now() + 30_000;
+          while ((await readPod(c, cfg.namespace, name)) !== null) {
+            if (Date.now() > goneBy || signal.aborted) throw new DriverError('kubernetes_create', `${where(cfg, name)} of an earlier command was not deleted within 30 s`);
+            await new Promise((r) => setTimeout(r, 100));
+          }
         }
-        // A retried create: the pod of this resource is there already; adopted if it is ours.
-        const found = await readPod(c, cfg.namespace, name);
-        if (!found || found.metadata?.labels?.[LABEL_RESOURCE] !== resource.resourceId) throw new DriverError('kubernetes_create', `${where(cfg, name)} exists and is not resource ${resource.resourceId}'s`);
-        pod = found;
       }
       const uid = pod.metadata?.uid ?? '';
       // The Secret goes with its pod (the cluster's garbage collector deletes it when the pod is).
