@@ -1,9 +1,12 @@
 // Commands on a provisioned lease of a container environment, on dockerd and on podman:
 // the lease's container is made at acquire, commands run in it one after another (the
 // first as the container's main process, the next ones in the same container: what the
-// first wrote is there), their exit codes, output and timeouts; files answer not supported
-// on this driver; release has the container removed by the resource GC.
+// first wrote is there), their exit codes, output and timeouts; files in and out through the
+// engine's archive API; release has the container removed by the resource GC.
 import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SYSTEM_ACTOR } from '../../src/domain/types.js';
@@ -54,7 +57,37 @@ describe.each(engines)('a provisioned lease on $name', (engine) => {
     expect(slow.timedOut).toBe(true);
     const after = await run(['echo', 'still here']);
     expect(after).toMatchObject({ exitCode: 0, stdout: 'still here\n' });
-    await expect(work.putFiles(companyId, lease.id, lease.fence, '', Buffer.alloc(1024), SYSTEM_ACTOR)).rejects.toMatchObject({ code: 'not_supported' });
+    // Files in through the engine's archive API (into a directory it makes), read by a command, and back out.
+    const tar = await import('tar');
+    const src = mkdtempSync(join(tmpdir(), 'berth-ct-files-'));
+    try {
+      mkdirSync(join(src, 'proj'));
+      writeFileSync(join(src, 'proj', 'main.txt'), `through ${engine.name}`);
+      const parts: Buffer[] = [];
+      for await (const c of tar.c({ cwd: src, portable: true }, ['proj']) as AsyncIterable<Buffer>) parts.push(Buffer.from(c));
+      const put = await work.putFiles(companyId, lease.id, lease.fence, 'code/in', Buffer.concat(parts), SYSTEM_ACTOR);
+      expect(put).toMatchObject({ path: 'code/in', files: 1, directories: 1 });
+      expect(await run(['cat', 'code/in/proj/main.txt'])).toMatchObject({ exitCode: 0, stdout: `through ${engine.name}` });
+      const out = await work.getFiles(companyId, lease.id, lease.fence, 'code/in/proj', SYSTEM_ACTOR);
+      const seen: Record<string, string> = {};
+      await new Promise<void>((resolve, reject) => {
+        const p = new tar.Parser({
+          onReadEntry: (e) => {
+            const chunks: Buffer[] = [];
+            e.on('data', (d: Buffer) => chunks.push(d));
+            e.on('end', () => void (seen[String(e.path)] = Buffer.concat(chunks).toString()));
+          },
+        });
+        p.on('end', resolve);
+        p.on('error', reject);
+        out.on('error', reject);
+        out.pipe(p as unknown as NodeJS.WritableStream);
+      });
+      expect(seen['proj/main.txt']).toBe(`through ${engine.name}`);
+      await expect(work.getFiles(companyId, lease.id, lease.fence, 'no/such', SYSTEM_ACTOR)).rejects.toMatchObject({ code: 'not_found' });
+    } finally {
+      rmSync(src, { recursive: true, force: true });
+    }
 
     await t.services.leases.release(companyId, lease.id, { fence: lease.fence }, SYSTEM_ACTOR);
     await waitFor('the container to be removed', async () => (await t.services.resources.get(lease.resourceId!)).status === 'destroyed', 30_000);

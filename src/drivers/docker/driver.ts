@@ -20,10 +20,10 @@
 // id alone. The engine keeps no log of a container's output (a run's goes to its log).
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import type { Duplex } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import Docker from 'dockerode';
 import { ENV_VAR_NAME_RE } from '../../domain/enums.js';
-import { UUID_RE } from '../../domain/errors.js';
+import { BerthError, UUID_RE } from '../../domain/errors.js';
 import { checkedResourceId, DriverError, storedConfig } from '../common.js';
 import { storableText } from '../../domain/text.js';
 import { networkNamespaceOf, startNetnsRelay } from '../isolation/netns-relay.js';
@@ -148,6 +148,19 @@ const isNoSuchImage = (err: unknown) => statusOf(err) === 404 && /no such image|
 const isNameInUse = (err: unknown) => statusOf(err) === 409 || (statusOf(err) === 500 && /already in use/i.test(engineMessage(err)));
 
 const configOf = (env: DriverEnvironment): DockerConfig => storedConfig(dockerConfigSchema, env, 'docker');
+
+/** A tar archive of empty directories (mode 0755), for the engine to make a target's path. */
+async function tarOfDirectories(dirs: string[]): Promise<Buffer> {
+  const { Header } = await import('tar');
+  const blocks: Buffer[] = [];
+  for (const d of dirs) {
+    const h = new Header({ path: `${d}/`, type: 'Directory', mode: 0o755, size: 0, mtime: new Date() });
+    const block = Buffer.alloc(512);
+    h.encode(block, 0);
+    blocks.push(block);
+  }
+  return Buffer.concat([...blocks, Buffer.alloc(1024)]);
+}
 
 /** `berth-<resource id>`: the one name this driver gives a resource's container, from the id alone. */
 export function containerName(resourceId: string): string {
@@ -825,6 +838,38 @@ export function dockerDriver(opts: DockerDriverOptions = {}): EnvironmentDriver 
         // 304: stopped meanwhile; 404: gone (a later provision makes it again, a destroy finds nothing).
         const code = (err as { statusCode?: number }).statusCode;
         if (code !== 304 && code !== 404 && !/no such container/i.test((err as Error).message)) throw err;
+      }
+    },
+
+    /**
+     * Files into the workspace through the engine's archive API (the container running or
+     * stopped). The engine resolves paths inside the container: its root is the boundary. The
+     * directories of `dir` are made first by an archive of their own (the engine needs the target to exist).
+     */
+    async putArchive(env, resource, workspace, dir, archive, signal) {
+      const cfg = configOf(env);
+      const info = await inspectOwn(cfg, resource.resourceId, signal);
+      if (!info) throw new DriverError('docker_gone', `the container of resource ${resource.resourceId} is gone`);
+      const container = client(cfg).getContainer(info.Id);
+      if (dir !== '') {
+        const parts = dir.split('/');
+        const dirs = await tarOfDirectories(parts.map((_, i) => parts.slice(0, i + 1).join('/')));
+        await call(`making ${dir} in ${info.Name}`, cfg, (s) => container.putArchive(dirs, { path: workspace, abortSignal: s } as never), signal);
+      }
+      await call(`unpacking into ${info.Name}`, cfg, (s) => container.putArchive(archive, { path: dir === '' ? workspace : `${workspace}/${dir}`, abortSignal: s } as never), signal);
+    },
+
+    async getArchive(env, resource, workspace, path, signal) {
+      const cfg = configOf(env);
+      const info = await inspectOwn(cfg, resource.resourceId, signal);
+      if (!info) throw new DriverError('docker_gone', `the container of resource ${resource.resourceId} is gone`);
+      const container = client(cfg).getContainer(info.Id);
+      try {
+        // The workspace itself: its entries by name (`path: dir/.` packs the directory's contents).
+        return (await call(`reading ${path || '.'} of ${info.Name}`, cfg, (s) => container.getArchive({ path: path === '' ? `${workspace}/.` : `${workspace}/${path}`, abortSignal: s } as never), signal)) as unknown as Readable;
+      } catch (err) {
+        if ((err as { statusCode?: number }).statusCode === 404) throw new BerthError('not_found', `path ${path} not found in the workspace`);
+        throw err;
       }
     },
 

@@ -4,7 +4,7 @@
 // write through a link and replaces a link at an entry's path instead of following it), and
 // a path read out must resolve inside the workspace; links in it are stored as links.
 import { lstat, mkdir, readdir, realpath } from 'node:fs/promises';
-import { join, sep } from 'node:path';
+import { basename, dirname, join, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import * as tar from 'tar';
 import { BerthError } from '../../domain/errors.js';
@@ -46,7 +46,7 @@ export async function unpackInto(workspace: string, dir: string, archive: Buffer
   if (problems.length > 0) throw new BerthError('invalid', `the archive could not be unpacked in the workspace: ${problems.slice(0, 3).join('; ').slice(0, 500)}`);
 }
 
-/** A tar archive of `workspace/rel` (a file or a directory, '' for all of it); links are stored, never followed. */
+/** A tar archive of `workspace/rel` (a file or a directory under its own name; '' for all of it); links are stored, never followed. */
 export async function packFrom(workspace: string, rel: string): Promise<Readable> {
   const base = await realpath(workspace);
   const real = await realpath(join(base, rel)).catch((err: NodeJS.ErrnoException) => {
@@ -54,8 +54,9 @@ export async function packFrom(workspace: string, rel: string): Promise<Readable
     throw err;
   });
   if (real !== base && !real.startsWith(base + sep)) throw outside(rel, 'resolves outside the workspace');
-  // All of it: its entries by name (not `./name`); an empty workspace is an empty archive.
-  const names = real === base ? await readdir(base) : [real.slice(base.length + 1)];
+  // A path comes as its last name with what is under it (as `docker cp` gives it); all of the
+  // workspace as its entries by name. An empty workspace is an empty archive.
+  const [cwd, names] = real === base ? [base, await readdir(base)] : [dirname(real), [basename(real)]];
   if (names.length === 0) return Readable.from([Buffer.alloc(1024)]);
-  return Readable.from(tar.c({ cwd: base, portable: true, follow: false }, names));
+  return Readable.from(tar.c({ cwd, portable: true, follow: false }, names));
 }
