@@ -19,8 +19,8 @@ export const ERROR_CODES = [
   'provision_failed',
   /** The environment's driver cannot do what was asked (files on a Slurm job, say). */
   'not_supported',
-  /** What was sent is larger than the server takes. */
-  'too_large',
+  /** The environment's driver failed at what was asked (its message says how). */
+  'driver_failed',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 

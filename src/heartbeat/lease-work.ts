@@ -76,6 +76,14 @@ export function workspaceOf(lease: Lease): string {
   return cwd;
 }
 
+/** A driver's failure as an answer (502 driver_failed, its message), not a server error; Berth's own errors pass as they are. */
+function driverFailed(what: string): (err: unknown) => never {
+  return (err) => {
+    if (isBerthError(err)) throw err;
+    throw new BerthError('driver_failed', `${what}: ${storableText((err as Error).message ?? String(err)).slice(0, 1000)}`);
+  };
+}
+
 export function leaseWork(deps: LeaseWorkDeps) {
   const s = deps.services;
 
@@ -182,7 +190,7 @@ export function leaseWork(deps: LeaseWorkDeps) {
         'exec_timeout',
         `starting ${command.slice(0, 200)} on ${env.name}`,
         stop,
-      );
+      ).catch(driverFailed(`starting ${command.slice(0, 200)} on ${env.name}`));
       const out = { stdout: '', stderr: '' };
       const kept = { stdout: 0, stderr: 0 };
       const dropped = { stdout: 0, stderr: 0 };
@@ -260,7 +268,9 @@ export function leaseWork(deps: LeaseWorkDeps) {
       const sum = await checkArchive(archive, rel);
       const stop = new AbortController();
       signal?.addEventListener('abort', () => stop.abort(signal.reason), { once: true });
-      await withDeadline(drv.putArchive(env, resource, workspaceOf(lease), rel, archive, stop.signal), 120_000, 'files_timeout', `unpacking files on ${env.name}`, stop);
+      await withDeadline(drv.putArchive(env, resource, workspaceOf(lease), rel, archive, stop.signal), 120_000, 'files_timeout', `unpacking files on ${env.name}`, stop).catch(
+        driverFailed(`unpacking files on ${env.name}`),
+      );
       await s.resources.recordLeaseCommand(companyId, lease.id, actor, { direction: 'in', path: rel, ...sum }, 'files').catch(() => {});
       return { path: rel, ...sum };
     },
@@ -272,7 +282,9 @@ export function leaseWork(deps: LeaseWorkDeps) {
       if (!drv.getArchive) throw new BerthError('not_supported', `the ${env.driver} driver cannot read files from a workspace in this version of Berth`);
       const stop = new AbortController();
       signal?.addEventListener('abort', () => stop.abort(signal.reason), { once: true });
-      const out = await withDeadline(drv.getArchive(env, resource, workspaceOf(lease), rel, stop.signal), 120_000, 'files_timeout', `reading files on ${env.name}`, stop);
+      const out = await withDeadline(drv.getArchive(env, resource, workspaceOf(lease), rel, stop.signal), 120_000, 'files_timeout', `reading files on ${env.name}`, stop).catch(
+        driverFailed(`reading files on ${env.name}`),
+      );
       await s.resources.recordLeaseCommand(companyId, lease.id, actor, { direction: 'out', path: rel }, 'files').catch(() => {});
       return out;
     },

@@ -32,7 +32,7 @@ export const STATUS_BY_CODE: Record<ErrorCode, number> = {
   no_driver: 409,
   provision_failed: 502,
   not_supported: 501,
-  too_large: 413,
+  driver_failed: 502,
 };
 
 export interface ErrorBody {
