@@ -179,6 +179,8 @@ describe('orphaned runs', () => {
     }, 15_000);
     expect(done).toMatchObject({ status: 'failed', errorCode: 'execution_lost' });
     expect((await t.services.agents.get(companyId, agent.id)).runningCount).toBe(0);
+    // Reported after the lease is released, a moment after the run's status changed.
+    await waitFor('the orphan to be reported', async () => runtimeErrors.seen.some((e) => /execution_lost/.test(e)), 10_000);
     expect(runtimeErrors.take(/execution_lost/)).toHaveLength(1);
   });
 });
