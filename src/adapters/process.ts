@@ -10,10 +10,16 @@ import type { AdapterContext, ProcessAdapter } from './types.js';
 /** Only these variables pass from the server's own environment: never its secrets. */
 const INHERITED = ['PATH', 'HOME', 'USER', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'SHELL'];
 
-export function runEnvironment(ctx: Omit<AdapterContext, 'log' | 'abort'>, agentEnv: Record<string, string>): Record<string, string> {
+/** What a process on this server's host takes from the server's own environment (nothing where the driver runs it elsewhere). */
+export function inheritedVariables(hostLocal: boolean): Record<string, string> {
   const env: Record<string, string> = {};
+  if (hostLocal) for (const k of INHERITED) if (process.env[k] !== undefined) env[k] = process.env[k]!;
+  return env;
+}
+
+export function runEnvironment(ctx: Omit<AdapterContext, 'log' | 'abort'>, agentEnv: Record<string, string>): Record<string, string> {
   // Another host (or a container) has its own PATH, HOME...: this server's would be wrong there.
-  if (ctx.driver.capabilities.hostLocal) for (const k of INHERITED) if (process.env[k] !== undefined) env[k] = process.env[k]!;
+  const env = inheritedVariables(ctx.driver.capabilities.hostLocal);
   // The wake context's variables (task, reason...) come before the run's own: an invocation cannot set those.
   Object.assign(env, ctx.environment.envVars, agentEnv, wakeVariables(ctx.run.contextSnapshot), {
     PAPERCLIP_AGENT_ID: ctx.agent.id,

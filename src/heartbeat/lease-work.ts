@@ -14,6 +14,7 @@ import type { AcquireLeaseInput } from '../domain/validators.js';
 import type { DriverEnvironment, DriverRegistry, EnvironmentDriver, ExitResult, ResourceHandle } from '../drivers/contract.js';
 import type { Services } from '../services/index.js';
 import type { AcquireResult } from '../services/leases/acquire.js';
+import { inheritedVariables } from '../adapters/process.js';
 import { withDeadline } from './run/context.js';
 import { keepLeaseAlive } from './run/keepalive.js';
 import { resourceLabels } from './run/provision.js';
@@ -54,7 +55,6 @@ export interface LeaseExecResult {
 
 export type ExecOutput = (stream: 'stdout' | 'stderr', text: string) => Promise<void>;
 
-const INHERITED = ['PATH', 'HOME', 'USER', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR', 'SHELL'];
 export const EXEC_DEFAULT_OUTPUT_BYTES = 1024 * 1024;
 const GRACE_MS = 5_000;
 
@@ -178,8 +178,7 @@ export function leaseWork(deps: LeaseWorkDeps) {
       const cwd = rel === '' ? root : posix.join(root, rel);
       const timeoutSec = input.timeoutSeconds ?? 60;
       const cap = input.maxOutputBytes ?? EXEC_DEFAULT_OUTPUT_BYTES;
-      const vars: Record<string, string> = {};
-      if (drv.capabilities.hostLocal) for (const k of INHERITED) if (process.env[k] !== undefined) vars[k] = process.env[k]!;
+      const vars = inheritedVariables(drv.capabilities.hostLocal);
       Object.assign(vars, env.envVars, input.env ?? {}, { PAPERCLIP_LEASE_ID: lease.id, PAPERCLIP_ENVIRONMENT_ID: env.id, PAPERCLIP_WORKSPACE: root });
       const started = performance.now();
       const stop = new AbortController();
@@ -331,8 +330,8 @@ export async function checkArchive(archive: Buffer, dir: string): Promise<Archiv
           const target = String(e.linkpath ?? '');
           if (target.startsWith('/')) return refuse(name, `is a link to an absolute path (${target.slice(0, 200)})`);
           // Where the link points, from the workspace root: it must not climb above it.
-          const from = posix.join(dir, posix.dirname(name), target);
-          if (from === '..' || from.startsWith('../') || posix.normalize(from).startsWith('..')) return refuse(name, `is a link out of the workspace (${target.slice(0, 200)})`);
+          const from = posix.join(dir, posix.dirname(name), target); // normalised by join
+          if (from.startsWith('..')) return refuse(name, `is a link out of the workspace (${target.slice(0, 200)})`);
           sum.links++;
         } else if (e.type === 'Directory') sum.directories++;
         else {

@@ -40,49 +40,39 @@ function queryIssues(schema: z.ZodType | undefined, raw: Record<string, string[]
 }
 
 /**
- * The body as text, at most MAX_BODY_BYTES. Read straight from Node's request when
- * there is one (building a web Request just to read it costs more than the rest
- * of a small request), counted as it arrives so a chunked body is limited too.
+ * The body's bytes, at most `maxBytes` (else `tooLarge()`). Read straight from Node's
+ * request when there is one (building a web Request just to read it costs more than the
+ * rest of a small request), counted as it arrives so a chunked body is limited too.
  */
-async function bodyText(c: Context): Promise<string> {
-  const tooLarge = () => new HttpError(413, 'payload_too_large', `the body is larger than ${MAX_BODY_BYTES} bytes (1 MiB)`);
+async function bodyBytes(c: Context, maxBytes: number, tooLarge: () => HttpError): Promise<Buffer> {
   const declared = Number(c.req.header('content-length'));
-  if (Number.isFinite(declared) && declared > MAX_BODY_BYTES) throw tooLarge();
+  if (Number.isFinite(declared) && declared > maxBytes) throw tooLarge();
   const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
-  if (!incoming) {
-    const text = await c.req.text();
-    if (Buffer.byteLength(text) > MAX_BODY_BYTES) throw tooLarge();
-    return text;
-  }
+  const source = (incoming ?? c.req.raw.body) as AsyncIterable<Uint8Array> | null;
+  if (!source) return Buffer.alloc(0);
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of incoming as AsyncIterable<Buffer>) {
+  for await (const chunk of source) {
     size += chunk.length;
-    if (size > MAX_BODY_BYTES) throw tooLarge();
-    chunks.push(chunk);
+    if (size > maxBytes) throw tooLarge();
+    chunks.push(Buffer.from(chunk));
   }
-  return Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks);
 }
 
-/** A route's raw body (rawBody): its media type checked, at most maxBytes, counted as it arrives. */
+/** A JSON route's body as text, at most MAX_BODY_BYTES. */
+async function bodyText(c: Context): Promise<string> {
+  const tooLarge = () => new HttpError(413, 'payload_too_large', `the body is larger than ${MAX_BODY_BYTES} bytes (1 MiB)`);
+  return (await bodyBytes(c, MAX_BODY_BYTES, tooLarge)).toString('utf8');
+}
+
+/** A route's raw body (rawBody): its media type checked, at most maxBytes. */
 async function readRawBody(c: Context, raw: NonNullable<RouteDef['rawBody']>): Promise<Buffer> {
   const type = c.req.header('content-type') ?? '';
   if (type.split(';')[0]!.trim().toLowerCase() !== raw.type) {
     throw new HttpError(415, 'unsupported_media_type', `the body must be ${raw.description} (Content-Type: ${raw.type}), not ${type.slice(0, 100) || 'none'}`);
   }
-  const tooLarge = () => new HttpError(413, 'payload_too_large', `the body is larger than ${raw.maxBytes} bytes`);
-  const declared = Number(c.req.header('content-length'));
-  if (Number.isFinite(declared) && declared > raw.maxBytes) throw tooLarge();
-  const incoming = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming;
-  const source: AsyncIterable<Uint8Array> = incoming ?? (c.req.raw.body as unknown as AsyncIterable<Uint8Array>) ?? [];
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of source) {
-    size += chunk.length;
-    if (size > raw.maxBytes) throw tooLarge();
-    chunks.push(Buffer.from(chunk));
-  }
-  return Buffer.concat(chunks);
+  return bodyBytes(c, raw.maxBytes, () => new HttpError(413, 'payload_too_large', `the body is larger than ${raw.maxBytes} bytes`));
 }
 
 async function readBody(c: Context, route: RouteDef): Promise<unknown> {
